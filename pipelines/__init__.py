@@ -1,0 +1,1 @@
+"""Beam batch jobs: KuaiSAR-format CSV logs -> TFRecords, vocabularies, tables and statistics."""

@@ -1,0 +1,455 @@
+"""KuaiSAR-format CSV logs -> feed examples (TFRecords), vocabularies, query->items table, stats.
+
+    python -m pipelines.build_tfrecords --input DIR --output DIR [flags] [Beam pipeline options]
+
+Input: DIR/{rec_inter,src_inter,user_features,item_features}.csv (or .csv.gz) on any Beam
+filesystem. Output (see qrec_tf/schema.py for the names):
+
+    schema.json                  sequence lengths used (qrec_tf.schema.Schema.load reads it)
+    train/ valid/ test/          gzip TFRecord shards of tf.train.Example, one per feed impression
+    vocab/<name>.txt             "value<TAB>count", most frequent first, count >= --min-count
+    query_items/                 gzip TFRecords: per query, items clicked after it (with counts)
+                                 and items shown after it but never clicked
+    stats.json                   per input file rows read/used/rejected (+ reasons); users kept and
+                                 dropped; examples and CTR per split; queries with a click
+    dead_letter/                 JSON lines {"file", "reason", "line"}, one per rejected line
+
+Accounting: for every input file rows_read == rows_used + rows_rejected, where a rejected row is
+a line that cannot be parsed (it is in dead_letter/ with its reason). Rows of users dropped for
+lacking a search or a feed history are parsed and used for the search tables; they are reported in
+stats.json as `rows_of_dropped_users`, never silently. The job fails (exit 1) when a file's
+rejected share exceeds --max-rejected-fraction, after writing everything for inspection.
+
+Vocabulary counts: users = feed interactions of kept users; items = feed interactions of kept users
+plus search impressions; queries = search sessions; words = word occurrences in search sessions;
+categories/subcategories/authors = rows of item_features; user-feature vocabularies = kept users.
+
+Runs locally on Beam's DirectRunner in in-memory (FnApiRunner) mode unless --runner is given;
+all other Beam options (--runner=DataflowRunner --project ... / FlinkRunner / SparkRunner) pass
+through unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+import sys
+import time
+from typing import Iterable, Sequence
+
+import apache_beam as beam
+from apache_beam.coders import BytesCoder
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines import kuaisar as K
+from pipelines.user_examples import QueryItems, build_user_examples, query_items_of, sessions_of
+from qrec_tf import schema as S
+
+LOG = logging.getLogger("pipelines.build_tfrecords")
+OUTPUT_DIRS = (*S.SPLITS, S.VOCAB_DIR, S.QUERY_ITEMS_DIR, S.DEAD_LETTER_DIR)
+LOCAL_DEFAULTS = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
+
+
+class InputError(ValueError):
+    """A user mistake in the job's input or flags, reported without a traceback."""
+
+
+# --- input discovery -------------------------------------------------------------------------
+def find_input(input_dir: str, name: str) -> tuple[str, K.Header]:
+    """The one file `name`.csv or `name`.csv.gz in input_dir, and its parsed header."""
+    found = []
+    for suffix in (".csv", ".csv.gz"):
+        path = FileSystems.join(input_dir, name + suffix)
+        if FileSystems.exists(path):
+            found.append(path)
+    if not found:
+        raise InputError(f"{name}.csv (or {name}.csv.gz) not found in {input_dir}")
+    if len(found) > 1:
+        raise InputError(f"both {found[0]} and {found[1]} exist: keep one")
+    path = found[0]
+    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as f:
+        first = f.readline()
+    if not first.strip():
+        raise InputError(f"{path} is empty: expected a header line")
+    header = K.parse_header(name, first)
+    if header.missing():
+        raise InputError(f"{path}: header lacks column(s) {header.missing()}; found "
+                         f"{list(header.names)}")
+    return path, header
+
+
+# --- transforms ------------------------------------------------------------------------------
+class ParseLines(beam.DoFn):
+    """Raw line -> parsed record, or a dead letter ("dead" output) with its reason."""
+
+    DEAD = "dead"
+
+    def __init__(self, header: K.Header, path: str):
+        self._parser = K.LineParser(header)
+        self._file = header.file
+        self._path = path
+        self._rows = 0
+        self._last_log = 0.0
+
+    def process(self, line: bytes):
+        self._rows += 1
+        if self._rows % 200_000 == 0 and time.monotonic() - self._last_log > 10:
+            self._last_log = time.monotonic()
+            LOG.info("%s: parsed %s rows so far (this worker)", self._file, f"{self._rows:,}")
+        try:
+            yield self._parser(line)
+        except K.MalformedRow as error:
+            yield beam.pvalue.TaggedOutput(self.DEAD, (self._file, error.reason, line))
+
+
+def dead_letter_json(record: tuple[str, str, bytes]) -> str:
+    file, reason, line = record
+    return json.dumps({"file": file, "reason": reason,
+                       "line": line.decode("utf-8", errors="backslashreplace")},
+                      ensure_ascii=False)
+
+
+class BuildUserExamples(beam.DoFn):
+    """(user_id, {rec, search, user}) -> serialized examples per split, plus vocab/table/stats."""
+
+    VOCAB, QUERY_ITEMS, STATS = "vocab", "query_items", "stats"
+
+    def __init__(self, schema: S.Schema, seed: int):
+        self._schema = schema
+        self._seed = seed
+        self._users = 0
+        self._last_log = 0.0
+
+    def process(self, element, items):
+        user_id, grouped = element
+        rec, search, features = grouped["rec"], grouped["search"], grouped["user"]
+        stat = lambda key, value=1: beam.pvalue.TaggedOutput(self.STATS, (key, value))
+        if len(features) > 1:
+            yield stat("users/duplicate_feature_rows", len(features) - 1)
+        search = list(search)
+        # Search-side tables use every parsed search row, kept user or not: they describe queries.
+        for key, partial in query_items_of(search).items():
+            yield beam.pvalue.TaggedOutput(self.QUERY_ITEMS, (key, partial))
+        for session in sessions_of(search):
+            yield beam.pvalue.TaggedOutput(self.VOCAB, ((S.VOCAB_QUERIES, session.key), 1))
+            for word in session.words:
+                yield beam.pvalue.TaggedOutput(self.VOCAB, ((S.VOCAB_WORDS, str(word)), 1))
+        search_items = collections.Counter(row[3] for row in search)
+
+        rec = list(rec)
+        if not rec or not search:
+            reason = ("no_rec_and_no_search" if not rec and not search
+                      else "no_search_history" if rec else "no_rec_history")
+            yield stat(f"users/dropped/{reason}")
+            yield stat(f"{K.REC_INTER}/rows_of_dropped_users", len(rec))
+            yield stat(f"{K.SRC_INTER}/rows_of_dropped_users", len(search))
+            for item, count in search_items.items():
+                yield beam.pvalue.TaggedOutput(self.VOCAB, ((S.VOCAB_ITEMS, str(item)), count))
+            return
+
+        self._users += 1
+        if self._users % 5_000 == 0 and time.monotonic() - self._last_log > 10:
+            self._last_log = time.monotonic()
+            LOG.info("built examples for %s users so far (this worker)", f"{self._users:,}")
+        yield stat("users/kept")
+        user_features = features[0] if features else None
+        if user_features is None:
+            yield stat("users/kept_without_features_row")
+        else:
+            for vocab, value in zip(
+                    (S.VOCAB_SEARCH_ACTIVE_LEVELS, S.VOCAB_REC_ACTIVE_LEVELS, S.VOCAB_ONEHOT_FEAT1,
+                     S.VOCAB_ONEHOT_FEAT2), user_features):
+                if value != K.MISSING:
+                    yield beam.pvalue.TaggedOutput(self.VOCAB, ((vocab, str(value)), 1))
+        yield beam.pvalue.TaggedOutput(self.VOCAB, ((S.VOCAB_USERS, str(user_id)), len(rec)))
+        search_items.update(row[1] for row in rec)
+        for item, count in search_items.items():
+            yield beam.pvalue.TaggedOutput(self.VOCAB, ((S.VOCAB_ITEMS, str(item)), count))
+
+        counts = collections.Counter()
+        for split, values in build_user_examples(user_id, rec, search, user_features, items,
+                                                 self._schema, self._seed):
+            counts[split + "/count"] += 1
+            counts[split + "/clicks"] += values[S.LABEL]
+            counts[split + "/with_queries"] += values[S.QUERY_KEYS][-1] != ""
+            yield beam.pvalue.TaggedOutput(split, self._schema.to_example(values))
+        for key, value in counts.items():
+            yield stat("examples/" + key, value)
+
+
+class MergeQueryItems(beam.CombineFn):
+    def create_accumulator(self):
+        return None
+
+    def add_input(self, accumulator, partial: QueryItems):
+        if accumulator is None:
+            return QueryItems(partial.words, collections.Counter(partial.clicks),
+                              set(partial.shown), partial.sessions)
+        return accumulator.merge(partial)
+
+    def merge_accumulators(self, accumulators):
+        merged = None
+        for acc in accumulators:
+            if acc is not None:
+                merged = self.add_input(merged, acc)
+        return merged
+
+    def extract_output(self, accumulator):
+        return accumulator
+
+
+def _sort_key(value_count: tuple[str, int]):
+    value, count = value_count
+    return (-count, 0, int(value), "") if value.lstrip("-").isdigit() else (-count, 1, 0, value)
+
+
+class WriteVocab(beam.DoFn):
+    def __init__(self, vocab_dir: str):
+        self._dir = vocab_dir
+
+    def process(self, element):
+        name, rows = element
+        rows = sorted(rows, key=_sort_key)
+        with FileSystems.create(FileSystems.join(self._dir, name + ".txt")) as f:
+            f.write("".join(f"{value}\t{count}\n" for value, count in rows).encode("utf-8"))
+        yield f"vocab/{name}", len(rows)
+
+
+class WriteJson(beam.DoFn):
+    def __init__(self, path: str):
+        self._path = path
+
+    def process(self, stats: dict):
+        with FileSystems.create(self._path) as f:
+            f.write(json.dumps(nest_stats(stats), indent=2, sort_keys=True).encode("utf-8"))
+        yield self._path
+
+
+def nest_stats(flat: dict[str, int]) -> dict:
+    """{"a/b/c": 1} -> {"a": {"b": {"c": 1}}}, plus derived rates."""
+    nested: dict = {}
+    for key, value in flat.items():
+        node = nested
+        *parents, leaf = key.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    for split in S.SPLITS:
+        entry = nested.setdefault("examples", {}).setdefault(split, {})
+        if not isinstance(entry, dict):
+            continue
+        n = entry.get("count", 0)
+        entry["ctr"] = entry.get("clicks", 0) / n if n else None
+    qi = nested.get("query_items", {})
+    if qi.get("queries"):
+        qi["share_with_click"] = qi.get("queries_with_click", 0) / qi["queries"]
+    return nested
+
+
+# --- the pipeline ----------------------------------------------------------------------------
+def build_pipeline(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, K.Header]], output: str,
+                   schema: S.Schema, *, seed: int, min_count: int, num_shards: int) -> None:
+    stats = []
+    parsed = {}
+    dead_letters = []
+    for name in K.LOG_FILES:
+        path, header = inputs[name]
+        lines = pipeline | f"Read {name}" >> beam.io.ReadFromText(
+            path, skip_header_lines=1, coder=BytesCoder(),
+            compression_type=CompressionTypes.AUTO)
+        results = lines | f"Parse {name}" >> beam.ParDo(ParseLines(header, path)).with_outputs(
+            ParseLines.DEAD, main="rows")
+        parsed[name] = results.rows
+        dead_letters.append(results[ParseLines.DEAD])
+        for what, pcoll in (("rows_read", lines), ("rows_used", results.rows),
+                            ("rows_rejected", results[ParseLines.DEAD])):
+            stats.append(pcoll | f"Count {what} {name}" >> beam.combiners.Count.Globally()
+                         | f"Key {what} {name}" >> beam.Map(lambda n, k=f"{name}/{what}": (k, n)))
+
+    dead = dead_letters | "Flatten dead letters" >> beam.Flatten()
+    stats.append(dead | "Reject reasons" >> beam.Map(
+        lambda d: (f"{d[0]}/rejected_by_reason/{d[1]}", 1)))
+    _ = (dead | "Dead letter JSON" >> beam.Map(dead_letter_json)
+         | "Write dead letters" >> beam.io.WriteToText(
+             FileSystems.join(output, S.DEAD_LETTER_DIR, "dead_letter"),
+             file_name_suffix=".jsonl"))
+
+    items = parsed[K.ITEM_FEATURES]
+    by_user = ({"rec": parsed[K.REC_INTER], "search": parsed[K.SRC_INTER],
+                "user": parsed[K.USER_FEATURES]}
+               | "Group by user" >> beam.CoGroupByKey())
+    built = by_user | "Build examples" >> beam.ParDo(
+        BuildUserExamples(schema, seed), items=beam.pvalue.AsDict(items)).with_outputs(
+            BuildUserExamples.VOCAB, BuildUserExamples.QUERY_ITEMS, BuildUserExamples.STATS,
+            *S.SPLITS)
+    stats.append(built[BuildUserExamples.STATS])
+
+    for split in S.SPLITS:
+        _ = built[split] | f"Write {split}" >> beam.io.WriteToTFRecord(
+            FileSystems.join(output, split, split), file_name_suffix=".tfrecord.gz",
+            num_shards=num_shards, compression_type=CompressionTypes.GZIP)
+
+    table = (built[BuildUserExamples.QUERY_ITEMS]
+             | "Merge query items" >> beam.CombinePerKey(MergeQueryItems()))
+    stats.append(table | "Query stats" >> beam.FlatMap(lambda kv: [
+        ("query_items/queries", 1),
+        ("query_items/queries_with_click", 1 if kv[1].clicks else 0),
+        ("query_items/sessions", kv[1].sessions),
+        ("query_items/sessions_of_queries_with_click", kv[1].sessions if kv[1].clicks else 0)]))
+    _ = (table | "Serialize query items" >> beam.Map(lambda kv: S.query_items_example(
+            kv[0], kv[1].words, kv[1].clicks, kv[1].shown - set(kv[1].clicks), kv[1].sessions))
+         | "Write query items" >> beam.io.WriteToTFRecord(
+             FileSystems.join(output, S.QUERY_ITEMS_DIR, "query_items"),
+             file_name_suffix=".tfrecord.gz", compression_type=CompressionTypes.GZIP))
+
+    item_vocab_counts = items | "Item feature vocab" >> beam.FlatMap(lambda kv: [
+        ((vocab, str(value)), 1)
+        for vocab, value in zip((S.VOCAB_AUTHORS, S.VOCAB_CATEGORIES, S.VOCAB_SUBCATEGORIES), kv[1])
+        if value != K.MISSING])
+    vocab_sizes = ((built[BuildUserExamples.VOCAB], item_vocab_counts)
+                   | "Flatten vocab counts" >> beam.Flatten()
+                   | "Sum vocab counts" >> beam.CombinePerKey(sum)
+                   | "Min count" >> beam.Filter(lambda kv: kv[1] >= min_count)
+                   | "Key by vocab" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1])))
+                   | "Group vocab" >> beam.GroupByKey()
+                   | "Write vocab" >> beam.ParDo(
+                       WriteVocab(FileSystems.join(output, S.VOCAB_DIR))))
+    stats.append(vocab_sizes)
+
+    _ = (stats | "Flatten stats" >> beam.Flatten()
+         | "Sum stats" >> beam.CombinePerKey(sum)
+         | "Stats dict" >> beam.combiners.ToDict()
+         | "Write stats" >> beam.ParDo(WriteJson(FileSystems.join(output, S.STATS_FILE))))
+
+
+# --- command line ----------------------------------------------------------------------------
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.build_tfrecords",
+        description=__doc__.split("\n\n")[0],
+        epilog="Unrecognised flags are Beam pipeline options (e.g. --runner=DataflowRunner).")
+    parser.add_argument("--input", required=True, help="directory with the KuaiSAR CSV files")
+    parser.add_argument("--output", required=True, help="output directory (any Beam filesystem)")
+    parser.add_argument("--history-length", type=int, default=50,
+                        help="feed-clicked items kept before t (default 50)")
+    parser.add_argument("--max-queries", type=int, default=20,
+                        help="queries kept before t (default 20)")
+    parser.add_argument("--max-query-words", type=int, default=8,
+                        help="word ids stored per query (default 8)")
+    parser.add_argument("--nip-positives", type=int, default=5,
+                        help="clicked items sampled after t per train example (default 5)")
+    parser.add_argument("--nip-negatives", type=int, default=5,
+                        help="not-clicked items sampled after t per train example (default 5)")
+    parser.add_argument("--min-count", type=int, default=1,
+                        help="vocabulary entries seen fewer times map to OOV (default 1)")
+    parser.add_argument("--max-rejected-fraction", type=float, default=0.01,
+                        help="fail when a file's rejected share exceeds this (default 0.01)")
+    parser.add_argument("--num-shards", type=int, default=0,
+                        help="shards per split (default 0: the runner decides)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the NIP target sampling")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the outputs of an earlier run in --output")
+    args, beam_args = parser.parse_known_args(argv)
+    if args.min_count < 1:
+        parser.error("--min-count must be >= 1")
+    if not 0.0 <= args.max_rejected_fraction <= 1.0:
+        parser.error("--max-rejected-fraction must be in [0, 1]")
+    if args.num_shards < 0:
+        parser.error("--num-shards must be >= 0")
+    try:
+        args.schema = S.Schema(args.history_length, args.max_queries, args.max_query_words,
+                               args.nip_positives, args.nip_negatives)
+    except ValueError as error:
+        parser.error(str(error))
+    if not any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
+        beam_args = LOCAL_DEFAULTS + beam_args
+    return args, beam_args
+
+
+def prepare_output(output: str, overwrite: bool) -> None:
+    existing = [name for name in (*OUTPUT_DIRS, S.STATS_FILE, S.SCHEMA_FILE)
+                if FileSystems.exists(FileSystems.join(output, name))]
+    if existing and not overwrite:
+        raise InputError(f"{output} already holds {existing}: pass --overwrite to replace them")
+    if existing:
+        FileSystems.delete([FileSystems.join(output, name) for name in existing])
+    FileSystems.mkdirs(output) if not FileSystems.exists(output) else None
+
+
+def check_rejections(stats: dict, max_fraction: float) -> list[str]:
+    problems = []
+    for name in K.LOG_FILES:
+        entry = stats.get(name, {})
+        read, rejected = entry.get("rows_read", 0), entry.get("rows_rejected", 0)
+        if read and rejected / read > max_fraction:
+            problems.append(f"{name}: {rejected:,} of {read:,} rows rejected "
+                            f"({rejected / read:.2%} > {max_fraction:.2%}); reasons: "
+                            f"{entry.get('rejected_by_reason', {})}")
+    return problems
+
+
+def summary(stats: dict) -> str:
+    lines = []
+    for name in K.LOG_FILES:
+        e = stats.get(name, {})
+        lines.append(f"  {name:14s} read {e.get('rows_read', 0):>11,}  used {e.get('rows_used', 0):>11,}"
+                     f"  rejected {e.get('rows_rejected', 0):>7,}")
+    users = stats.get("users", {})
+    lines.append(f"  users kept {users.get('kept', 0):,}; dropped {users.get('dropped', {})}")
+    for split in S.SPLITS:
+        e = stats.get("examples", {}).get(split, {})
+        ctr = e.get("ctr")
+        lines.append(f"  {split:5s} examples {e.get('count', 0):>10,}  ctr "
+                     + (f"{ctr:.4f}" if ctr is not None else "n/a"))
+    qi = stats.get("query_items", {})
+    lines.append(f"  queries {qi.get('queries', 0):,}, share with a click "
+                 f"{qi.get('share_with_click', 0):.3f}")
+    return "\n".join(lines)
+
+
+def run(argv: Sequence[str] | None = None) -> dict:
+    """Runs the job; returns stats.json's content. Raises InputError / SystemExit on failure."""
+    args, beam_args = parse_args(argv)
+    inputs = {name: find_input(args.input, name) for name in K.LOG_FILES}
+    prepare_output(args.output, args.overwrite)
+    with FileSystems.create(FileSystems.join(args.output, S.SCHEMA_FILE)) as f:
+        f.write(args.schema.to_json().encode("utf-8"))
+    LOG.info("reading %s", ", ".join(path for path, _ in inputs.values()))
+    started = time.monotonic()
+    options = PipelineOptions(beam_args)
+    with beam.Pipeline(options=options) as pipeline:
+        build_pipeline(pipeline, inputs, args.output, args.schema, seed=args.seed,
+                       min_count=args.min_count, num_shards=args.num_shards)
+    elapsed = time.monotonic() - started
+    with FileSystems.open(FileSystems.join(args.output, S.STATS_FILE)) as f:
+        stats = json.loads(f.read())
+    stats_rows = sum(stats.get(name, {}).get("rows_read", 0) for name in K.LOG_FILES)
+    LOG.info("done in %.1f s (%s input rows, %.0f rows/s); outputs in %s\n%s", elapsed,
+             f"{stats_rows:,}", stats_rows / max(elapsed, 1e-9), args.output, summary(stats))
+    problems = check_rejections(stats, args.max_rejected_fraction)
+    if problems:
+        raise SystemExit("build_tfrecords FAILED: too many malformed rows (see "
+                         f"{FileSystems.join(args.output, S.DEAD_LETTER_DIR)}):\n  "
+                         + "\n  ".join(problems))
+    return stats
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("apache_beam", "absl"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        run(argv)
+    except InputError as error:
+        print(f"build_tfrecords: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""One user's logs -> that user's feed examples (pure Python, no Beam: the unit under test).
+
+Rules (shared/PAPER.md "Data protocol", shared/DESIGN.md "Data rules"):
+- Feed (rec) interactions are sorted by (timestamp, item_id, click), so the result does not depend
+  on the order rows arrived in. Leave-one-out: the last interaction is `test`, the second last
+  `valid`, all others `train`.
+- Point in time: the example at time t sees only feed clicks and search sessions with timestamp
+  strictly before t (ties with t are excluded, in both directions).
+- History: the last `history_length` feed-clicked items before t, oldest first, left-padded.
+- Queries: the last `max_queries` search sessions before t, one entry per session (a repeated search
+  is a signal), ordered by (timestamp, search_session_id), left-padded. A session's query is the
+  keyword of its earliest row.
+- NIP targets (train examples only): clicked (positives) and shown-but-not-clicked (negatives) feed
+  items of the user's *train* interactions strictly after t, never an item of the user's valid or
+  test interaction. When there are more than `nip_positives` (`nip_negatives`), a uniform sample
+  without replacement is drawn with a generator seeded by (seed, user_id); chosen targets keep
+  their chronological order and are right-padded. Valid and test examples carry none.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import dataclasses
+import random
+from typing import Iterable, Iterator, Mapping, Sequence
+
+from pipelines.kuaisar import MISSING, query_key
+from qrec_tf import schema as S
+
+RecRow = tuple[int, int, int]                          # (timestamp_ms, item_id, click)
+SearchRow = tuple[int, int, tuple[int, ...], int, int]  # (ts, session_id, words, item_id, clicked)
+ItemFeatures = tuple[int, int, int]                    # (author_id, category_id, subcategory_id)
+NO_ITEM_FEATURES: ItemFeatures = (MISSING, MISSING, MISSING)
+NO_USER_FEATURES = (MISSING, MISSING, MISSING, MISSING)
+
+
+@dataclasses.dataclass(frozen=True)
+class Session:
+    timestamp: int
+    session_id: int
+    words: tuple[int, ...]
+    key: str
+
+
+def sessions_of(search_rows: Iterable[SearchRow]) -> list[Session]:
+    """Collapses search rows (one per shown item) into sessions sorted by (time, session id)."""
+    first: dict[int, SearchRow] = {}
+    for row in search_rows:
+        seen = first.get(row[1])
+        if seen is None or row < seen:
+            first[row[1]] = row
+    sessions = [Session(ts, sid, words, query_key(words)) for ts, sid, words, _, _ in first.values()]
+    sessions.sort(key=lambda s: (s.timestamp, s.session_id))
+    return sessions
+
+
+def split_of(position: int, count: int) -> str:
+    """Leave-one-out split of the feed interaction at `position` (0-based) among `count`."""
+    if position == count - 1:
+        return "test"
+    if position == count - 2:
+        return "valid"
+    return "train"
+
+
+def _left_pad(values: Sequence, length: int, pad) -> list:
+    values = list(values[-length:])
+    return [pad] * (length - len(values)) + values
+
+
+def _right_pad(values: Sequence, length: int, pad) -> list:
+    values = list(values[:length])
+    return values + [pad] * (length - len(values))
+
+
+def _sample_in_order(rng: random.Random, values: Sequence[int], k: int) -> list[int]:
+    if len(values) <= k:
+        return list(values)
+    return [values[i] for i in sorted(rng.sample(range(len(values)), k))]
+
+
+def build_user_examples(
+    user_id: int,
+    rec_rows: Iterable[RecRow],
+    search_rows: Iterable[SearchRow],
+    user_features: Sequence[int] | None,
+    item_features: Mapping[int, ItemFeatures],
+    schema: S.Schema,
+    seed: int = 0,
+) -> Iterator[tuple[str, dict]]:
+    """Yields (split, features) for each of the user's feed interactions, in time order.
+
+    `features` maps every schema feature name to its value at the schema's exact size (scalars as
+    ints, sequences as lists, query_word_ids as a list of lists). `user_features` is the
+    (search_active_level, rec_active_level, onehot_feat1, onehot_feat2) tuple or None.
+    """
+    rec = sorted(rec_rows)
+    sessions = sessions_of(search_rows)
+    n = len(rec)
+    if n == 0:
+        return
+    n_train = max(n - 2, 0)
+    held_out = {item for _, item, _ in rec[n_train:]}
+    rec_ts = [r[0] for r in rec]
+    clicked_ts = [ts for ts, _, click in rec if click]
+    clicked_items = [item for _, item, click in rec if click]
+    session_ts = [s.timestamp for s in sessions]
+
+    # Candidates for NIP targets: train interactions on items that are not held out.
+    pos_ts, pos_items, neg_ts, neg_items = [], [], [], []
+    for ts, item, click in rec[:n_train]:
+        if item in held_out:
+            continue
+        (pos_ts if click else neg_ts).append(ts)
+        (pos_items if click else neg_items).append(item)
+
+    rng = random.Random(f"{seed}:{user_id}")
+    u_feats = tuple(user_features) if user_features is not None else NO_USER_FEATURES
+    h, q, w = schema.history_length, schema.max_queries, schema.max_query_words
+    no_words = [S.PAD_ID] * w
+
+    for position, (t, item, click) in enumerate(rec):
+        split = split_of(position, n)
+        hist = clicked_items[max(0, bisect.bisect_left(clicked_ts, t) - h):
+                             bisect.bisect_left(clicked_ts, t)]
+        hist_feats = [item_features.get(i, NO_ITEM_FEATURES) for i in hist]
+        n_sessions = bisect.bisect_left(session_ts, t)
+        recent = sessions[max(0, n_sessions - q):n_sessions]
+        if split == "train":
+            nip_pos = _sample_in_order(rng, pos_items[bisect.bisect_right(pos_ts, t):],
+                                       schema.nip_positives)
+            nip_neg = _sample_in_order(rng, neg_items[bisect.bisect_right(neg_ts, t):],
+                                       schema.nip_negatives)
+        else:
+            nip_pos, nip_neg = [], []
+        author, category, subcategory = item_features.get(item, NO_ITEM_FEATURES)
+        yield split, {
+            S.LABEL: click,
+            S.TIMESTAMP: t,
+            S.USER_ID: user_id,
+            S.SEARCH_ACTIVE_LEVEL: u_feats[0],
+            S.REC_ACTIVE_LEVEL: u_feats[1],
+            S.ONEHOT_FEAT1: u_feats[2],
+            S.ONEHOT_FEAT2: u_feats[3],
+            S.ITEM_ID: item,
+            S.AUTHOR_ID: author,
+            S.CATEGORY_ID: category,
+            S.SUBCATEGORY_ID: subcategory,
+            S.HIST_ITEM_IDS: _left_pad(hist, h, S.PAD_ID),
+            S.HIST_CATEGORY_IDS: _left_pad([f[1] for f in hist_feats], h, S.PAD_ID),
+            S.HIST_SUBCATEGORY_IDS: _left_pad([f[2] for f in hist_feats], h, S.PAD_ID),
+            S.QUERY_KEYS: _left_pad([s.key for s in recent], q, S.PAD_KEY.decode()),
+            S.QUERY_WORD_IDS: _left_pad([_right_pad(s.words, w, S.PAD_ID) for s in recent], q,
+                                        no_words),
+            S.NIP_POS_ITEM_IDS: _right_pad(nip_pos, schema.nip_positives, S.PAD_ID),
+            S.NIP_NEG_ITEM_IDS: _right_pad(nip_neg, schema.nip_negatives, S.PAD_ID),
+        }
+
+
+@dataclasses.dataclass
+class QueryItems:
+    """Partial query -> items statistics; merged across users by the Beam job."""
+
+    words: tuple[int, ...]
+    clicks: collections.Counter   # item_id -> number of clicks after this query
+    shown: set                    # item_ids shown after this query
+    sessions: int
+
+    def merge(self, other: "QueryItems") -> "QueryItems":
+        self.clicks.update(other.clicks)
+        self.shown |= other.shown
+        self.sessions += other.sessions
+        return self
+
+
+def query_items_of(search_rows: Iterable[SearchRow]) -> dict[str, QueryItems]:
+    """One user's search rows -> {query_key: QueryItems}."""
+    rows = list(search_rows)
+    sessions = sessions_of(rows)
+    by_key: dict[str, QueryItems] = {}
+    for session in sessions:
+        entry = by_key.get(session.key)
+        if entry is None:
+            by_key[session.key] = QueryItems(session.words, collections.Counter(), set(), 1)
+        else:
+            entry.sessions += 1
+    key_of_session = {s.session_id: s.key for s in sessions}
+    for _, sid, _, item, clicked in rows:
+        entry = by_key[key_of_session[sid]]
+        entry.shown.add(item)
+        if clicked:
+            entry.clicks[item] += 1
+    return by_key

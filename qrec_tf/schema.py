@@ -1,0 +1,284 @@
+"""The one place where a feature is named.
+
+Every example the Beam job writes, every tensor `qrec_tf.data` yields, every Keras input and every
+serving signature takes its name, dtype, shape, vocabulary and padding value from here.
+
+Conventions (shared/DESIGN.md, "Data rules"):
+- Ids are the raw ids of the logs; the model maps them to indices inside the graph with the
+  vocabularies in `<data>/vocab/`. Raw ids are non-negative, so `PAD_ID = -1` marks padding and
+  missing values in integer features, and `PAD_KEY = b""` in string features.
+- Sequences are fixed length and **left-padded**: the most recent event is at the last position,
+  so `query_keys[:, -1]` is the user's last query before t, and a causal encoder reads the
+  sequence in time order.
+- A query is stored as its canonical key ("20_34_3", `pipelines.kuaisar.query_key`) plus its
+  first `max_query_words` word ids (right-padded).
+
+Tensor shapes below are per example; `qrec_tf.data` adds a leading batch dimension.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.example import example_pb2
+
+PAD_ID = -1
+PAD_KEY = b""
+
+# --- feature names -------------------------------------------------------------------------
+LABEL = "label"                                   # int64 [] feed click (1) or not (0)
+TIMESTAMP = "timestamp"                           # int64 [] ms of the impression
+USER_ID = "user_id"                               # int64 []
+ITEM_ID = "item_id"                               # int64 [] the target (candidate) item
+SEARCH_ACTIVE_LEVEL = "search_active_level"       # int64 [] user feature
+REC_ACTIVE_LEVEL = "rec_active_level"             # int64 [] user feature
+ONEHOT_FEAT1 = "onehot_feat1"                     # int64 [] user feature
+ONEHOT_FEAT2 = "onehot_feat2"                     # int64 [] user feature
+AUTHOR_ID = "author_id"                           # int64 [] item feature
+CATEGORY_ID = "category_id"                       # int64 [] item first-level category
+SUBCATEGORY_ID = "subcategory_id"                 # int64 [] item second-level category
+HIST_ITEM_IDS = "hist_item_ids"                   # int64 [history] feed-clicked items before t
+HIST_CATEGORY_IDS = "hist_category_ids"           # int64 [history] their first-level categories
+HIST_SUBCATEGORY_IDS = "hist_subcategory_ids"     # int64 [history] their second-level categories
+QUERY_KEYS = "query_keys"                         # string [queries] queries issued before t
+QUERY_WORD_IDS = "query_word_ids"                 # int64 [queries, query_words]
+NIP_POS_ITEM_IDS = "nip_pos_item_ids"             # int64 [nip_pos] train clicks after t
+NIP_NEG_ITEM_IDS = "nip_neg_item_ids"             # int64 [nip_neg] train non-clicks after t
+
+# --- vocabularies (files <data>/vocab/<name>.txt, "value<TAB>count", most frequent first) -----
+VOCAB_USERS = "users"
+VOCAB_ITEMS = "items"
+VOCAB_QUERIES = "queries"
+VOCAB_WORDS = "words"
+VOCAB_CATEGORIES = "categories"
+VOCAB_SUBCATEGORIES = "subcategories"
+VOCAB_AUTHORS = "authors"
+VOCAB_SEARCH_ACTIVE_LEVELS = "search_active_levels"
+VOCAB_REC_ACTIVE_LEVELS = "rec_active_levels"
+VOCAB_ONEHOT_FEAT1 = "onehot_feat1"
+VOCAB_ONEHOT_FEAT2 = "onehot_feat2"
+VOCABULARIES = (
+    VOCAB_USERS, VOCAB_ITEMS, VOCAB_QUERIES, VOCAB_WORDS, VOCAB_CATEGORIES, VOCAB_SUBCATEGORIES,
+    VOCAB_AUTHORS, VOCAB_SEARCH_ACTIVE_LEVELS, VOCAB_REC_ACTIVE_LEVELS, VOCAB_ONEHOT_FEAT1,
+    VOCAB_ONEHOT_FEAT2,
+)
+
+# --- query -> items table (<data>/query_items/*.tfrecord.gz), variable-length lists ----------
+QI_QUERY_KEY = "query_key"                        # string []
+QI_WORD_IDS = "word_ids"                          # int64 [None] all the query's words
+QI_CLICKED_ITEM_IDS = "clicked_item_ids"          # int64 [None] clicked after the query
+QI_CLICK_COUNTS = "click_counts"                  # int64 [None] clicks per clicked item
+QI_UNCLICKED_ITEM_IDS = "unclicked_item_ids"      # int64 [None] shown, never clicked
+QI_SESSIONS = "sessions"                          # int64 [] search sessions with this query
+
+# --- files the Beam job writes under its output directory ----------------------------------
+SPLITS = ("train", "valid", "test")
+VOCAB_DIR = "vocab"
+QUERY_ITEMS_DIR = "query_items"
+DEAD_LETTER_DIR = "dead_letter"
+STATS_FILE = "stats.json"
+SCHEMA_FILE = "schema.json"
+EXAMPLE_FILE_PATTERN = "*.tfrecord.gz"
+COMPRESSION = "GZIP"
+
+
+@dataclasses.dataclass(frozen=True)
+class Feature:
+    """One example feature: how it is stored, parsed, padded and looked up.
+
+    Attributes:
+      name: the key in tf.Example, in `qrec_tf.data` batches and in serving signatures.
+      dtype: "int64" or "string".
+      shape: per-example shape; () for a scalar.
+      vocab: the vocabulary (under `vocab/`) that maps its raw values to indices, or None.
+      group: what the feature describes: "label", "context", "user", "item", "history",
+        "query", or "nip" (training-only targets).
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    vocab: str | None
+    group: str
+
+    @property
+    def tf_dtype(self) -> tf.DType:
+        return tf.int64 if self.dtype == "int64" else tf.string
+
+    @property
+    def pad(self) -> int | bytes:
+        return PAD_ID if self.dtype == "int64" else PAD_KEY
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Schema:
+    """Sequence lengths of a dataset, and from them every feature's spec.
+
+    The Beam job writes the lengths it used to `<data>/schema.json`; `Schema.load(data_dir)`
+    reads them back, so training always parses with the lengths the data was written with.
+    """
+
+    history_length: int = 50
+    max_queries: int = 20
+    max_query_words: int = 8
+    nip_positives: int = 5
+    nip_negatives: int = 5
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"Schema.{field.name} must be a positive integer, got {value!r}")
+
+    # --- the features ----------------------------------------------------------------------
+    @property
+    def features(self) -> tuple[Feature, ...]:
+        h, q, w = self.history_length, self.max_queries, self.max_query_words
+        return (
+            Feature(LABEL, "int64", (), None, "label"),
+            Feature(TIMESTAMP, "int64", (), None, "context"),
+            Feature(USER_ID, "int64", (), VOCAB_USERS, "user"),
+            Feature(SEARCH_ACTIVE_LEVEL, "int64", (), VOCAB_SEARCH_ACTIVE_LEVELS, "user"),
+            Feature(REC_ACTIVE_LEVEL, "int64", (), VOCAB_REC_ACTIVE_LEVELS, "user"),
+            Feature(ONEHOT_FEAT1, "int64", (), VOCAB_ONEHOT_FEAT1, "user"),
+            Feature(ONEHOT_FEAT2, "int64", (), VOCAB_ONEHOT_FEAT2, "user"),
+            Feature(ITEM_ID, "int64", (), VOCAB_ITEMS, "item"),
+            Feature(AUTHOR_ID, "int64", (), VOCAB_AUTHORS, "item"),
+            Feature(CATEGORY_ID, "int64", (), VOCAB_CATEGORIES, "item"),
+            Feature(SUBCATEGORY_ID, "int64", (), VOCAB_SUBCATEGORIES, "item"),
+            Feature(HIST_ITEM_IDS, "int64", (h,), VOCAB_ITEMS, "history"),
+            Feature(HIST_CATEGORY_IDS, "int64", (h,), VOCAB_CATEGORIES, "history"),
+            Feature(HIST_SUBCATEGORY_IDS, "int64", (h,), VOCAB_SUBCATEGORIES, "history"),
+            Feature(QUERY_KEYS, "string", (q,), VOCAB_QUERIES, "query"),
+            Feature(QUERY_WORD_IDS, "int64", (q, w), VOCAB_WORDS, "query"),
+            Feature(NIP_POS_ITEM_IDS, "int64", (self.nip_positives,), VOCAB_ITEMS, "nip"),
+            Feature(NIP_NEG_ITEM_IDS, "int64", (self.nip_negatives,), VOCAB_ITEMS, "nip"),
+        )
+
+    def feature(self, name: str) -> Feature:
+        for feature in self.features:
+            if feature.name == name:
+                return feature
+        raise KeyError(f"no feature named {name!r}; the schema has {self.feature_names}")
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features)
+
+    def group(self, *groups: str) -> tuple[Feature, ...]:
+        return tuple(f for f in self.features if f.group in groups)
+
+    @property
+    def model_features(self) -> tuple[Feature, ...]:
+        """What a served model reads: everything but the label and the training-only targets."""
+        return tuple(f for f in self.features if f.group not in ("label", "nip", "context"))
+
+    # --- parsing and writing ---------------------------------------------------------------
+    def parse_spec(self, names: Iterable[str] | None = None) -> dict[str, tf.io.FixedLenFeature]:
+        """The tf.io.parse_example spec; every feature is required (the Beam job pads)."""
+        chosen = self.features if names is None else [self.feature(n) for n in names]
+        return {f.name: tf.io.FixedLenFeature(f.shape, f.tf_dtype) for f in chosen}
+
+    def tensor_specs(self, features: Iterable[Feature] | None = None,
+                     batch_size: int | None = None) -> dict[str, tf.TensorSpec]:
+        chosen = self.model_features if features is None else tuple(features)
+        return {f.name: tf.TensorSpec((batch_size, *f.shape), f.tf_dtype, name=f.name)
+                for f in chosen}
+
+    def to_example(self, values: Mapping[str, Any]) -> bytes:
+        """Serializes one example; `values` must hold every feature at its exact size.
+
+        Sequences may be given nested (query_word_ids as [queries][words]) or flat.
+        """
+        example = example_pb2.Example()
+        out = example.features.feature
+        for f in self.features:
+            value = values[f.name]
+            if not f.shape:
+                value = (value,)
+            elif len(f.shape) == 2:
+                value = [v for row in value for v in row] if value and isinstance(
+                    value[0], (list, tuple)) else value
+            if len(value) != f.size:
+                raise ValueError(f"{f.name}: expected {f.size} values, got {len(value)}")
+            if f.dtype == "int64":
+                out[f.name].int64_list.value.extend(value)
+            else:
+                out[f.name].bytes_list.value.extend(
+                    v.encode("utf-8") if isinstance(v, str) else v for v in value)
+        return example.SerializeToString()
+
+    # --- persistence -----------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Schema":
+        values = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown schema fields {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**values)
+
+    @classmethod
+    def load(cls, data_dir: str) -> "Schema":
+        path = os.path.join(data_dir, SCHEMA_FILE)
+        if not tf.io.gfile.exists(path):
+            raise FileNotFoundError(
+                f"{path} not found: is {data_dir!r} the output directory of "
+                "`python -m pipelines.build_tfrecords`?")
+        with tf.io.gfile.GFile(path) as f:
+            return cls.from_json(f.read())
+
+
+# The query -> items table (variable-length lists).
+QUERY_ITEMS_SPEC = {
+    QI_QUERY_KEY: tf.io.FixedLenFeature((), tf.string),
+    QI_WORD_IDS: tf.io.VarLenFeature(tf.int64),
+    QI_CLICKED_ITEM_IDS: tf.io.VarLenFeature(tf.int64),
+    QI_CLICK_COUNTS: tf.io.VarLenFeature(tf.int64),
+    QI_UNCLICKED_ITEM_IDS: tf.io.VarLenFeature(tf.int64),
+    QI_SESSIONS: tf.io.FixedLenFeature((), tf.int64),
+}
+
+
+def query_items_example(query_key: str, word_ids: Iterable[int], clicked: Mapping[int, int],
+                        unclicked: Iterable[int], sessions: int) -> bytes:
+    """Serializes one row of the query -> items table; items are sorted for reproducibility."""
+    example = example_pb2.Example()
+    out = example.features.feature
+    out[QI_QUERY_KEY].bytes_list.value.append(query_key.encode("utf-8"))
+    out[QI_WORD_IDS].int64_list.value.extend(word_ids)
+    clicked_items = sorted(clicked)
+    out[QI_CLICKED_ITEM_IDS].int64_list.value.extend(clicked_items)
+    out[QI_CLICK_COUNTS].int64_list.value.extend(clicked[i] for i in clicked_items)
+    out[QI_UNCLICKED_ITEM_IDS].int64_list.value.extend(sorted(unclicked))
+    out[QI_SESSIONS].int64_list.value.append(sessions)
+    return example.SerializeToString()
+
+
+def vocab_path(data_dir: str, vocab: str) -> str:
+    return os.path.join(data_dir, VOCAB_DIR, vocab + ".txt")
+
+
+def read_vocab(data_dir: str, vocab: str) -> list[tuple[str, int]]:
+    """[(value, count)] in file order (most frequent first)."""
+    path = vocab_path(data_dir, vocab)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"vocabulary {path} not found (run pipelines.build_tfrecords)")
+    rows = []
+    with tf.io.gfile.GFile(path) as f:
+        for line in f:
+            value, count = line.rstrip("\n").split("\t")
+            rows.append((value, int(count)))
+    return rows

@@ -1,0 +1,1 @@
+"""Serving helpers: TF Serving configuration, clients and a local stand-in server."""

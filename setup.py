@@ -1,0 +1,31 @@
+"""qrec_tf: QueryRec (CIKM 2024) in TensorFlow/Keras 3 with a Beam preprocessing pipeline."""
+from setuptools import find_packages, setup
+
+# Versions measured to resolve together on the reference machine (shared/DESIGN.md).
+INSTALL_REQUIRES = [
+    "tensorflow==2.21.0",
+    "keras==3.15.1",
+    "keras-rs==0.4.0",
+    "tensorflow-serving-api==2.21.0",
+    "apache-beam[tfrecord]==2.77.0",
+    "google-crc32c==1.9.0",
+    "numpy>=2.4,<2.5",
+    "protobuf>=6.33,<7",
+    "grpcio>=1.85,<1.86",
+    "pyarrow>=25,<26",
+    "PyYAML>=6.0,<7",
+]
+
+setup(
+    name="qrec_tf",
+    version="0.1.0",
+    description="QueryRec: search-query representations for feed CTR prediction (TF/Keras 3, Beam)",
+    packages=find_packages(include=["qrec_tf", "qrec_tf.*", "pipelines", "pipelines.*",
+                                    "serving", "serving.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "gpu": ["tensorflow[and-cuda]==2.21.0"],
+        "dev": ["pytest>=9,<10", "matplotlib>=3.9"],
+    },
+)
