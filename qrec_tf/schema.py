@@ -19,11 +19,12 @@ Tensor shapes below are per example; `qrec_tf.data` adds a leading batch dimensi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
 import os
 from typing import Any, Iterable, Mapping
 
-import numpy as np
 import tensorflow as tf
 from tensorflow.core.example import example_pb2
 
@@ -116,7 +117,7 @@ class Feature:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        return math.prod(self.shape)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +141,7 @@ class Schema:
                 raise ValueError(f"Schema.{field.name} must be a positive integer, got {value!r}")
 
     # --- the features ----------------------------------------------------------------------
-    @property
+    @functools.cached_property
     def features(self) -> tuple[Feature, ...]:
         h, q, w = self.history_length, self.max_queries, self.max_query_words
         return (
@@ -201,21 +202,25 @@ class Schema:
         """
         example = example_pb2.Example()
         out = example.features.feature
-        for f in self.features:
-            value = values[f.name]
-            if not f.shape:
+        for name, is_int, rank, size in self._layout:
+            value = values[name]
+            if rank == 0:
                 value = (value,)
-            elif len(f.shape) == 2:
-                value = [v for row in value for v in row] if value and isinstance(
-                    value[0], (list, tuple)) else value
-            if len(value) != f.size:
-                raise ValueError(f"{f.name}: expected {f.size} values, got {len(value)}")
-            if f.dtype == "int64":
-                out[f.name].int64_list.value.extend(value)
+            elif rank == 2 and value and isinstance(value[0], (list, tuple)):
+                value = [v for row in value for v in row]
+            if len(value) != size:
+                raise ValueError(f"{name}: expected {size} values, got {len(value)}")
+            if is_int:
+                out[name].int64_list.value.extend(value)
             else:
-                out[f.name].bytes_list.value.extend(
+                out[name].bytes_list.value.extend(
                     v.encode("utf-8") if isinstance(v, str) else v for v in value)
         return example.SerializeToString()
+
+    @functools.cached_property
+    def _layout(self) -> tuple[tuple[str, bool, int, int], ...]:
+        # to_example runs once per impression (millions): resolve the features once.
+        return tuple((f.name, f.dtype == "int64", len(f.shape), f.size) for f in self.features)
 
     # --- persistence -----------------------------------------------------------------------
     def to_json(self) -> str:

@@ -1,0 +1,65 @@
+"""Throughput of the Beam job (DirectRunner, in-memory) on a generated KuaiSAR-format log.
+
+    python benchmarks/pipeline_throughput.py [--users 3500] [--rec-per-user 290] [--workdir bench_out]
+
+Prints input rows/s for the whole job and the projected time for a KuaiSAR-small-sized log
+(7.5M feed + 3.2M search rows, the issue's target: under 15 minutes on 2 cores). Everything is
+measured in this one run (the machine is noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pipelines import build_tfrecords, synthetic  # noqa: E402
+
+KUAISAR_SMALL_ROWS = 7_490_000 + 3_170_000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    # KuaiSAR-small's shape: 25,877 users with ~290 feed and ~122 search rows each (~10 shown
+    # items per session); 3,500 such users give ~1M feed rows.
+    parser.add_argument("--users", type=int, default=3_500)
+    parser.add_argument("--items", type=int, default=200_000)
+    parser.add_argument("--rec-per-user", type=int, default=290)
+    parser.add_argument("--sessions-per-user", type=int, default=12)
+    parser.add_argument("--workdir", default="bench_out")
+    parser.add_argument("--keep", action="store_true", help="keep the generated log and outputs")
+    args, beam_args = parser.parse_known_args()
+    log_dir, out_dir = os.path.join(args.workdir, "log"), os.path.join(args.workdir, "out")
+    shutil.rmtree(args.workdir, ignore_errors=True)
+
+    t0 = time.monotonic()
+    manifest = synthetic.generate(log_dir, users=args.users, items=args.items, seed=1,
+                                  rec_per_user=args.rec_per_user,
+                                  sessions_per_user=args.sessions_per_user)
+    t_gen = time.monotonic() - t0
+    rows = manifest["rows"]
+    total = sum(rows.values())
+    print(f"generated {total:,} rows in {t_gen:.1f} s: {rows}", flush=True)
+
+    t0 = time.monotonic()
+    stats = build_tfrecords.run(["--input", log_dir, "--output", out_dir, *beam_args])
+    elapsed = time.monotonic() - t0
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    examples = sum(stats["examples"][s]["count"] for s in ("train", "valid", "test"))
+    rate = total / elapsed
+    print(f"\npipeline: {elapsed:.1f} s for {total:,} input rows -> {rate:,.0f} rows/s; "
+          f"{examples:,} examples ({examples / elapsed:,.0f} examples/s); peak RSS {peak_gb:.1f} GB")
+    projected = KUAISAR_SMALL_ROWS / rate
+    print(f"projected KuaiSAR-small ({KUAISAR_SMALL_ROWS:,} rows): {projected / 60:.1f} min "
+          f"(target < 15 min; ratio target/projected = {15 * 60 / projected:.2f})")
+    if not args.keep:
+        shutil.rmtree(args.workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
