@@ -49,11 +49,12 @@ def main() -> None:
     t0 = time.monotonic()
     stats = build_tfrecords.run(["--input", log_dir, "--output", out_dir, *beam_args])
     elapsed = time.monotonic() - t0
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    peak_gb = max(resource.getrusage(who).ru_maxrss
+                  for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1e6
     examples = sum(stats["examples"][s]["count"] for s in ("train", "valid", "test"))
     rate = total / elapsed
     print(f"\npipeline: {elapsed:.1f} s for {total:,} input rows -> {rate:,.0f} rows/s; "
-          f"{examples:,} examples ({examples / elapsed:,.0f} examples/s); peak RSS {peak_gb:.1f} GB")
+          f"{examples:,} examples ({examples / elapsed:,.0f} examples/s); peak RSS of one process {peak_gb:.1f} GB")
     projected = KUAISAR_SMALL_ROWS / rate
     print(f"projected KuaiSAR-small ({KUAISAR_SMALL_ROWS:,} rows): {projected / 60:.1f} min "
           f"(target < 15 min; ratio target/projected = {15 * 60 / projected:.2f})")

@@ -75,9 +75,18 @@ def _right_pad(values: Sequence, length: int, pad) -> list:
 
 
 def _sample_in_order(rng: random.Random, values: Sequence[int], k: int) -> list[int]:
-    if len(values) <= k:
+    """k of `values` uniformly without replacement, in their original order."""
+    n = len(values)
+    if n <= k:
         return list(values)
-    return [values[i] for i in sorted(rng.sample(range(len(values)), k))]
+    if n < 4 * k:
+        chosen = rng.sample(range(n), k)
+    else:  # rejection sampling: ~k draws instead of random.sample's bookkeeping
+        picked: set[int] = set()
+        while len(picked) < k:
+            picked.add(int(rng.random() * n))
+        chosen = picked
+    return [values[i] for i in sorted(chosen)]
 
 
 def build_user_examples(
@@ -92,8 +101,9 @@ def build_user_examples(
     """Yields (split, features) for each of the user's feed interactions, in time order.
 
     `features` maps every schema feature name to its value at the schema's exact size (scalars as
-    ints, sequences as lists, query_word_ids as a list of lists). `user_features` is the
-    (search_active_level, rec_active_level, onehot_feat1, onehot_feat2) tuple or None.
+    ints, sequences as lists, query_word_ids as a flat list of queries x words). Consecutive
+    examples whose history (or queries) did not change share the same list objects, which
+    `schema.ExampleSerializer` exploits; callers must not mutate them.
     """
     rec = sorted(rec_rows)
     sessions = sessions_of(search_rows)
@@ -102,10 +112,17 @@ def build_user_examples(
         return
     n_train = max(n - 2, 0)
     held_out = {item for _, item, _ in rec[n_train:]}
-    rec_ts = [r[0] for r in rec]
-    clicked_ts = [ts for ts, _, click in rec if click]
-    clicked_items = [item for _, item, click in rec if click]
+    clicked = [(ts, item) for ts, item, click in rec if click]
+    clicked_ts = [ts for ts, _ in clicked]
+    clicked_items = [item for _, item in clicked]
+    clicked_feats = [item_features.get(item, NO_ITEM_FEATURES) for item in clicked_items]
+    clicked_cats = [f[1] for f in clicked_feats]
+    clicked_subs = [f[2] for f in clicked_feats]
     session_ts = [s.timestamp for s in sessions]
+    h, q, w = schema.history_length, schema.max_queries, schema.max_query_words
+    session_keys = [s.key for s in sessions]
+    session_words = [_right_pad(s.words, w, S.PAD_ID) for s in sessions]
+    no_words = [S.PAD_ID] * w
 
     # Candidates for NIP targets: train interactions on items that are not held out.
     pos_ts, pos_items, neg_ts, neg_items = [], [], [], []
@@ -114,26 +131,34 @@ def build_user_examples(
             continue
         (pos_ts if click else neg_ts).append(ts)
         (pos_items if click else neg_items).append(item)
+    no_pos = [S.PAD_ID] * schema.nip_positives
+    no_neg = [S.PAD_ID] * schema.nip_negatives
 
     rng = random.Random(f"{seed}:{user_id}")
     u_feats = tuple(user_features) if user_features is not None else NO_USER_FEATURES
-    h, q, w = schema.history_length, schema.max_queries, schema.max_query_words
-    no_words = [S.PAD_ID] * w
-
+    hist_end = query_end = -1
     for position, (t, item, click) in enumerate(rec):
         split = split_of(position, n)
-        hist = clicked_items[max(0, bisect.bisect_left(clicked_ts, t) - h):
-                             bisect.bisect_left(clicked_ts, t)]
-        hist_feats = [item_features.get(i, NO_ITEM_FEATURES) for i in hist]
-        n_sessions = bisect.bisect_left(session_ts, t)
-        recent = sessions[max(0, n_sessions - q):n_sessions]
+        end = bisect.bisect_left(clicked_ts, t)
+        if end != hist_end:  # new lists only when a click passed: the serializer reuses them
+            hist_end, start = end, max(0, end - h)
+            hist = _left_pad(clicked_items[start:end], h, S.PAD_ID)
+            hist_cats = _left_pad(clicked_cats[start:end], h, S.PAD_ID)
+            hist_subs = _left_pad(clicked_subs[start:end], h, S.PAD_ID)
+        end = bisect.bisect_left(session_ts, t)
+        if end != query_end:
+            query_end, start = end, max(0, end - q)
+            keys = _left_pad(session_keys[start:end], q, S.PAD_KEY.decode())
+            words = [v for row in _left_pad(session_words[start:end], q, no_words) for v in row]
         if split == "train":
-            nip_pos = _sample_in_order(rng, pos_items[bisect.bisect_right(pos_ts, t):],
-                                       schema.nip_positives)
-            nip_neg = _sample_in_order(rng, neg_items[bisect.bisect_right(neg_ts, t):],
-                                       schema.nip_negatives)
+            nip_pos = _right_pad(_sample_in_order(rng, pos_items[bisect.bisect_right(pos_ts, t):],
+                                                  schema.nip_positives),
+                                 schema.nip_positives, S.PAD_ID)
+            nip_neg = _right_pad(_sample_in_order(rng, neg_items[bisect.bisect_right(neg_ts, t):],
+                                                  schema.nip_negatives),
+                                 schema.nip_negatives, S.PAD_ID)
         else:
-            nip_pos, nip_neg = [], []
+            nip_pos, nip_neg = no_pos, no_neg
         author, category, subcategory = item_features.get(item, NO_ITEM_FEATURES)
         yield split, {
             S.LABEL: click,
@@ -147,14 +172,13 @@ def build_user_examples(
             S.AUTHOR_ID: author,
             S.CATEGORY_ID: category,
             S.SUBCATEGORY_ID: subcategory,
-            S.HIST_ITEM_IDS: _left_pad(hist, h, S.PAD_ID),
-            S.HIST_CATEGORY_IDS: _left_pad([f[1] for f in hist_feats], h, S.PAD_ID),
-            S.HIST_SUBCATEGORY_IDS: _left_pad([f[2] for f in hist_feats], h, S.PAD_ID),
-            S.QUERY_KEYS: _left_pad([s.key for s in recent], q, S.PAD_KEY.decode()),
-            S.QUERY_WORD_IDS: _left_pad([_right_pad(s.words, w, S.PAD_ID) for s in recent], q,
-                                        no_words),
-            S.NIP_POS_ITEM_IDS: _right_pad(nip_pos, schema.nip_positives, S.PAD_ID),
-            S.NIP_NEG_ITEM_IDS: _right_pad(nip_neg, schema.nip_negatives, S.PAD_ID),
+            S.HIST_ITEM_IDS: hist,
+            S.HIST_CATEGORY_IDS: hist_cats,
+            S.HIST_SUBCATEGORY_IDS: hist_subs,
+            S.QUERY_KEYS: keys,
+            S.QUERY_WORD_IDS: words,
+            S.NIP_POS_ITEM_IDS: nip_pos,
+            S.NIP_NEG_ITEM_IDS: nip_neg,
         }
 
 

@@ -12,8 +12,10 @@ from qrec_tf import data as D
 from qrec_tf import schema as S
 from tests.pipelines import hand_log
 
+# The hand-log runs use the single-process runner (worker start-up would dominate a 30-row job);
+# test_pipeline_invariants runs the default multi-process mode.
 SMALL = ["--history-length", "3", "--max-queries", "2", "--max-query-words", "2",
-         "--nip-positives", "2", "--nip-negatives", "2"]
+         "--nip-positives", "2", "--nip-negatives", "2", "--direct_running_mode=in_memory"]
 P = -1  # padding of integer features
 NO_WORDS = [P, P]
 

@@ -21,7 +21,7 @@ def test_splits_and_truncation():
     _, last = examples[-1]  # t = 200: clicked items 101, 103, ..., 117 before it
     assert last[S.HIST_ITEM_IDS] == [111, 113, 115, 117]
     assert last[S.QUERY_KEYS] == ["4", "5_6", "7"]  # the first of four sessions is cut
-    assert last[S.QUERY_WORD_IDS] == [[4, -1], [5, 6], [7, -1]]
+    assert last[S.QUERY_WORD_IDS] == [4, -1, 5, 6, 7, -1]
     assert split_of(0, 1) == "test" and split_of(0, 2) == "valid" and split_of(0, 3) == "train"
 
 
