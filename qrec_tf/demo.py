@@ -10,7 +10,6 @@ Steps: generate a KuaiSAR-format log (pipelines.synthetic) -> Beam job (pipeline
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -41,8 +40,7 @@ def main(argv=None) -> int:
     print("      rows: " + ", ".join(f"{k} {v:,}" for k, v in manifest["rows"].items()), flush=True)
 
     print(f"[2/3] Beam job (DirectRunner) -> {data_dir}", flush=True)
-    stats = build_tfrecords.run(["--input", log_dir, "--output", data_dir, "--overwrite"])
-    print(build_tfrecords.summary(stats), flush=True)
+    build_tfrecords.run(["--input", log_dir, "--output", data_dir, "--overwrite"])  # logs a summary
 
     print("[3/3] reading one training batch through qrec_tf.data", flush=True)
     batch = next(iter(D.make_dataset(data_dir, "train", batch_size=4, seed=args.seed)))
