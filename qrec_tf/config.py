@@ -1,0 +1,159 @@
+"""Experiment configuration: dataclasses loaded from YAML (configs/<name>.yaml), overridable from
+the command line with `--set section.key=value` (values parsed as YAML: 32, 1e-3, true, [64, 32])."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, Iterable
+
+import yaml
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """What the model is. The registry name picks the builder; the flags pick the paper's parts."""
+
+    name: str = "din"
+    embedding_dim: int = 16
+    mlp_units: list[int] = dataclasses.field(default_factory=lambda: [200, 80])
+    mlp_activation: str = "dice"
+    dropout: float = 0.0
+    attention_units: list[int] = dataclasses.field(default_factory=lambda: [80, 40])
+    attention_activation: str = "dice"
+    attention_softmax: bool = False
+    # Query side (PAPER.md): eq 2 target-attention pooling of the query list, and the SASRec
+    # encoder whose output joins the CTR input and is trained by the NIP loss (eqs 13-14).
+    query_pooling: bool = False
+    query_encoder: bool = False
+    sas_blocks: int = 2
+    sas_heads: int = 1
+    sas_dropout: float = 0.2
+    nip_weight: float = 0.0             # lambda2
+    contrastive_weight: float = 0.0     # lambda3
+    contrastive_temperature: float = 0.2  # beta
+    contrastive_positives: int = 5      # positives of the last query per example (top by clicks)
+    contrastive_negatives: int = 64     # items sampled uniformly as negatives per example
+    # "log": the query_items/ table of the Beam job; "diffusion": the augment stage's table;
+    # "auto": diffusion when <data>/positives/ exists, else log.
+    positives: str = "log"
+    cross_layers: int = 2               # dcn only
+
+    def validate(self) -> None:
+        if self.embedding_dim < 1:
+            raise ValueError("model.embedding_dim must be >= 1")
+        if self.positives not in ("log", "diffusion", "auto"):
+            raise ValueError("model.positives must be log, diffusion or auto")
+        if self.nip_weight and not self.query_encoder:
+            raise ValueError("model.nip_weight > 0 needs model.query_encoder: true (NIP trains it)")
+        if self.contrastive_weight and self.contrastive_temperature <= 0:
+            raise ValueError("model.contrastive_temperature must be > 0")
+        if self.query_encoder and self.embedding_dim % self.sas_heads:
+            raise ValueError("model.embedding_dim must be divisible by model.sas_heads")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    batch_size: int = 1024
+    epochs: int = 5
+    learning_rate: float = 1e-3
+    optimizer: str = "lazy_adam"
+    seed: int = 0
+    early_stopping_patience: int = 2
+    shuffle_buffer: int = 100_000
+    steps_per_epoch: int | None = None      # None: one pass over train/
+    validation_steps: int | None = None     # None: one pass over valid/
+
+    def validate(self) -> None:
+        if self.batch_size < 1 or self.epochs < 1:
+            raise ValueError("train.batch_size and train.epochs must be >= 1")
+        if self.learning_rate <= 0:
+            raise ValueError("train.learning_rate must be > 0")
+
+
+@dataclasses.dataclass
+class Config:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def validate(self) -> "Config":
+        self.model.validate()
+        self.train.validate()
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Config":
+        values = values or {}
+        unknown = set(values) - {"model", "train"}
+        if unknown:
+            raise ValueError(f"unknown config section(s) {sorted(unknown)}; use model: and train:")
+        return cls(model=_build(ModelConfig, values.get("model") or {}, "model"),
+                   train=_build(TrainConfig, values.get("train") or {}, "train")).validate()
+
+
+def _build(kind, values: dict, section: str):
+    fields = {f.name: f for f in dataclasses.fields(kind)}
+    hints = typing.get_type_hints(kind)
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown {section} key(s) {sorted(unknown)}; known: {sorted(fields)}")
+    return kind(**{k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()})
+
+
+def _coerce(value: Any, hint, key: str):
+    """Checks a YAML value against the field's type (ints are accepted where floats are)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if value is None and type(None) in args:
+        return None
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{key} must be a list, got {value!r}")
+        return [_coerce(v, args[0], key) for v in value]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false, got {value!r}")
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"{key} must be an integer, got {value!r}")
+    if hint in (float, str) and not isinstance(value, hint):
+        raise ValueError(f"{key} must be a {hint.__name__}, got {value!r}")
+    return value
+
+
+def apply_overrides(values: dict, overrides: Iterable[str]) -> dict:
+    """Applies `section.key=value` strings to a config dict (values parsed as YAML)."""
+    for item in overrides:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ValueError(f"--set expects section.key=value (e.g. model.embedding_dim=32), "
+                             f"got {item!r}")
+        path, raw = item.split("=", 1)
+        section, key = path.split(".", 1)
+        values.setdefault(section, {})
+        if not isinstance(values[section], dict):
+            raise ValueError(f"config section {section!r} is not a mapping")
+        values[section][key] = yaml.safe_load(raw)
+    return values
+
+
+def load_config(path: str | None, overrides: Iterable[str] = ()) -> Config:
+    values: dict = {}
+    if path:
+        try:
+            with open(path) as f:
+                values = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ValueError(f"config file {path} not found (see configs/*.yaml)") from None
+        except yaml.YAMLError as error:
+            raise ValueError(f"config file {path} is not valid YAML: {error}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"config file {path} must hold a mapping with model: and train:")
+    return Config.from_dict(apply_overrides(values, overrides))
