@@ -1,0 +1,8 @@
+"""Keras 3 layers of qrec_tf, one concept per file."""
+
+from qrec_tf.layers.contrastive import BilinearSimilarity
+from qrec_tf.layers.dice import Dice
+from qrec_tf.layers.din_attention import DINAttention
+from qrec_tf.layers.embedding import SparseEmbedding
+from qrec_tf.layers.query_embedding import QueryEmbedding
+from qrec_tf.layers.sas_encoder import SASBlock, SASEncoder

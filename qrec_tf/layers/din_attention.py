@@ -1,0 +1,91 @@
+"""DIN target attention: adaptive pooling of a sequence given a target (PAPER eqs 1-2)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+import keras
+from keras import ops
+
+from qrec_tf.layers.dice import Dice
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable(package="qrec_tf")
+class DINAttention(keras.layers.Layer):
+    """v = sum_t a(q, k_t) k_t with a(q, k) = MLP([q, k, q - k, q * k]) (DIN's activation unit).
+
+    The score MLP is Dense(hidden_units[i]) + activation per hidden layer ("dice": a `Dice` layer
+    after each Dense, else any Keras activation name) and a final linear Dense(1).
+
+    Without softmax (DIN's choice, which keeps the intensity of the interest) the weights are the
+    raw scores with padded positions set to 0; with `use_softmax=True` they are a softmax over the
+    valid positions, and a row without any valid position gets all-zero weights.
+
+    Padded keys are replaced by zeros before anything reads them and Dice's batch statistics skip
+    them, so the values a padded key holds never change any output.
+
+    Call: query [batch, dim], keys [batch, seq_len, dim], mask bool [batch, seq_len] (True = real)
+    -> pooled [batch, dim]; with return_weights=True also the weights [batch, seq_len].
+    """
+
+    def __init__(self, hidden_units: Sequence[int] = (80, 40), activation: str = "dice",
+                 use_softmax: bool = False, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.hidden_units = [int(units) for units in hidden_units]
+        self.activation = activation
+        self.use_softmax = use_softmax
+        use_dice = activation == "dice"
+        self.dense_layers = [
+            keras.layers.Dense(units, activation=None if use_dice else activation,
+                               name=f"dense{i}")
+            for i, units in enumerate(self.hidden_units)]
+        self.dice_layers = ([Dice(name=f"dice{i}") for i in range(len(self.hidden_units))]
+                            if use_dice else [])
+        self.score_dense = keras.layers.Dense(1, name="score")
+
+    def build(self, query_shape: tuple, keys_shape: tuple | None = None,
+              mask_shape: tuple | None = None) -> None:
+        shape = (None, None, 4 * query_shape[-1])
+        for i, dense in enumerate(self.dense_layers):
+            dense.build(shape)
+            shape = dense.compute_output_shape(shape)
+            if self.dice_layers:
+                self.dice_layers[i].build(shape)
+        self.score_dense.build(shape)
+
+    def call(self, query: tf.Tensor, keys: tf.Tensor, mask: tf.Tensor,
+             training: bool | None = None,
+             return_weights: bool = False) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]:
+        mask = ops.cast(mask, "bool")
+        keys = ops.where(ops.expand_dims(mask, -1), keys, ops.zeros_like(keys))
+        seq_len = ops.shape(keys)[1]
+        q = ops.repeat(ops.expand_dims(query, 1), seq_len, axis=1)          # [batch, seq_len, dim]
+        x = ops.concatenate([q, keys, q - keys, q * keys], axis=-1)
+        for i, dense in enumerate(self.dense_layers):
+            x = dense(x)
+            if self.dice_layers:
+                x = self.dice_layers[i](x, training=training, mask=mask)
+        # float32: the softmax's large negative fill would overflow float16.
+        scores = ops.cast(ops.squeeze(self.score_dense(x), -1), "float32")  # [batch, seq_len]
+        if self.use_softmax:
+            scores = ops.where(mask, scores, ops.full_like(scores, -1e9))
+            weights = ops.softmax(scores, axis=-1)
+        else:
+            weights = scores
+        # Also what zeroes a row without valid positions (its softmax is uniform over padding).
+        weights = ops.where(mask, weights, ops.zeros_like(weights))
+        weights = ops.cast(weights, keys.dtype)
+        pooled = ops.sum(ops.expand_dims(weights, -1) * keys, axis=1)      # [batch, dim]
+        return (pooled, weights) if return_weights else pooled
+
+    def compute_mask(self, inputs: Any, previous_mask: Any = None) -> None:
+        # `mask` is an explicit argument consumed here: no Keras mask rides on the outputs (and
+        # Keras does not warn that one is dropped when `mask` is passed by keyword).
+        return None
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "hidden_units": list(self.hidden_units),
+                "activation": self.activation, "use_softmax": self.use_softmax}
