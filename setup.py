@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "grpcio>=1.85,<1.86",
     "pyarrow>=25,<26",
     "PyYAML>=6.0,<7",
+    "tensorboard==2.21.0",  # TF 2.21 no longer pulls it in; tf.summary needs it
 ]
 
 setup(

@@ -401,8 +401,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
             "history_length", "max_queries", "max_query_words", "nip_positives", "nip_negatives")})
     except ValueError as error:
         parser.error(str(error))
-    if not any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
-        beam_args = LOCAL_DEFAULTS + beam_args
+    given = {a.split("=", 1)[0] for a in beam_args if a.startswith("--")}
+    if "--runner" not in given:
+        defaults = [d for d in LOCAL_DEFAULTS if d.split("=", 1)[0] not in given]
+        if any(a.startswith("--direct_running_mode=") and not a.endswith("multi_processing")
+               for a in beam_args):  # one process: a worker count would only draw a warning
+            defaults = [d for d in defaults if not d.startswith("--direct_num_workers")]
+        beam_args = defaults + beam_args
     return args, beam_args
 
 

@@ -48,7 +48,14 @@ def logloss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-7) ->
 
 
 def all_metrics(users, labels, probabilities) -> dict:
+    """Every metric as JSON-ready values: an undefined AUC or GAUC is None, not NaN.
+
+    GAUC needs users with both classes; on a leave-one-out valid or test split every user has a
+    single impression, so GAUC is None there (gauc_users = 0), by construction.
+    """
     value, users_counted = gauc(users, labels, probabilities)
-    return {"auc": auc(labels, probabilities), "gauc": value, "gauc_users": users_counted,
+    defined = lambda x: None if np.isnan(x) else x
+    return {"auc": defined(auc(labels, probabilities)), "gauc": defined(value),
+            "gauc_users": users_counted,
             "logloss": logloss(labels, probabilities), "n": int(np.asarray(labels).size),
             "positives": int(np.asarray(labels).sum())}

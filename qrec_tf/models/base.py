@@ -1,0 +1,148 @@
+"""What every CTR model here shares: raw-id lookups, embeddings, and a training step that adds
+auxiliary losses to the click loss and reports each term.
+
+Inputs are dicts of raw features named by `qrec_tf.schema` (as `qrec_tf.data` yields them); ids are
+mapped to indices inside the graph by lookups built from the Beam job's vocabularies, so the same
+model serves raw ids. Output of `call`: click probability, float32 [batch].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+import keras
+import tensorflow as tf
+
+from qrec_tf import schema as S
+from qrec_tf.config import ModelConfig
+from qrec_tf.layers.embedding import SparseEmbedding
+from qrec_tf.layers.id_lookup import lookup_size, make_lookup
+
+
+@dataclasses.dataclass
+class Vocabularies:
+    """Vocabulary values per vocabulary name (qrec_tf.schema.VOCAB_*), most frequent first."""
+
+    values: dict[str, list]
+
+    def size(self, vocab: str) -> int:
+        """Embedding rows for a vocabulary: padding + OOV + values."""
+        return lookup_size(self.values[vocab])
+
+
+class CTRModel(keras.Model):
+    """Base: lookups + embeddings of every categorical feature, and the custom train/test steps.
+
+    Subclasses implement `forward(features, training) -> dict` with at least "logits" [batch], and
+    may return "aux_losses": {name: (weight, scalar)} that the train step adds to the click loss.
+    """
+
+    def __init__(self, config: ModelConfig, schema: S.Schema, vocabularies: Vocabularies,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.schema = schema
+        self.vocabularies = vocabularies
+        d = config.embedding_dim
+        vocab_dtype = {f.vocab: f.dtype for f in schema.features if f.vocab}
+        self.lookups = {vocab: make_lookup(vocabularies.values[vocab], vocab_dtype[vocab],
+                                           name=f"lookup_{vocab}")
+                        for vocab in sorted(vocab_dtype)}
+        # Queries and words get their embeddings inside QueryEmbedding (models that use them).
+        self.embeddings = {vocab: SparseEmbedding(vocabularies.size(vocab), d, name=f"emb_{vocab}")
+                           for vocab in sorted(vocab_dtype)
+                           if vocab not in (S.VOCAB_QUERIES, S.VOCAB_WORDS)}
+        self.loss_trackers = {name: keras.metrics.Mean(name=name)
+                              for name in ("loss", "ctr_loss", *self.aux_loss_names())}
+        self.auc = keras.metrics.AUC(num_thresholds=2000, name="auc")
+        self.bce = keras.losses.BinaryCrossentropy(from_logits=True,
+                                                   reduction="sum_over_batch_size")
+
+    # --- pieces subclasses use -----------------------------------------------------------------
+    def aux_loss_names(self) -> tuple[str, ...]:
+        return ()
+
+    def lookup(self, feature: str, values: tf.Tensor) -> tf.Tensor:
+        """Raw values of a schema feature -> indices (0 pad, 1 OOV)."""
+        return self.lookups[self.schema.feature(feature).vocab](values)
+
+    def embed(self, feature: str, indices: tf.Tensor) -> tf.Tensor:
+        return self.embeddings[self.schema.feature(feature).vocab](indices)
+
+    def item_representation(self, items: tf.Tensor, categories: tf.Tensor,
+                            subcategories: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Raw item, category and subcategory ids [batch, ...] -> (item index, [..., 3 * dim])."""
+        item_idx = self.lookup(S.ITEM_ID, items)
+        rep = tf.concat([self.embed(S.ITEM_ID, item_idx),
+                         self.embed(S.CATEGORY_ID, self.lookup(S.CATEGORY_ID, categories)),
+                         self.embed(S.SUBCATEGORY_ID, self.lookup(S.SUBCATEGORY_ID, subcategories))],
+                        axis=-1)
+        return item_idx, rep
+
+    def context_embeddings(self, features: Mapping[str, tf.Tensor]) -> list[tf.Tensor]:
+        """User, user-feature and author embeddings, each [batch, dim]."""
+        return [self.embed(name, self.lookup(name, features[name]))
+                for name in (S.USER_ID, S.SEARCH_ACTIVE_LEVEL, S.REC_ACTIVE_LEVEL, S.ONEHOT_FEAT1,
+                             S.ONEHOT_FEAT2, S.AUTHOR_ID)]
+
+    # --- Keras API -------------------------------------------------------------------------
+    def forward(self, features: Mapping[str, tf.Tensor], training: bool = False) -> dict:
+        raise NotImplementedError
+
+    def call(self, features, training=False):
+        return tf.sigmoid(tf.cast(self.forward(features, training=training)["logits"], tf.float32))
+
+    @property
+    def metrics(self):
+        return [*self.loss_trackers.values(), self.auc]
+
+    def _loss_terms(self, features, labels, training):
+        out = self.forward(features, training=training)
+        logits = tf.cast(out["logits"], tf.float32)
+        labels = tf.cast(tf.reshape(labels, [-1]), tf.float32)
+        terms = {"ctr_loss": self.bce(labels, logits)}
+        total = terms["ctr_loss"]
+        for name, (weight, value) in out.get("aux_losses", {}).items():
+            terms[name] = tf.cast(value, tf.float32)
+            total = total + weight * terms[name]
+        terms["loss"] = total
+        return terms, labels, tf.sigmoid(logits)
+
+    def _update_metrics(self, terms, labels, probabilities):
+        batch = tf.shape(labels)[0]
+        for name, value in terms.items():
+            self.loss_trackers[name].update_state(value, sample_weight=batch)
+        self.auc.update_state(labels, probabilities)
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, data):
+        features, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            terms, labels, probabilities = self._loss_terms(features, labels, training=True)
+            # Gradients are summed over replicas: each replica contributes its share of the mean.
+            loss = terms["loss"] / tf.distribute.get_strategy().num_replicas_in_sync
+            loss = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        return self._update_metrics(terms, labels, probabilities)
+
+    def test_step(self, data):
+        features, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        terms, labels, probabilities = self._loss_terms(features, labels, training=False)
+        return self._update_metrics(terms, labels, probabilities)
+
+
+def mlp(units, activation: str, dropout: float, name: str) -> keras.Sequential:
+    """Dense layers with DIN's Dice (a layer) or any Keras activation, each followed by dropout."""
+    from qrec_tf.layers.dice import Dice
+
+    layers = []
+    for i, n in enumerate(units):
+        layers.append(keras.layers.Dense(n, name=f"{name}_dense{i}",
+                                         activation=None if activation == "dice" else activation))
+        if activation == "dice":
+            layers.append(Dice(name=f"{name}_dice{i}"))
+        if dropout:
+            layers.append(keras.layers.Dropout(dropout, name=f"{name}_dropout{i}"))
+    return keras.Sequential(layers, name=name)

@@ -1,0 +1,127 @@
+"""DIN with the query side of QueryRec (PAPER.md); config flags give the paper's ablations.
+
+| registry name | query_pooling | query_encoder | nip_weight | contrastive_weight |
+|---|---|---|---|---|
+| din       | -   | -   | 0  | 0  |
+| din_query | yes | -   | 0  | 0  |  eq 2 pooling of the query list, no auxiliary loss
+| din_nip   | -   | yes | l2 | 0  |  SASRec encoding of the query list + NIP loss (eqs 13-14)
+| din_con   | yes | -   | 0  | l3 |  + query-item contrastive loss (eq 15), log positives
+| queryrec  | yes | yes | l2 | l3 |  eq 16; diffusion positives when available
+
+CTR input (eq 3): [e_u || e_i || e_xu || e_xi || v_b || (v_q) || (e_qt)] -> MLP -> logit (eq 4).
+An item is represented by [item || first-level category || second-level category] embeddings.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from qrec_tf import losses
+from qrec_tf import schema as S
+from qrec_tf.config import ModelConfig
+from qrec_tf.layers.contrastive import BilinearSimilarity
+from qrec_tf.layers.din_attention import DINAttention
+from qrec_tf.layers.embedding import SparseEmbedding
+from qrec_tf.layers.query_embedding import QueryEmbedding
+from qrec_tf.layers.sas_encoder import SASEncoder
+from qrec_tf.models.base import CTRModel, Vocabularies, mlp
+
+
+class SparseQueryEmbedding(QueryEmbedding):
+    """QueryEmbedding whose tables read only the looked-up rows (see SparseEmbedding)."""
+
+    def _make_embedding(self, input_dim, name):
+        return SparseEmbedding(input_dim, self.dim, name=name)
+
+
+class QueryRecModel(CTRModel):
+    """DIN backbone + query list pooling / SAS encoder + NIP and contrastive losses."""
+
+    def __init__(self, config: ModelConfig, schema: S.Schema, vocabularies: Vocabularies,
+                 query_positives: np.ndarray | None = None, **kwargs):
+        """`query_positives`: int [query vocabulary rows, P] item *indices* (0 = none) of the
+        positives of each query index (the contrastive loss's I+_q); needed when
+        config.contrastive_weight > 0."""
+        super().__init__(config, schema, vocabularies, **kwargs)
+        d = config.embedding_dim
+        self.uses_queries = config.query_pooling or config.query_encoder or bool(
+            config.contrastive_weight)
+        self.history_attention = DINAttention(
+            config.attention_units, config.attention_activation, config.attention_softmax,
+            name="history_attention")
+        if self.uses_queries:
+            self.query_embedding = SparseQueryEmbedding(
+                vocabularies.size(S.VOCAB_QUERIES), vocabularies.size(S.VOCAB_WORDS), d,
+                name="query_embedding")
+        if config.query_pooling:
+            self.query_attention = DINAttention(
+                config.attention_units, config.attention_activation, config.attention_softmax,
+                name="query_attention")
+        if config.query_encoder:
+            self.query_encoder = SASEncoder(schema.max_queries, d, num_blocks=config.sas_blocks,
+                                            num_heads=config.sas_heads, dropout=config.sas_dropout,
+                                            name="query_encoder")
+        if config.contrastive_weight:
+            if query_positives is None:
+                raise ValueError("contrastive_weight > 0 needs the query positives table")
+            self.similarity = BilinearSimilarity(d, name="query_item_similarity")
+            self.query_positives = tf.constant(query_positives, tf.int64)
+            self.item_rows = vocabularies.size(S.VOCAB_ITEMS)
+        self.ctr_mlp = mlp(config.mlp_units, config.mlp_activation, config.dropout, "ctr_mlp")
+        self.ctr_logit = keras.layers.Dense(1, dtype="float32", name="ctr_logit")
+
+    def aux_loss_names(self):
+        return (*(["nip_loss"] if self.config.nip_weight else []),
+                *(["contrastive_loss"] if self.config.contrastive_weight else []))
+
+    def forward(self, features: Mapping[str, tf.Tensor], training: bool = False) -> dict:
+        cfg = self.config
+        item_idx, target = self.item_representation(
+            features[S.ITEM_ID], features[S.CATEGORY_ID], features[S.SUBCATEGORY_ID])
+        hist_idx, history = self.item_representation(
+            features[S.HIST_ITEM_IDS], features[S.HIST_CATEGORY_IDS],
+            features[S.HIST_SUBCATEGORY_IDS])
+        v_b = self.history_attention(target, history, hist_idx != 0, training=training)
+        parts = [*self.context_embeddings(features), target, v_b]
+        aux = {}
+        if self.uses_queries:
+            key_idx = self.lookup(S.QUERY_KEYS, features[S.QUERY_KEYS])
+            word_idx = self.lookup(S.QUERY_WORD_IDS, features[S.QUERY_WORD_IDS])
+            queries = self.query_embedding(key_idx, word_idx)          # [B, Q, d]
+            query_mask = key_idx != 0
+            target_item = self.embed(S.ITEM_ID, item_idx)              # [B, d]
+        if cfg.query_pooling:
+            parts.append(self.query_attention(target_item, queries, query_mask, training=training))
+        if cfg.query_encoder:
+            e_qt = self.query_encoder(queries, query_mask, training=training)  # [B, d]
+            parts.append(e_qt)
+            if cfg.nip_weight and training:
+                aux["nip_loss"] = (cfg.nip_weight, self._nip_loss(features, e_qt))
+        if cfg.contrastive_weight and training:
+            aux["contrastive_loss"] = (cfg.contrastive_weight,
+                                       self._contrastive_loss(key_idx, queries[:, -1]))
+        hidden = self.ctr_mlp(tf.concat(parts, axis=-1), training=training)
+        return {"logits": tf.squeeze(self.ctr_logit(hidden), -1), "aux_losses": aux}
+
+    def _nip_loss(self, features, e_qt):
+        pos = self.lookup(S.NIP_POS_ITEM_IDS, features[S.NIP_POS_ITEM_IDS])
+        neg = self.lookup(S.NIP_NEG_ITEM_IDS, features[S.NIP_NEG_ITEM_IDS])
+        return losses.next_item_prediction_loss(
+            e_qt, self.embed(S.ITEM_ID, pos), pos != 0, self.embed(S.ITEM_ID, neg), neg != 0)
+
+    def _contrastive_loss(self, key_idx, last_query):
+        """Eq 15 for q^t = the user's last query: its positives vs uniformly sampled items."""
+        positives = tf.gather(self.query_positives, key_idx[:, -1])           # [B, P]
+        batch = tf.shape(positives)[0]
+        negatives = tf.random.uniform([batch, self.config.contrastive_negatives], 2,
+                                      self.item_rows, dtype=tf.int64)
+        # A sampled item that is one of the query's positives is not a negative.
+        collides = tf.reduce_any(negatives[:, :, None] == positives[:, None, :], axis=-1)
+        pos_scores = self.similarity(last_query, self.embeddings[S.VOCAB_ITEMS](positives))
+        neg_scores = self.similarity(last_query, self.embeddings[S.VOCAB_ITEMS](negatives))
+        return losses.query_item_contrastive_loss(
+            pos_scores, positives != 0, neg_scores, ~collides, self.config.contrastive_temperature)

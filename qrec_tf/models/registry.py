@@ -1,0 +1,71 @@
+"""Model names -> builders. A name fixes the paper's parts (PAPER.md tables 4 and 5); other
+hyper-parameters come from the config (configs/<name>.yaml)."""
+
+from __future__ import annotations
+
+import logging
+
+from qrec_tf import positives as P
+from qrec_tf import schema as S
+from qrec_tf.config import ModelConfig
+from qrec_tf.data import make_dataset
+from qrec_tf.layers.id_lookup import vocabulary_values
+from qrec_tf.models.base import CTRModel, Vocabularies
+from qrec_tf.models.dcn import DCNModel
+from qrec_tf.models.queryrec import QueryRecModel
+
+LOG = logging.getLogger(__name__)
+
+# name -> (class, the config flags the name implies; None = free)
+MODELS = {
+    "din": (QueryRecModel, dict(query_pooling=False, query_encoder=False, nip_weight=0.0,
+                                contrastive_weight=0.0)),
+    "din_query": (QueryRecModel, dict(query_pooling=True, query_encoder=False, nip_weight=0.0,
+                                      contrastive_weight=0.0)),
+    "din_nip": (QueryRecModel, dict(query_pooling=False, query_encoder=True,
+                                    contrastive_weight=0.0)),
+    "din_con": (QueryRecModel, dict(query_pooling=True, query_encoder=False, nip_weight=0.0,
+                                    positives="log")),
+    "din_con_diffusion": (QueryRecModel, dict(query_pooling=True, query_encoder=False,
+                                              nip_weight=0.0, positives="diffusion")),
+    "queryrec": (QueryRecModel, {}),
+    "dcn": (DCNModel, {}),
+}
+
+
+def check_name(config: ModelConfig) -> None:
+    if config.name not in MODELS:
+        raise ValueError(f"unknown model {config.name!r}; registered: {sorted(MODELS)}")
+    for key, value in MODELS[config.name][1].items():
+        if getattr(config, key) != value:
+            raise ValueError(f"model {config.name!r} requires model.{key}={value!r}, the config "
+                             f"has {getattr(config, key)!r} (use model name queryrec for free "
+                             "combinations)")
+
+
+def load_vocabularies(data_dir: str, schema: S.Schema) -> Vocabularies:
+    dtypes = {f.vocab: f.dtype for f in schema.features if f.vocab}
+    return Vocabularies({vocab: vocabulary_values(data_dir, vocab, dtype)
+                         for vocab, dtype in sorted(dtypes.items())})
+
+
+def build_model(config: ModelConfig, data_dir: str) -> CTRModel:
+    """The registered model for `config`, with lookups from <data_dir>/vocab/, and its variables
+    created (on two validation examples): checkpoint restores need them."""
+    check_name(config)
+    schema = S.Schema.load(data_dir)
+    vocabularies = load_vocabularies(data_dir, schema)
+    query_positives = None
+    if config.contrastive_weight:
+        table, source = P.load(data_dir, config.positives)
+        query_positives = P.positives_matrix(table, vocabularies.values[S.VOCAB_QUERIES],
+                                             vocabularies.values[S.VOCAB_ITEMS],
+                                             config.contrastive_positives)
+        with_positives = int((query_positives[2:, 0] != 0).sum())
+        LOG.info("contrastive positives from the %s table: %d of %d queries have some", source,
+                 with_positives, len(query_positives) - 2)
+    cls = MODELS[config.name][0]
+    model = cls(config, schema, vocabularies, query_positives=query_positives, name=config.name)
+    sample = next(iter(make_dataset(data_dir, "valid", 2, shuffle=False, schema=schema)))
+    model(sample, training=False)
+    return model

@@ -1,0 +1,167 @@
+"""Trains a registered model on the Beam job's TFRecords.
+
+    python -m qrec_tf.train --config configs/queryrec.yaml --data DIR --model-dir DIR
+        [--set model.embedding_dim=32 --set train.epochs=3 ...]
+        [--strategy default|mirrored|multi_worker|tpu] [--mixed-precision]
+
+Writes into --model-dir: config.yaml (the resolved config), model.weights.h5 (best validation AUC),
+run.json (data dir, best epoch, history, throughput), tensorboard/ (every loss term, AUC, learning
+rate, examples/s) and backup/ while running: a killed run started again with the same
+--model-dir resumes from its last finished epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+import keras
+import tensorflow as tf
+
+from qrec_tf import data as D
+from qrec_tf import schema as S
+from qrec_tf.config import Config, load_config
+from qrec_tf.evaluate import CONFIG_FILE, WEIGHTS_FILE
+from qrec_tf.models.registry import build_model
+from qrec_tf.optimizers import make_optimizer
+
+LOG = logging.getLogger("qrec_tf.train")
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":  # TF_CONFIG describes the cluster
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+
+
+class ThroughputLogger(keras.callbacks.Callback):
+    """Examples/s and the learning rate per epoch, to the logs and TensorBoard."""
+
+    def __init__(self, log_dir: str, batch_size: int):
+        super().__init__()
+        self._writer = tf.summary.create_file_writer(os.path.join(log_dir, "train"))
+        self._batch_size = batch_size
+        self.rates: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start, self._steps = time.perf_counter(), 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        rate = self._steps * self._batch_size / (time.perf_counter() - self._start)
+        self.rates.append(rate)
+        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        with self._writer.as_default():
+            tf.summary.scalar("examples_per_second", rate, step=epoch)
+            tf.summary.scalar("learning_rate", lr, step=epoch)
+        if logs is not None:
+            logs["examples_per_second"] = rate
+
+
+def train(config: Config, data_dir: str, model_dir: str, strategy_name: str = "default",
+          mixed_precision: bool = False, verbose="auto",
+          extra_callbacks: list | None = None) -> dict:
+    """Runs training; returns what run.json holds."""
+    S.Schema.load(data_dir)  # a clear error early when --data is not the Beam job's output
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, CONFIG_FILE), "w") as f:
+        f.write(config.to_yaml())
+    keras.utils.set_random_seed(config.train.seed)
+    if mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    strategy = make_strategy(strategy_name)
+    tc = config.train
+    with strategy.scope():
+        model = build_model(config.model, data_dir)
+        optimizer = make_optimizer(tc.optimizer, tc.learning_rate)
+        if mixed_precision:
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        model.compile(optimizer=optimizer)
+
+    train_data = D.make_dataset(data_dir, "train", tc.batch_size, seed=tc.seed,
+                                shuffle_buffer=tc.shuffle_buffer, supervised=True,
+                                num_epochs=None if tc.steps_per_epoch else 1)
+    valid_data = D.make_dataset(data_dir, "valid", tc.batch_size, supervised=True,
+                                num_epochs=None if tc.validation_steps else 1)
+    best_weights = os.path.join(model_dir, "best.weights.h5")
+    throughput = ThroughputLogger(os.path.join(model_dir, "tensorboard"), tc.batch_size)
+    callbacks = [
+        keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup")),
+        keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard")),
+        throughput,
+        keras.callbacks.ModelCheckpoint(best_weights, monitor="val_auc", mode="max",
+                                        save_best_only=True, save_weights_only=True),
+        keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
+                                      patience=tc.early_stopping_patience),
+        *(extra_callbacks or []),
+    ]
+    started = time.perf_counter()
+    history = model.fit(train_data, validation_data=valid_data, epochs=tc.epochs,
+                        steps_per_epoch=tc.steps_per_epoch, validation_steps=tc.validation_steps,
+                        callbacks=callbacks, verbose=verbose)
+    elapsed = time.perf_counter() - started
+    # The served and evaluated weights are those of the best validation AUC.
+    if os.path.exists(best_weights):
+        model.load_weights(best_weights)
+    model.save_weights(os.path.join(model_dir, WEIGHTS_FILE))
+    val_auc = history.history.get("val_auc", [])
+    summary = {
+        "model": config.model.name,
+        "data_dir": os.path.abspath(data_dir),
+        "epochs_run": len(val_auc),
+        "best_epoch": int(max(range(len(val_auc)), key=val_auc.__getitem__)) + 1 if val_auc else None,
+        "best_val_auc": max(val_auc) if val_auc else None,
+        "train_seconds": elapsed,
+        "examples_per_second": throughput.rates,
+        "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+    }
+    with open(os.path.join(model_dir, "run.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m qrec_tf.train",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="YAML file, e.g. configs/queryrec.yaml")
+    parser.add_argument("--data", required=True, help="output directory of the Beam job")
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value (repeatable), e.g. train.epochs=3")
+    parser.add_argument("--strategy", default="default", choices=STRATEGIES)
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="float16 compute with loss scaling (GPU)")
+    parser.add_argument("--verbose", default="auto", choices=("auto", "0", "1", "2"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config, args.set)
+    except ValueError as error:
+        parser.error(str(error))
+    try:
+        summary = train(config, args.data, args.model_dir, args.strategy, args.mixed_precision,
+                        args.verbose if args.verbose == "auto" else int(args.verbose))
+    except (FileNotFoundError, ValueError) as error:
+        print(f"train: error: {error}", file=sys.stderr)
+        return 2
+    print(f"best val AUC {summary['best_val_auc']:.4f} at epoch {summary['best_epoch']}; "
+          f"weights and config in {args.model_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

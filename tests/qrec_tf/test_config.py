@@ -1,0 +1,48 @@
+"""Config loading: YAML files, --set overrides, clear errors for mistakes."""
+
+import glob
+
+import pytest
+
+from qrec_tf.config import load_config
+from qrec_tf.models.registry import MODELS, check_name
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob("configs/*.yaml")))
+def test_every_shipped_config_loads_and_matches_its_registry_name(path):
+    config = load_config(path)
+    check_name(config.model)
+    assert path.endswith(f"/{config.model.name}.yaml")
+
+
+def test_every_registered_model_has_a_config_but_the_diffusion_variant():
+    shipped = {p.split("/")[-1][:-5] for p in glob.glob("configs/*.yaml")}
+    assert set(MODELS) - shipped <= {"din_con_diffusion"}
+
+
+def test_overrides_are_typed():
+    config = load_config("configs/queryrec.yaml", ["model.embedding_dim=32", "train.epochs=1",
+                                                    "model.mlp_units=[8, 4]", "train.learning_rate=1"])
+    assert config.model.embedding_dim == 32 and config.train.epochs == 1
+    assert config.model.mlp_units == [8, 4] and config.train.learning_rate == 1.0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.embedding_dims=3", "unknown model key"),
+    ("model.embedding_dim=abc", "model.embedding_dim must be an integer"),
+    ("model.query_pooling=3", "must be true or false"),
+    ("epochs=3", "--set expects section.key=value"),
+    ("model.positives=web", "model.positives must be"),
+    ("train.batch_size=0", "batch_size and train.epochs must be >= 1"),
+])
+def test_mistakes_get_clear_messages(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config("configs/queryrec.yaml", [override])
+
+
+def test_registry_rejects_flags_that_contradict_the_name(tmp_path):
+    config = load_config("configs/din.yaml", ["model.query_pooling=true"])
+    with pytest.raises(ValueError, match="requires model.query_pooling=False"):
+        check_name(config.model)
+    with pytest.raises(ValueError, match="not found"):
+        load_config(str(tmp_path / "missing.yaml"))

@@ -1,0 +1,48 @@
+"""The contrastive positives table: from the search log, aligned with the lookups' indices."""
+
+import numpy as np
+import pytest
+
+from pipelines import build_tfrecords
+from qrec_tf import positives as P
+from qrec_tf.layers.id_lookup import make_lookup
+from tests.pipelines import hand_log
+
+
+@pytest.fixture(scope="module")
+def hand_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pos")
+    hand_log.write(root / "in")
+    build_tfrecords.run(["--input", str(root / "in"), "--output", str(root / "out"),
+                         "--direct_running_mode=in_memory"])
+    return str(root / "out")
+
+
+def test_log_positives_are_clicked_items_most_clicked_first(hand_data):
+    # hand_log: after "7_8" item 201 was clicked twice, 204 once; "9_3_4" and "5" never
+    assert P.log_positives(hand_data) == {"7_8": [201, 204], "9_3_4": [], "5": []}
+    table, source = P.load(hand_data, "auto")
+    assert source == "log" and table["7_8"] == [201, 204]
+    with pytest.raises(FileNotFoundError, match="run `python -m qrec_tf.augment` first"):
+        P.load(hand_data, "diffusion")
+
+
+def test_matrix_rows_follow_the_query_lookup_and_items_the_item_lookup():
+    queries, items = ["7_8", "5"], [204, 201, 11]
+    matrix = P.positives_matrix({"7_8": [201, 204, 999], "5": []}, queries, items, k=3)
+    query_lookup = make_lookup(queries, "string", "q")
+    item_lookup = make_lookup(items, "int64", "i")
+    row = int(query_lookup(np.array(["7_8"]))[0])
+    assert matrix.shape == (4, 3)
+    # 999 is not in the item vocabulary: skipped, the row is padded with 0
+    assert matrix[row].tolist() == [int(item_lookup(np.array([201]))[0]),
+                                    int(item_lookup(np.array([204]))[0]), 0]
+    assert matrix[int(query_lookup(np.array(["5"]))[0])].tolist() == [0, 0, 0]
+    assert matrix[0].tolist() == matrix[1].tolist() == [0, 0, 0]  # padding and OOV rows
+
+
+def test_lookup_maps_padding_oov_and_vocabulary():
+    lookup = make_lookup([7, 9], "int64", "ids")
+    assert lookup(np.array([-1, 7, 9, 5])).numpy().tolist() == [0, 2, 3, 1]
+    empty = make_lookup([], "string", "none")
+    assert empty(np.array(["", "x"])).numpy().tolist() == [0, 1]
