@@ -15,6 +15,7 @@ INSTALL_REQUIRES = [
     "pyarrow>=25,<26",
     "PyYAML>=6.0,<7",
     "tensorboard==2.21.0",  # TF 2.21 no longer pulls it in; tf.summary needs it
+    "matplotlib>=3.9,<4",   # pipelines.analysis writes its histogram as PNG
 ]
 
 setup(
@@ -27,6 +28,6 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "gpu": ["tensorflow[and-cuda]==2.21.0"],
-        "dev": ["pytest>=9,<10", "matplotlib>=3.9"],
+        "dev": ["pytest>=9,<10"],
     },
 )
