@@ -7,6 +7,8 @@ with (`<data>/schema.json`). Each element is a dict {feature name: tensor [batch
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from typing import Iterable
 
@@ -26,6 +28,16 @@ def shard_files(path: str, split: str) -> list[str]:
             f"no TFRecord shards match {pattern}: is {path!r} the --output of "
             "`python -m pipelines.build_tfrecords`?")
     return files
+
+
+def split_size(path: str, split: str) -> int | None:
+    """Examples in a split as the Beam job counted them (stats.json), or None if unknown."""
+    stats_path = os.path.join(path, S.STATS_FILE)
+    if not tf.io.gfile.exists(stats_path):
+        return None
+    with tf.io.gfile.GFile(stats_path) as f:
+        count = json.load(f).get("examples", {}).get(split, {}).get("count")
+    return int(count) if count is not None else None
 
 
 def parse_examples(serialized: tf.Tensor, schema: S.Schema,
@@ -94,6 +106,12 @@ def make_dataset(
         dataset = dataset.repeat(num_epochs)
     # Parsing whole batches is several times faster than parsing examples one by one.
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    examples = split_size(path, split) if num_epochs is not None else None
+    if examples is not None:
+        # A known length gives Keras a real progress bar (and no "ran out of data" warning).
+        rounding = math.floor if drop_remainder else math.ceil
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(
+            rounding(examples / batch_size) * num_epochs))
     dataset = dataset.map(lambda s: parse_examples(s, schema, names),
                           num_parallel_calls=tf.data.AUTOTUNE,
                           deterministic=seed is not None or not shuffle)

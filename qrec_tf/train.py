@@ -112,7 +112,7 @@ def train(config: Config, data_dir: str, model_dir: str, strategy_name: str = "d
     started = time.perf_counter()
     history = model.fit(train_data, validation_data=valid_data, epochs=tc.epochs,
                         steps_per_epoch=tc.steps_per_epoch, validation_steps=tc.validation_steps,
-                        callbacks=callbacks, verbose=verbose)
+                        callbacks=callbacks, verbose=verbose, shuffle=False)  # tf.data shuffles
     elapsed = time.perf_counter() - started
     # The served and evaluated weights are those of the best validation AUC.
     if os.path.exists(best_weights):

@@ -87,6 +87,11 @@ class CTRModel(keras.Model):
                              S.ONEHOT_FEAT2, S.AUTHOR_ID)]
 
     # --- Keras API -------------------------------------------------------------------------
+    def build(self, input_shape=None):
+        # Sub-layers create their variables on the first call (`registry.build_model` calls the
+        # model once on a sample batch); Keras' default build would only warn that it cannot.
+        self.built = True
+
     def forward(self, features: Mapping[str, tf.Tensor], training: bool = False) -> dict:
         raise NotImplementedError
 
@@ -114,7 +119,10 @@ class CTRModel(keras.Model):
         for name, value in terms.items():
             self.loss_trackers[name].update_state(value, sample_weight=batch)
         self.auc.update_state(labels, probabilities)
-        return {m.name: m.result() for m in self.metrics}
+        # Only what this step measured: evaluation computes no auxiliary loss, so it reports none
+        # (rather than zeros in val_* logs and TensorBoard).
+        return {name: self.loss_trackers[name].result() for name in terms} | {
+            self.auc.name: self.auc.result()}
 
     def train_step(self, data):
         features, labels, _ = keras.utils.unpack_x_y_sample_weight(data)

@@ -69,6 +69,9 @@ class QueryRecModel(CTRModel):
             if query_positives is None:
                 raise ValueError("contrastive_weight > 0 needs the query positives table")
             self.similarity = BilinearSimilarity(d, name="query_item_similarity")
+            # Only training calls it: build now, so that every variable exists before the
+            # optimizer is built (a distribution strategy builds it before the first step).
+            self.similarity.build((None, d))
             self.query_positives = tf.constant(query_positives, tf.int64)
             self.item_rows = vocabularies.size(S.VOCAB_ITEMS)
         self.ctr_mlp = mlp(config.mlp_units, config.mlp_activation, config.dropout, "ctr_mlp")
