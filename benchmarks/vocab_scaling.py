@@ -27,43 +27,15 @@ import tensorflow as tf  # noqa: E402
 
 from qrec_tf import schema as S  # noqa: E402
 from qrec_tf.config import load_config  # noqa: E402
-from qrec_tf.models.base import Vocabularies  # noqa: E402
 from qrec_tf.models.registry import MODELS  # noqa: E402
 from qrec_tf.optimizers import make_optimizer  # noqa: E402
-
-
-def vocabularies(n_items: int) -> Vocabularies:
-    ids = lambda n, base=1: list(range(base, base + n))
-    return Vocabularies({
-        S.VOCAB_USERS: ids(max(n_items // 10, 10)), S.VOCAB_ITEMS: ids(n_items, 10**6),
-        S.VOCAB_QUERIES: [f"{i}" for i in range(max(n_items // 10, 10))],
-        S.VOCAB_WORDS: ids(80_000), S.VOCAB_CATEGORIES: ids(40), S.VOCAB_SUBCATEGORIES: ids(300),
-        S.VOCAB_AUTHORS: ids(max(n_items // 4, 10)), S.VOCAB_SEARCH_ACTIVE_LEVELS: ids(5),
-        S.VOCAB_REC_ACTIVE_LEVELS: ids(5), S.VOCAB_ONEHOT_FEAT1: ids(3),
-        S.VOCAB_ONEHOT_FEAT2: ids(8)})
-
-
-def random_batch(schema: S.Schema, vocabs: Vocabularies, batch: int, rng) -> tuple[dict, np.ndarray]:
-    features = {}
-    for f in schema.features:
-        if f.name == S.LABEL:
-            continue
-        shape = (batch, *f.shape)
-        if f.vocab is None:
-            features[f.name] = rng.integers(0, 10**12, shape)
-        elif f.dtype == "string":
-            values = np.array(vocabs.values[f.vocab], dtype=object)
-            features[f.name] = values[rng.integers(0, len(values), shape)].astype(bytes)
-        else:
-            values = np.asarray(vocabs.values[f.vocab])
-            features[f.name] = values[rng.integers(0, len(values), shape)]
-    return features, rng.integers(0, 2, batch)
+from qrec_tf.testing import random_batch, random_vocabularies  # noqa: E402
 
 
 def step_time(name: str, n_items: int, optimizer: str, batch: int, steps: int) -> float:
     config = load_config(f"configs/{name}.yaml")
     schema = S.Schema()
-    vocabs = vocabularies(n_items)
+    vocabs = random_vocabularies(n_items, n_words=80_000)
     positives = None
     if config.model.contrastive_weight:
         rows = vocabs.size(S.VOCAB_QUERIES)

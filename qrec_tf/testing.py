@@ -1,0 +1,53 @@
+"""Random vocabularies and raw-feature batches, for tests and benchmarks that need no data directory.
+
+Everything follows `qrec_tf.schema`: a batch holds every feature of the schema (raw ids drawn from
+the vocabularies, sequences with left padding), so a model built on these vocabularies accepts it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qrec_tf import schema as S
+from qrec_tf.models.base import Vocabularies
+
+
+def random_vocabularies(n_items: int, n_words: int = 1000) -> Vocabularies:
+    """Vocabularies for a catalogue of `n_items` items; users, queries and authors scale with it."""
+    ids = lambda n, base=1: list(range(base, base + n))
+    return Vocabularies({
+        S.VOCAB_USERS: ids(max(n_items // 10, 10)), S.VOCAB_ITEMS: ids(n_items, 10**6),
+        S.VOCAB_QUERIES: [str(i) for i in range(max(n_items // 10, 10))],
+        S.VOCAB_WORDS: ids(n_words), S.VOCAB_CATEGORIES: ids(40),
+        S.VOCAB_SUBCATEGORIES: ids(300), S.VOCAB_AUTHORS: ids(max(n_items // 4, 10)),
+        S.VOCAB_SEARCH_ACTIVE_LEVELS: ids(5), S.VOCAB_REC_ACTIVE_LEVELS: ids(5),
+        S.VOCAB_ONEHOT_FEAT1: ids(3), S.VOCAB_ONEHOT_FEAT2: ids(8)})
+
+
+def random_batch(schema: S.Schema, vocabularies: Vocabularies, batch_size: int,
+                 rng: np.random.Generator, min_length: int = 1) -> tuple[dict, np.ndarray]:
+    """(features {name: array [batch, *shape]}, labels int [batch]) with raw ids.
+
+    Each sequence gets a random number of real entries (>= `min_length`) at its right end and is
+    left-padded with the schema's padding value, as the Beam job writes them.
+    """
+    features = {}
+    real_lengths: dict[tuple[str, int], np.ndarray] = {}   # one length per (group, max length)
+    for f in schema.features:
+        if f.name == S.LABEL:
+            continue
+        shape = (batch_size, *f.shape)
+        if f.vocab is None:
+            features[f.name] = rng.integers(0, 10**12, shape)
+            continue
+        values = np.asarray(vocabularies.values[f.vocab],
+                            dtype=object if f.dtype == "string" else np.int64)
+        drawn = values[rng.integers(0, len(values), shape)]
+        if f.shape:
+            length = f.shape[0]
+            real = real_lengths.setdefault(
+                (f.group, length), rng.integers(min(min_length, length), length + 1, batch_size))
+            padded = np.arange(length)[None, :] < (length - real)[:, None]   # [batch, length]
+            drawn[padded] = f.pad.decode() if f.dtype == "string" else f.pad
+        features[f.name] = drawn.astype(bytes) if f.dtype == "string" else drawn
+    return features, rng.integers(0, 2, batch_size)

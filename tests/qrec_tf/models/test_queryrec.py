@@ -1,0 +1,132 @@
+"""The registered models on random raw batches: which inputs each reads, OOV ids, padding, and which
+auxiliary losses each computes (and that none is computed at inference)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from qrec_tf import schema as S
+from qrec_tf.config import load_config
+from qrec_tf.models.registry import MODELS
+from qrec_tf.testing import random_batch, random_vocabularies
+
+SCHEMA = S.Schema(history_length=6, max_queries=4, max_query_words=3, nip_positives=2,
+                  nip_negatives=2)
+VOCABS = random_vocabularies(200, n_words=50)
+TINY = ["model.embedding_dim=8", "model.mlp_units=[8]", "model.attention_units=[4]",
+        "model.sas_blocks=1", "model.contrastive_negatives=8", "model.sas_dropout=0.0"]
+
+
+def build(name, positives=None, *extra):
+    config = load_config(f"configs/{name}.yaml", [*TINY, *extra]).model
+    if config.contrastive_weight and positives is None:
+        rows, k = VOCABS.size(S.VOCAB_QUERIES), config.contrastive_positives
+        positives = np.random.default_rng(0).integers(2, VOCABS.size(S.VOCAB_ITEMS), (rows, k))
+    tf.keras.utils.set_random_seed(0)
+    model = MODELS[name][0](config, SCHEMA, VOCABS, query_positives=positives, name=name)
+    model(batch(), training=False)
+    return model
+
+
+def batch(seed=0, size=5):
+    features, _ = random_batch(SCHEMA, VOCABS, size, np.random.default_rng(seed))
+    return features
+
+
+def score(model, features):
+    return model(features, training=False).numpy()
+
+
+def with_other(features, names, seed=1):
+    """`features` with the features `names` taken from another random batch."""
+    other = batch(seed, len(features[S.USER_ID]))
+    return {**features, **{n: other[n] for n in names}}
+
+
+QUERY_FEATURES = (S.QUERY_KEYS, S.QUERY_WORD_IDS)
+NIP_FEATURES = (S.NIP_POS_ITEM_IDS, S.NIP_NEG_ITEM_IDS)
+
+
+@pytest.mark.parametrize("name", ["din", "dcn"])
+def test_models_without_queries_ignore_them_and_the_training_targets(name):
+    model, features = build(name), batch()
+    np.testing.assert_array_equal(score(model, features),
+                                  score(model, with_other(features, QUERY_FEATURES + NIP_FEATURES)))
+
+
+@pytest.mark.parametrize("name", ["din_query", "din_nip", "din_con", "queryrec"])
+def test_query_models_read_the_queries_but_never_the_training_targets(name):
+    model, features = build(name), batch()
+    base = score(model, features)
+    assert np.abs(base - score(model, with_other(features, QUERY_FEATURES))).max() > 1e-6
+    np.testing.assert_array_equal(base, score(model, with_other(features, NIP_FEATURES)))
+
+
+@pytest.mark.parametrize("name", ["din", "queryrec", "dcn"])
+def test_every_model_reads_the_history_and_the_target_item(name):
+    model, features = build(name), batch()
+    base = score(model, features)
+    for names in [(S.HIST_ITEM_IDS,), (S.ITEM_ID,)]:
+        assert np.abs(base - score(model, with_other(features, names))).max() > 1e-6, names
+
+
+def test_unseen_ids_all_map_to_the_oov_row():
+    model, features = build("queryrec"), batch()
+    unseen_a = {**features, S.ITEM_ID: features[S.ITEM_ID] * 0 + 7, S.USER_ID:
+                features[S.USER_ID] * 0 + 99_999_999}
+    unseen_b = {**features, S.ITEM_ID: features[S.ITEM_ID] * 0 + 8, S.USER_ID:
+                features[S.USER_ID] * 0 + 12_345_678}
+    a, b = score(model, unseen_a), score(model, unseen_b)
+    assert np.isfinite(a).all()
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    keys = features[S.QUERY_KEYS].copy()
+    keys[keys != S.PAD_KEY] = b"never-seen-query"
+    assert np.isfinite(score(model, {**features, S.QUERY_KEYS: keys})).all()
+
+
+def test_an_example_without_history_or_queries_scores():
+    model, features = build("queryrec"), batch()
+    empty = dict(features)
+    for f in SCHEMA.group("history", "query"):
+        empty[f.name] = np.full_like(features[f.name], f.pad)
+    assert np.isfinite(score(model, empty)).all()
+
+
+def test_scores_do_not_depend_on_the_rest_of_the_batch():
+    model, features = build("queryrec"), batch(size=6)
+    first_three = {k: v[:3] for k, v in features.items()}
+    np.testing.assert_allclose(score(model, features)[:3], score(model, first_three), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("din", set()), ("din_query", set()), ("din_nip", {"nip_loss"}),
+    ("din_con", {"contrastive_loss"}), ("queryrec", {"nip_loss", "contrastive_loss"}),
+    ("dcn", set())])
+def test_auxiliary_losses_only_in_training(name, expected):
+    model, features = build(name), batch()
+    train_out = model.forward(features, training=True)
+    assert set(train_out.get("aux_losses", {})) == expected
+    weights = {"nip_loss": model.config.nip_weight,
+               "contrastive_loss": model.config.contrastive_weight}
+    for loss_name, (weight, value) in train_out.get("aux_losses", {}).items():
+        assert weight == weights[loss_name] > 0 and np.isfinite(float(value))
+    assert not model.forward(features, training=False).get("aux_losses")
+
+
+def test_click_less_queries_give_no_contrastive_loss():
+    rows, k = VOCABS.size(S.VOCAB_QUERIES), 5
+    none = np.zeros((rows, k), np.int64)                  # no query has a positive
+    model = build("din_con", none)
+    _, value = model.forward(batch(), training=True)["aux_losses"]["contrastive_loss"]
+    assert float(value) == 0.0
+    some = none.copy()
+    some[2:, 0] = 5                                       # every real query: one positive
+    model = build("din_con", some)
+    _, value = model.forward(batch(), training=True)["aux_losses"]["contrastive_loss"]
+    assert float(value) != 0.0
+
+
+def test_contrastive_model_needs_its_table():
+    config = load_config("configs/din_con.yaml", TINY).model
+    with pytest.raises(ValueError, match="positives table"):
+        MODELS["din_con"][0](config, SCHEMA, VOCABS, query_positives=None)
