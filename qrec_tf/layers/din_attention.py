@@ -61,11 +61,10 @@ class DINAttention(keras.layers.Layer):
              return_weights: bool = False) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]:
         mask = ops.cast(mask, "bool")
         keys = ops.where(ops.expand_dims(mask, -1), keys, ops.zeros_like(keys))
-        seq_len = ops.shape(keys)[1]
-        q = ops.repeat(ops.expand_dims(query, 1), seq_len, axis=1)          # [batch, seq_len, dim]
-        x = ops.concatenate([q, keys, q - keys, q * keys], axis=-1)
+        x = self._first_layer(query, keys)
         for i, dense in enumerate(self.dense_layers):
-            x = dense(x)
+            if i:
+                x = dense(x)
             if self.dice_layers:
                 x = self.dice_layers[i](x, training=training, mask=mask)
         # float32: the softmax's large negative fill would overflow float16.
@@ -80,6 +79,27 @@ class DINAttention(keras.layers.Layer):
         weights = ops.cast(weights, keys.dtype)
         pooled = ops.sum(ops.expand_dims(weights, -1) * keys, axis=1)      # [batch, dim]
         return (pooled, weights) if return_weights else pooled
+
+    def _first_layer(self, query: tf.Tensor, keys: tf.Tensor) -> tf.Tensor:
+        """dense0([q, k, q - k, q * k]) without building the [batch, seq_len, 4 * dim] input.
+
+        With the kernel's row blocks W_q, W_k, W_d, W_p: the product is
+        q (W_q + W_d) + [k, q * k] [W_k - W_d; W_p] + b. The query part is computed once per row,
+        not once per position, which halves the layer's work; weights and values are those of
+        the Dense layer applied to the concatenation.
+        """
+        dense = self.dense_layers[0]
+        dim = query.shape[-1]
+        kernel = ops.cast(dense.kernel, keys.dtype)
+        w_q, w_k, w_d, w_p = (kernel[i * dim:(i + 1) * dim] for i in range(4))
+        per_row = ops.matmul(query, w_q + w_d)                              # [batch, units]
+        if dense.use_bias:
+            per_row = per_row + ops.cast(dense.bias, keys.dtype)
+        query = ops.expand_dims(query, 1)
+        per_position = ops.matmul(ops.concatenate([keys, query * keys], axis=-1),
+                                  ops.concatenate([w_k - w_d, w_p], axis=0))  # [batch, seq, units]
+        x = per_position + ops.expand_dims(per_row, 1)
+        return dense.activation(x) if dense.activation is not None else x
 
     def compute_mask(self, inputs: Any, previous_mask: Any = None) -> None:
         # `mask` is an explicit argument consumed here: no Keras mask rides on the outputs (and
