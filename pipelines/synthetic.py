@@ -1,7 +1,8 @@
 """Synthetic KuaiSAR-format logs with a planted search -> feed structure, for tests and demos.
 
     python -m pipelines.synthetic --output DIR [--users 300] [--items 2000] [--seed 0]
-        [--bad-rows K] [--rec-per-user 40] [--sessions-per-user 8] [--gzip]
+        [--bad-rows K] [--rec-per-user 40] [--sessions-per-user 8] [--search-feed-mix 0.25]
+        [--gzip]
 
 Writes rec_inter.csv, src_inter.csv, user_features.csv, item_features.csv (`.csv.gz` with --gzip)
 with KuaiSAR's exact columns (pipelines.kuaisar), plus synthetic_manifest.json describing what was
@@ -12,7 +13,8 @@ What is planted (the model is tested against it):
   categories). Every item has one sub-topic; each sub-topic owns a disjoint set of word ids, and
   captions and queries use only their sub-topic's words.
 - Each user has a concentrated feed taste over first-level categories and a search taste over
-  sub-topics that is *shifted*: it mixes only a little of the feed taste into an independent one.
+  sub-topics that is *shifted*: it mixes only a little of the feed taste into an independent one
+  (`--search-feed-mix`: 1 = search follows the feed taste, no shift; 0 = fully independent).
 - Queries come from per-sub-topic pools (Zipf popularity, so query ids recur across users). A search
   session shows 8-12 items, ~80% from the query's sub-topic; ~40% of sessions have no click, the
   others click 1-2 items, preferring on-topic ones.
@@ -50,7 +52,8 @@ QUERY_ZIPF = 1.0               # query popularity within a pool ~ 1 / rank^QUERY
 ITEM_ZIPF = 0.8                # item popularity within a sub-topic ~ 1 / rank^ITEM_ZIPF
 FEED_ALPHA = 0.25              # Dirichlet alpha of feed tastes: small = concentrated
 SEARCH_ALPHA = 0.3             # Dirichlet alpha of the independent part of search tastes
-SEARCH_FEED_MIX = 0.25         # share of the feed taste in the search taste (the rest is shifted)
+SEARCH_FEED_MIX = 0.25         # default share of the feed taste in the search taste (the rest is
+                               # shifted); generate(search_feed_mix=...) overrides it
 SUBTOPIC_ALPHA = 0.6           # Dirichlet alpha of a user's search sub-topics within a category
 SHOWN_MIN, SHOWN_MAX = 8, 12   # items shown per search session
 ON_TOPIC_SHARE = 0.8           # shown items drawn from the query's sub-topic
@@ -90,7 +93,7 @@ class ArgumentError(ValueError):
 
 
 def validate(users: int, items: int, seed: int, bad_rows: int, rec_per_user: int,
-             sessions_per_user: int) -> None:
+             sessions_per_user: int, search_feed_mix: float = SEARCH_FEED_MIX) -> None:
     """Raises ArgumentError with a readable message for arguments outside the supported range."""
     if users < 1:
         raise ArgumentError(f"--users must be >= 1 (got {users})")
@@ -105,6 +108,8 @@ def validate(users: int, items: int, seed: int, bad_rows: int, rec_per_user: int
         raise ArgumentError(f"--rec-per-user must be >= 1 (got {rec_per_user})")
     if sessions_per_user < 1:
         raise ArgumentError(f"--sessions-per-user must be >= 1 (got {sessions_per_user})")
+    if not 0.0 <= search_feed_mix <= 1.0:  # also rejects NaN
+        raise ArgumentError(f"--search-feed-mix must be in [0, 1] (got {search_feed_mix})")
 
 
 # --- small vectorised helpers --------------------------------------------------------------------
@@ -182,7 +187,8 @@ def _zipf_weights(group_of: np.ndarray, exponent: float) -> np.ndarray:
 class _World:
     """Everything drawn before any interaction: ids, topics, tastes, query pools."""
 
-    def __init__(self, rng: np.random.Generator, users: int, items: int):
+    def __init__(self, rng: np.random.Generator, users: int, items: int,
+                 search_feed_mix: float = SEARCH_FEED_MIX):
         self.first_ids = np.sort(rng.choice(np.arange(1, 100), N_FIRST, replace=False))
         # Second-level ids are globally unique (not 0..S-1 within each first-level category).
         self.second_ids = rng.choice(np.arange(100, 1000), N_SUBTOPICS, replace=False)
@@ -221,7 +227,8 @@ class _World:
         # Tastes. Feed: over first-level categories. Search: over sub-topics, mostly independent.
         self.feed_taste = rng.dirichlet(np.full(N_FIRST, FEED_ALPHA), users)
         independent = rng.dirichlet(np.full(N_FIRST, SEARCH_ALPHA), users)
-        search_first = SEARCH_FEED_MIX * self.feed_taste + (1 - SEARCH_FEED_MIX) * independent
+        self.search_feed_mix = float(search_feed_mix)
+        search_first = search_feed_mix * self.feed_taste + (1 - search_feed_mix) * independent
         within = rng.dirichlet(np.full(SUBTOPICS_PER_FIRST, SUBTOPIC_ALPHA), (users, N_FIRST))
         self.search_taste = (search_first[:, :, None] * within).reshape(users, N_SUBTOPICS)
         # Click propensity per category relative to the user's favourite, in [0, 1]; with the
@@ -464,18 +471,18 @@ def _write_csv(path: str, header: Sequence[str], columns: Columns,
 def generate(output_dir: str, users: int = DEFAULT_USERS, items: int = DEFAULT_ITEMS,
              seed: int = DEFAULT_SEED, bad_rows: int = 0,
              rec_per_user: int = DEFAULT_REC_PER_USER,
-             sessions_per_user: int = DEFAULT_SESSIONS_PER_USER, gzip: bool = False
-             ) -> dict[str, Any]:
+             sessions_per_user: int = DEFAULT_SESSIONS_PER_USER, gzip: bool = False,
+             search_feed_mix: float = SEARCH_FEED_MIX) -> dict[str, Any]:
     """Writes the four KuaiSAR-format files and the manifest into output_dir; returns the manifest.
 
     Raises ArgumentError for unsupported arguments (see validate()).
     """
-    validate(users, items, seed, bad_rows, rec_per_user, sessions_per_user)
+    validate(users, items, seed, bad_rows, rec_per_user, sessions_per_user, search_feed_mix)
     # Independent streams: the bad-row stream must not shift the good data.
     data_seed, bad_seed = np.random.SeedSequence(seed).spawn(2)
     rng = np.random.default_rng(data_seed)
     span_ms = SPAN_DAYS * _DAY_MS
-    world = _World(rng, users, items)
+    world = _World(rng, users, items, search_feed_mix)
 
     # Who has which log: a small share of users lacks one of the two (the pipeline drops them).
     # Kept >= 1 each when there are enough users, always leaving users with both.
@@ -569,7 +576,7 @@ def _manifest(arguments: dict[str, Any], rec_only: np.ndarray, src_only: np.ndar
             "item_zipf": ITEM_ZIPF,
             "feed_alpha": FEED_ALPHA,
             "search_alpha": SEARCH_ALPHA,
-            "search_feed_mix": SEARCH_FEED_MIX,
+            "search_feed_mix": world.search_feed_mix,
             "subtopic_alpha": SUBTOPIC_ALPHA,
             "shown_per_session": [SHOWN_MIN, SHOWN_MAX],
             "on_topic_share": ON_TOPIC_SHARE,
@@ -612,12 +619,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="mean feed impressions per user")
     parser.add_argument("--sessions-per-user", type=int, default=DEFAULT_SESSIONS_PER_USER,
                         help="mean search sessions per user")
+    parser.add_argument("--search-feed-mix", type=float, default=SEARCH_FEED_MIX,
+                        help="share of the feed taste in the search taste: 1 = no interest "
+                             f"shift, 0 = independent (default {SEARCH_FEED_MIX})")
     parser.add_argument("--gzip", action="store_true", help="write .csv.gz files")
     args = parser.parse_args(argv)
     try:
         manifest = generate(args.output, users=args.users, items=args.items, seed=args.seed,
                             bad_rows=args.bad_rows, rec_per_user=args.rec_per_user,
-                            sessions_per_user=args.sessions_per_user, gzip=args.gzip)
+                            sessions_per_user=args.sessions_per_user, gzip=args.gzip,
+                            search_feed_mix=args.search_feed_mix)
     except ArgumentError as error:
         parser.error(str(error))
     except OSError as error:
