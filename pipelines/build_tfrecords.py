@@ -74,6 +74,9 @@ def find_input(input_dir: str, name: str) -> tuple[str, K.Header]:
         if FileSystems.exists(path):
             found.append(path)
     if not found:
+        # Object stores have no directories to test, so only a local one is checked.
+        if FileSystems.get_scheme(input_dir) is None and not os.path.isdir(input_dir):
+            raise InputError(f"input directory {input_dir} does not exist")
         raise InputError(f"{name}.csv (or {name}.csv.gz) not found in {input_dir}")
     if len(found) > 1:
         raise InputError(f"both {found[0]} and {found[1]} exist: keep one")
@@ -247,8 +250,8 @@ class WriteJson(beam.DoFn):
         yield self._path
 
 
-def nest_stats(flat: dict[str, int]) -> dict:
-    """{"a/b/c": 1} -> {"a": {"b": {"c": 1}}}, plus derived rates."""
+def nest_keys(flat: dict[str, int]) -> dict:
+    """{"a/b/c": 1} -> {"a": {"b": {"c": 1}}}."""
     nested: dict = {}
     for key, value in flat.items():
         node = nested
@@ -256,6 +259,12 @@ def nest_stats(flat: dict[str, int]) -> dict:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
+    return nested
+
+
+def nest_stats(flat: dict[str, int]) -> dict:
+    """nest_keys(flat) plus derived rates."""
+    nested = nest_keys(flat)
     for split in S.SPLITS:
         entry = nested.setdefault("examples", {}).setdefault(split, {})
         if not isinstance(entry, dict):
@@ -281,13 +290,18 @@ def sum_then_flatten(label: str, branches: list[beam.PCollection]) -> beam.PColl
             | f"Flatten {label}" >> beam.Flatten())
 
 
-def build_pipeline(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, K.Header]], output: str,
-                   schema: S.Schema, *, seed: int, min_count: int, num_shards: int) -> None:
+def read_logs(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, K.Header]], output: str
+              ) -> tuple[dict[str, beam.PCollection], list[beam.PCollection]]:
+    """Reads and parses each input file; rejected lines go to `output`/dead_letter/.
+
+    Returns the parsed rows per file (kuaisar.LineParser's tuples) and (key, count) statistics
+    branches: `<file>/rows_read`, `rows_used`, `rows_rejected` and
+    `<file>/rejected_by_reason/<reason>`.
+    """
     stats = []
     parsed = {}
     dead_letters = []
-    for name in K.LOG_FILES:
-        path, header = inputs[name]
+    for name, (path, header) in inputs.items():
         lines = pipeline | f"Read {name}" >> beam.io.ReadFromText(
             path, skip_header_lines=1, coder=BytesCoder(),
             compression_type=CompressionTypes.AUTO)
@@ -307,16 +321,27 @@ def build_pipeline(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, K.Heade
          | "Write dead letters" >> beam.io.WriteToText(
              FileSystems.join(output, S.DEAD_LETTER_DIR, "dead_letter"),
              file_name_suffix=".jsonl"))
+    return parsed, stats
 
-    items = parsed[K.ITEM_FEATURES]
+
+def group_by_user(parsed: dict[str, beam.PCollection], names: Sequence[str]) -> beam.PCollection:
+    """(user_id, {name: [rows]}) for the user-keyed logs `names`; a name's list is absent (an
+    empty iterable) when the user has no row in that log, else `logs[name][0]` holds all rows."""
     # Pack each log into per-user lists *before* joining: runners lift these combines into the
     # reading stage, so a user's rows cross the shuffle as one element rather than one each.
     # (A Flatten or CoGroupByKey of the raw rows would move every row separately: 2x slower.)
     per_user = {
         name: parsed[name] | f"Pack {name} per user" >> beam.CombinePerKey(
             beam.combiners.ToListCombineFn())
-        for name in (K.REC_INTER, K.SRC_INTER, K.USER_FEATURES)}
-    by_user = per_user | "Join per user" >> beam.CoGroupByKey()
+        for name in names}
+    return per_user | "Join per user" >> beam.CoGroupByKey()
+
+
+def build_pipeline(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, K.Header]], output: str,
+                   schema: S.Schema, *, seed: int, min_count: int, num_shards: int) -> None:
+    parsed, stats = read_logs(pipeline, inputs, output)
+    items = parsed[K.ITEM_FEATURES]
+    by_user = group_by_user(parsed, (K.REC_INTER, K.SRC_INTER, K.USER_FEATURES))
     built = by_user | "Build examples" >> beam.ParDo(
         BuildUserExamples(schema, seed), items=beam.pvalue.AsDict(items)).with_outputs(
             BuildUserExamples.VOCAB, BuildUserExamples.QUERY_ITEMS, BuildUserExamples.STATS,
@@ -401,19 +426,26 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
             "history_length", "max_queries", "max_query_words", "nip_positives", "nip_negatives")})
     except ValueError as error:
         parser.error(str(error))
+    return args, with_local_defaults(beam_args)
+
+
+def with_local_defaults(beam_args: list[str]) -> list[str]:
+    """Beam options with LOCAL_DEFAULTS filled in, unless a --runner was given."""
     given = {a.split("=", 1)[0] for a in beam_args if a.startswith("--")}
-    if "--runner" not in given:
-        defaults = [d for d in LOCAL_DEFAULTS if d.split("=", 1)[0] not in given]
-        if any(a.startswith("--direct_running_mode=") and not a.endswith("multi_processing")
-               for a in beam_args):  # one process: a worker count would only draw a warning
-            defaults = [d for d in defaults if not d.startswith("--direct_num_workers")]
-        beam_args = defaults + beam_args
-    return args, beam_args
+    if "--runner" in given:
+        return beam_args
+    defaults = [d for d in LOCAL_DEFAULTS if d.split("=", 1)[0] not in given]
+    if any(a.startswith("--direct_running_mode=") and not a.endswith("multi_processing")
+           for a in beam_args):  # one process: a worker count would only draw a warning
+        defaults = [d for d in defaults if not d.startswith("--direct_num_workers")]
+    return defaults + beam_args
 
 
-def prepare_output(output: str, overwrite: bool) -> None:
-    existing = [name for name in (*OUTPUT_DIRS, S.STATS_FILE, S.SCHEMA_FILE)
-                if FileSystems.exists(FileSystems.join(output, name))]
+def prepare_output(output: str, overwrite: bool,
+                   names: Sequence[str] = (*OUTPUT_DIRS, S.STATS_FILE, S.SCHEMA_FILE)) -> None:
+    """Creates `output`; refuses (InputError) to mix with an earlier run's `names` there unless
+    `overwrite`, which deletes them first."""
+    existing = [name for name in names if FileSystems.exists(FileSystems.join(output, name))]
     if existing and not overwrite:
         raise InputError(f"{output} already holds {existing}: pass --overwrite to replace them")
     if existing:
@@ -479,11 +511,16 @@ def run(argv: Sequence[str] | None = None) -> dict:
     return stats
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def configure_logging() -> None:
+    """INFO from our jobs, warnings only from Beam and absl."""
     logging.basicConfig(level=logging.INFO, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("apache_beam", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    configure_logging()
     try:
         run(argv)
     except InputError as error:
