@@ -1,0 +1,751 @@
+"""A development stand-in for TF Serving: REST and gRPC Predict on the newest exported version.
+
+    python -m serving.local_server --model_name NAME --model_base_path export/NAME \
+        --rest_api_port 8501 --port 8500
+
+NOT a production server. Production serving is the `tensorflow/serving` image (see the README and
+the Dockerfile); this module exists because no TF Serving binary can run on machines without
+Docker (shared/DESIGN.md, "No TF Serving binary here"), and so that tests and `make demo` can talk
+to a server. It answers the subset of TF Serving's API our clients use, with TF Serving's flag
+names, URLs, message formats and status codes:
+
+- REST: POST `/v1/models/<name>[/versions/<v>]:predict` with `{"signature_name": ..,
+  "instances": [...]}` (row format) or `{"inputs": ...}` (columnar format), `{"b64": ..}` for
+  bytes; GET `/v1/models/<name>[/versions/<v>]` (status) and `.../metadata` (signature defs).
+  Errors are `{"error": "..."}` with HTTP 400 (bad input), 404 (unknown model, version or URL),
+  411/413 (missing length / request larger than --max_request_bytes) or 500.
+- gRPC: `tensorflow.serving.PredictionService` Predict and GetModelMetadata, and
+  `tensorflow.serving.ModelService` GetModelStatus; bad input is INVALID_ARGUMENT.
+
+Every request is checked against the signature (input names, dtypes, ranks, fixed dimensions, and
+one batch size on axis 0 across inputs) before TensorFlow runs, so a mistake gets a message that
+names the input. The base path is polled every --file_system_poll_wait_seconds: a new numbered
+version directory is loaded (and warmed up with its `assets.extra/tf_serving_warmup_requests`)
+and then replaces the old one, as TF Serving's default "latest version" policy does; a version
+that fails to load is logged and skipped, and the server keeps serving the previous one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import concurrent.futures
+import dataclasses
+import http.server
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from typing import Any, Mapping
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from google.protobuf import json_format
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
+                                     model_service_pb2_grpc, predict_pb2,
+                                     prediction_log_pb2, prediction_service_pb2_grpc)
+
+LOG = logging.getLogger("serving.local_server")
+
+DEFAULT_SIGNATURE = "serving_default"
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+VERSION_PATTERN = re.compile(r"^\d+$")
+DEFAULT_MAX_REQUEST_BYTES = 16 << 20
+DISCARD_FACTOR = 8  # an oversized body up to this many times the limit is read (and dropped)
+AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+
+
+class RequestError(Exception):
+    """A request the server refuses, with TF Serving's HTTP status and gRPC code for it."""
+
+    def __init__(self, message: str, http_status: int = 400,
+                 grpc_code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT):
+        super().__init__(message)
+        self.message = message
+        self.http_status = http_status
+        self.grpc_code = grpc_code
+
+
+def not_found(message: str) -> RequestError:
+    return RequestError(message, 404, grpc.StatusCode.NOT_FOUND)
+
+
+# --- one loaded version --------------------------------------------------------------------------
+@dataclasses.dataclass
+class Signature:
+    """A serving signature: its function and what it accepts."""
+
+    function: Any
+    inputs: dict[str, tf.TensorSpec]
+    outputs: tuple[str, ...]
+
+
+class ServedVersion:
+    """One loaded SavedModel version: its signatures and its SignatureDef protos (metadata)."""
+
+    def __init__(self, path: str, version: int):
+        self.path = path
+        self.version = version
+        self.saved_model = tf.saved_model.load(path)
+        self.signatures = {}
+        for name, function in self.saved_model.signatures.items():
+            _, kwargs = function.structured_input_signature
+            self.signatures[name] = Signature(function, dict(kwargs),
+                                              tuple(sorted(function.structured_outputs)))
+        proto = saved_model_pb2.SavedModel()
+        with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+            proto.ParseFromString(f.read())
+        graphs = [g for g in proto.meta_graphs if "serve" in g.meta_info_def.tags]
+        self.signature_defs = get_model_metadata_pb2.SignatureDefMap()
+        for name, definition in (graphs[0] if graphs else proto.meta_graphs[0]).signature_def.items():
+            self.signature_defs.signature_def[name].CopyFrom(definition)
+
+    def signature(self, name: str) -> Signature:
+        name = name or DEFAULT_SIGNATURE
+        if name not in self.signatures:
+            raise RequestError(f"Serving signature name: {name!r} not found in signature def; "
+                               f"this model has {sorted(self.signatures)}")
+        return self.signatures[name]
+
+    def predict(self, signature_name: str, arrays: Mapping[str, np.ndarray]
+                ) -> dict[str, np.ndarray]:
+        """Validated inputs -> {output name: array}."""
+        signature = self.signature(signature_name)
+        tensors = check_inputs(signature_name or DEFAULT_SIGNATURE, signature, arrays)
+        try:
+            outputs = signature.function(**tensors)
+        except tf.errors.InvalidArgumentError as error:
+            # Checks inside the graph (e.g. score_candidates' shape asserts).
+            raise RequestError(graph_error_text(error.message)) from None
+        return {name: value.numpy() for name, value in outputs.items()}
+
+    def warm_up(self) -> int:
+        """Replays the export's warmup requests (TF Serving's file format); returns how many."""
+        path = os.path.join(self.path, WARMUP_FILE)
+        if not os.path.exists(path):
+            return 0
+        count = 0
+        for record in tf.data.TFRecordDataset(path):
+            log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            if log.WhichOneof("log_type") == "predict_log":
+                request = log.predict_log.request
+                self.predict(request.model_spec.signature_name, decode_proto_inputs(
+                    request.inputs, self.signature(request.model_spec.signature_name)))
+                count += 1
+        return count
+
+
+def graph_error_text(message: str) -> str:
+    """The useful part of a TF runtime error: an assert's own message, else its last line that
+    is not graph plumbing (node names, stack placeholders)."""
+    match = re.search(r"assertion failed: \[([^\]]*)\]", message)
+    if match:
+        return match.group(1)
+    lines = [line.strip() for line in message.splitlines()
+             if line.strip() and not line.strip().startswith(
+                 ("Graph execution error", "Detected at node", "<stack", "[[{{node"))]
+    return lines[-1] if lines else message
+
+
+def _shape_text(shape) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def check_inputs(signature_name: str, signature: Signature, arrays: Mapping[str, np.ndarray]
+                 ) -> dict[str, tf.Tensor]:
+    """Names, ranks, fixed dimensions and a common batch size; arrays already have the dtype."""
+    expected = signature.inputs
+    missing = sorted(set(expected) - set(arrays))
+    unknown = sorted(set(arrays) - set(expected))
+    if missing or unknown:
+        problems = []
+        if missing:
+            problems.append("missing input(s) " + ", ".join(map(repr, missing)))
+        if unknown:
+            problems.append("unknown input(s) " + ", ".join(map(repr, unknown)))
+        raise RequestError(f"{'; '.join(problems)} for signature {signature_name!r}, which "
+                           f"expects {sorted(expected)}")
+    batch_sizes = {}
+    for name, spec in expected.items():
+        array = arrays[name]
+        want = spec.shape.as_list()
+        if array.ndim != len(want) or any(w is not None and w != g
+                                          for w, g in zip(want, array.shape)):
+            raise RequestError(f"input {name!r} must have shape {_shape_text(want)} (rank "
+                               f"{len(want)}), got {_shape_text(array.shape)}")
+        if want and want[0] is None:
+            batch_sizes[name] = array.shape[0]
+    if len(set(batch_sizes.values())) > 1:
+        sizes = ", ".join(f"{n} {s}" for n, s in sorted(batch_sizes.items()))
+        raise RequestError("inputs must have the same size on axis 0 (one row per example or "
+                           f"user); got {sizes}")
+    return {name: tf.constant(arrays[name], dtype=spec.dtype) for name, spec in expected.items()}
+
+
+# --- decoding request values ---------------------------------------------------------------------
+_INTEGER_DTYPES = (tf.int8, tf.int16, tf.int32, tf.int64, tf.uint8, tf.uint16, tf.uint32,
+                   tf.uint64)
+
+
+def _shape_and_leaves(value: Any, name: str) -> tuple[tuple[int, ...], list]:
+    if not isinstance(value, list):
+        return (), [value]
+    if not value:
+        return (0,), []
+    parts = [_shape_and_leaves(v, name) for v in value]
+    inner = parts[0][0]
+    if any(shape != inner for shape, _ in parts):
+        raise RequestError(f"input {name!r} is ragged: every row must have the same length")
+    return (len(value), *inner), [leaf for _, leaves in parts for leaf in leaves]
+
+
+def _decode_bytes(leaf: Any, name: str) -> bytes:
+    if isinstance(leaf, str):
+        return leaf.encode("utf-8")
+    if isinstance(leaf, dict) and set(leaf) == {"b64"} and isinstance(leaf["b64"], str):
+        try:
+            return base64.b64decode(leaf["b64"], validate=True)
+        except binascii.Error:
+            raise RequestError(f"input {name!r}: invalid base64 in {{\"b64\": ...}}") from None
+    raise RequestError(f"input {name!r} expects strings (or {{\"b64\": ...}}), got "
+                       f"{type(leaf).__name__} {leaf!r:.40}")
+
+
+def json_to_array(name: str, value: Any, spec: tf.TensorSpec) -> np.ndarray:
+    """A JSON value -> an array of the spec's dtype, or a RequestError that names the input."""
+    dtype = spec.dtype
+    if dtype == tf.string:
+        shape, leaves = _shape_and_leaves(value, name)
+        return np.array([_decode_bytes(leaf, name) for leaf in leaves],
+                        dtype=object).reshape(shape)
+    try:
+        array = np.asarray(value)
+    except ValueError:
+        raise RequestError(f"input {name!r} is ragged: every row must have the same length") \
+            from None
+    kind = "number" if array.dtype.kind in "iuf" else {
+        "b": "boolean", "U": "string", "S": "string"}.get(array.dtype.kind, "mixed or nested value")
+    if array.size == 0:
+        return array.astype(dtype.as_numpy_dtype)
+    if dtype == tf.bool:
+        if array.dtype.kind != "b":
+            raise RequestError(f"input {name!r} expects booleans, got a {kind}")
+        return array
+    if dtype in _INTEGER_DTYPES:
+        if array.dtype.kind not in "iu":
+            got = "non-integer number" if array.dtype.kind == "f" else kind
+            raise RequestError(f"input {name!r} expects {dtype.name} integers, got a {got}")
+        info = np.iinfo(dtype.as_numpy_dtype)
+        if array.min() < info.min or array.max() > info.max:
+            raise RequestError(f"input {name!r}: a value is out of the {dtype.name} range")
+        return array.astype(dtype.as_numpy_dtype)
+    if dtype.is_floating:
+        if array.dtype.kind not in "iuf":
+            raise RequestError(f"input {name!r} expects {dtype.name} numbers, got a {kind}")
+        return array.astype(dtype.as_numpy_dtype)
+    raise RequestError(f"input {name!r} has dtype {dtype.name}, which this server does not "
+                       "decode from JSON")
+
+
+def decode_rest_inputs(body: Mapping[str, Any], signature: Signature) -> tuple[dict, bool]:
+    """A predict request's JSON -> ({input name: array}, row format?)."""
+    has_instances, has_inputs = "instances" in body, "inputs" in body
+    if has_instances == has_inputs:
+        raise RequestError("the request must have exactly one of \"instances\" (row format) or "
+                           "\"inputs\" (columnar format)")
+    names = sorted(signature.inputs)
+    if has_instances:
+        instances = body["instances"]
+        if not isinstance(instances, list) or not instances:
+            raise RequestError("\"instances\" must be a non-empty list of rows")
+        if all(isinstance(row, dict) and "b64" not in row for row in instances):
+            keys = set(instances[0])
+            for i, row in enumerate(instances):
+                if set(row) != keys:
+                    raise RequestError(f"every instance must have the same named inputs; "
+                                       f"instance {i} has {sorted(row)}, instance 0 has "
+                                       f"{sorted(keys)}")
+            columns = {key: [row[key] for row in instances] for key in keys}
+        elif len(names) == 1:
+            columns = {names[0]: instances}
+        else:
+            raise RequestError(f"this signature has several inputs {names}: each instance must "
+                               "be an object {input name: value}")
+        row_format = True
+    else:
+        inputs = body["inputs"]
+        if isinstance(inputs, dict) and not (set(inputs) == {"b64"} and len(names) == 1):
+            columns = inputs
+        elif len(names) == 1:
+            columns = {names[0]: inputs}
+        else:
+            raise RequestError(f"this signature has several inputs {names}: \"inputs\" must be "
+                               "an object {input name: value}")
+        row_format = False
+    arrays = {}
+    for name, value in columns.items():
+        spec = signature.inputs.get(name)
+        # Unknown names are reported with the missing ones by check_inputs.
+        arrays[name] = json_to_array(name, value, spec) if spec is not None else np.zeros(0)
+    return arrays, row_format
+
+
+def decode_proto_inputs(inputs: Mapping[str, Any], signature: Signature) -> dict[str, np.ndarray]:
+    """PredictRequest.inputs (TensorProtos) -> arrays; the dtype must match exactly, as in TF
+    Serving (it does not convert)."""
+    arrays = {}
+    for name, proto in inputs.items():
+        spec = signature.inputs.get(name)
+        if spec is not None and proto.dtype != spec.dtype.as_datatype_enum:
+            got = tf.dtypes.as_dtype(proto.dtype).name if proto.dtype else "no dtype"
+            raise RequestError(f"input {name!r} expects {spec.dtype.name}, got {got}")
+        try:
+            arrays[name] = tf.make_ndarray(proto)
+        except (TypeError, ValueError) as error:
+            raise RequestError(f"input {name!r}: malformed TensorProto ({error})") from None
+    return arrays
+
+
+def to_json_value(array: np.ndarray) -> Any:
+    if array.dtype == object or array.dtype.kind == "S":
+        return np.vectorize(lambda b: b.decode("utf-8", "replace"), otypes=[object])(
+            array).tolist() if array.size else array.tolist()
+    return array.tolist()
+
+
+def rest_response(outputs: Mapping[str, np.ndarray], row_format: bool) -> dict:
+    """TF Serving's response: one output -> its values, several -> named."""
+    if row_format:
+        if len(outputs) == 1:
+            return {"predictions": to_json_value(next(iter(outputs.values())))}
+        rows = len(next(iter(outputs.values())))
+        values = {name: to_json_value(v) for name, v in outputs.items()}
+        return {"predictions": [{name: v[i] for name, v in values.items()} for i in range(rows)]}
+    if len(outputs) == 1:
+        return {"outputs": to_json_value(next(iter(outputs.values())))}
+    return {"outputs": {name: to_json_value(v) for name, v in outputs.items()}}
+
+
+# --- the model repository: polls the base path, holds the newest version -------------------------
+def numbered_versions(base_path: str) -> list[int]:
+    try:
+        names = os.listdir(base_path)
+    except FileNotFoundError:
+        return []
+    return sorted(int(n) for n in names if VERSION_PATTERN.match(n)
+                  and os.path.exists(os.path.join(base_path, n, "saved_model.pb")))
+
+
+class ModelRepository:
+    """Serves the newest numbered version under `base_path` and swaps in newer ones."""
+
+    def __init__(self, model_name: str, base_path: str):
+        self.model_name = model_name
+        self.base_path = base_path
+        self._current: ServedVersion | None = None
+        self._failed: set[int] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> ServedVersion | None:
+        return self._current
+
+    @property
+    def failed_versions(self) -> frozenset[int]:
+        """Versions that failed to load (not retried)."""
+        return frozenset(self._failed)
+
+    def poll(self) -> bool:
+        """Loads the newest version if it is not the one served; True when it swapped one in."""
+        versions = [v for v in numbered_versions(self.base_path) if v not in self._failed]
+        current = self._current
+        if not versions or (current is not None and versions[-1] == current.version):
+            return False
+        version = versions[-1]
+        path = os.path.join(self.base_path, str(version))
+        started = time.perf_counter()
+        try:
+            loaded = ServedVersion(path, version)
+            warmed = loaded.warm_up()
+        except Exception:  # a broken export must not take the server down
+            LOG.exception("could not load %s; still serving version %s", path,
+                          current.version if current else None)
+            self._failed.add(version)
+            return False
+        with self._lock:
+            self._current = loaded
+        LOG.info("serving %s version %d (loaded in %.1f s, %d warmup requests)",
+                 self.model_name, version, time.perf_counter() - started, warmed)
+        return True
+
+    def get(self, model_name: str, version: int | None = None) -> ServedVersion:
+        if model_name != self.model_name:
+            raise not_found(f"Servable not found for request: model {model_name!r} (this server "
+                            f"serves {self.model_name!r})")
+        current = self._current
+        if current is None:
+            raise not_found(f"Could not find any versions of model {model_name} (none loaded yet "
+                            f"from {self.base_path})")
+        if version is not None and version != current.version:
+            raise not_found(f"Servable not found for request: Specific({model_name}, {version}); "
+                            f"the loaded version is {current.version}")
+        return current
+
+
+# --- REST ------------------------------------------------------------------------------------------
+_PREDICT = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?:predict$")
+_MODEL = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?"
+                    r"(?P<metadata>/metadata)?$")
+
+
+def status_json(version: ServedVersion) -> dict:
+    return {"model_version_status": [{"version": str(version.version), "state": "AVAILABLE",
+                                      "status": {"error_code": "OK", "error_message": ""}}]}
+
+
+def metadata_json(model_name: str, version: ServedVersion) -> dict:
+    return {"model_spec": {"name": model_name, "signature_name": "",
+                           "version": str(version.version)},
+            "metadata": {"signature_def": json_format.MessageToDict(
+                version.signature_defs, preserving_proto_field_name=True)}}
+
+
+class RestHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: clients reuse their connection
+    timeout = 30                    # seconds a client may take to send its request
+    disable_nagle_algorithm = True  # headers and body are two writes: don't wait for an ACK
+    server: "RestServer"
+
+    def log_message(self, format, *args):  # requests are logged at DEBUG, not on stderr
+        LOG.debug("%s %s", self.address_string(), format % args)
+
+    def _reply(self, status: int, body: Mapping[str, Any]) -> None:
+        data = json.dumps(body).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _handle(self, method: str) -> None:
+        try:
+            self._reply(200, self._route(method))
+        except RequestError as error:
+            self._reply(error.http_status, {"error": error.message})
+        except Exception as error:  # an unexpected failure is a 500, and the server goes on
+            LOG.exception("internal error on %s %s", method, self.path)
+            self._reply(500, {"error": f"internal error: {error}"})
+
+    def _route(self, method: str) -> dict:
+        repository = self.server.repository
+        if method == "POST":
+            match = _PREDICT.match(self.path)
+            body = self._read_json()  # read before any error, so keep-alive stays in sync
+            if not match:
+                raise not_found(f"Malformed request: POST {self.path}")
+            version = int(match["version"]) if match["version"] else None
+            served = repository.get(match["name"], version)
+            signature_name = body.get("signature_name") or DEFAULT_SIGNATURE
+            if not isinstance(signature_name, str):
+                raise RequestError("\"signature_name\" must be a string")
+            arrays, row_format = decode_rest_inputs(body, served.signature(signature_name))
+            return rest_response(served.predict(signature_name, arrays), row_format)
+        match = _MODEL.match(self.path)
+        if not match:
+            raise not_found(f"Malformed request: GET {self.path}")
+        served = repository.get(match["name"], int(match["version"]) if match["version"] else None)
+        if match["metadata"]:
+            return metadata_json(match["name"], served)
+        return status_json(served)
+
+    def _read_json(self) -> dict:
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            self.close_connection = True
+            raise RequestError("a request body with a Content-Length header is required", 411)
+        length = int(length)
+        if length > self.server.max_request_bytes:
+            self._discard(length)
+            raise self._too_large(length)
+        try:
+            body = json.loads(self.rfile.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise RequestError(f"the request body is not valid JSON: {error}") from None
+        if not isinstance(body, dict):
+            raise RequestError("the request body must be a JSON object")
+        return body
+
+    def _too_large(self, length: int) -> RequestError:
+        return RequestError(f"request of {length} bytes is larger than the server's limit of "
+                            f"{self.server.max_request_bytes} bytes (--max_request_bytes)",
+                            413, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+    def _discard(self, length: int) -> None:
+        """Reads and drops an oversized body so that the client, still sending it, gets the 413
+        instead of a broken pipe; past a bound the connection is just closed."""
+        if length > DISCARD_FACTOR * self.server.max_request_bytes:
+            self.close_connection = True
+            return
+        while length > 0:
+            chunk = self.rfile.read(min(length, 1 << 16))
+            if not chunk:
+                break
+            length -= len(chunk)
+
+    def handle_expect_100(self) -> bool:
+        # Clients that ask first (curl does for large bodies) learn the limit before sending.
+        length = self.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > self.server.max_request_bytes:
+            self.close_connection = True
+            self._reply(413, {"error": self._too_large(int(length)).message})
+            return False
+        return super().handle_expect_100()
+
+    def do_GET(self):
+        self._handle("GET")
+
+    def do_POST(self):
+        self._handle("POST")
+
+
+class RestServer(http.server.ThreadingHTTPServer):
+    """HTTP server whose requests run on a fixed pool of threads (--rest_api_num_threads)."""
+
+    daemon_threads = True
+
+    def __init__(self, address, repository: ModelRepository, max_request_bytes: int,
+                 num_threads: int):
+        super().__init__(address, RestHandler)
+        self.repository = repository
+        self.max_request_bytes = max_request_bytes
+        self._pool = concurrent.futures.ThreadPoolExecutor(num_threads, "rest")
+
+    def process_request(self, request, client_address):
+        self._pool.submit(self.process_request_thread, request, client_address)
+
+    def server_close(self):
+        super().server_close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+# --- gRPC ------------------------------------------------------------------------------------------
+def _grpc_call(context, fn):
+    try:
+        return fn()
+    except RequestError as error:
+        context.abort(error.grpc_code, error.message)
+    except Exception as error:
+        LOG.exception("internal error in a gRPC call")
+        context.abort(grpc.StatusCode.INTERNAL, f"internal error: {error}")
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, repository: ModelRepository):
+        self.repository = repository
+
+    def _served(self, model_spec) -> ServedVersion:
+        version = model_spec.version.value if model_spec.HasField("version") else None
+        if model_spec.WhichOneof("version_choice") == "version_label":
+            raise RequestError("version labels are not supported by the local server")
+        return self.repository.get(model_spec.name, version)
+
+    def Predict(self, request, context):
+        def run():
+            served = self._served(request.model_spec)
+            name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+            outputs = served.predict(name, decode_proto_inputs(request.inputs,
+                                                               served.signature(name)))
+            if request.output_filter:
+                unknown = sorted(set(request.output_filter) - set(outputs))
+                if unknown:
+                    raise RequestError(f"output_filter names unknown outputs {unknown}")
+                outputs = {k: v for k, v in outputs.items() if k in request.output_filter}
+            response = predict_pb2.PredictResponse()
+            response.model_spec.name = request.model_spec.name
+            response.model_spec.version.value = served.version
+            response.model_spec.signature_name = name
+            for key, value in outputs.items():
+                response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+            return response
+        return _grpc_call(context, run)
+
+    def GetModelMetadata(self, request, context):
+        def run():
+            if list(request.metadata_field) != ["signature_def"]:
+                raise RequestError("metadata_field must be [\"signature_def\"], got "
+                                   f"{list(request.metadata_field)}")
+            served = self._served(request.model_spec)
+            response = get_model_metadata_pb2.GetModelMetadataResponse()
+            response.model_spec.name = request.model_spec.name
+            response.model_spec.version.value = served.version
+            response.metadata["signature_def"].Pack(served.signature_defs)
+            return response
+        return _grpc_call(context, run)
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, repository: ModelRepository):
+        self.repository = repository
+
+    def GetModelStatus(self, request, context):
+        def run():
+            spec = request.model_spec
+            served = self.repository.get(spec.name, spec.version.value
+                                         if spec.HasField("version") else None)
+            response = get_model_status_pb2.GetModelStatusResponse()
+            status = response.model_version_status.add()
+            status.version = served.version
+            status.state = AVAILABLE
+            return response
+        return _grpc_call(context, run)
+
+
+# --- the server ------------------------------------------------------------------------------------
+class LocalServer:
+    """The REST and gRPC front ends on one ModelRepository, plus the polling thread.
+
+    Port 0 picks a free port (read `rest_port` / `grpc_port` after `start()`); None disables that
+    front end. Use as a context manager, or call `start()` and `stop()`.
+    """
+
+    def __init__(self, model_name: str, model_base_path: str, *, host: str = "127.0.0.1",
+                 rest_api_port: int | None = 8501, grpc_port: int | None = 8500,
+                 poll_seconds: float = 1.0, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+                 rest_api_num_threads: int = 8, grpc_max_threads: int = 8):
+        if rest_api_port is None and grpc_port is None:
+            raise ValueError("at least one of the REST and gRPC ports must be set")
+        self.repository = ModelRepository(model_name, model_base_path)
+        self.host = host
+        self.poll_seconds = poll_seconds
+        self._stop = threading.Event()
+        self._rest = None
+        self._grpc = None
+        self.rest_port = self.grpc_port = None
+        self._requested = (rest_api_port, grpc_port)
+        self._limits = (max_request_bytes, rest_api_num_threads, grpc_max_threads)
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> "LocalServer":
+        rest_api_port, grpc_port = self._requested
+        max_request_bytes, rest_threads, grpc_threads = self._limits
+        self.repository.poll()  # serve a version from the first request on, when there is one
+        if rest_api_port is not None:
+            self._rest = RestServer((self.host, rest_api_port), self.repository,
+                                    max_request_bytes, rest_threads)
+            self.rest_port = self._rest.server_address[1]
+            self._spawn(self._rest.serve_forever, "rest")
+        if grpc_port is not None:
+            self._grpc = grpc.server(
+                concurrent.futures.ThreadPoolExecutor(grpc_threads, "grpc"),
+                options=[("grpc.max_receive_message_length", max_request_bytes),
+                         ("grpc.so_reuseport", 0)])
+            prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+                PredictionService(self.repository), self._grpc)
+            model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+                ModelService(self.repository), self._grpc)
+            self.grpc_port = self._grpc.add_insecure_port(f"{self.host}:{grpc_port}")
+            if not self.grpc_port:
+                raise OSError(f"could not listen for gRPC on {self.host}:{grpc_port}")
+            self._grpc.start()
+        self._spawn(self._poll_forever, "poll")
+        return self
+
+    def _spawn(self, target, name):
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _poll_forever(self):
+        while not self._stop.wait(self.poll_seconds):
+            self.repository.poll()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._rest is not None:
+            self._rest.shutdown()
+            self._rest.server_close()
+        if self._grpc is not None:
+            self._grpc.stop(grace=1).wait()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> "LocalServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.local_server",
+        description="Development stand-in for TF Serving (NOT for production: use the "
+                    "tensorflow/serving image). Serves the newest version under "
+                    "--model_base_path over REST and gRPC with TF Serving's API.")
+    parser.add_argument("--model_name", required=True, help="name in request URLs / model_spec")
+    parser.add_argument("--model_base_path", required=True,
+                        help="directory of numbered version directories, e.g. export/queryrec")
+    parser.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500)")
+    parser.add_argument("--rest_api_port", type=int, default=8501,
+                        help="REST port (default 8501); 0 disables REST, as in TF Serving")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only; not a "
+                             "TF Serving flag)")
+    parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
+                        help="how often to look for a new version (default 1)")
+    parser.add_argument("--max_request_bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
+                        help=f"largest request accepted (default {DEFAULT_MAX_REQUEST_BYTES})")
+    parser.add_argument("--rest_api_num_threads", type=int, default=8)
+    parser.add_argument("--grpc_max_threads", type=int, default=8)
+    args = parser.parse_args(argv)
+    for flag in ("port", "rest_api_port"):
+        if not 0 <= getattr(args, flag) < 65536:
+            parser.error(f"--{flag} must be a port number in [0, 65535]")
+    if args.port == 0:
+        parser.error("--port must be a port number (gRPC cannot be disabled)")
+    if args.port == args.rest_api_port:
+        parser.error("--port and --rest_api_port must differ")
+    if args.file_system_poll_wait_seconds <= 0 or args.max_request_bytes < 1:
+        parser.error("--file_system_poll_wait_seconds and --max_request_bytes must be positive")
+    if not os.path.isdir(args.model_base_path):
+        parser.error(f"--model_base_path {args.model_base_path!r} is not a directory (export a "
+                     "model with `python -m qrec_tf.export --output DIR`)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    LOG.warning("development stand-in for TF Serving; use the tensorflow/serving image in "
+                "production")
+    server = LocalServer(args.model_name, args.model_base_path, host=args.host,
+                         rest_api_port=args.rest_api_port or None, grpc_port=args.port,
+                         poll_seconds=args.file_system_poll_wait_seconds,
+                         max_request_bytes=args.max_request_bytes,
+                         rest_api_num_threads=args.rest_api_num_threads,
+                         grpc_max_threads=args.grpc_max_threads)
+    try:
+        server.start()
+    except (OSError, RuntimeError) as error:  # grpc raises RuntimeError when it cannot bind
+        parser.error(f"cannot listen: {error}")
+    if server.repository.current is None:
+        LOG.warning("no version under %s yet; waiting for one", args.model_base_path)
+    if server.rest_port:
+        LOG.info("REST on http://%s:%d/v1/models/%s", args.host, server.rest_port,
+                 args.model_name)
+    LOG.info("gRPC on %s:%d", args.host, server.grpc_port)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    LOG.info("stopping")
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""The exported SavedModel: signatures named and typed by the schema (as the session loader that TF
+Serving uses sees them), scores equal to the trained model's, OOV ids, no training-only parts,
+numbered versions written atomically, and the CLI's errors."""
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+
+from qrec_tf import data as D
+from qrec_tf import export as E
+from qrec_tf import schema as S
+from qrec_tf.evaluate import load_trained_model
+from tests.serving.tiny_model import tiny_model
+
+SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+DT = {"int64": "DT_INT64", "string": "DT_STRING"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_model(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def model(tiny):
+    return load_trained_model(tiny.model_dir, tiny.data_dir)[1]
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny):
+    return tf.saved_model.load(tiny.version_dir)
+
+
+@pytest.fixture(scope="module")
+def test_split(tiny, model):
+    """The whole test split: (features {name: array}, serialized examples)."""
+    return E.sample_rows(tiny.data_dir, model.schema, "test", rows=10_000)
+
+
+def cli_signatures(text: str) -> dict[str, dict]:
+    """`saved_model_cli show --all` -> {signature: {"inputs"/"outputs": {name: (dtype, shape)}}}."""
+    signatures = {}
+    for block in re.split(r"\nsignature_def\['", text)[1:]:
+        name = block[:block.index("'")]
+        parts = block.split("contains the following output(s):")
+        entry = {}
+        for key, part in zip(("inputs", "outputs"), parts):
+            entry[key] = {m[0]: (m[1], tuple(int(d) for d in m[2].replace(" ", "").split(",") if d))
+                          for m in re.findall(r"\['(\w+)'\] tensor_info:\s+dtype: (\w+)\s+"
+                                              r"shape: \(([-\d, ]*)\)", part)}
+        signatures[name] = entry
+    return signatures
+
+
+def test_saved_model_cli_lists_the_three_signatures_with_the_schemas_names_and_dtypes(tiny, model):
+    shown = subprocess.run([SAVED_MODEL_CLI, "show", "--all", "--dir", tiny.version_dir],
+                           capture_output=True, text=True, check=True).stdout
+    signatures = cli_signatures(shown)
+    schema = model.schema
+    rows = {f.name: (DT[f.dtype], (-1, *f.shape)) for f in schema.model_features}
+    context = {f.name: (DT[f.dtype], (-1, *f.shape)) for f in E.context_features(schema)}
+    candidates = {E.candidate_input_name(f.name): (DT[f.dtype], (-1, -1))
+                  for f in E.candidate_features(schema)}
+    ctr = {E.OUTPUT_KEY: ("DT_FLOAT", (-1,))}
+    assert signatures[E.SERVING_DEFAULT] == {"inputs": rows, "outputs": ctr}
+    assert signatures[E.SCORE_CANDIDATES] == {"inputs": {**context, **candidates},
+                                              "outputs": {E.OUTPUT_KEY: ("DT_FLOAT", (-1, -1))}}
+    assert signatures[E.FROM_EXAMPLES] == {"inputs": {E.EXAMPLES_KEY: ("DT_STRING", (-1,))},
+                                           "outputs": ctr}
+    assert "candidate_item_id" in signatures[E.SCORE_CANDIDATES]["inputs"]
+    # What a served model must not ask for.
+    for name in (S.LABEL, S.TIMESTAMP, S.NIP_POS_ITEM_IDS, S.NIP_NEG_ITEM_IDS):
+        assert all(name not in s["inputs"] for s in signatures.values())
+
+
+def test_saved_model_cli_run_on_serving_default_gives_the_trained_models_score(
+        tiny, model, test_split):
+    rows, _ = test_split
+    one = {name: value[:1] for name, value in rows.items()}
+
+    def literal(array):
+        return repr(np.vectorize(lambda v: v.decode() if isinstance(v, bytes) else v,
+                                 otypes=[object])(array).tolist())
+    exprs = ";".join(f"{name}={literal(value)}" for name, value in one.items())
+    result = subprocess.run([SAVED_MODEL_CLI, "run", "--dir", tiny.version_dir, "--tag_set",
+                             "serve", "--signature_def", E.SERVING_DEFAULT,
+                             "--input_exprs", exprs], capture_output=True, text=True, check=True)
+    printed = result.stdout.split(f"Result for output key {E.OUTPUT_KEY}:")[1]
+    scores = np.array([float(v) for v in re.findall(r"[-\d.e]+", printed)])
+    expected = model({k: tf.constant(v) for k, v in one.items()}, training=False).numpy()
+    assert scores.shape == (1,) and np.isfinite(scores).all()
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+
+
+def test_every_signature_scores_the_test_split_like_the_trained_model(
+        model, loaded, test_split, tiny):
+    rows, serialized = test_split
+    n = len(serialized)
+    assert n == sum(1 for _ in tf.data.TFRecordDataset(
+        D.shard_files(tiny.data_dir, "test"), compression_type=S.COMPRESSION))
+    expected = model({k: tf.constant(v) for k, v in rows.items()}, training=False).numpy()
+
+    served = loaded.signatures[E.SERVING_DEFAULT](**{k: tf.constant(v) for k, v in rows.items()})
+    np.testing.assert_allclose(served[E.OUTPUT_KEY].numpy(), expected, atol=1e-5)
+    parsed = loaded.signatures[E.FROM_EXAMPLES](examples=tf.constant(serialized, tf.string))
+    np.testing.assert_allclose(parsed[E.OUTPUT_KEY].numpy(), expected, atol=1e-5)
+
+    # Three users, each against every item of the split, in one request (U = 3, N = n).
+    users = [0, n // 2, n - 1]
+    request = {f.name: rows[f.name][users] for f in E.context_features(model.schema)}
+    request.update({E.candidate_input_name(f.name): np.tile(rows[f.name], (len(users), 1))
+                    for f in E.candidate_features(model.schema)})
+    scores = loaded.signatures[E.SCORE_CANDIDATES](
+        **{k: tf.constant(v) for k, v in request.items()})[E.OUTPUT_KEY].numpy()
+    assert scores.shape == (len(users), n)
+    for i, user in enumerate(users):
+        want = model({k: tf.constant(v) for k, v in
+                      E.candidate_rows(rows, model.schema, user).items()}, training=False)
+        np.testing.assert_allclose(scores[i], want.numpy(), atol=1e-5)
+    # The user's own row is one of its candidates: the same score as serving_default gave.
+    assert scores[0, 0] == pytest.approx(expected[0], abs=1e-5)
+
+
+def test_unseen_user_item_and_query_ids_score_like_the_trained_model(model, loaded, test_split,
+                                                                     tiny):
+    rows, _ = test_split
+    rows = {k: v[:4].copy() for k, v in rows.items()}
+    unseen = 10 ** 12
+    rows[S.USER_ID][:] = unseen
+    rows[S.ITEM_ID][:] = unseen + 1
+    rows[S.AUTHOR_ID][:] = unseen + 2
+    rows[S.HIST_ITEM_IDS][:, -1] = unseen + 3
+    rows[S.QUERY_KEYS][:, -1] = b"never_seen_query"
+    rows[S.QUERY_WORD_IDS][:, -1, :2] = unseen + 4
+    for feature, value in ((S.USER_ID, unseen), (S.ITEM_ID, unseen + 1)):
+        assert str(value) not in {v for v, _ in S.read_vocab(
+            tiny.data_dir, model.schema.feature(feature).vocab)}
+    tensors = {k: tf.constant(v) for k, v in rows.items()}
+    scores = loaded.signatures[E.SERVING_DEFAULT](**tensors)[E.OUTPUT_KEY].numpy()
+    assert scores.shape == (4,) and np.isfinite(scores).all()
+    np.testing.assert_allclose(scores, model(tensors, training=False).numpy(), atol=1e-5)
+    request = {k: tf.constant(v) for k, v in E.candidate_request(rows, model.schema).items()}
+    candidates = loaded.signatures[E.SCORE_CANDIDATES](**request)[E.OUTPUT_KEY].numpy()
+    want = model({k: tf.constant(v) for k, v in E.candidate_rows(rows, model.schema).items()},
+                 training=False).numpy()
+    assert candidates.shape == (1, 4)
+    np.testing.assert_allclose(candidates[0], want, atol=1e-5)
+
+
+def saved_model_proto(version_dir: str) -> saved_model_pb2.SavedModel:
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(version_dir, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    return proto
+
+
+def saved_variable_names(version_dir: str) -> set[str]:
+    """The names of the variables the SavedModel stores (its object graph)."""
+    nodes = saved_model_proto(version_dir).meta_graphs[0].object_graph_def.nodes
+    return {node.variable.name.removesuffix(":0") for node in nodes
+            if node.WhichOneof("kind") == "variable"}
+
+
+def graph_constant_shapes(version_dir: str) -> list[tuple[str, tuple[int, ...]]]:
+    """(dtype, shape) of every Const node in the SavedModel's graph and functions."""
+    graph = saved_model_proto(version_dir).meta_graphs[0].graph_def
+    nodes = list(graph.node) + [n for fn in graph.library.function for n in fn.node_def]
+    shapes = []
+    for node in nodes:
+        if node.op == "Const":
+            tensor = node.attr["value"].tensor
+            shapes.append((tf.dtypes.as_dtype(tensor.dtype).name,
+                           tuple(d.size for d in tensor.tensor_shape.dim)))
+    return shapes
+
+
+def test_training_only_parts_are_not_in_the_served_graph(model, tiny):
+    exported = saved_variable_names(tiny.version_dir)
+    trained = {v.path for v in model.variables}
+    training_only = {v.path for v in model.similarity.variables}
+    assert training_only and not training_only & exported  # the contrastive W
+    assert exported <= trained
+    # Everything else that is saved is a model weight the CTR score reads; the rest is RNG state.
+    left_out = trained - exported - training_only
+    assert left_out and all("seed_generator" in path for path in left_out)
+    # The contrastive positives table (a constant of the training graph) is not in the graph,
+    # while the vocabularies (constants of the same kind) are.
+    constants = graph_constant_shapes(tiny.version_dir)
+    positives = tuple(model.query_positives.shape)
+    assert ("int64", positives) not in constants
+    queries = len(model.vocabularies.values[S.VOCAB_QUERIES])
+    assert ("string", (queries,)) in constants
+
+
+@pytest.mark.slow
+def test_versions_count_up_and_are_written_atomically(tiny, tmp_path, monkeypatch):
+    base = tmp_path / "queryrec"
+    base.mkdir()
+    for name in ("3", "10", ".export-leftover", "notes", "7x"):
+        (base / name).mkdir()
+    (base / "11").write_text("a file, not a version")
+    assert E.existing_versions(str(base)) == [3, 10]
+    assert E.next_version(str(base)) == 12
+    assert E.next_version(str(tmp_path / "absent")) == 1
+
+    seen = {}
+    real_verify = E.verify
+
+    def verify_and_look(path, *args):
+        seen["staging"] = path
+        seen["versions_while_writing"] = E.existing_versions(str(base))
+        seen["complete"] = os.path.exists(os.path.join(path, "saved_model.pb"))
+        return real_verify(path, *args)
+
+    monkeypatch.setattr(E, "verify", verify_and_look)
+    path = E.export(tiny.model_dir, str(base))
+    assert path == str(base / "12")
+    assert os.path.dirname(seen["staging"]) == str(base)
+    assert os.path.basename(seen["staging"]).startswith(".")
+    assert seen["versions_while_writing"] == [3, 10] and seen["complete"]
+    assert not os.path.exists(seen["staging"])
+    assert os.path.exists(base / "12" / "saved_model.pb")
+    assert os.path.exists(base / "12" / E.WARMUP_FILE)
+
+    class CrashingArchive:  # dies half-way through writing, like a full disk
+        def write_out(self, path, **kwargs):
+            with open(os.path.join(path, "saved_model.pb"), "wb") as f:
+                f.write(b"half")
+            raise OSError("No space left on device")
+
+    monkeypatch.setattr(E, "build_archive", lambda *args: CrashingArchive())
+    with pytest.raises(OSError, match="No space left"):
+        E.export(tiny.model_dir, str(base))
+    assert E.existing_versions(str(base)) == [3, 10, 12]
+    assert sorted(p.name for p in base.iterdir() if p.name.startswith(".export-")) == [
+        ".export-leftover"]  # its own staging directory is gone, a stranger's is left alone
+
+
+def test_cli_errors_are_messages(tiny, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        E.main(["--model-dir", str(tmp_path / "none"), "--output", str(tmp_path / "out")])
+    assert info.value.code == 2
+    assert "error:" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        E.main(["--model-dir", tiny.model_dir, "--output", tiny.base_path, "--version", "1"])
+    assert info.value.code == 2 and "never overwritten" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit) as info:
+        E.main(["--model-dir", tiny.model_dir, "--output", str(tmp_path / "file")])
+    assert info.value.code == 2 and "not a directory" in capsys.readouterr().err
