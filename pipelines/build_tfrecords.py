@@ -7,11 +7,14 @@ filesystem. Output (see qrec_tf/schema.py for the names):
 
     schema.json                  sequence lengths used (qrec_tf.schema.Schema.load reads it)
     train/ valid/ test/          gzip TFRecord shards of tf.train.Example, one per feed impression
+    search_train/                with --search-examples only: one example per search impression of
+                                 a user's training period (the auxiliary task of PLE)
     vocab/<name>.txt             "value<TAB>count", most frequent first, count >= --min-count
     query_items/                 gzip TFRecords: per query, items clicked after it (with counts)
                                  and items shown after it but never clicked
     stats.json                   per input file rows read/used/rejected (+ reasons); users kept and
-                                 dropped; examples and CTR per split; queries with a click
+                                 dropped; examples and CTR per split; queries with a click; search
+                                 impressions of kept users not made examples (--search-examples)
     dead_letter/                 JSON lines {"file", "reason", "line"}, one per rejected line
 
 Accounting: for every input file rows_read == rows_used + rows_rejected, where a rejected row is
@@ -52,7 +55,7 @@ from pipelines.user_examples import QueryItems, build_user_examples, query_items
 from qrec_tf import schema as S
 
 LOG = logging.getLogger("pipelines.build_tfrecords")
-OUTPUT_DIRS = (*S.SPLITS, S.VOCAB_DIR, S.QUERY_ITEMS_DIR, S.DEAD_LETTER_DIR)
+OUTPUT_DIRS = (*S.EXAMPLE_SPLITS, S.VOCAB_DIR, S.QUERY_ITEMS_DIR, S.DEAD_LETTER_DIR)
 # Locally: Beam's FnApiRunner with one worker process per core. On the 1M-row benchmark this ran
 # 1.7x faster than the single-process in_memory mode on 2 cores (benchmarks/pipeline_throughput.py).
 LOCAL_DEFAULTS = ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
@@ -128,9 +131,10 @@ class BuildUserExamples(beam.DoFn):
 
     VOCAB, QUERY_ITEMS, STATS = "vocab", "query_items", "stats"
 
-    def __init__(self, schema: S.Schema, seed: int):
+    def __init__(self, schema: S.Schema, seed: int, search_examples: bool = False):
         self._schema = schema
         self._seed = seed
+        self._search_examples = search_examples
         self._serializer = None
         self._users = 0
         self._last_log = 0.0
@@ -189,12 +193,19 @@ class BuildUserExamples(beam.DoFn):
         for row in rec:
             vocab[S.VOCAB_ITEMS, str(row[1])] += 1
 
+        search_examples = 0
         for split, values in build_user_examples(user_id, rec, search, user_features, items,
-                                                 self._schema, self._seed):
+                                                 self._schema, self._seed, self._search_examples):
             stats[f"examples/{split}/count"] += 1
             stats[f"examples/{split}/clicks"] += values[S.LABEL]
             stats[f"examples/{split}/with_queries"] += values[S.QUERY_KEYS][-1] != ""
+            search_examples += split == S.SEARCH_TRAIN
             yield beam.pvalue.TaggedOutput(split, self._serializer.serialize(values))
+        if self._search_examples:
+            # Every search row of a kept user is an example or counted here (a zero count still
+            # puts the entries into stats.json).
+            stats[f"examples/{S.SEARCH_TRAIN}/count"] += 0
+            stats["search_examples/outside_training_period"] += len(search) - search_examples
 
     def finish_bundle(self):
         for tag, counts in ((self.VOCAB, self._vocab), (self.STATS, self._stats)):
@@ -265,8 +276,9 @@ def nest_keys(flat: dict[str, int]) -> dict:
 def nest_stats(flat: dict[str, int]) -> dict:
     """nest_keys(flat) plus derived rates."""
     nested = nest_keys(flat)
-    for split in S.SPLITS:
-        entry = nested.setdefault("examples", {}).setdefault(split, {})
+    examples = nested.setdefault("examples", {})
+    for split in (*S.SPLITS, *([S.SEARCH_TRAIN] if S.SEARCH_TRAIN in examples else [])):
+        entry = examples.setdefault(split, {})
         if not isinstance(entry, dict):
             continue
         n = entry.get("count", 0)
@@ -338,17 +350,19 @@ def group_by_user(parsed: dict[str, beam.PCollection], names: Sequence[str]) -> 
 
 
 def build_pipeline(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, K.Header]], output: str,
-                   schema: S.Schema, *, seed: int, min_count: int, num_shards: int) -> None:
+                   schema: S.Schema, *, seed: int, min_count: int, num_shards: int,
+                   search_examples: bool = False) -> None:
     parsed, stats = read_logs(pipeline, inputs, output)
     items = parsed[K.ITEM_FEATURES]
     by_user = group_by_user(parsed, (K.REC_INTER, K.SRC_INTER, K.USER_FEATURES))
     built = by_user | "Build examples" >> beam.ParDo(
-        BuildUserExamples(schema, seed), items=beam.pvalue.AsDict(items)).with_outputs(
+        BuildUserExamples(schema, seed, search_examples),
+        items=beam.pvalue.AsDict(items)).with_outputs(
             BuildUserExamples.VOCAB, BuildUserExamples.QUERY_ITEMS, BuildUserExamples.STATS,
-            *S.SPLITS)
+            *S.EXAMPLE_SPLITS)
     stats.append(built[BuildUserExamples.STATS])
 
-    for split in S.SPLITS:
+    for split in (*S.SPLITS, *([S.SEARCH_TRAIN] if search_examples else [])):
         _ = built[split] | f"Write {split}" >> beam.io.WriteToTFRecord(
             FileSystems.join(output, split, split), file_name_suffix=".tfrecord.gz",
             num_shards=num_shards, compression_type=CompressionTypes.GZIP)
@@ -401,7 +415,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
             ("--max-query-words", "max_query_words", "word ids stored per query"),
             ("--nip-positives", "nip_positives", "clicked items sampled after t per train example"),
             ("--nip-negatives", "nip_negatives",
-             "not-clicked items sampled after t per train example")):
+             "not-clicked items sampled after t per train example"),
+            ("--query-clicked-items", "query_clicked_items",
+             "items clicked in a query's session kept per query (SESRec)")):
         default = getattr(lengths, field)
         parser.add_argument(flag, dest=field, type=int, default=default,
                             help=f"{help_text} (default {default})")
@@ -412,6 +428,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     parser.add_argument("--num-shards", type=int, default=0,
                         help="shards per split (default 0: the runner decides)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the NIP target sampling")
+    parser.add_argument("--search-examples", action="store_true",
+                        help="also write search impressions of each user's training period to "
+                             f"{S.SEARCH_TRAIN}/ (the auxiliary task of the ple model)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the outputs of an earlier run in --output")
     args, beam_args = parser.parse_known_args(argv)
@@ -423,7 +442,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         parser.error("--num-shards must be >= 0")
     try:
         args.schema = S.Schema(**{f: getattr(args, f) for f in (
-            "history_length", "max_queries", "max_query_words", "nip_positives", "nip_negatives")})
+            "history_length", "max_queries", "max_query_words", "nip_positives", "nip_negatives",
+            "query_clicked_items")})
     except ValueError as error:
         parser.error(str(error))
     return args, with_local_defaults(beam_args)
@@ -473,7 +493,8 @@ def summary(stats: dict) -> str:
                      f"  rejected {e.get('rows_rejected', 0):>7,}")
     users = stats.get("users", {})
     lines.append(f"  users kept {users.get('kept', 0):,}; dropped {users.get('dropped', {})}")
-    for split in S.SPLITS:
+    for split in (*S.SPLITS, *([S.SEARCH_TRAIN] if S.SEARCH_TRAIN in stats.get("examples", {})
+                               else [])):
         e = stats.get("examples", {}).get(split, {})
         ctr = e.get("ctr")
         lines.append(f"  {split:5s} examples {e.get('count', 0):>10,}  ctr "
@@ -496,7 +517,8 @@ def run(argv: Sequence[str] | None = None) -> dict:
     options = PipelineOptions(beam_args)
     with beam.Pipeline(options=options) as pipeline:
         build_pipeline(pipeline, inputs, args.output, args.schema, seed=args.seed,
-                       min_count=args.min_count, num_shards=args.num_shards)
+                       min_count=args.min_count, num_shards=args.num_shards,
+                       search_examples=args.search_examples)
     elapsed = time.monotonic() - started
     with FileSystems.open(FileSystems.join(args.output, S.STATS_FILE)) as f:
         stats = json.loads(f.read())

@@ -10,11 +10,21 @@ Rules (shared/PAPER.md "Data protocol", shared/DESIGN.md "Data rules"):
 - Queries: the last `max_queries` search sessions before t, one entry per session (a repeated search
   is a signal), ordered by (timestamp, search_session_id), left-padded. A session's query is the
   keyword of its earliest row.
+- Per-query clicks: aligned with the queries, the distinct items clicked in each query's search
+  session, ascending item id, the first `query_clicked_items`, right-padded. The log dates a click
+  only by its session, so a session's clicks count as events of the session's time.
 - NIP targets (train examples only): clicked (positives) and shown-but-not-clicked (negatives) feed
   items of the user's *train* interactions strictly after t, never an item of the user's valid or
   test interaction. When there are more than `nip_positives` (`nip_negatives`), a uniform sample
   without replacement is drawn with a generator seeded by (seed, user_id); chosen targets keep
   their chronological order and are right-padded. Valid and test examples carry none.
+- Search examples (`search_examples=True`, for multi-task models such as PLE): one example per
+  search impression row (an item shown in a session) whose session time t is strictly before the
+  user's first held-out feed interaction (`training_period_end`: the valid one, or the test one of
+  a user with a single feed interaction), so no search label from the evaluation period is ever
+  trained on. Label = clicked in search, domain = SEARCH_DOMAIN, the same user and item features,
+  history and queries strictly before t (the impression's own session is never among its queries),
+  no NIP targets. Feed examples have domain = FEED_DOMAIN.
 """
 
 from __future__ import annotations
@@ -89,6 +99,74 @@ def _sample_in_order(rng: random.Random, values: Sequence[int], k: int) -> list[
     return [values[i] for i in sorted(chosen)]
 
 
+class _Timeline:
+    """A user's feed clicks and search sessions, and the history and query features at a time t
+    (events strictly before t).
+
+    Consecutive calls whose window did not change return the same list objects (which
+    `schema.ExampleSerializer` then encodes once); callers must not mutate them.
+    """
+
+    def __init__(self, rec: Sequence[RecRow], search: Sequence[SearchRow],
+                 item_features: Mapping[int, ItemFeatures], schema: S.Schema):
+        self._h, self._q = schema.history_length, schema.max_queries
+        clicked = [(ts, item) for ts, item, click in rec if click]
+        self._clicked_ts = [ts for ts, _ in clicked]
+        self._clicked_items = [item for _, item in clicked]
+        feats = [item_features.get(item, NO_ITEM_FEATURES) for item in self._clicked_items]
+        self._clicked_cats = [f[1] for f in feats]
+        self._clicked_subs = [f[2] for f in feats]
+        sessions = sessions_of(search)
+        self._session_ts = [s.timestamp for s in sessions]
+        self._session_keys = [s.key for s in sessions]
+        w, c = schema.max_query_words, schema.query_clicked_items
+        self._session_words = [_right_pad(s.words, w, S.PAD_ID) for s in sessions]
+        clicks = clicked_items_by_session(search)
+        self._session_clicks = [_right_pad(clicks.get(s.session_id, ()), c, S.PAD_ID)
+                                for s in sessions]
+        self._no_words, self._no_clicks = [S.PAD_ID] * w, [S.PAD_ID] * c
+        self._hist_end = self._query_end = -1
+        self._features: dict = {}
+
+    def at(self, t: int) -> dict:
+        """{history and query feature name: value} of an impression at time t."""
+        out = self._features
+        end = bisect.bisect_left(self._clicked_ts, t)
+        if end != self._hist_end:
+            self._hist_end, start, h = end, max(0, end - self._h), self._h
+            out[S.HIST_ITEM_IDS] = _left_pad(self._clicked_items[start:end], h, S.PAD_ID)
+            out[S.HIST_CATEGORY_IDS] = _left_pad(self._clicked_cats[start:end], h, S.PAD_ID)
+            out[S.HIST_SUBCATEGORY_IDS] = _left_pad(self._clicked_subs[start:end], h, S.PAD_ID)
+        end = bisect.bisect_left(self._session_ts, t)
+        if end != self._query_end:
+            self._query_end, start, q = end, max(0, end - self._q), self._q
+            out[S.QUERY_KEYS] = _left_pad(self._session_keys[start:end], q, S.PAD_KEY.decode())
+            out[S.QUERY_WORD_IDS] = [v for row in _left_pad(self._session_words[start:end], q,
+                                                            self._no_words) for v in row]
+            out[S.QUERY_CLICKED_ITEM_IDS] = [
+                v for row in _left_pad(self._session_clicks[start:end], q, self._no_clicks)
+                for v in row]
+        return out
+
+
+def clicked_items_by_session(search_rows: Iterable[SearchRow]) -> dict[int, list[int]]:
+    """{search session id: the distinct items clicked in it, ascending}; sessions without a click
+    are absent."""
+    clicks: dict[int, set] = collections.defaultdict(set)
+    for _, session_id, _, item, clicked in search_rows:
+        if clicked:
+            clicks[session_id].add(item)
+    return {sid: sorted(items) for sid, items in clicks.items()}
+
+
+def training_period_end(rec_rows: Sequence[RecRow]) -> int | None:
+    """The time of the user's first held-out (valid, else test) feed interaction: the user's
+    training period is every t strictly before it. `rec_rows` sorted; None when empty."""
+    if not rec_rows:
+        return None
+    return rec_rows[max(len(rec_rows) - 2, 0)][0]
+
+
 def build_user_examples(
     user_id: int,
     rec_rows: Iterable[RecRow],
@@ -97,32 +175,25 @@ def build_user_examples(
     item_features: Mapping[int, ItemFeatures],
     schema: S.Schema,
     seed: int = 0,
+    search_examples: bool = False,
 ) -> Iterator[tuple[str, dict]]:
-    """Yields (split, features) for each of the user's feed interactions, in time order.
+    """Yields (split, features) for each of the user's feed interactions, in time order, then
+    with `search_examples` ("search_train", features) for each search impression of the user's
+    training period, in (time, session id, item id) order.
 
     `features` maps every schema feature name to its value at the schema's exact size (scalars as
-    ints, sequences as lists, query_word_ids as a flat list of queries x words). Consecutive
-    examples whose history (or queries) did not change share the same list objects, which
-    `schema.ExampleSerializer` exploits; callers must not mutate them.
+    ints, sequences as lists, query_word_ids and query_clicked_item_ids as flat lists of queries x
+    words / items). Consecutive examples whose history (or queries) did not change share the same
+    list objects, which `schema.ExampleSerializer` exploits; callers must not mutate them.
     """
     rec = sorted(rec_rows)
-    sessions = sessions_of(search_rows)
+    search = sorted(search_rows)
     n = len(rec)
     if n == 0:
         return
     n_train = max(n - 2, 0)
     held_out = {item for _, item, _ in rec[n_train:]}
-    clicked = [(ts, item) for ts, item, click in rec if click]
-    clicked_ts = [ts for ts, _ in clicked]
-    clicked_items = [item for _, item in clicked]
-    clicked_feats = [item_features.get(item, NO_ITEM_FEATURES) for item in clicked_items]
-    clicked_cats = [f[1] for f in clicked_feats]
-    clicked_subs = [f[2] for f in clicked_feats]
-    session_ts = [s.timestamp for s in sessions]
-    h, q, w = schema.history_length, schema.max_queries, schema.max_query_words
-    session_keys = [s.key for s in sessions]
-    session_words = [_right_pad(s.words, w, S.PAD_ID) for s in sessions]
-    no_words = [S.PAD_ID] * w
+    timeline = _Timeline(rec, search, item_features, schema)
 
     # Candidates for NIP targets: train interactions on items that are not held out.
     pos_ts, pos_items, neg_ts, neg_items = [], [], [], []
@@ -136,20 +207,17 @@ def build_user_examples(
 
     rng = random.Random(f"{seed}:{user_id}")
     u_feats = tuple(user_features) if user_features is not None else NO_USER_FEATURES
-    hist_end = query_end = -1
+    user = {S.USER_ID: user_id, S.SEARCH_ACTIVE_LEVEL: u_feats[0],
+            S.REC_ACTIVE_LEVEL: u_feats[1], S.ONEHOT_FEAT1: u_feats[2], S.ONEHOT_FEAT2: u_feats[3]}
+
+    def impression(t: int, item: int, click: int, domain: int) -> dict:
+        author, category, subcategory = item_features.get(item, NO_ITEM_FEATURES)
+        return {**user, **timeline.at(t), S.LABEL: click, S.TIMESTAMP: t, S.DOMAIN: domain,
+                S.ITEM_ID: item, S.AUTHOR_ID: author, S.CATEGORY_ID: category,
+                S.SUBCATEGORY_ID: subcategory}
+
     for position, (t, item, click) in enumerate(rec):
         split = split_of(position, n)
-        end = bisect.bisect_left(clicked_ts, t)
-        if end != hist_end:  # new lists only when a click passed: the serializer reuses them
-            hist_end, start = end, max(0, end - h)
-            hist = _left_pad(clicked_items[start:end], h, S.PAD_ID)
-            hist_cats = _left_pad(clicked_cats[start:end], h, S.PAD_ID)
-            hist_subs = _left_pad(clicked_subs[start:end], h, S.PAD_ID)
-        end = bisect.bisect_left(session_ts, t)
-        if end != query_end:
-            query_end, start = end, max(0, end - q)
-            keys = _left_pad(session_keys[start:end], q, S.PAD_KEY.decode())
-            words = [v for row in _left_pad(session_words[start:end], q, no_words) for v in row]
         if split == "train":
             nip_pos = _right_pad(_sample_in_order(rng, pos_items[bisect.bisect_right(pos_ts, t):],
                                                   schema.nip_positives),
@@ -159,27 +227,16 @@ def build_user_examples(
                                  schema.nip_negatives, S.PAD_ID)
         else:
             nip_pos, nip_neg = no_pos, no_neg
-        author, category, subcategory = item_features.get(item, NO_ITEM_FEATURES)
-        yield split, {
-            S.LABEL: click,
-            S.TIMESTAMP: t,
-            S.USER_ID: user_id,
-            S.SEARCH_ACTIVE_LEVEL: u_feats[0],
-            S.REC_ACTIVE_LEVEL: u_feats[1],
-            S.ONEHOT_FEAT1: u_feats[2],
-            S.ONEHOT_FEAT2: u_feats[3],
-            S.ITEM_ID: item,
-            S.AUTHOR_ID: author,
-            S.CATEGORY_ID: category,
-            S.SUBCATEGORY_ID: subcategory,
-            S.HIST_ITEM_IDS: hist,
-            S.HIST_CATEGORY_IDS: hist_cats,
-            S.HIST_SUBCATEGORY_IDS: hist_subs,
-            S.QUERY_KEYS: keys,
-            S.QUERY_WORD_IDS: words,
-            S.NIP_POS_ITEM_IDS: nip_pos,
-            S.NIP_NEG_ITEM_IDS: nip_neg,
-        }
+        yield split, {**impression(t, item, click, S.FEED_DOMAIN),
+                      S.NIP_POS_ITEM_IDS: nip_pos, S.NIP_NEG_ITEM_IDS: nip_neg}
+
+    if search_examples:
+        end = training_period_end(rec)
+        for t, _, _, item, clicked in search:
+            if t >= end:
+                break
+            yield S.SEARCH_TRAIN, {**impression(t, item, clicked, S.SEARCH_DOMAIN),
+                                   S.NIP_POS_ITEM_IDS: no_pos, S.NIP_NEG_ITEM_IDS: no_neg}
 
 
 @dataclasses.dataclass

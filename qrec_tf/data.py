@@ -2,31 +2,40 @@
 
 Keys, dtypes and shapes come from `qrec_tf.schema` with the sequence lengths the data was written
 with (`<data>/schema.json`). Each element is a dict {feature name: tensor [batch, *shape]}, or a
-(features, label) pair with `supervised=True`.
+(features, label) pair with `supervised=True`. `make_multitask_dataset` mixes the feed train
+examples with the search examples for multi-task training; `query_items` reads the query -> items
+table.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-from typing import Iterable
+from typing import Iterable, Iterator, Sequence
 
 import tensorflow as tf
 
 from qrec_tf import schema as S
 
+LOG = logging.getLogger(__name__)
+
 
 def shard_files(path: str, split: str) -> list[str]:
-    """The sorted TFRecord shards of one split; a clear error when there are none."""
-    if split not in S.SPLITS:
-        raise ValueError(f"split must be one of {S.SPLITS}, got {split!r}")
+    """The sorted TFRecord shards of one split (or of search_train/); a clear error when there
+    are none."""
+    if split not in S.EXAMPLE_SPLITS:
+        raise ValueError(f"split must be one of {S.EXAMPLE_SPLITS}, got {split!r}")
     pattern = os.path.join(path, split, S.EXAMPLE_FILE_PATTERN)
     files = sorted(tf.io.gfile.glob(pattern))
     if not files:
-        raise FileNotFoundError(
-            f"no TFRecord shards match {pattern}: is {path!r} the --output of "
-            "`python -m pipelines.build_tfrecords`?")
+        hint = ("is {path!r} the --output of `python -m pipelines.build_tfrecords`?"
+                if split != S.SEARCH_TRAIN or not tf.io.gfile.exists(
+                    os.path.join(path, S.SCHEMA_FILE))
+                else "the search examples are written only by "
+                     "`python -m pipelines.build_tfrecords --search-examples`")
+        raise FileNotFoundError(f"no TFRecord shards match {pattern}: {hint.format(path=path)}")
     return files
 
 
@@ -44,6 +53,59 @@ def parse_examples(serialized: tf.Tensor, schema: S.Schema,
                    names: Iterable[str] | None = None) -> dict[str, tf.Tensor]:
     """Serialized tf.Example [batch] -> {name: tensor [batch, *shape]}."""
     return tf.io.parse_example(serialized, schema.parse_spec(names))
+
+
+def _names(schema: S.Schema, features: Iterable[str] | None, supervised: bool) -> list[str]:
+    names = list(features) if features is not None else list(schema.feature_names)
+    if supervised and S.LABEL not in names:
+        names.append(S.LABEL)
+    unknown = [n for n in names if n not in schema.feature_names]
+    if unknown:
+        raise ValueError(f"unknown feature(s) {unknown}; the schema has {schema.feature_names}")
+    return names
+
+
+def _check_sizes(batch_size: int, num_epochs: int | None) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if num_epochs is not None and num_epochs < 1:
+        raise ValueError(f"num_epochs must be >= 1 or None, got {num_epochs}")
+
+
+def _records(path: str, split: str, shuffle: bool, shuffle_buffer: int,
+             seed: int | None) -> tf.data.Dataset:
+    """Serialized examples of one split, shuffled (shards and examples) if asked."""
+    files = shard_files(path, split)
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle:
+        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type=S.COMPRESSION),
+        cycle_length=min(len(files), 8), num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=seed is not None or not shuffle)
+    if shuffle:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    return dataset
+
+
+def _batch_and_parse(records: tf.data.Dataset, schema: S.Schema, names: list[str],
+                     batch_size: int, drop_remainder: bool, examples: int | None,
+                     supervised: bool, deterministic: bool) -> tf.data.Dataset:
+    """Serialized examples -> batches of parsed features; `examples`: how many `records` yields
+    in all (None: unknown, e.g. repeated forever)."""
+    # Parsing whole batches is several times faster than parsing examples one by one.
+    dataset = records.batch(batch_size, drop_remainder=drop_remainder)
+    if examples is not None:
+        # A known length gives Keras a real progress bar (and no "ran out of data" warning).
+        rounding = math.floor if drop_remainder else math.ceil
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(
+            rounding(examples / batch_size)))
+    dataset = dataset.map(lambda s: parse_examples(s, schema, names),
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if supervised:
+        dataset = dataset.map(lambda batch: ({k: v for k, v in batch.items() if k != S.LABEL},
+                                             batch[S.LABEL]))
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def make_dataset(
@@ -64,7 +126,7 @@ def make_dataset(
 
     Args:
       path: the pipeline's output directory (holds schema.json and train/ valid/ test/).
-      split: "train", "valid" or "test".
+      split: "train", "valid", "test" (or "search_train", the search examples alone).
       batch_size: examples per batch; the last batch is smaller unless `drop_remainder`.
       shuffle: shuffle shards and examples; defaults to True for "train" only. The pipeline
         writes a user's examples next to each other, so training needs the shuffle buffer.
@@ -79,43 +141,75 @@ def make_dataset(
     Returns:
       A dataset of {name: tensor [batch, *shape]} (or (features, label [batch]) pairs).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if num_epochs is not None and num_epochs < 1:
-        raise ValueError(f"num_epochs must be >= 1 or None, got {num_epochs}")
+    _check_sizes(batch_size, num_epochs)
     schema = schema or S.Schema.load(path)
-    names = list(features) if features is not None else list(schema.feature_names)
-    if supervised and S.LABEL not in names:
-        names.append(S.LABEL)
-    unknown = [n for n in names if n not in schema.feature_names]
-    if unknown:
-        raise ValueError(f"unknown feature(s) {unknown}; the schema has {schema.feature_names}")
+    names = _names(schema, features, supervised)
     shuffle = split == "train" if shuffle is None else shuffle
-    files = shard_files(path, split)
-
-    dataset = tf.data.Dataset.from_tensor_slices(files)
-    if shuffle:
-        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.interleave(
-        lambda f: tf.data.TFRecordDataset(f, compression_type=S.COMPRESSION),
-        cycle_length=min(len(files), 8), num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=seed is not None or not shuffle)
-    if shuffle:
-        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    records = _records(path, split, shuffle, shuffle_buffer, seed)
     if num_epochs != 1:
-        dataset = dataset.repeat(num_epochs)
-    # Parsing whole batches is several times faster than parsing examples one by one.
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-    examples = split_size(path, split) if num_epochs is not None else None
-    if examples is not None:
-        # A known length gives Keras a real progress bar (and no "ran out of data" warning).
-        rounding = math.floor if drop_remainder else math.ceil
-        dataset = dataset.apply(tf.data.experimental.assert_cardinality(
-            rounding(examples / batch_size) * num_epochs))
-    dataset = dataset.map(lambda s: parse_examples(s, schema, names),
-                          num_parallel_calls=tf.data.AUTOTUNE,
-                          deterministic=seed is not None or not shuffle)
-    if supervised:
-        dataset = dataset.map(lambda batch: ({k: v for k, v in batch.items() if k != S.LABEL},
-                                             batch[S.LABEL]))
-    return dataset.prefetch(tf.data.AUTOTUNE)
+        records = records.repeat(num_epochs)
+    size = split_size(path, split) if num_epochs is not None else None
+    return _batch_and_parse(records, schema, names, batch_size, drop_remainder,
+                            None if size is None else size * num_epochs, supervised,
+                            deterministic=seed is not None or not shuffle)
+
+
+def make_multitask_dataset(
+    path: str,
+    batch_size: int,
+    *,
+    splits: Sequence[str] = ("train", S.SEARCH_TRAIN),
+    shuffle_buffer: int = 10_000,
+    seed: int | None = None,
+    num_epochs: int | None = 1,
+    drop_remainder: bool = False,
+    features: Iterable[str] | None = None,
+    supervised: bool = False,
+    schema: S.Schema | None = None,
+) -> tf.data.Dataset:
+    """Training examples of several splits, shuffled together: by default the feed train
+    examples and the search examples (`build_tfrecords --search-examples`) of a multi-task model.
+
+    Each batch draws from every split at random, in proportion to the splits' sizes
+    (stats.json), so an epoch is one pass over each and every batch holds both tasks; the
+    `domain` feature tells an example's task. Arguments as in `make_dataset` (always shuffled).
+    """
+    _check_sizes(batch_size, num_epochs)
+    if len(splits) < 2 or len(set(splits)) != len(splits):
+        raise ValueError(f"splits must name two or more distinct splits, got {list(splits)}")
+    schema = schema or S.Schema.load(path)
+    names = _names(schema, features, supervised)
+    sources = []
+    for i, split in enumerate(splits):
+        records = _records(path, split, True, shuffle_buffer, None if seed is None else seed + i)
+        sources.append(records.repeat(num_epochs) if num_epochs != 1 else records)
+    sizes = [split_size(path, split) for split in splits]
+    if None in sizes:
+        LOG.warning("stats.json does not count %s: mixing the splits in equal shares",
+                    [s for s, n in zip(splits, sizes) if n is None])
+        weights, total = [1.0 / len(splits)] * len(splits), None
+    else:
+        weights = [n / max(sum(sizes), 1) for n in sizes]
+        total = None if num_epochs is None else sum(sizes) * num_epochs
+    records = tf.data.Dataset.sample_from_datasets(sources, weights=weights, seed=seed,
+                                                   stop_on_empty_dataset=False)
+    return _batch_and_parse(records, schema, names, batch_size, drop_remainder, total,
+                            supervised, deterministic=seed is not None)
+
+
+def query_items(path: str) -> Iterator[dict]:
+    """The rows of the query -> items table (`<path>/query_items/`), each as {QI_* name: value}:
+    the query key as str, sessions as int, the variable-length features as lists of ints."""
+    pattern = os.path.join(path, S.QUERY_ITEMS_DIR, S.EXAMPLE_FILE_PATTERN)
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"no query -> items table matches {pattern}: is {path!r} the "
+                                "--output of `python -m pipelines.build_tfrecords`?")
+    records = tf.data.TFRecordDataset(files, compression_type=S.COMPRESSION).batch(4096)
+    for batch in records.map(lambda s: tf.io.parse_example(s, S.QUERY_ITEMS_SPEC)):
+        columns = {name: (tf.RaggedTensor.from_sparse(value).to_list()
+                          if isinstance(value, tf.SparseTensor) else value.numpy().tolist())
+                   for name, value in batch.items()}
+        for i, key in enumerate(columns[S.QI_QUERY_KEY]):
+            yield {**{name: values[i] for name, values in columns.items()},
+                   S.QI_QUERY_KEY: key.decode("utf-8")}

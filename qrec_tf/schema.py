@@ -11,7 +11,9 @@ Conventions (shared/DESIGN.md, "Data rules"):
   so `query_keys[:, -1]` is the user's last query before t, and a causal encoder reads the
   sequence in time order.
 - A query is stored as its canonical key ("20_34_3", `pipelines.kuaisar.query_key`) plus its
-  first `max_query_words` word ids (right-padded).
+  first `max_query_words` word ids (right-padded), and the items clicked in that search session
+  (`query_clicked_item_ids`: the first `query_clicked_items` by item id, right-padded; a query
+  slot that is padding has none).
 
 Tensor shapes below are per example; `qrec_tf.data` adds a leading batch dimension.
 """
@@ -32,8 +34,9 @@ PAD_ID = -1
 PAD_KEY = b""
 
 # --- feature names -------------------------------------------------------------------------
-LABEL = "label"                                   # int64 [] feed click (1) or not (0)
+LABEL = "label"                                   # int64 [] click (1) or not (0) on the impression
 TIMESTAMP = "timestamp"                           # int64 [] ms of the impression
+DOMAIN = "domain"                                 # int64 [] FEED_DOMAIN or SEARCH_DOMAIN
 USER_ID = "user_id"                               # int64 []
 ITEM_ID = "item_id"                               # int64 [] the target (candidate) item
 SEARCH_ACTIVE_LEVEL = "search_active_level"       # int64 [] user feature
@@ -48,8 +51,15 @@ HIST_CATEGORY_IDS = "hist_category_ids"           # int64 [history] their first-
 HIST_SUBCATEGORY_IDS = "hist_subcategory_ids"     # int64 [history] their second-level categories
 QUERY_KEYS = "query_keys"                         # string [queries] queries issued before t
 QUERY_WORD_IDS = "query_word_ids"                 # int64 [queries, query_words]
+QUERY_CLICKED_ITEM_IDS = "query_clicked_item_ids" # int64 [queries, query_clicked_items] items
+                                                  # clicked in each query's session (SESRec)
 NIP_POS_ITEM_IDS = "nip_pos_item_ids"             # int64 [nip_pos] train clicks after t
 NIP_NEG_ITEM_IDS = "nip_neg_item_ids"             # int64 [nip_neg] train non-clicks after t
+
+# The impression an example describes: a feed impression (every split) or, in search_train/ only,
+# a search impression (the auxiliary task of multi-task models such as PLE).
+FEED_DOMAIN = 0
+SEARCH_DOMAIN = 1
 
 # --- vocabularies (files <data>/vocab/<name>.txt, "value<TAB>count", most frequent first) -----
 VOCAB_USERS = "users"
@@ -79,6 +89,10 @@ QI_SESSIONS = "sessions"                          # int64 [] search sessions wit
 
 # --- files the Beam job writes under its output directory ----------------------------------
 SPLITS = ("train", "valid", "test")
+# Search impressions as training examples (`build_tfrecords --search-examples`): a directory of
+# its own, so that only a model that asks for them (PLE) ever reads them.
+SEARCH_TRAIN = "search_train"
+EXAMPLE_SPLITS = (*SPLITS, SEARCH_TRAIN)
 VOCAB_DIR = "vocab"
 QUERY_ITEMS_DIR = "query_items"
 DEAD_LETTER_DIR = "dead_letter"
@@ -97,8 +111,8 @@ class Feature:
       dtype: "int64" or "string".
       shape: per-example shape; () for a scalar.
       vocab: the vocabulary (under `vocab/`) that maps its raw values to indices, or None.
-      group: what the feature describes: "label", "context", "user", "item", "history",
-        "query", or "nip" (training-only targets).
+      group: what the feature describes: "label", "context" (never a model input), "user",
+        "item", "history", "query", or "nip" (training-only targets).
     """
 
     name: str
@@ -133,6 +147,7 @@ class Schema:
     max_query_words: int = 8
     nip_positives: int = 5
     nip_negatives: int = 5
+    query_clicked_items: int = 3
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -147,6 +162,7 @@ class Schema:
         return (
             Feature(LABEL, "int64", (), None, "label"),
             Feature(TIMESTAMP, "int64", (), None, "context"),
+            Feature(DOMAIN, "int64", (), None, "context"),
             Feature(USER_ID, "int64", (), VOCAB_USERS, "user"),
             Feature(SEARCH_ACTIVE_LEVEL, "int64", (), VOCAB_SEARCH_ACTIVE_LEVELS, "user"),
             Feature(REC_ACTIVE_LEVEL, "int64", (), VOCAB_REC_ACTIVE_LEVELS, "user"),
@@ -161,6 +177,8 @@ class Schema:
             Feature(HIST_SUBCATEGORY_IDS, "int64", (h,), VOCAB_SUBCATEGORIES, "history"),
             Feature(QUERY_KEYS, "string", (q,), VOCAB_QUERIES, "query"),
             Feature(QUERY_WORD_IDS, "int64", (q, w), VOCAB_WORDS, "query"),
+            Feature(QUERY_CLICKED_ITEM_IDS, "int64", (q, self.query_clicked_items), VOCAB_ITEMS,
+                    "query"),
             Feature(NIP_POS_ITEM_IDS, "int64", (self.nip_positives,), VOCAB_ITEMS, "nip"),
             Feature(NIP_NEG_ITEM_IDS, "int64", (self.nip_negatives,), VOCAB_ITEMS, "nip"),
         )

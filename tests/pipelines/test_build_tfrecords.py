@@ -15,7 +15,8 @@ from tests.pipelines import hand_log
 # The hand-log runs use the single-process runner (worker start-up would dominate a 30-row job);
 # test_pipeline_invariants runs the default multi-process mode.
 SMALL = ["--history-length", "3", "--max-queries", "2", "--max-query-words", "2",
-         "--nip-positives", "2", "--nip-negatives", "2", "--direct_running_mode=in_memory"]
+         "--nip-positives", "2", "--nip-negatives", "2", "--query-clicked-items", "2",
+         "--direct_running_mode=in_memory"]
 P = -1  # padding of integer features
 NO_WORDS = [P, P]
 
@@ -46,11 +47,13 @@ def hand_output(tmp_path_factory):
     return root / "out", stats
 
 
-def example(label, hist, cats, subs, queries, words, pos, neg, item_feats, user_feats):
+def example(label, hist, cats, subs, queries, words, clicks, pos, neg, item_feats, user_feats,
+            domain=S.FEED_DOMAIN):
     return {
-        S.LABEL: label, S.HIST_ITEM_IDS: hist, S.HIST_CATEGORY_IDS: cats,
+        S.LABEL: label, S.DOMAIN: domain, S.HIST_ITEM_IDS: hist, S.HIST_CATEGORY_IDS: cats,
         S.HIST_SUBCATEGORY_IDS: subs, S.QUERY_KEYS: [q.encode() for q in queries],
-        S.QUERY_WORD_IDS: words, S.NIP_POS_ITEM_IDS: pos, S.NIP_NEG_ITEM_IDS: neg,
+        S.QUERY_WORD_IDS: words, S.QUERY_CLICKED_ITEM_IDS: clicks, S.NIP_POS_ITEM_IDS: pos,
+        S.NIP_NEG_ITEM_IDS: neg,
         S.AUTHOR_ID: item_feats[0], S.CATEGORY_ID: item_feats[1],
         S.SUBCATEGORY_ID: item_feats[2], S.SEARCH_ACTIVE_LEVEL: user_feats[0],
         S.REC_ACTIVE_LEVEL: user_feats[1], S.ONEHOT_FEAT1: user_feats[2],
@@ -60,36 +63,51 @@ def example(label, hist, cats, subs, queries, words, pos, neg, item_feats, user_
 
 U1, U2 = (2, 3, 1, 5), (P, P, P, P)  # user 2 has no user_features row
 NONE = [P, P]
+# Per-query clicks (--query-clicked-items 2): "7_8" at 1500 clicked 201, "9_3_4" at 3000 nothing,
+# "7_8" at 4500 clicked 204; user 2's "7_8" at 500 clicked 201.
+NO_CLICKS, C201, C204 = [P, P], [201, P], [204, P]
 # (user, t, item) -> (split, expected features). Worked out from hand_log's docstring rules:
 # user 1 train = t 1000..4000; NIP candidates: clicks 11@1000 13@3000 14@4000, non-click 12@2000.
 # user 2 held-out items {22, 21}: NIP candidates are only 24@2000 (click) and 11@1000 (non-click).
 EXPECTED = {
     (1, 1000, 11): ("train", example(1, [P, P, P], [P, P, P], [P, P, P], ["", ""],
-                                     [NO_WORDS, NO_WORDS], [13, 14], [12, P], (1, 1, 10), U1)),
+                                     [NO_WORDS, NO_WORDS], [NO_CLICKS, NO_CLICKS], [13, 14],
+                                     [12, P], (1, 1, 10), U1)),
     (1, 2000, 12): ("train", example(0, [P, P, 11], [P, P, 1], [P, P, 10], ["", "7_8"],
-                                     [NO_WORDS, [7, 8]], [13, 14], NONE, (1, 1, 11), U1)),
+                                     [NO_WORDS, [7, 8]], [NO_CLICKS, C201], [13, 14], NONE,
+                                     (1, 1, 11), U1)),
     # the session at t=3000 is not strictly before the impression at 3000
     (1, 3000, 13): ("train", example(1, [P, P, 11], [P, P, 1], [P, P, 10], ["", "7_8"],
-                                     [NO_WORDS, [7, 8]], [14, P], NONE, (2, 2, 20), U1)),
+                                     [NO_WORDS, [7, 8]], [NO_CLICKS, C201], [14, P], NONE,
+                                     (2, 2, 20), U1)),
     (1, 4000, 14): ("train", example(1, [P, 11, 13], [P, 1, 2], [P, 10, 20], ["7_8", "9_3_4"],
-                                     [[7, 8], [9, 3]], NONE, NONE, (2, 2, 21), U1)),
+                                     [[7, 8], [9, 3]], [C201, NO_CLICKS], NONE, NONE, (2, 2, 21),
+                                     U1)),
     (1, 5000, 15): ("valid", example(0, [11, 13, 14], [1, 2, 2], [10, 20, 21], ["9_3_4", "7_8"],
-                                     [[9, 3], [7, 8]], NONE, NONE, (3, 1, 10), U1)),
+                                     [[9, 3], [7, 8]], [NO_CLICKS, C204], NONE, NONE, (3, 1, 10),
+                                     U1)),
     (1, 6000, 16): ("test", example(1, [11, 13, 14], [1, 2, 2], [10, 20, 21], ["9_3_4", "7_8"],
-                                    [[9, 3], [7, 8]], NONE, NONE, (3, 2, 20), U1)),
+                                    [[9, 3], [7, 8]], [NO_CLICKS, C204], NONE, NONE, (3, 2, 20),
+                                    U1)),
     # two impressions at t=1000: neither is in the other's history or NIP targets
     (2, 1000, 11): ("train", example(0, [P, P, P], [P, P, P], [P, P, P], ["", "7_8"],
-                                     [NO_WORDS, [7, 8]], [24, P], NONE, (1, 1, 10), U2)),
+                                     [NO_WORDS, [7, 8]], [NO_CLICKS, C201], [24, P], NONE,
+                                     (1, 1, 10), U2)),
     (2, 1000, 21): ("train", example(1, [P, P, P], [P, P, P], [P, P, P], ["", "7_8"],
-                                     [NO_WORDS, [7, 8]], [24, P], NONE, (4, 1, 10), U2)),
+                                     [NO_WORDS, [7, 8]], [NO_CLICKS, C201], [24, P], NONE,
+                                     (4, 1, 10), U2)),
     (2, 2000, 24): ("train", example(1, [P, P, 21], [P, P, 1], [P, P, 10], ["", "7_8"],
-                                     [NO_WORDS, [7, 8]], NONE, NONE, (P, P, P), U2)),
+                                     [NO_WORDS, [7, 8]], [NO_CLICKS, C201], NONE, NONE,
+                                     (P, P, P), U2)),
     (2, 2200, 21): ("train", example(1, [P, 21, 24], [P, 1, P], [P, 10, P], ["", "7_8"],
-                                     [NO_WORDS, [7, 8]], NONE, NONE, (4, 1, 10), U2)),
+                                     [NO_WORDS, [7, 8]], [NO_CLICKS, C201], NONE, NONE,
+                                     (4, 1, 10), U2)),
     (2, 2500, 22): ("valid", example(1, [21, 24, 21], [1, P, 1], [10, P, 10], ["", "7_8"],
-                                     [NO_WORDS, [7, 8]], NONE, NONE, (4, 2, 20), U2)),
+                                     [NO_WORDS, [7, 8]], [NO_CLICKS, C201], NONE, NONE,
+                                     (4, 2, 20), U2)),
     (2, 3000, 21): ("test", example(0, [24, 21, 22], [P, 1, 2], [P, 10, 20], ["", "7_8"],
-                                    [NO_WORDS, [7, 8]], NONE, NONE, (4, 1, 10), U2)),
+                                    [NO_WORDS, [7, 8]], [NO_CLICKS, C201], NONE, NONE,
+                                    (4, 1, 10), U2)),
 }
 
 
@@ -135,6 +153,85 @@ def test_stats_balance_and_count_users_and_splits(hand_output):
     assert stats["query_items"]["share_with_click"] == pytest.approx(1 / 3)
 
 
+@pytest.fixture(scope="module")
+def search_output(tmp_path_factory):
+    """--search-examples on the hand log plus two search sessions of user 1 at or after its test
+    time (6000): neither is before any feed impression, so the feed examples stay the same."""
+    root = tmp_path_factory.mktemp("search")
+    hand_log.write(root / "in", extra={"src_inter": [
+        hand_log.src(1, 104, 6000, [9, 3, 4], 203, 1), hand_log.src(1, 105, 7000, [5], 205, 0)]})
+    stats = run_job(root / "in", root / "out", "--search-examples")
+    return root / "out", stats
+
+
+SEARCH = S.SEARCH_DOMAIN
+# Search impressions before each user's first held-out feed interaction (user 1: 5000, user 2:
+# 2500), with history and queries strictly before the session's time.
+EXPECTED_SEARCH = {
+    (1, 1500, 201): example(1, [P, P, 11], [P, P, 1], [P, P, 10], ["", ""], [NO_WORDS, NO_WORDS],
+                            [NO_CLICKS, NO_CLICKS], NONE, NONE, (5, 1, 10), U1, SEARCH),
+    (1, 1500, 202): example(0, [P, P, 11], [P, P, 1], [P, P, 10], ["", ""], [NO_WORDS, NO_WORDS],
+                            [NO_CLICKS, NO_CLICKS], NONE, NONE, (5, 2, 20), U1, SEARCH),
+    # its own session (3000) is not among its queries; 13 was clicked at 3000, not before
+    (1, 3000, 203): example(0, [P, P, 11], [P, P, 1], [P, P, 10], ["", "7_8"], [NO_WORDS, [7, 8]],
+                            [NO_CLICKS, C201], NONE, NONE, (6, 3, 30), U1, SEARCH),
+    (1, 4500, 201): example(0, [11, 13, 14], [1, 2, 2], [10, 20, 21], ["7_8", "9_3_4"],
+                            [[7, 8], [9, 3]], [C201, NO_CLICKS], NONE, NONE, (5, 1, 10), U1,
+                            SEARCH),
+    (1, 4500, 204): example(1, [11, 13, 14], [1, 2, 2], [10, 20, 21], ["7_8", "9_3_4"],
+                            [[7, 8], [9, 3]], [C201, NO_CLICKS], NONE, NONE, (6, 3, 30), U1,
+                            SEARCH),
+    (2, 500, 201): example(1, [P, P, P], [P, P, P], [P, P, P], ["", ""], [NO_WORDS, NO_WORDS],
+                           [NO_CLICKS, NO_CLICKS], NONE, NONE, (5, 1, 10), U2, SEARCH),
+}
+
+
+def test_search_examples_match_the_hand_computed_ones(search_output, hand_output):
+    out, stats = search_output
+    got = by_key(read_split(out, S.SEARCH_TRAIN))
+    assert sorted(got) == sorted(EXPECTED_SEARCH)
+    for key, expected in EXPECTED_SEARCH.items():
+        assert {name: got[key][name] for name in expected} == expected, key
+    # the feed splits do not change (the extra sessions are at or after user 1's last impression)
+    for split in S.SPLITS:
+        assert by_key(read_split(out, split)) == by_key(read_split(hand_output[0], split))
+    # user 1's sessions at 6000 and 7000 are after its training period: counted, not written
+    assert stats["examples"][S.SEARCH_TRAIN] == {"count": 6, "clicks": 3, "with_queries": 3,
+                                                 "ctr": 0.5}
+    assert stats["search_examples"] == {"outside_training_period": 2}
+    assert stats["src_inter"]["rows_used"] == len(hand_log.SRC_ROWS) + 2
+    assert stats["src_inter"]["rows_of_dropped_users"] == 1   # user 4's row
+    # kept users' search rows = examples + the ones outside the training period
+    assert len(hand_log.SRC_ROWS) + 2 - 1 == 6 + 2
+
+
+def test_multitask_dataset_mixes_feed_and_search_examples_once_per_epoch(search_output):
+    out, _ = search_output
+    def keys(dataset):
+        return [(int(u), int(t), int(i), int(d)) for batch in dataset for u, t, i, d in zip(
+            batch[S.USER_ID], batch[S.TIMESTAMP], batch[S.ITEM_ID], batch[S.DOMAIN])]
+    mixed = D.make_multitask_dataset(str(out), 4, seed=3, num_epochs=2)
+    assert mixed.cardinality().numpy() == 7    # (8 feed + 6 search) * 2 epochs / 4
+    got = keys(mixed)
+    assert got == keys(D.make_multitask_dataset(str(out), 4, seed=3, num_epochs=2))
+    want = sorted({(u, t, i, S.FEED_DOMAIN) for u, t, i in by_key(read_split(out, "train"))}
+                  | {(u, t, i, S.SEARCH_DOMAIN) for u, t, i in EXPECTED_SEARCH})
+    assert sorted(got) == sorted(want * 2)
+    assert {d for *_, d in got[:14]} == {S.FEED_DOMAIN, S.SEARCH_DOMAIN}
+    x, y = next(iter(D.make_multitask_dataset(str(out), 14, supervised=True)))
+    assert S.LABEL not in x and y.shape == (14,) and int(y.numpy().sum()) == 6 + 3
+    with pytest.raises(ValueError, match="two or more distinct splits"):
+        D.make_multitask_dataset(str(out), 4, splits=["train"])
+
+
+def test_without_the_flag_there_are_no_search_examples(hand_output):
+    out, stats = hand_output
+    assert not (out / S.SEARCH_TRAIN).exists()
+    assert S.SEARCH_TRAIN not in stats["examples"] and "search_examples" not in stats
+    with pytest.raises(FileNotFoundError, match="--search-examples"):
+        D.make_dataset(str(out), S.SEARCH_TRAIN, 4)
+
+
 def read_vocab(out, name):
     return (out / S.VOCAB_DIR / f"{name}.txt").read_text().splitlines()
 
@@ -178,12 +275,13 @@ def test_query_items_table(hand_output):
         "5": {S.QI_WORD_IDS: [5], S.QI_CLICKED_ITEM_IDS: [], S.QI_CLICK_COUNTS: [],
               S.QI_UNCLICKED_ITEM_IDS: [205], S.QI_SESSIONS: 1},
     }
+    assert {row.pop(S.QI_QUERY_KEY): row for row in D.query_items(str(out))} == rows
 
 
 def test_dataset_shapes_and_dtypes_come_from_the_schema(hand_output):
     out, _ = hand_output
     schema = S.Schema.load(str(out))
-    assert schema == S.Schema(3, 2, 2, 2, 2)
+    assert schema == S.Schema(3, 2, 2, 2, 2, query_clicked_items=2)
     batch = next(iter(D.make_dataset(str(out), "train", batch_size=5, shuffle=False)))
     assert sorted(batch) == sorted(schema.feature_names)
     for feature in schema.features:
