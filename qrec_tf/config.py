@@ -37,6 +37,9 @@ class ModelConfig:
     # "log": the query_items/ table of the Beam job; "diffusion": the augment stage's table;
     # "auto": diffusion when <data>/positives/ exists, else log.
     positives: str = "log"
+    # Where the augment stage's table is (its --output dir or that dir's positives/);
+    # None: <data>/positives.
+    positives_dir: str | None = None
     cross_layers: int = 2               # dcn only
 
     def validate(self) -> None:
@@ -44,6 +47,10 @@ class ModelConfig:
             raise ValueError("model.embedding_dim must be >= 1")
         if self.positives not in ("log", "diffusion", "auto"):
             raise ValueError("model.positives must be log, diffusion or auto")
+        if self.positives_dir is not None and (not self.positives_dir
+                                               or self.positives == "log"):
+            raise ValueError("model.positives_dir must be a non-empty path and is read only with "
+                             "model.positives diffusion or auto")
         if self.nip_weight and not self.query_encoder:
             raise ValueError("model.nip_weight > 0 needs model.query_encoder: true (NIP trains it)")
         if self.contrastive_weight and self.contrastive_temperature <= 0:

@@ -57,7 +57,7 @@ def build_model(config: ModelConfig, data_dir: str) -> CTRModel:
     vocabularies = load_vocabularies(data_dir, schema)
     query_positives = None
     if config.contrastive_weight:
-        table, source = P.load(data_dir, config.positives)
+        table, source = P.load(data_dir, config.positives, config.positives_dir)
         query_positives = P.positives_matrix(table, vocabularies.values[S.VOCAB_QUERIES],
                                              vocabularies.values[S.VOCAB_ITEMS],
                                              config.contrastive_positives)
