@@ -41,6 +41,26 @@ class ModelConfig:
     # None: <data>/positives.
     positives_dir: str | None = None
     cross_layers: int = 2               # dcn only
+    # --- baselines of table 4 (README "Baselines of table 4") ---
+    # ple: extraction levels, experts per task and shared, each expert's Dense units; the search
+    # click task's loss weight (the feed click task has weight 1; towers are mlp_units).
+    ple_levels: int = 2
+    ple_task_experts: int = 1
+    ple_shared_experts: int = 1
+    ple_expert_units: list[int] = dataclasses.field(default_factory=lambda: [64])
+    search_task_weight: float = 1.0
+    # sesrec: weights of the query-item alignment (InfoNCE; its temperature and sampled negatives
+    # are contrastive_temperature and contrastive_negatives) and of the interest triplet loss;
+    # the encoders use sas_blocks / sas_heads / sas_dropout.
+    sesrec_alignment_weight: float = 0.1
+    sesrec_triplet_weight: float = 0.1
+    sesrec_triplet_margin: float = 1.0
+    # iv4rec: queries per item (the item's instrumental variables), the first-stage regression
+    # MLP's hidden units, and the weights of the user and item first-stage losses.
+    iv_item_queries: int = 5
+    iv_units: list[int] = dataclasses.field(default_factory=lambda: [64])
+    iv_user_weight: float = 0.9
+    iv_item_weight: float = 0.9
 
     def validate(self) -> None:
         if self.embedding_dim < 1:
@@ -57,6 +77,13 @@ class ModelConfig:
             raise ValueError("model.contrastive_temperature must be > 0")
         if self.query_encoder and self.embedding_dim % self.sas_heads:
             raise ValueError("model.embedding_dim must be divisible by model.sas_heads")
+        for key in ("ple_levels", "ple_task_experts", "ple_shared_experts", "iv_item_queries"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"model.{key} must be >= 1")
+        for key in ("search_task_weight", "sesrec_alignment_weight", "sesrec_triplet_weight",
+                    "sesrec_triplet_margin", "iv_user_weight", "iv_item_weight"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"model.{key} must be >= 0")
 
 
 @dataclasses.dataclass

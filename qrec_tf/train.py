@@ -92,9 +92,11 @@ def train(config: Config, data_dir: str, model_dir: str, strategy_name: str = "d
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         model.compile(optimizer=optimizer)
 
-    train_data = D.make_dataset(data_dir, "train", tc.batch_size, seed=tc.seed,
-                                shuffle_buffer=tc.shuffle_buffer, supervised=True,
-                                num_epochs=None if tc.steps_per_epoch else 1)
+    train_options = dict(seed=tc.seed, shuffle_buffer=tc.shuffle_buffer, supervised=True,
+                         num_epochs=None if tc.steps_per_epoch else 1)
+    train_data = (D.make_multitask_dataset(data_dir, tc.batch_size, **train_options)
+                  if model.trains_on_search_examples
+                  else D.make_dataset(data_dir, "train", tc.batch_size, **train_options))
     valid_data = D.make_dataset(data_dir, "valid", tc.batch_size, supervised=True,
                                 num_epochs=None if tc.validation_steps else 1)
     best_weights = os.path.join(model_dir, "best.weights.h5")

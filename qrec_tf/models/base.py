@@ -36,7 +36,12 @@ class CTRModel(keras.Model):
 
     Subclasses implement `forward(features, training) -> dict` with at least "logits" [batch], and
     may return "aux_losses": {name: (weight, scalar)} that the train step adds to the click loss.
+    A model that trains on more than the feed train examples sets `trains_on_search_examples`
+    (train.py then reads `data.make_multitask_dataset`), and one that needs tables derived from
+    the data directory returns them as constructor arguments from `data_constants`.
     """
+
+    trains_on_search_examples: bool = False
 
     def __init__(self, config: ModelConfig, schema: S.Schema, vocabularies: Vocabularies,
                  **kwargs):
@@ -59,6 +64,12 @@ class CTRModel(keras.Model):
         self.bce = keras.losses.BinaryCrossentropy(from_logits=True,
                                                    reduction="sum_over_batch_size")
 
+    @classmethod
+    def data_constants(cls, config: ModelConfig, data_dir: str, schema: S.Schema,
+                       vocabularies: Vocabularies) -> dict:
+        """Extra keyword arguments of the constructor read from the data directory (none here)."""
+        return {}
+
     # --- pieces subclasses use -----------------------------------------------------------------
     def aux_loss_names(self) -> tuple[str, ...]:
         return ()
@@ -79,6 +90,17 @@ class CTRModel(keras.Model):
                          self.embed(S.SUBCATEGORY_ID, self.lookup(S.SUBCATEGORY_ID, subcategories))],
                         axis=-1)
         return item_idx, rep
+
+    def target_and_history(self, features: Mapping[str, tf.Tensor]
+                           ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+        """(target item index [batch], target representation [batch, 3 * dim], history item
+        indices [batch, history], history representations [batch, history, 3 * dim])."""
+        item_idx, target = self.item_representation(
+            features[S.ITEM_ID], features[S.CATEGORY_ID], features[S.SUBCATEGORY_ID])
+        hist_idx, history = self.item_representation(
+            features[S.HIST_ITEM_IDS], features[S.HIST_CATEGORY_IDS],
+            features[S.HIST_SUBCATEGORY_IDS])
+        return item_idx, target, hist_idx, history
 
     def context_embeddings(self, features: Mapping[str, tf.Tensor]) -> list[tf.Tensor]:
         """User, user-feature and author embeddings, each [batch, dim]."""

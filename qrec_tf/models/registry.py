@@ -12,7 +12,10 @@ from qrec_tf.data import make_dataset
 from qrec_tf.layers.id_lookup import vocabulary_values
 from qrec_tf.models.base import CTRModel, Vocabularies
 from qrec_tf.models.dcn import DCNModel
+from qrec_tf.models.iv4rec import IV4RecModel
+from qrec_tf.models.ple import PLEModel
 from qrec_tf.models.queryrec import QueryRecModel
+from qrec_tf.models.sesrec import SESRecModel
 
 LOG = logging.getLogger(__name__)
 
@@ -30,6 +33,13 @@ MODELS = {
                                               nip_weight=0.0, positives="diffusion")),
     "queryrec": (QueryRecModel, {}),
     "dcn": (DCNModel, {}),
+    # The other baselines of table 4; QueryRec's query flags and losses do not apply to them.
+    "ple": (PLEModel, dict(query_pooling=False, query_encoder=False, nip_weight=0.0,
+                           contrastive_weight=0.0)),
+    "sesrec": (SESRecModel, dict(query_pooling=False, query_encoder=False, nip_weight=0.0,
+                                 contrastive_weight=0.0)),
+    "iv4rec": (IV4RecModel, dict(query_pooling=False, query_encoder=False, nip_weight=0.0,
+                                 contrastive_weight=0.0)),
 }
 
 
@@ -65,7 +75,8 @@ def build_model(config: ModelConfig, data_dir: str) -> CTRModel:
         LOG.info("contrastive positives from the %s table: %d of %d queries have some", source,
                  with_positives, len(query_positives) - 2)
     cls = MODELS[config.name][0]
-    model = cls(config, schema, vocabularies, query_positives=query_positives, name=config.name)
+    model = cls(config, schema, vocabularies, query_positives=query_positives,
+                **cls.data_constants(config, data_dir, schema, vocabularies), name=config.name)
     sample = next(iter(make_dataset(data_dir, "valid", 2, shuffle=False, schema=schema)))
     model(sample, training=False)
     return model
