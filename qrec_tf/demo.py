@@ -1,58 +1,231 @@
-"""`make demo`: the main job end to end on a bundled KuaiSAR-format sample.
+"""`make demo`: the whole system end to end on a generated KuaiSAR-format sample, in a few minutes.
 
     python -m qrec_tf.demo --output demo_out [--users 300] [--items 2000] [--seed 0]
+        [--epochs 4] [--candidates 100]
 
 Steps: generate a KuaiSAR-format log (pipelines.synthetic) -> Beam job (pipelines.build_tfrecords)
--> read a batch back through qrec_tf.data and print where everything was written. Later stages
-(training, export, serving) join here as they land.
+-> diffusion augmentation (qrec_tf.augment, when that module exists) -> train QueryRec (small
+dimensions, a few epochs) -> evaluate on the test split -> export a SavedModel version ->
+start serving/local_server.py (a subprocess, free local ports) -> score one user's candidates
+over REST and over gRPC with serving/client.py -> print the scores and where everything was
+written, and stop the server.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import logging
 import os
+import shutil
+import socket
+import subprocess
 import sys
 import time
 
+import numpy as np
+
 from pipelines import build_tfrecords, synthetic
-from qrec_tf import data as D
+from qrec_tf import evaluate, export, train
 from qrec_tf import schema as S
+from qrec_tf.config import load_config
+
+MODEL_NAME = "queryrec"
+# Small and quick; the paper-sized model is configs/queryrec.yaml as it is.
+DEMO_OVERRIDES = ["model.mlp_units=[64, 32]", "model.attention_units=[32, 16]",
+                  "model.sas_blocks=1", "train.batch_size=256", "train.learning_rate=0.003",
+                  "train.shuffle_buffer=20000"]
+AUGMENT_OVERRIDES = ["train.epochs=5"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Steps:
+    """Numbered progress lines with the time each step took."""
+
+    def __init__(self, total: int):
+        self.total, self.number, self.started = total, 0, time.monotonic()
+        self._step_started = self.started
+
+    def start(self, text: str) -> None:
+        self.finish()
+        self.number += 1
+        self._step_started = time.monotonic()
+        self._open = True
+        print(f"[{self.number}/{self.total}] {text}", flush=True)
+
+    def finish(self) -> None:
+        if getattr(self, "_open", False):
+            print(f"      ({time.monotonic() - self._step_started:.0f} s)", flush=True)
+            self._open = False
+
+    def note(self, text: str) -> None:
+        print(f"      {text}", flush=True)
+
+
+def augment(data_dir: str, steps: Steps) -> None:
+    """--- AUGMENT STEP --- runs `python -m qrec_tf.augment` only when that module exists (it
+    writes <data>/positives/, which training then uses: model.positives=auto)."""
+    if importlib.util.find_spec("qrec_tf.augment") is None:
+        steps.note("qrec_tf/augment.py is not there yet: skipped (training uses the search-log "
+                   "positives)")
+        return
+    command = [sys.executable, "-m", "qrec_tf.augment", "--data", data_dir, "--output", data_dir,
+               "--verbose", "0", *[a for o in AUGMENT_OVERRIDES for a in ("--set", o)]]
+    steps.note(" ".join(command[1:]))
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode == 0:
+        steps.note(f"positives table written to {data_dir}/positives/; training uses it")
+    else:
+        steps.note(f"WARNING: augmentation failed (exit {result.returncode}); training uses the "
+                   "search-log positives. Its last output:")
+        for line in (result.stdout + result.stderr).strip().splitlines()[-8:]:
+            steps.note("  " + line)
+
+
+def start_server(base_path: str, log_path: str) -> tuple[subprocess.Popen, int, int]:
+    rest_port, grpc_port = free_port(), free_port()
+    log = open(log_path, "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving.local_server", "--model_name", MODEL_NAME,
+         "--model_base_path", base_path, "--rest_api_port", str(rest_port),
+         "--port", str(grpc_port)],
+        stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    return process, rest_port, grpc_port
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m qrec_tf.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m qrec_tf.demo",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default="demo_out", help="everything is written below here")
     parser.add_argument("--users", type=int, default=300)
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=4, help="training epochs (default 4)")
+    parser.add_argument("--candidates", type=int, default=100,
+                        help="candidates scored for the demo user (default 100)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, force=True, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("apache_beam", "absl"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for flag in ("users", "items", "epochs", "candidates"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be >= 1")
+    logging.basicConfig(level=logging.WARNING, force=True,
+                        format="%(asctime)s %(name)s: %(message)s")
     log_dir = os.path.join(args.output, "kuaisar_sample")
     data_dir = os.path.join(args.output, "data")
+    model_dir = os.path.join(args.output, "model", MODEL_NAME)
+    base_path = os.path.join(args.output, "export", MODEL_NAME)
+    server_log = os.path.join(args.output, "local_server.log")
+    steps = Steps(8)
 
-    started = time.monotonic()
-    print(f"[1/3] generating a KuaiSAR-format sample ({args.users} users, {args.items} items) "
-          f"-> {log_dir}", flush=True)
+    steps.start(f"generating a KuaiSAR-format sample ({args.users} users, {args.items} items) "
+                f"-> {log_dir}")
     manifest = synthetic.generate(log_dir, users=args.users, items=args.items, seed=args.seed)
-    print("      rows: " + ", ".join(f"{k} {v:,}" for k, v in manifest["rows"].items()), flush=True)
+    steps.note("rows: " + ", ".join(f"{k} {v:,}" for k, v in manifest["rows"].items()))
 
-    print(f"[2/3] Beam job (DirectRunner) -> {data_dir}", flush=True)
-    build_tfrecords.run(["--input", log_dir, "--output", data_dir, "--overwrite"])  # logs a summary
+    steps.start(f"Beam job (DirectRunner) -> {data_dir}")
+    # A sample this small is done before worker processes would have started.
+    build_tfrecords.run(["--input", log_dir, "--output", data_dir, "--overwrite",
+                         "--direct_running_mode=in_memory"])
+    with open(os.path.join(data_dir, S.STATS_FILE)) as f:
+        examples = json.load(f)["examples"]
+    steps.note("examples: " + ", ".join(f"{split} {examples[split]['count']:,}"
+                                        for split in S.SPLITS))
 
-    print("[3/3] reading one training batch through qrec_tf.data", flush=True)
-    batch = next(iter(D.make_dataset(data_dir, "train", batch_size=4, seed=args.seed)))
-    for name, tensor in batch.items():
-        print(f"      {name:22s} {tensor.dtype.name:7s} {tuple(tensor.shape)}")
-    print(f"\nDone in {time.monotonic() - started:.0f} s. Written:\n"
+    steps.start("diffusion augmentation (qrec_tf.augment)")
+    augment(data_dir, steps)
+
+    steps.start(f"training {MODEL_NAME} ({args.epochs} epochs, small dimensions) -> {model_dir}")
+    shutil.rmtree(model_dir, ignore_errors=True)  # this demo's own previous model
+    config = load_config(f"configs/{MODEL_NAME}.yaml",
+                         [*DEMO_OVERRIDES, f"train.epochs={args.epochs}",
+                          f"train.seed={args.seed}"])
+    summary = train.train(config, data_dir, model_dir, verbose=0)
+    steps.note(f"best validation AUC {summary['best_val_auc']:.4f} (epoch "
+               f"{summary['best_epoch']})")
+
+    steps.start("evaluating on the test split")
+    metrics = evaluate.evaluate(model_dir, data_dir, "test")
+    metrics_path = os.path.join(model_dir, "metrics_test.json")
+    with open(metrics_path, "w") as f:
+        json.dump(metrics, f, indent=2)
+    steps.note(f"AUC {metrics['auc']:.4f}, logloss {metrics['logloss']:.4f} (n = {metrics['n']})")
+
+    steps.start(f"exporting a SavedModel version -> {base_path}/")
+    version_dir = export.export(model_dir, base_path, data_dir)
+    steps.note(f"{version_dir} (signatures: {', '.join(export.SIGNATURES)})")
+
+    steps.start("starting the local TF Serving stand-in (serving/local_server.py)")
+    from serving.client import ServingClient, ServingError, request_from_data
+
+    process, rest_port, grpc_port = start_server(base_path, server_log)
+    try:
+        with ServingClient(f"127.0.0.1:{rest_port}", MODEL_NAME, "rest") as rest:
+            try:
+                version = rest.wait_until_available(timeout=180)
+            except ServingError as error:
+                with open(server_log) as f:
+                    tail = f.read()[-2000:]
+                print(f"{parser.prog}: error: the server did not come up: {error}\n{tail}",
+                      file=sys.stderr)
+                return 1
+            steps.note(f"version {version}: REST on 127.0.0.1:{rest_port}, gRPC on "
+                       f"127.0.0.1:{grpc_port} (log: {server_log})")
+
+            steps.start(f"scoring one user's {args.candidates} candidates over REST and gRPC")
+            user_id, context, candidates = request_from_data(data_dir, None, args.candidates)
+            timings = {}
+            started = time.perf_counter()
+            scores = {"rest": rest.score_candidates(context, candidates)}
+            timings["rest"] = time.perf_counter() - started
+            with ServingClient(f"127.0.0.1:{grpc_port}", MODEL_NAME, "grpc") as grpc_client:
+                started = time.perf_counter()
+                scores["grpc"] = grpc_client.score_candidates(context, candidates)
+                timings["grpc"] = time.perf_counter() - started
+    finally:
+        stop_server(process)
+
+    items = candidates[S.ITEM_ID]
+    order = np.argsort(-scores["rest"], kind="stable")
+    difference = float(np.max(np.abs(scores["rest"] - scores["grpc"])))
+    steps.note(f"user {user_id}: {len(items)} candidates; REST {timings['rest'] * 1e3:.1f} ms, "
+               f"gRPC {timings['grpc'] * 1e3:.1f} ms (first call); REST and gRPC scores differ "
+               f"by at most {difference:.1g}")
+    steps.note(f"{'rank':>4}  {S.ITEM_ID:>9}  {'ctr (REST)':>10}  {'ctr (gRPC)':>10}")
+    for rank, i in enumerate(order[:10], start=1):
+        own = "  <- the user's test impression" if i == 0 else ""
+        steps.note(f"{rank:>4}  {items[i]:>9}  {scores['rest'][i]:>10.4f}  "
+                   f"{scores['grpc'][i]:>10.4f}{own}")
+    own_rank = int(np.flatnonzero(order == 0)[0]) + 1
+    steps.note(f"the user's test item ({items[0]}) ranks {own_rank} of {len(items)}")
+    steps.finish()
+    print(f"\nDone in {time.monotonic() - steps.started:.0f} s; the server is stopped. Written:\n"
           f"  KuaiSAR-format log   {log_dir}/\n"
-          f"  TFRecords            {data_dir}/{{train,valid,test}}/\n"
-          f"  vocabularies         {data_dir}/{S.VOCAB_DIR}/\n"
-          f"  query->items table   {data_dir}/{S.QUERY_ITEMS_DIR}/\n"
-          f"  statistics           {data_dir}/{S.STATS_FILE}\n"
-          f"  dead letters         {data_dir}/{S.DEAD_LETTER_DIR}/")
+          f"  TFRecords            {data_dir}/{{train,valid,test}}/ (+ vocab/, query_items/, "
+          f"stats.json)\n"
+          f"  trained model        {model_dir}/ (config.yaml, model.weights.h5, tensorboard/)\n"
+          f"  test metrics         {metrics_path}\n"
+          f"  SavedModel           {version_dir}/\n"
+          f"  server log           {server_log}\n"
+          f"Serve it again:  python -m serving.local_server --model_name {MODEL_NAME} "
+          f"--model_base_path {base_path}\n"
+          f"Score a user:    python -m serving.client --model-name {MODEL_NAME} "
+          f"--data {data_dir} --user-id {user_id}")
     return 0
 
 

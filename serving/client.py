@@ -256,7 +256,9 @@ class ServingClient:
         inputs = {name: [value] for name, value in context.items()}
         inputs.update({CANDIDATE_PREFIX + name: [list(values)]
                        for name, values in candidates.items()})
-        return self.predict(inputs, SCORE_CANDIDATES)[OUTPUT_KEY][0]
+        # TF Serving's request batching (pad_variable_length_inputs) may pad the candidates of
+        # a batched request up to the longest in its batch: the first N scores are this user's.
+        return self.predict(inputs, SCORE_CANDIDATES)[OUTPUT_KEY][0, :lengths.popitem()[1]]
 
     def close(self) -> None:
         if self._http is not None:

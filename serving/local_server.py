@@ -524,10 +524,10 @@ class RestServer(http.server.ThreadingHTTPServer):
 
     def __init__(self, address, repository: ModelRepository, max_request_bytes: int,
                  num_threads: int):
-        super().__init__(address, RestHandler)
         self.repository = repository
         self.max_request_bytes = max_request_bytes
         self._pool = concurrent.futures.ThreadPoolExecutor(num_threads, "rest")
+        super().__init__(address, RestHandler)  # binds; closes itself when that fails
 
     def process_request(self, request, client_address):
         self._pool.submit(self.process_request_thread, request, client_address)
@@ -638,24 +638,28 @@ class LocalServer:
         rest_api_port, grpc_port = self._requested
         max_request_bytes, rest_threads, grpc_threads = self._limits
         self.repository.poll()  # serve a version from the first request on, when there is one
-        if rest_api_port is not None:
-            self._rest = RestServer((self.host, rest_api_port), self.repository,
-                                    max_request_bytes, rest_threads)
-            self.rest_port = self._rest.server_address[1]
-            self._spawn(self._rest.serve_forever, "rest")
-        if grpc_port is not None:
-            self._grpc = grpc.server(
-                concurrent.futures.ThreadPoolExecutor(grpc_threads, "grpc"),
-                options=[("grpc.max_receive_message_length", max_request_bytes),
-                         ("grpc.so_reuseport", 0)])
-            prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-                PredictionService(self.repository), self._grpc)
-            model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-                ModelService(self.repository), self._grpc)
-            self.grpc_port = self._grpc.add_insecure_port(f"{self.host}:{grpc_port}")
-            if not self.grpc_port:
-                raise OSError(f"could not listen for gRPC on {self.host}:{grpc_port}")
-            self._grpc.start()
+        try:
+            if rest_api_port is not None:
+                self._rest = RestServer((self.host, rest_api_port), self.repository,
+                                        max_request_bytes, rest_threads)
+                self.rest_port = self._rest.server_address[1]
+                self._spawn(self._rest.serve_forever, "rest")
+            if grpc_port is not None:
+                self._grpc = grpc.server(
+                    concurrent.futures.ThreadPoolExecutor(grpc_threads, "grpc"),
+                    options=[("grpc.max_receive_message_length", max_request_bytes),
+                             ("grpc.so_reuseport", 0)])  # a port in use is an error
+                prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+                    PredictionService(self.repository), self._grpc)
+                model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+                    ModelService(self.repository), self._grpc)
+                self.grpc_port = self._grpc.add_insecure_port(f"{self.host}:{grpc_port}")
+                if not self.grpc_port:
+                    raise OSError(f"could not listen for gRPC on {self.host}:{grpc_port}")
+                self._grpc.start()
+        except BaseException:
+            self.stop()  # the REST front end may already be listening
+            raise
         self._spawn(self._poll_forever, "poll")
         return self
 

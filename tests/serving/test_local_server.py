@@ -333,6 +333,16 @@ def test_cli_flag_errors_exit_2_with_a_message(tmp_path, capsys):
         assert info.value.code == 2
         err = capsys.readouterr().err
         assert "python -m serving.local_server: error:" in err and words in err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        for argv in (["--rest_api_port", port, "--port", str(free_port())],
+                     ["--rest_api_port", "0", "--port", port]):
+            with pytest.raises(SystemExit) as info:
+                local_server.main(["--model_name", "m", "--model_base_path", str(tmp_path),
+                                   *argv])
+            assert info.value.code == 2 and "cannot listen" in capsys.readouterr().err
 
 
 def free_port() -> int:

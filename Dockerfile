@@ -1,0 +1,42 @@
+# Two images from one file. The TensorFlow and TF Serving versions match setup.py's pins.
+#
+#   docker build --target trainer -t qrec-trainer .
+#   docker run --rm -v "$PWD/data:/data" -v "$PWD/models:/models" qrec-trainer \
+#       --config configs/queryrec.yaml --data /data --model-dir /models/queryrec
+#
+#   python -m qrec_tf.export --model-dir models/queryrec --output export/queryrec
+#   docker build --target serving -t qrec-serving .          # copies export/queryrec/
+#   docker run --rm -p 8500:8500 -p 8501:8501 qrec-serving
+#
+# The serving image is tensorflow/serving with the export and serving/*.config inside; its
+# command enables request batching and Prometheus monitoring (README, "Export and serving").
+ARG TF_VERSION=2.21.0
+
+# --- trainer: the package on the TensorFlow image; `python -m qrec_tf.train ARGS` --------------
+FROM tensorflow/tensorflow:${TF_VERSION} AS trainer
+WORKDIR /app
+COPY setup.py ./
+COPY qrec_tf/ qrec_tf/
+COPY pipelines/ pipelines/
+COPY serving/ serving/
+COPY configs/ configs/
+# TensorFlow is already in the image at the pinned version, so pip keeps it.
+RUN pip install --no-cache-dir . && python3 -c "import qrec_tf.train"
+ENTRYPOINT ["python3", "-m", "qrec_tf.train"]
+CMD ["--help"]
+
+# --- serving: TF Serving at the same version, with one exported model ------------------------
+FROM tensorflow/serving:${TF_VERSION} AS serving
+ARG MODEL_NAME=queryrec
+# Every numbered version under export/<name>/; TF Serving serves the newest.
+COPY export/${MODEL_NAME}/ /models/${MODEL_NAME}/
+COPY serving/models.config serving/batching.config serving/monitoring.config /config/
+RUN sed -i "s/\"queryrec\"/\"${MODEL_NAME}\"/; s#/models/queryrec#/models/${MODEL_NAME}#" \
+        /config/models.config
+EXPOSE 8500 8501
+# Appended to the image's entrypoint (tensorflow_model_server); --model_config_file makes it
+# ignore the image's default --model_name/--model_base_path.
+CMD ["--model_config_file=/config/models.config", \
+     "--enable_batching=true", "--batching_parameters_file=/config/batching.config", \
+     "--monitoring_config_file=/config/monitoring.config", \
+     "--rest_api_port=8501", "--port=8500"]
