@@ -150,12 +150,13 @@ def build_archive(model: CTRModel, schema: S.Schema) -> keras.export.ExportArchi
     """An ExportArchive with the three signatures.
 
     The model itself is not tracked: ExportArchive then saves exactly the variables the endpoint
-    functions read, which leaves out the training-only ones. The lookup layers are tracked for
-    their hash tables (the vocabularies), which are resources, not variables.
+    functions read, which leaves out the training-only ones. The lookup layers the model uses are
+    tracked for their hash tables (the vocabularies), which are resources, not variables.
     """
     archive = keras.export.ExportArchive()
     for lookup in model.lookups.values():
-        archive.track(lookup)
+        if lookup.built:  # a model that never reads a feature (din: no queries) never built it
+            archive.track(lookup)
     for name, (fn, spec) in serving_functions(model, schema).items():
         archive.add_endpoint(name, fn, input_signature=[spec])
     return archive

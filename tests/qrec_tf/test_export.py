@@ -15,8 +15,10 @@ from tensorflow.core.protobuf import saved_model_pb2
 from qrec_tf import data as D
 from qrec_tf import export as E
 from qrec_tf import schema as S
+from qrec_tf.config import load_config
 from qrec_tf.evaluate import load_trained_model
-from tests.serving.tiny_model import tiny_model
+from qrec_tf.models.registry import MODELS, build_model
+from tests.serving.tiny_model import TINY, tiny_model
 
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
 DT = {"int64": "DT_INT64", "string": "DT_STRING"}
@@ -240,6 +242,28 @@ def test_versions_count_up_and_are_written_atomically(tiny, tmp_path, monkeypatc
     assert E.existing_versions(str(base)) == [3, 10, 12]
     assert sorted(p.name for p in base.iterdir() if p.name.startswith(".export-")) == [
         ".export-leftover"]  # its own staging directory is gone, a stranger's is left alone
+
+
+def one_name_per_model_class() -> list[str]:
+    """din (reads no queries: its query lookups are never built) and the first registered name
+    of every other model class, so a model added to the registry is exported here too."""
+    names = {"din": None}
+    for name, (cls, _) in MODELS.items():
+        if cls not in names.values() and cls is not MODELS["queryrec"][0]:
+            names[name] = cls
+    return list(names)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", one_name_per_model_class())
+def test_every_model_family_exports_with_scores_equal_to_the_model(name, tiny, tmp_path):
+    config = load_config(f"configs/{name}.yaml",
+                         [o for o in TINY if o.startswith("model.")])
+    model = build_model(config.model, tiny.data_dir)  # untrained: the export must not care
+    rows, serialized = E.sample_rows(tiny.data_dir, model.schema, rows=16)
+    E.build_archive(model, model.schema).write_out(str(tmp_path), verbose=False)
+    assert E.verify(str(tmp_path), model, model.schema, rows, serialized) <= 1e-5
+    assert set(E.SIGNATURES) <= set(tf.saved_model.load(str(tmp_path)).signatures)
 
 
 def test_cli_errors_are_messages(tiny, tmp_path, capsys):
