@@ -166,11 +166,11 @@ def main() -> None:
     p99 = results["in-process score_candidates"]["p99"]
     print(f"\nin-process score_candidates p99 {p99:.2f} ms: target < 10 ms "
           f"{'met' if p99 < 10 else 'NOT met'}")
-    print(f"score_candidates vs 200-row serving_default, in-process p50: "
-          f"{results['in-process serving_default (200 rows)']['p50'] / reference:.2f}x faster; "
-          f"over REST: {results['REST serving_default (200 rows)']['p50'] / results['REST score_candidates']['p50']:.2f}x; "
-          f"over gRPC: {results['gRPC serving_default (200 rows)']['p50'] / results['gRPC score_candidates']['p50']:.2f}x")
-
+    ratios = {where: results[f"{where} serving_default (200 rows)"]["p50"]
+              / results[f"{where} score_candidates"]["p50"]
+              for where in ("in-process", "REST", "gRPC")}
+    print("p50 of the 200-row serving_default / p50 of score_candidates: "
+          + ", ".join(f"{where} {ratio:.2f}x" for where, ratio in ratios.items()))
 
 if __name__ == "__main__":
     main()

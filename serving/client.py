@@ -1,4 +1,4 @@
-"""Scores a user's candidate items against TF Serving, or serving/local_server.py, over REST or gRPC.
+"""Scores a user's candidate items against TF Serving or serving/local_server.py (REST or gRPC).
 
     python -m serving.client --server localhost:8501 --model-name queryrec \
         (--request request.json | --data DIR [--user-id ID] [--candidates 200]) \
@@ -125,7 +125,7 @@ class ServingClient:
             self._predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
             self._model_stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
 
-    # --- transport ---------------------------------------------------------------------------------
+    # --- transport --------------------------------------------------------------------------------
     def _model_path(self) -> str:
         path = f"/v1/models/{self.model_name}"
         return path + (f"/versions/{self.version}" if self.version is not None else "")
@@ -169,7 +169,7 @@ class ServingClient:
         if signature_name:
             spec.signature_name = signature_name
 
-    # --- API -----------------------------------------------------------------------------------------
+    # --- API --------------------------------------------------------------------------------------
     def status(self) -> list[dict]:
         """[{"version": int, "state": "AVAILABLE" | ...}] of the served versions."""
         if self.protocol == "rest":

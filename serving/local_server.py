@@ -84,7 +84,6 @@ class Signature:
 
     function: Any
     inputs: dict[str, tf.TensorSpec]
-    outputs: tuple[str, ...]
 
 
 class ServedVersion:
@@ -97,14 +96,14 @@ class ServedVersion:
         self.signatures = {}
         for name, function in self.saved_model.signatures.items():
             _, kwargs = function.structured_input_signature
-            self.signatures[name] = Signature(function, dict(kwargs),
-                                              tuple(sorted(function.structured_outputs)))
+            self.signatures[name] = Signature(function, dict(kwargs))
         proto = saved_model_pb2.SavedModel()
         with open(os.path.join(path, "saved_model.pb"), "rb") as f:
             proto.ParseFromString(f.read())
         graphs = [g for g in proto.meta_graphs if "serve" in g.meta_info_def.tags]
         self.signature_defs = get_model_metadata_pb2.SignatureDefMap()
-        for name, definition in (graphs[0] if graphs else proto.meta_graphs[0]).signature_def.items():
+        graph = graphs[0] if graphs else proto.meta_graphs[0]
+        for name, definition in graph.signature_def.items():
             self.signature_defs.signature_def[name].CopyFrom(definition)
 
     def signature(self, name: str) -> Signature:
@@ -399,7 +398,7 @@ class ModelRepository:
         return current
 
 
-# --- REST ------------------------------------------------------------------------------------------
+# --- REST -----------------------------------------------------------------------------------------
 _PREDICT = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?:predict$")
 _MODEL = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?"
                     r"(?P<metadata>/metadata)?$")
@@ -537,7 +536,7 @@ class RestServer(http.server.ThreadingHTTPServer):
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-# --- gRPC ------------------------------------------------------------------------------------------
+# --- gRPC -----------------------------------------------------------------------------------------
 def _grpc_call(context, fn):
     try:
         return fn()
@@ -609,7 +608,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return _grpc_call(context, run)
 
 
-# --- the server ------------------------------------------------------------------------------------
+# --- the server -----------------------------------------------------------------------------------
 class LocalServer:
     """The REST and gRPC front ends on one ModelRepository, plus the polling thread.
 
