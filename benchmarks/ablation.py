@@ -1,13 +1,19 @@
 """The paper's table 5 ablation on generated data: every model, several seeds, test AUC.
 
     python benchmarks/ablation.py [--users 2000] [--seeds 0 1 2] [--epochs 3]
-        [--models din din_query din_nip din_con queryrec dcn] [--workdir bench_out/ablation]
+        [--models din din_query din_nip din_con din_con_diffusion queryrec dcn]
+        [--augment-set train.epochs=20 ...] [--workdir bench_out/ablation]
 
 Generates one KuaiSAR-format log (pipelines.synthetic), runs the Beam job once, trains each model
 with each seed on the same data, evaluates on the test split, and writes the table (mean and std of
 test AUC, relative AUC change over din) to docs/RESULTS.md between the ablation markers.
+When a model reads diffusion positives (positives: diffusion, or auto as queryrec does), the
+augment stage (qrec_tf.augment, configs/augment.yaml) runs once first, into <workdir>/augment,
+and those models get model.positives_dir pointing there.
 Shape the paper reports (KuaiSAR-small): din_query ~ din; din_nip and din_con above din; queryrec
-highest.
+highest. Any registered model runs (--models ... ple sesrec iv4rec); the Beam job then also writes
+the search examples when a model trains on them (ple). benchmarks/table4.py reuses this machinery
+(add_arguments, run_models, write_results).
 """
 
 from __future__ import annotations
@@ -25,11 +31,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from pipelines import build_tfrecords, synthetic  # noqa: E402
-from qrec_tf import evaluate, train  # noqa: E402
+from qrec_tf import augment, evaluate, train  # noqa: E402
 from qrec_tf.config import load_config  # noqa: E402
+from qrec_tf.models.registry import MODELS  # noqa: E402
 
 PAPER_AUC = {"din": 0.6793, "din_query": 0.6792, "din_nip": 0.6894, "din_con": 0.6819,
-             "din_con_diffusion": 0.6890, "queryrec": 0.6972, "dcn": 0.6729}
+             "din_con_diffusion": 0.6890, "queryrec": 0.6972, "dcn": 0.6729,
+             "ple": 0.6825, "sesrec": 0.6843, "iv4rec": 0.6640}
 RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
                        "RESULTS.md")
 BEGIN, END = "<!-- ablation:begin -->", "<!-- ablation:end -->"
@@ -50,47 +58,93 @@ def table(results: dict[str, list[dict]], args) -> str:
     return "\n".join(lines + ["", END])
 
 
-def write_results(text: str) -> None:
+def write_results(text: str, begin: str = BEGIN, end: str = END) -> None:
+    """Puts `text` (which starts with `begin` and ends with `end`) into docs/RESULTS.md in place
+    of the section between those markers, or at the end when there is none."""
     old = open(RESULTS).read() if os.path.exists(RESULTS) else "# Measured results\n"
-    if BEGIN in old:
-        new = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: text, old, flags=re.S)
+    if begin in old:
+        new = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: text, old, flags=re.S)
     else:
         new = old.rstrip("\n") + "\n\n" + text + "\n"
     with open(RESULTS, "w") as f:
         f.write(new)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser, models: list[str], workdir: str) -> None:
+    """The options of a benchmark that trains `models` (the default) on one generated log."""
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--items", type=int, default=5000)
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--models", nargs="+",
-                        default=["din", "din_query", "din_nip", "din_con", "queryrec", "dcn"])
+    parser.add_argument("--models", nargs="+", default=models, choices=sorted(MODELS),
+                        metavar="MODEL", help=f"any of {sorted(MODELS)} (default {models})")
     parser.add_argument("--set", action="append", default=[], help="config overrides for all")
-    parser.add_argument("--workdir", default="bench_out/ablation")
+    parser.add_argument("--augment-set", action="append", default=[],
+                        help="overrides of configs/augment.yaml for the augment stage")
+    parser.add_argument("--workdir", default=workdir)
     parser.add_argument("--no-write", action="store_true", help="print the table only")
-    args = parser.parse_args()
 
+
+def prepare_data(args: argparse.Namespace) -> str:
+    """Generates the log and runs the Beam job into <workdir>/data (with the search examples
+    when one of the models trains on them); returns that directory."""
     log_dir, data_dir = os.path.join(args.workdir, "log"), os.path.join(args.workdir, "data")
     shutil.rmtree(args.workdir, ignore_errors=True)
     synthetic.generate(log_dir, users=args.users, items=args.items, seed=args.data_seed)
-    build_tfrecords.run(["--input", log_dir, "--output", data_dir])
+    search_examples = any(MODELS[name][0].trains_on_search_examples for name in args.models)
+    build_tfrecords.run(["--input", log_dir, "--output", data_dir,
+                         *(["--search-examples"] if search_examples else [])])
+    return data_dir
+
+
+def positives_sets(args: argparse.Namespace, data_dir: str) -> dict[str, list[str]]:
+    """Runs the augment stage once when a model reads diffusion positives; returns the config
+    overrides (model.positives_dir) of those models."""
+    model_configs = {name: load_config(f"configs/{name}.yaml").model for name in args.models}
+    with_table = [name for name, model in model_configs.items()
+                  if model.contrastive_weight and model.positives in ("diffusion", "auto")]
+    if not with_table:
+        return {}
+    started = time.perf_counter()
+    augment_dir = os.path.join(args.workdir, "augment")
+    summary = augment.run(augment.load_augment_config("configs/augment.yaml", args.augment_set),
+                          data_dir, augment_dir, verbose=0)
+    quality = summary["quality"]
+    print(f"augment stage for {with_table}: Recall@{quality['k']} diffusion "
+          f"{quality['diffusion']['recall']} vs popularity {quality['popularity']['recall']}; "
+          f"{summary['queries']['clickless_filled']} click-less queries filled "
+          f"({time.perf_counter() - started:.0f} s)", flush=True)
+    return {name: [f"model.positives_dir={augment_dir}"] for name in with_table}
+
+
+def run_models(args: argparse.Namespace) -> dict[str, list[dict]]:
+    """Prepares the data, then trains every model with every seed and evaluates it on the test
+    split; returns {model: [evaluate.evaluate's result per seed]}."""
+    data_dir = prepare_data(args)
+    table_sets = positives_sets(args, data_dir)
     results: dict[str, list[dict]] = {}
     for name in args.models:
         for seed in args.seeds:
             started = time.perf_counter()
             cfg = load_config(f"configs/{name}.yaml",
-                              [f"train.seed={seed}", f"train.epochs={args.epochs}", *args.set])
+                              [f"train.seed={seed}", f"train.epochs={args.epochs}", *args.set,
+                               *table_sets.get(name, [])])
             model_dir = os.path.join(args.workdir, "models", f"{name}_{seed}")
             train.train(cfg, data_dir, model_dir, verbose=0)
             result = evaluate.evaluate(model_dir, data_dir, "test")
             results.setdefault(name, []).append(result)
             print(f"{name:18s} seed {seed}: test AUC {result['auc']:.4f} "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
-    text = table(results, args)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(parser, ["din", "din_query", "din_nip", "din_con", "din_con_diffusion",
+                           "queryrec", "dcn"], "bench_out/ablation")
+    args = parser.parse_args()
+    text = table(run_models(args), args)
     print(text)
     if not args.no_write:
         write_results(text)
