@@ -23,11 +23,7 @@ class DCNModel(CTRModel):
         self.ctr_logit = keras.layers.Dense(1, dtype="float32", name="ctr_logit")
 
     def forward(self, features, training=False):
-        _, target = self.item_representation(
-            features[S.ITEM_ID], features[S.CATEGORY_ID], features[S.SUBCATEGORY_ID])
-        hist_idx, history = self.item_representation(
-            features[S.HIST_ITEM_IDS], features[S.HIST_CATEGORY_IDS],
-            features[S.HIST_SUBCATEGORY_IDS])
+        _, target, hist_idx, history = self.target_and_history(features)
         mask = tf.cast(hist_idx != 0, history.dtype)[..., None]
         history_mean = tf.reduce_sum(history * mask, 1) / tf.maximum(tf.reduce_sum(mask, 1), 1.0)
         x0 = tf.concat([*self.context_embeddings(features), target, history_mean], axis=-1)

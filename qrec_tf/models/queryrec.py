@@ -83,11 +83,7 @@ class QueryRecModel(CTRModel):
 
     def forward(self, features: Mapping[str, tf.Tensor], training: bool = False) -> dict:
         cfg = self.config
-        item_idx, target = self.item_representation(
-            features[S.ITEM_ID], features[S.CATEGORY_ID], features[S.SUBCATEGORY_ID])
-        hist_idx, history = self.item_representation(
-            features[S.HIST_ITEM_IDS], features[S.HIST_CATEGORY_IDS],
-            features[S.HIST_SUBCATEGORY_IDS])
+        item_idx, target, hist_idx, history = self.target_and_history(features)
         v_b = self.history_attention(target, history, hist_idx != 0, training=training)
         parts = [*self.context_embeddings(features), target, v_b]
         aux = {}
