@@ -134,6 +134,10 @@ class Feature:
         return math.prod(self.shape)
 
 
+class SchemaMismatch(ValueError):
+    """Data written with another feature set than this code's schema declares."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Schema:
     """Sequence lengths of a dataset, and from them every feature's spec.
@@ -223,16 +227,30 @@ class Schema:
 
     # --- persistence -----------------------------------------------------------------------
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        """The sequence lengths, and the features they give (so that data written by another
+        version of this module is recognised when it is read, instead of failing in the parser)."""
+        values = dataclasses.asdict(self)
+        values["features"] = [[f.name, f.dtype, list(f.shape)] for f in self.features]
+        return json.dumps(values, indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "Schema":
         values = json.loads(text)
+        written = values.pop("features", None)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown schema fields {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**values)
+        schema = cls(**values)
+        expected = [[f.name, f.dtype, list(f.shape)] for f in schema.features]
+        if written is not None and written != expected:
+            missing = sorted({w[0] for w in expected} - {w[0] for w in written})
+            extra = sorted({w[0] for w in written} - {w[0] for w in expected})
+            raise SchemaMismatch(
+                "the data was written with other features than this version of qrec_tf reads "
+                f"(missing: {missing or 'none'}; not read: {extra or 'none'}; or other shapes): "
+                "run `python -m pipelines.build_tfrecords` again with this version")
+        return schema
 
     @classmethod
     def load(cls, data_dir: str) -> "Schema":

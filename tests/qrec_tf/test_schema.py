@@ -1,5 +1,6 @@
 """The schema: feature specs, serialization round trip, persistence, clear errors."""
 
+import json
 import pytest
 import tensorflow as tf
 
@@ -72,3 +73,16 @@ def test_schema_json_round_trip_and_validation(tmp_path):
         S.Schema(query_clicked_items=0)
     with pytest.raises(FileNotFoundError, match="build_tfrecords"):
         S.Schema.load(str(tmp_path / "nowhere"))
+
+
+def test_data_written_with_other_features_is_recognised():
+    text = json.loads(S.Schema().to_json())
+    assert text["features"][0] == [S.LABEL, "int64", []]
+    text["features"] = [f for f in text["features"] if f[0] != S.QUERY_CLICKED_ITEM_IDS]
+    with pytest.raises(S.SchemaMismatch, match=rf"missing: \['{S.QUERY_CLICKED_ITEM_IDS}'\]"
+                                                r".*run `python -m pipelines.build_tfrecords`"):
+        S.Schema.from_json(json.dumps(text))
+    text["features"] = [[n, d, [s[0] + 1] if s else s] for n, d, s in json.loads(
+        S.Schema().to_json())["features"]]
+    with pytest.raises(S.SchemaMismatch, match="other shapes"):
+        S.Schema.from_json(json.dumps(text))
