@@ -120,21 +120,21 @@ def serving_functions(model: CTRModel, schema: S.Schema
     def score_candidates(inputs):
         item_ids = inputs[candidate_input_name(S.ITEM_ID)]                  # [U, N]
         shape = tf.shape(item_ids, out_type=tf.int64)
-        rows = {}
+        items = {}
         for f in candidates:
             values = inputs[candidate_input_name(f.name)]
             tf.debugging.assert_equal(
                 tf.shape(values, out_type=tf.int64), shape,
                 message=f"{candidate_input_name(f.name)} must have the shape of "
                         f"{candidate_input_name(S.ITEM_ID)} [users, candidates]")
-            rows[f.name] = tf.reshape(values, [-1])                         # [U * N]
+            items[f.name] = values                                          # [U, N]
         for f in context:
             tf.debugging.assert_equal(
                 tf.shape(inputs[f.name], out_type=tf.int64)[0], shape[0],
                 message=f"{f.name} must have one row per user, like "
                         f"{candidate_input_name(S.ITEM_ID)}")
-            rows[f.name] = tf.repeat(inputs[f.name], shape[1], axis=0)      # [U * N, *shape]
-        return {OUTPUT_KEY: tf.reshape(model(rows, training=False), shape)}
+        users = {f.name: inputs[f.name] for f in context}                   # [U, *shape]
+        return {OUTPUT_KEY: model.score_candidates(users, items)}
 
     def from_examples(examples):
         return {OUTPUT_KEY: model(tf.io.parse_example(examples, parse_spec), training=False)}

@@ -19,6 +19,9 @@ from qrec_tf.config import ModelConfig
 from qrec_tf.layers.embedding import SparseEmbedding
 from qrec_tf.layers.id_lookup import lookup_size, make_lookup
 
+# Item features embedded by item_representation; the item group's others join the CTR input alone.
+ITEM_REPRESENTATION = (S.ITEM_ID, S.CATEGORY_ID, S.SUBCATEGORY_ID)
+
 
 @dataclasses.dataclass
 class Vocabularies:
@@ -102,11 +105,34 @@ class CTRModel(keras.Model):
             features[S.HIST_SUBCATEGORY_IDS])
         return item_idx, target, hist_idx, history
 
+    def user_embeddings(self, features: Mapping[str, tf.Tensor]) -> list[tf.Tensor]:
+        """User id and user-feature embeddings, each [batch, dim]."""
+        return [self.embed(f.name, self.lookup(f.name, features[f.name]))
+                for f in self.schema.group("user")]
+
+    def item_embeddings(self, features: Mapping[str, tf.Tensor]) -> list[tf.Tensor]:
+        """Item-feature embeddings besides item_representation's (the author), each [batch, dim]."""
+        return [self.embed(f.name, self.lookup(f.name, features[f.name]))
+                for f in self.schema.group("item") if f.name not in ITEM_REPRESENTATION]
+
     def context_embeddings(self, features: Mapping[str, tf.Tensor]) -> list[tf.Tensor]:
         """User, user-feature and author embeddings, each [batch, dim]."""
-        return [self.embed(name, self.lookup(name, features[name]))
-                for name in (S.USER_ID, S.SEARCH_ACTIVE_LEVEL, S.REC_ACTIVE_LEVEL, S.ONEHOT_FEAT1,
-                             S.ONEHOT_FEAT2, S.AUTHOR_ID)]
+        return [*self.user_embeddings(features), *self.item_embeddings(features)]
+
+    def score_candidates(self, context: Mapping[str, tf.Tensor],
+                         candidates: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        """Click probabilities of each user's candidate items, float32 [users, N].
+
+        `context`: every non-item model feature, [users, *shape]; `candidates`: the item features
+        (schema group "item"), [users, N]. This default repeats each user's context N times and
+        calls the model; a model whose user side does not depend on the item overrides it to
+        compute that side once per user (the `score_candidates` serving signature).
+        """
+        shape = tf.shape(candidates[S.ITEM_ID])
+        rows = {name: tf.reshape(values, [-1]) for name, values in candidates.items()}
+        rows.update({name: tf.repeat(values, shape[1], axis=0)
+                     for name, values in context.items()})
+        return tf.reshape(self(rows, training=False), shape)
 
     # --- Keras API -------------------------------------------------------------------------
     def build(self, input_shape=None):

@@ -82,29 +82,66 @@ class QueryRecModel(CTRModel):
                 *(["contrastive_loss"] if self.config.contrastive_weight else []))
 
     def forward(self, features: Mapping[str, tf.Tensor], training: bool = False) -> dict:
-        cfg = self.config
-        item_idx, target, hist_idx, history = self.target_and_history(features)
-        v_b = self.history_attention(target, history, hist_idx != 0, training=training)
-        parts = [*self.context_embeddings(features), target, v_b]
-        aux = {}
-        if self.uses_queries:
-            key_idx = self.lookup(S.QUERY_KEYS, features[S.QUERY_KEYS])
-            word_idx = self.lookup(S.QUERY_WORD_IDS, features[S.QUERY_WORD_IDS])
-            queries = self.query_embedding(key_idx, word_idx)          # [B, Q, d]
-            query_mask = key_idx != 0
-            target_item = self.embed(S.ITEM_ID, item_idx)              # [B, d]
-        if cfg.query_pooling:
-            parts.append(self.query_attention(target_item, queries, query_mask, training=training))
-        if cfg.query_encoder:
-            e_qt = self.query_encoder(queries, query_mask, training=training)  # [B, d]
-            parts.append(e_qt)
-            if cfg.nip_weight and training:
-                aux["nip_loss"] = (cfg.nip_weight, self._nip_loss(features, e_qt))
+        user = self.encode_user(features, training=training)
+        out = self.forward_items(user, features, training=training)
+        aux, cfg = {}, self.config
+        if cfg.nip_weight and training:
+            aux["nip_loss"] = (cfg.nip_weight, self._nip_loss(features, user["e_qt"]))
         if cfg.contrastive_weight and training:
-            aux["contrastive_loss"] = (cfg.contrastive_weight,
-                                       self._contrastive_loss(key_idx, queries[:, -1]))
+            aux["contrastive_loss"] = (cfg.contrastive_weight, self._contrastive_loss(
+                user["query_idx"], user["queries"][:, -1]))
+        return {**out, "aux_losses": aux}
+
+    def encode_user(self, features: Mapping[str, tf.Tensor], training: bool = False) -> dict:
+        """Everything that does not depend on the target item, for each row of `features`.
+
+        Returns {"user": user-feature embeddings [rows, dim] each, "history_idx" [rows, H],
+        "history" [rows, H, 3 * dim], and with queries "query_idx" [rows, Q], "queries"
+        [rows, Q, dim], with the encoder "e_qt" [rows, dim]}.
+        """
+        history_idx, history = self.item_representation(
+            features[S.HIST_ITEM_IDS], features[S.HIST_CATEGORY_IDS],
+            features[S.HIST_SUBCATEGORY_IDS])
+        user = {"user": self.user_embeddings(features), "history_idx": history_idx,
+                "history": history}
+        if self.uses_queries:
+            query_idx = self.lookup(S.QUERY_KEYS, features[S.QUERY_KEYS])
+            word_idx = self.lookup(S.QUERY_WORD_IDS, features[S.QUERY_WORD_IDS])
+            user["query_idx"] = query_idx
+            user["queries"] = self.query_embedding(query_idx, word_idx)          # [rows, Q, d]
+        if self.config.query_encoder:
+            user["e_qt"] = self.query_encoder(user["queries"], user["query_idx"] != 0,
+                                              training=training)               # [rows, d]
+        return user
+
+    def forward_items(self, user: dict, features: Mapping[str, tf.Tensor],
+                      training: bool = False, items_per_user: tf.Tensor | None = None) -> dict:
+        """Click logits [rows] of the target items in `features` (item features [rows]) for the
+        users of `encode_user`: row r belongs to user r, or to user r // items_per_user when each
+        user has `items_per_user` consecutive items (one user's candidates)."""
+        if items_per_user is not None:
+            user = tf.nest.map_structure(lambda t: tf.repeat(t, items_per_user, axis=0), user)
+        item_idx, target = self.item_representation(
+            features[S.ITEM_ID], features[S.CATEGORY_ID], features[S.SUBCATEGORY_ID])
+        v_b = self.history_attention(target, user["history"], user["history_idx"] != 0,
+                                     training=training)
+        parts = [*user["user"], *self.item_embeddings(features), target, v_b]
+        if self.config.query_pooling:
+            parts.append(self.query_attention(self.embed(S.ITEM_ID, item_idx), user["queries"],
+                                              user["query_idx"] != 0, training=training))
+        if self.config.query_encoder:
+            parts.append(user["e_qt"])
         hidden = self.ctr_mlp(tf.concat(parts, axis=-1), training=training)
-        return {"logits": tf.squeeze(self.ctr_logit(hidden), -1), "aux_losses": aux}
+        return {"logits": tf.squeeze(self.ctr_logit(hidden), -1)}
+
+    def score_candidates(self, context: Mapping[str, tf.Tensor],
+                         candidates: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        # The user side (lookups, embeddings, the query encoder) once per user, not per item.
+        shape = tf.shape(candidates[S.ITEM_ID])
+        user = self.encode_user(context, training=False)
+        items = {name: tf.reshape(values, [-1]) for name, values in candidates.items()}
+        logits = self.forward_items(user, items, training=False, items_per_user=shape[1])
+        return tf.reshape(tf.sigmoid(tf.cast(logits["logits"], tf.float32)), shape)
 
     def _nip_loss(self, features, e_qt):
         pos = self.lookup(S.NIP_POS_ITEM_IDS, features[S.NIP_POS_ITEM_IDS])

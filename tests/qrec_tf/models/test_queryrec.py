@@ -130,3 +130,19 @@ def test_contrastive_model_needs_its_table():
     config = load_config("configs/din_con.yaml", TINY).model
     with pytest.raises(ValueError, match="positives table"):
         MODELS["din_con"][0](config, SCHEMA, VOCABS, query_positives=None)
+
+
+@pytest.mark.parametrize("name", ["din", "din_query", "queryrec", "dcn"])
+def test_score_candidates_equals_scoring_every_row(name):
+    """Two users x three candidates: the user side computed once (queryrec family) or repeated
+    (the default) gives the scores of the six (user, candidate) rows."""
+    model, users = build(name), batch(seed=3, size=2)
+    candidates = batch(seed=4, size=6)
+    item_names = [f.name for f in SCHEMA.group("item")]
+    context = {n: v for n, v in users.items() if n not in item_names}
+    grid = {n: candidates[n].reshape(2, 3) for n in item_names}
+    scores = model.score_candidates(context, grid).numpy()
+    assert scores.shape == (2, 3)
+    rows = {**{n: np.repeat(v, 3, axis=0) for n, v in context.items()},
+            **{n: candidates[n] for n in item_names}}
+    np.testing.assert_allclose(scores.reshape(-1), score(model, rows), rtol=1e-5, atol=1e-6)
