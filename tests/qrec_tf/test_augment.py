@@ -301,3 +301,7 @@ def test_din_con_diffusion_reads_the_table_of_the_pipeline_output(tmp_path):
     # every query has a row now: the click-less ones gained their generated items
     assert with_log == queries["with_clicks"]
     assert with_diffusion == queries["total"]
+
+
+def test_the_shipped_config_is_the_default():
+    assert A.load_augment_config("configs/augment.yaml") == A.AugmentConfig()
