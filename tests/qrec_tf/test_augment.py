@@ -221,7 +221,7 @@ class StopAfterEpoch(keras.callbacks.Callback):
 def test_same_seed_same_run_also_after_a_kill_and_resume(planted, augmented, tmp_path):
     data_dir, _ = planted
     out, summary = augmented
-    config = A.load_augment_config(None, TINY)
+    config = A.load_augment_config(None, [*TINY, "train.checkpoint_seconds=0"])
     killer = StopAfterEpoch(10)
     with pytest.raises(KeyboardInterrupt):
         A.run(config, data_dir, str(tmp_path / "killed"), verbose=0, extra_callbacks=[killer])
