@@ -8,8 +8,8 @@ Generates one KuaiSAR-format log (pipelines.synthetic), runs the Beam job once, 
 with each seed on the same data, evaluates on the test split, and writes the table (mean and std of
 test AUC, relative AUC change over din) to docs/RESULTS.md between the ablation markers.
 When a model reads diffusion positives (positives: diffusion, or auto as queryrec does), the
-augment stage (qrec_tf.augment, configs/augment.yaml) runs once first, into <workdir>/augment,
-and those models get model.positives_dir pointing there.
+augment stage (qrec_tf.augment, configs/augment/default.yaml) runs once first, into
+<workdir>/augment, and those models get model.positives_dir pointing there.
 Shape the paper reports (KuaiSAR-small): din_query ~ din; din_nip and din_con above din; queryrec
 highest. Any registered model runs (--models ... ple sesrec iv4rec); the Beam job then also writes
 the search examples when a model trains on them (ple). benchmarks/table4.py reuses this machinery
@@ -81,7 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser, models: list[str], workdir: s
                         metavar="MODEL", help=f"any of {sorted(MODELS)} (default {models})")
     parser.add_argument("--set", action="append", default=[], help="config overrides for all")
     parser.add_argument("--augment-set", action="append", default=[],
-                        help="overrides of configs/augment.yaml for the augment stage")
+                        help="overrides of configs/augment/default.yaml for the augment "
+                             "stage")
     parser.add_argument("--workdir", default=workdir)
     parser.add_argument("--no-write", action="store_true", help="print the table only")
 
@@ -108,8 +109,9 @@ def positives_sets(args: argparse.Namespace, data_dir: str) -> dict[str, list[st
         return {}
     started = time.perf_counter()
     augment_dir = os.path.join(args.workdir, "augment")
-    summary = augment.run(augment.load_augment_config("configs/augment.yaml", args.augment_set),
-                          data_dir, augment_dir, verbose=0)
+    augment_config = augment.load_augment_config("configs/augment/default.yaml",
+                                                 args.augment_set)
+    summary = augment.run(augment_config, data_dir, augment_dir, verbose=0)
     quality = summary["quality"]
     print(f"augment stage for {with_table}: Recall@{quality['k']} diffusion "
           f"{quality['diffusion']['recall']} vs popularity {quality['popularity']['recall']}; "

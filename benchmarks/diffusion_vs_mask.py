@@ -6,7 +6,7 @@
         [--workdir bench_out/diffusion_vs_mask] [--no-write]
 
 Generates one KuaiSAR-format log (pipelines.synthetic), runs the Beam job and the augment stage
-(configs/augment.yaml) once, then trains with each seed
+(configs/augment/default.yaml) once, then trains with each seed
   - din_con: the contrastive loss (eq 15) skips examples whose last query has no click (mask),
   - din_con_diffusion: the same model whose click-less queries get generated positives,
 and evaluates both on the test split. The seeds pair the runs (same initialisation and data
@@ -68,13 +68,15 @@ def clickless_last_query_share(data_dir: str) -> tuple[int, int]:
 def section(args, aucs: dict[str, list[float]], stats: dict, summary: dict, affected: tuple,
             seconds: float) -> str:
     quality, queries = summary["quality"], summary["queries"]
+    overrides = "".join(f", {override}" for override in args.augment_set)
     differences = np.array(aucs[ARMS[1]]) - np.array(aucs[ARMS[0]])
     lines = [BEGIN, "", "## Diffusion positives vs masking click-less queries "
              "(`benchmarks/diffusion_vs_mask.py`, paper sec 5.6)", "",
              f"Generated log: {args.users} users, {args.items} items, seed {args.data_seed}; "
-             f"{args.epochs} epochs; seeds {args.seeds}; test split; {seconds / 60:.1f} min in all.",
+             f"{args.epochs} epochs; seeds {args.seeds}; test split; "
+             f"{seconds / 60:.1f} min in all.",
              "",
-             f"Augment stage (configs/augment.yaml{', ' + ', '.join(args.augment_set) if args.augment_set else ''}): "
+             f"Augment stage (configs/augment/default.yaml{overrides}): "
              f"{queries['total']} queries, {queries['clickless']} without a click "
              f"({queries['clickless_filled']} filled); held-out clicks of {quality['queries']} "
              f"queries: Recall@{quality['k']} {quality['diffusion']['recall']:.4f} / "
@@ -115,7 +117,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--set", action="append", default=[], help="model config overrides")
     parser.add_argument("--augment-set", action="append", default=[],
-                        help="overrides of configs/augment.yaml")
+                        help="overrides of configs/augment/default.yaml")
     parser.add_argument("--bootstrap", type=int, default=10_000)
     parser.add_argument("--workdir", default="bench_out/diffusion_vs_mask")
     parser.add_argument("--no-write", action="store_true", help="print the section only")
@@ -129,10 +131,9 @@ def main() -> None:
     shutil.rmtree(args.workdir, ignore_errors=True)
     synthetic.generate(log_dir, users=args.users, items=args.items, seed=args.data_seed)
     build_tfrecords.run(["--input", log_dir, "--output", data_dir])
-    summary = augment.run(augment.load_augment_config(os.path.join(ROOT, "configs",
-                                                                   "augment.yaml"),
-                                                      args.augment_set),
-                          data_dir, augment_dir, verbose=0)
+    augment_config = augment.load_augment_config(
+        os.path.join(ROOT, "configs", "augment", "default.yaml"), args.augment_set)
+    summary = augment.run(augment_config, data_dir, augment_dir, verbose=0)
     print(f"augment: quality {summary['quality']} ({summary['total_seconds']:.0f} s)", flush=True)
     affected = clickless_last_query_share(data_dir)
 

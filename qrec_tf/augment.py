@@ -1,7 +1,8 @@
 """Diffusion augmentation: query-item vectors -> a trained DDPM -> the contrastive positives table.
 
-    python -m qrec_tf.augment --data DIR --output DIR [--config configs/augment.yaml]
-        [--set train.epochs=50 --set data.max_items=20000 ...] [--verbose auto|0|1|2]
+    python -m qrec_tf.augment --data DIR --output DIR
+        [--config configs/augment/default.yaml] [--verbose auto|0|1|2]
+        [--set train.epochs=50 --set data.max_items=20000 ...]
 
 PAPER.md "Diffusion augmentation". Reads `<data>/query_items/` (the Beam job's table) and builds
 one vector per query over an item space of N items:
@@ -369,7 +370,8 @@ def build_matrix(table: QueryItems, space: ItemSpace) -> QueryItemMatrix:
     positive = np.arange(len(rows)) < len(table.clicked_rows)
     counts = np.concatenate([table.click_counts, np.zeros(len(table.unclicked_rows), np.int64)])
     inside = columns >= 0
-    rows, columns, positive, counts = rows[inside], columns[inside], positive[inside], counts[inside]
+    rows, columns = rows[inside], columns[inside]
+    positive, counts = positive[inside], counts[inside]
     order = np.lexsort((columns, rows))
     splits = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(table.keys)))])
     return QueryItemMatrix(splits.astype(np.int64), columns[order].astype(np.int32),

@@ -304,4 +304,4 @@ def test_din_con_diffusion_reads_the_table_of_the_pipeline_output(tmp_path):
 
 
 def test_the_shipped_config_is_the_default():
-    assert A.load_augment_config("configs/augment.yaml") == A.AugmentConfig()
+    assert A.load_augment_config("configs/augment/default.yaml") == A.AugmentConfig()

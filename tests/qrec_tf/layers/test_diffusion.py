@@ -60,7 +60,8 @@ def test_cosine_schedule_by_hand():
     betas = beta_schedule("cosine", 2, fix_first_beta=False)
     # abar(1) = cos(pi/2)^2 ~ 0, so the last beta hits the 0.999 cap
     np.testing.assert_allclose(betas, [1 - abar(0.5) / abar(0.0), 0.999], rtol=1e-12)
-    assert betas[0] == pytest.approx(1 - 0.49381 / 0.99985, abs=1e-4)  # cos(0.7916)^2 / cos(0.0125)^2
+    # cos(0.7916)^2 / cos(0.0125)^2
+    assert betas[0] == pytest.approx(1 - 0.49381 / 0.99985, abs=1e-4)
 
 
 def test_posterior_coefficients_snr_and_loss_weights_by_hand():
