@@ -57,14 +57,23 @@ class DINAttention(keras.layers.Layer):
         self.score_dense.build(shape)
 
     def call(self, query: tf.Tensor, keys: tf.Tensor, mask: tf.Tensor,
-             training: bool | None = None,
-             return_weights: bool = False) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]:
+             training: bool | None = None, return_weights: bool = False,
+             queries_per_key_row: int | tf.Tensor | None = None
+             ) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]:
+        """`queries_per_key_row`: when given, keys [users, seq_len, dim] and mask [users,
+        seq_len] each serve that many consecutive query rows (query [users * n, dim]: one user's
+        candidates); what depends on the keys alone is then computed once per user."""
         mask = ops.cast(mask, "bool")
         keys = ops.where(ops.expand_dims(mask, -1), keys, ops.zeros_like(keys))
-        x = self._first_layer(query, keys)
+        x = self._key_part(keys)                                            # [.., seq, units]
+        if queries_per_key_row is not None:
+            keys, mask, x = (ops.repeat(t, queries_per_key_row, axis=0) for t in (keys, mask, x))
+        x = x + self._query_part(query, keys)
         for i, dense in enumerate(self.dense_layers):
             if i:
                 x = dense(x)
+            elif dense.activation is not None:
+                x = dense.activation(x)
             if self.dice_layers:
                 x = self.dice_layers[i](x, training=training, mask=mask)
         # float32: the softmax's large negative fill would overflow float16.
@@ -80,26 +89,31 @@ class DINAttention(keras.layers.Layer):
         pooled = ops.sum(ops.expand_dims(weights, -1) * keys, axis=1)      # [batch, dim]
         return (pooled, weights) if return_weights else pooled
 
-    def _first_layer(self, query: tf.Tensor, keys: tf.Tensor) -> tf.Tensor:
-        """dense0([q, k, q - k, q * k]) without building the [batch, seq_len, 4 * dim] input.
+    # dense0([q, k, q - k, q * k]) without building the [batch, seq_len, 4 * dim] input: with the
+    # kernel's row blocks W_q, W_k, W_d, W_p it is k (W_k - W_d) + (q * k) W_p + q (W_q + W_d) + b.
+    # The key part does not depend on the query (once per user when candidates share a history)
+    # and the query part of q is computed once per row, not per position: the values are those
+    # of the Dense layer applied to the concatenation, for half its work.
+    def _kernel_blocks(self, dtype) -> list[tf.Tensor]:
+        kernel = ops.cast(self.dense_layers[0].kernel, dtype)
+        dim = kernel.shape[0] // 4
+        return [kernel[i * dim:(i + 1) * dim] for i in range(4)]
 
-        With the kernel's row blocks W_q, W_k, W_d, W_p: the product is
-        q (W_q + W_d) + [k, q * k] [W_k - W_d; W_p] + b. The query part is computed once per row,
-        not once per position, which halves the layer's work; weights and values are those of
-        the Dense layer applied to the concatenation.
-        """
+    def _key_part(self, keys: tf.Tensor) -> tf.Tensor:
+        """k (W_k - W_d): [.., seq_len, dim] -> [.., seq_len, units]."""
+        _, w_k, w_d, _ = self._kernel_blocks(keys.dtype)
+        return ops.matmul(keys, w_k - w_d)
+
+    def _query_part(self, query: tf.Tensor, keys: tf.Tensor) -> tf.Tensor:
+        """(q * k) W_p + q (W_q + W_d) + b: [batch, dim], [batch, seq_len, dim] -> [batch,
+        seq_len, units]."""
         dense = self.dense_layers[0]
-        dim = query.shape[-1]
-        kernel = ops.cast(dense.kernel, keys.dtype)
-        w_q, w_k, w_d, w_p = (kernel[i * dim:(i + 1) * dim] for i in range(4))
+        w_q, _, w_d, w_p = self._kernel_blocks(keys.dtype)
         per_row = ops.matmul(query, w_q + w_d)                              # [batch, units]
         if dense.use_bias:
             per_row = per_row + ops.cast(dense.bias, keys.dtype)
-        query = ops.expand_dims(query, 1)
-        per_position = ops.matmul(ops.concatenate([keys, query * keys], axis=-1),
-                                  ops.concatenate([w_k - w_d, w_p], axis=0))  # [batch, seq, units]
-        x = per_position + ops.expand_dims(per_row, 1)
-        return dense.activation(x) if dense.activation is not None else x
+        per_position = ops.matmul(ops.expand_dims(query, 1) * keys, w_p)
+        return per_position + ops.expand_dims(per_row, 1)
 
     def compute_mask(self, inputs: Any, previous_mask: Any = None) -> None:
         # `mask` is an explicit argument consumed here: no Keras mask rides on the outputs (and

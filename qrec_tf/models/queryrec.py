@@ -119,18 +119,20 @@ class QueryRecModel(CTRModel):
         """Click logits [rows] of the target items in `features` (item features [rows]) for the
         users of `encode_user`: row r belongs to user r, or to user r // items_per_user when each
         user has `items_per_user` consecutive items (one user's candidates)."""
+        # Sequences stay one per user (the attention shares them); vectors are repeated.
+        per_row = [*user["user"], *([user["e_qt"]] if self.config.query_encoder else [])]
         if items_per_user is not None:
-            user = tf.nest.map_structure(lambda t: tf.repeat(t, items_per_user, axis=0), user)
+            per_row = [tf.repeat(t, items_per_user, axis=0) for t in per_row]
         item_idx, target = self.item_representation(
             features[S.ITEM_ID], features[S.CATEGORY_ID], features[S.SUBCATEGORY_ID])
         v_b = self.history_attention(target, user["history"], user["history_idx"] != 0,
-                                     training=training)
-        parts = [*user["user"], *self.item_embeddings(features), target, v_b]
+                                     training=training, queries_per_key_row=items_per_user)
+        parts = [*per_row[:len(user["user"])], *self.item_embeddings(features), target, v_b]
         if self.config.query_pooling:
-            parts.append(self.query_attention(self.embed(S.ITEM_ID, item_idx), user["queries"],
-                                              user["query_idx"] != 0, training=training))
-        if self.config.query_encoder:
-            parts.append(user["e_qt"])
+            parts.append(self.query_attention(
+                self.embed(S.ITEM_ID, item_idx), user["queries"], user["query_idx"] != 0,
+                training=training, queries_per_key_row=items_per_user))
+        parts += per_row[len(user["user"]):]
         hidden = self.ctr_mlp(tf.concat(parts, axis=-1), training=training)
         return {"logits": tf.squeeze(self.ctr_logit(hidden), -1)}
 

@@ -183,3 +183,21 @@ def test_weights_file_round_trip_keeps_dice_statistics(tmp_path):
     for a, b in zip(model.attention.weights, other.attention.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     np.testing.assert_allclose(other(QUERY, KEYS, MASK).numpy(), model(QUERY, KEYS, MASK).numpy())
+
+
+@pytest.mark.parametrize("use_softmax", [False, True])
+def test_keys_shared_by_consecutive_queries_equal_repeated_keys(use_softmax):
+    """Two users' histories, three candidate queries each: the key part computed once per user
+    gives the values of the keys repeated for every candidate."""
+    layer = DINAttention(hidden_units=(4, 3), use_softmax=use_softmax)
+    layer(QUERY, KEYS, MASK)
+    layer.set_weights(weights_for(layer, seed=5))
+    queries = np.random.default_rng(0).normal(size=(6, 2)).astype("float32")
+    shared, shared_weights = layer(queries, KEYS, MASK, queries_per_key_row=3,
+                                   return_weights=True)
+    repeated, repeated_weights = layer(queries, np.repeat(KEYS, 3, 0), np.repeat(MASK, 3, 0),
+                                       return_weights=True)
+    np.testing.assert_allclose(shared.numpy(), repeated.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(shared_weights.numpy(), repeated_weights.numpy(), rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_array_equal(shared_weights.numpy()[3:], 0.0)  # user 2: all padding
