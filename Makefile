@@ -29,6 +29,8 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) benchmarks/pipeline_throughput.py
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) benchmarks/vocab_scaling.py
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) benchmarks/serving_latency.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) bench_out .pytest_cache

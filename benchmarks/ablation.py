@@ -1,8 +1,8 @@
 """The paper's table 5 ablation on generated data: every model, several seeds, test AUC.
 
-    python benchmarks/ablation.py [--users 2000] [--seeds 0 1 2] [--epochs 3]
-        [--models din din_query din_nip din_con din_con_diffusion queryrec dcn]
-        [--augment-set train.epochs=20 ...] [--workdir bench_out/ablation]
+    python benchmarks/ablation.py [--users 4000] [--queries-per-subtopic 300] [--seeds 0 1 2]
+        [--epochs 3] [--models din din_query din_nip din_con din_con_diffusion queryrec dcn]
+        [--augment-set train.epochs=20 ...] [--workdir bench_out/ablation] [--reuse]
 
 Generates one KuaiSAR-format log (pipelines.synthetic), runs the Beam job once, trains each model
 with each seed on the same data, evaluates on the test split, and writes the table (mean and std of
@@ -11,14 +11,19 @@ When a model reads diffusion positives (positives: diffusion, or auto as queryre
 augment stage (qrec_tf.augment, configs/augment/default.yaml) runs once first, into
 <workdir>/augment, and those models get model.positives_dir pointing there.
 Shape the paper reports (KuaiSAR-small): din_query ~ din; din_nip and din_con above din; queryrec
-highest. Any registered model runs (--models ... ple sesrec iv4rec); the Beam job then also writes
-the search examples when a model trains on them (ple). benchmarks/table4.py reuses this machinery
-(add_arguments, run_models, write_results).
+highest. Any registered model runs (--models ... ple sesrec iv4rec); the Beam job always writes the
+search examples too (ple trains on them), so one data directory serves every model.
+benchmarks/table4.py reuses this machinery (add_arguments, run_models, write_results); with
+--reuse and the same --workdir, the data, the augment stage and every finished (model, seed) run
+are kept, so the two tables can share their common models.
+The generator's query pool (--queries-per-subtopic) is larger than its default so that, as on
+KuaiSAR, many queries are rare and a quarter of them never got a click.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -46,8 +51,7 @@ BEGIN, END = "<!-- ablation:begin -->", "<!-- ablation:end -->"
 def table(results: dict[str, list[dict]], args) -> str:
     base = np.mean([r["auc"] for r in results["din"]]) if "din" in results else None
     lines = [BEGIN, "", f"## Ablation (`benchmarks/ablation.py`)", "",
-             f"Generated log: {args.users} users, {args.items} items, seed {args.data_seed}; "
-             f"{args.epochs} epochs, seeds {args.seeds}; test split.", "",
+             f"{describe_run(args)}.", "",
              "| model | test AUC mean | std | vs din | paper AUC (KuaiSAR-small) |",
              "|---|---|---|---|---|"]
     for name, runs in results.items():
@@ -56,6 +60,15 @@ def table(results: dict[str, list[dict]], args) -> str:
         lines.append(f"| {name} | {np.mean(aucs):.4f} | {np.std(aucs):.4f} | {rel} | "
                      f"{PAPER_AUC.get(name, float('nan')):.4f} |")
     return "\n".join(lines + ["", END])
+
+
+def describe_run(args: argparse.Namespace) -> str:
+    """One line on the data and training of a run, for the tables."""
+    return (f"Generated log: {args.users} users, {args.items} items, {args.rec_per_user} feed "
+            f"impressions and {args.sessions_per_user} search sessions per user, "
+            f"{args.queries_per_subtopic} queries per sub-topic, seed {args.data_seed}; at most "
+            f"{args.epochs} epochs (early stopping on validation AUC), seeds {args.seeds}; "
+            "test split (one held-out impression per user)")
 
 
 def write_results(text: str, begin: str = BEGIN, end: str = END) -> None:
@@ -72,8 +85,12 @@ def write_results(text: str, begin: str = BEGIN, end: str = END) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser, models: list[str], workdir: str) -> None:
     """The options of a benchmark that trains `models` (the default) on one generated log."""
-    parser.add_argument("--users", type=int, default=2000)
+    parser.add_argument("--users", type=int, default=4000)
     parser.add_argument("--items", type=int, default=5000)
+    parser.add_argument("--rec-per-user", type=int, default=synthetic.DEFAULT_REC_PER_USER)
+    parser.add_argument("--sessions-per-user", type=int,
+                        default=synthetic.DEFAULT_SESSIONS_PER_USER)
+    parser.add_argument("--queries-per-subtopic", type=int, default=300)
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=3)
@@ -85,17 +102,31 @@ def add_arguments(parser: argparse.ArgumentParser, models: list[str], workdir: s
                              "stage")
     parser.add_argument("--workdir", default=workdir)
     parser.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep <workdir>'s data and finished runs when they were made with "
+                             "the same log arguments (default: start from scratch)")
+
+
+def _log_arguments(args: argparse.Namespace) -> dict:
+    return dict(users=args.users, items=args.items, seed=args.data_seed,
+                rec_per_user=args.rec_per_user, sessions_per_user=args.sessions_per_user,
+                queries_per_subtopic=args.queries_per_subtopic)
 
 
 def prepare_data(args: argparse.Namespace) -> str:
     """Generates the log and runs the Beam job into <workdir>/data (with the search examples
     when one of the models trains on them); returns that directory."""
     log_dir, data_dir = os.path.join(args.workdir, "log"), os.path.join(args.workdir, "data")
+    marker = os.path.join(args.workdir, "log_arguments.json")
+    wanted = _log_arguments(args)
+    if args.reuse and os.path.exists(marker) and json.load(open(marker)) == wanted:
+        print(f"reusing the data in {data_dir}", flush=True)
+        return data_dir
     shutil.rmtree(args.workdir, ignore_errors=True)
-    synthetic.generate(log_dir, users=args.users, items=args.items, seed=args.data_seed)
-    search_examples = any(MODELS[name][0].trains_on_search_examples for name in args.models)
-    build_tfrecords.run(["--input", log_dir, "--output", data_dir,
-                         *(["--search-examples"] if search_examples else [])])
+    synthetic.generate(log_dir, **wanted)
+    build_tfrecords.run(["--input", log_dir, "--output", data_dir, "--search-examples"])
+    with open(marker, "w") as f:
+        json.dump(wanted, f)
     return data_dir
 
 
@@ -111,7 +142,11 @@ def positives_sets(args: argparse.Namespace, data_dir: str) -> dict[str, list[st
     augment_dir = os.path.join(args.workdir, "augment")
     augment_config = augment.load_augment_config("configs/augment/default.yaml",
                                                  args.augment_set)
-    summary = augment.run(augment_config, data_dir, augment_dir, verbose=0)
+    summary_file = os.path.join(augment_dir, augment.SUMMARY_FILE)
+    if args.reuse and os.path.exists(summary_file):
+        summary = json.load(open(summary_file))
+    else:
+        summary = augment.run(augment_config, data_dir, augment_dir, verbose=0)
     quality = summary["quality"]
     print(f"augment stage for {with_table}: Recall@{quality['k']} diffusion "
           f"{quality['diffusion']['recall']} vs popularity {quality['popularity']['recall']}; "
@@ -133,8 +168,16 @@ def run_models(args: argparse.Namespace) -> dict[str, list[dict]]:
                               [f"train.seed={seed}", f"train.epochs={args.epochs}", *args.set,
                                *table_sets.get(name, [])])
             model_dir = os.path.join(args.workdir, "models", f"{name}_{seed}")
-            train.train(cfg, data_dir, model_dir, verbose=0)
-            result = evaluate.evaluate(model_dir, data_dir, "test")
+            result_file = os.path.join(model_dir, "benchmark_result.json")
+            if args.reuse and os.path.exists(result_file) and json.load(
+                    open(result_file))["config"] == cfg.to_dict():
+                result = json.load(open(result_file))["result"]
+            else:
+                shutil.rmtree(model_dir, ignore_errors=True)
+                train.train(cfg, data_dir, model_dir, verbose=0)
+                result = evaluate.evaluate(model_dir, data_dir, "test")
+                with open(result_file, "w") as f:
+                    json.dump({"config": cfg.to_dict(), "result": result}, f)
             results.setdefault(name, []).append(result)
             print(f"{name:18s} seed {seed}: test AUC {result['auc']:.4f} "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)

@@ -45,9 +45,8 @@ def table(results: dict[str, list[dict]], args: argparse.Namespace) -> str:
     KuaiSAR-small and -large AUC with their change over the paper's din."""
     base = np.mean([r["auc"] for r in results["din"]]) if "din" in results else None
     lines = [BEGIN, "", "## Table 4: QueryRec and the baselines (`benchmarks/table4.py`)", "",
-             f"Generated log: {args.users} users, {args.items} items, seed {args.data_seed}; "
-             f"{args.epochs} epochs, seeds {args.seeds}; test split. Paper: KuaiSAR-small and "
-             "-large (din_query: table 5, small only).", "",
+             f"{ablation.describe_run(args)}. Paper: KuaiSAR-small and -large (din_query: "
+             "table 5, small only).", "",
              "| model | test AUC mean | std | vs din | paper small | paper vs din | paper large |"
              " paper vs din |",
              "|---|---|---|---|---|---|---|---|"]

@@ -47,7 +47,9 @@ N_FIRST = 8                    # first-level categories
 SUBTOPICS_PER_FIRST = 4        # second-level categories per first-level one
 N_SUBTOPICS = N_FIRST * SUBTOPICS_PER_FIRST
 WORDS_PER_SUBTOPIC = 30        # disjoint word ids per sub-topic
-QUERIES_PER_SUBTOPIC = 40      # query pool size per sub-topic (before de-duplication)
+QUERIES_PER_SUBTOPIC = 40      # query pool size per sub-topic (before de-duplication); KuaiSAR's
+                               # long tail (175k queries for 26k users) needs generate(
+                               # queries_per_subtopic=...) in the hundreds
 QUERY_ZIPF = 1.0               # query popularity within a pool ~ 1 / rank^QUERY_ZIPF
 ITEM_ZIPF = 0.8                # item popularity within a sub-topic ~ 1 / rank^ITEM_ZIPF
 FEED_ALPHA = 0.25              # Dirichlet alpha of feed tastes: small = concentrated
@@ -93,7 +95,8 @@ class ArgumentError(ValueError):
 
 
 def validate(users: int, items: int, seed: int, bad_rows: int, rec_per_user: int,
-             sessions_per_user: int, search_feed_mix: float = SEARCH_FEED_MIX) -> None:
+             sessions_per_user: int, search_feed_mix: float = SEARCH_FEED_MIX,
+             queries_per_subtopic: int = QUERIES_PER_SUBTOPIC) -> None:
     """Raises ArgumentError with a readable message for arguments outside the supported range."""
     if users < 1:
         raise ArgumentError(f"--users must be >= 1 (got {users})")
@@ -110,6 +113,8 @@ def validate(users: int, items: int, seed: int, bad_rows: int, rec_per_user: int
         raise ArgumentError(f"--sessions-per-user must be >= 1 (got {sessions_per_user})")
     if not 0.0 <= search_feed_mix <= 1.0:  # also rejects NaN
         raise ArgumentError(f"--search-feed-mix must be in [0, 1] (got {search_feed_mix})")
+    if queries_per_subtopic < 1:
+        raise ArgumentError(f"--queries-per-subtopic must be >= 1 (got {queries_per_subtopic})")
 
 
 # --- small vectorised helpers --------------------------------------------------------------------
@@ -188,7 +193,8 @@ class _World:
     """Everything drawn before any interaction: ids, topics, tastes, query pools."""
 
     def __init__(self, rng: np.random.Generator, users: int, items: int,
-                 search_feed_mix: float = SEARCH_FEED_MIX):
+                 search_feed_mix: float = SEARCH_FEED_MIX,
+                 queries_per_subtopic: int = QUERIES_PER_SUBTOPIC):
         self.first_ids = np.sort(rng.choice(np.arange(1, 100), N_FIRST, replace=False))
         # Second-level ids are globally unique (not 0..S-1 within each first-level category).
         self.second_ids = rng.choice(np.arange(100, 1000), N_SUBTOPICS, replace=False)
@@ -201,7 +207,7 @@ class _World:
         # Query pools: 1-4 distinct words of the sub-topic; duplicates within a pool collapse.
         queries: list[tuple[int, ...]] = []
         query_sub: list[int] = []
-        lengths = rng.choice([1, 2, 3, 4], size=(N_SUBTOPICS, QUERIES_PER_SUBTOPIC),
+        lengths = rng.choice([1, 2, 3, 4], size=(N_SUBTOPICS, queries_per_subtopic),
                              p=[0.3, 0.35, 0.25, 0.1])
         for s in range(N_SUBTOPICS):
             pool = dict.fromkeys(  # insertion-ordered, so deterministic
@@ -472,17 +478,19 @@ def generate(output_dir: str, users: int = DEFAULT_USERS, items: int = DEFAULT_I
              seed: int = DEFAULT_SEED, bad_rows: int = 0,
              rec_per_user: int = DEFAULT_REC_PER_USER,
              sessions_per_user: int = DEFAULT_SESSIONS_PER_USER, gzip: bool = False,
-             search_feed_mix: float = SEARCH_FEED_MIX) -> dict[str, Any]:
+             search_feed_mix: float = SEARCH_FEED_MIX,
+             queries_per_subtopic: int = QUERIES_PER_SUBTOPIC) -> dict[str, Any]:
     """Writes the four KuaiSAR-format files and the manifest into output_dir; returns the manifest.
 
     Raises ArgumentError for unsupported arguments (see validate()).
     """
-    validate(users, items, seed, bad_rows, rec_per_user, sessions_per_user, search_feed_mix)
+    validate(users, items, seed, bad_rows, rec_per_user, sessions_per_user, search_feed_mix,
+             queries_per_subtopic)
     # Independent streams: the bad-row stream must not shift the good data.
     data_seed, bad_seed = np.random.SeedSequence(seed).spawn(2)
     rng = np.random.default_rng(data_seed)
     span_ms = SPAN_DAYS * _DAY_MS
-    world = _World(rng, users, items, search_feed_mix)
+    world = _World(rng, users, items, search_feed_mix, queries_per_subtopic)
 
     # Who has which log: a small share of users lacks one of the two (the pipeline drops them).
     # Kept >= 1 each when there are enough users, always leaving users with both.
@@ -622,13 +630,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--search-feed-mix", type=float, default=SEARCH_FEED_MIX,
                         help="share of the feed taste in the search taste: 1 = no interest "
                              f"shift, 0 = independent (default {SEARCH_FEED_MIX})")
+    parser.add_argument("--queries-per-subtopic", type=int, default=QUERIES_PER_SUBTOPIC,
+                        help="query pool per sub-topic (Zipf popularity): larger pools give more "
+                             f"rare and click-less queries (default {QUERIES_PER_SUBTOPIC})")
     parser.add_argument("--gzip", action="store_true", help="write .csv.gz files")
     args = parser.parse_args(argv)
     try:
         manifest = generate(args.output, users=args.users, items=args.items, seed=args.seed,
                             bad_rows=args.bad_rows, rec_per_user=args.rec_per_user,
                             sessions_per_user=args.sessions_per_user, gzip=args.gzip,
-                            search_feed_mix=args.search_feed_mix)
+                            search_feed_mix=args.search_feed_mix,
+                            queries_per_subtopic=args.queries_per_subtopic)
     except ArgumentError as error:
         parser.error(str(error))
     except OSError as error:

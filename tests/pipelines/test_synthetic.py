@@ -344,6 +344,7 @@ def test_cli_writes_the_files_and_manifest(tmp_path):
     (["--items", "10"], "--items must be >= 32"),
     (["--bad-rows", "-1"], "--bad-rows must be >= 0"),
     (["--rec-per-user", "0"], "--rec-per-user must be >= 1"),
+    (["--queries-per-subtopic", "0"], "--queries-per-subtopic must be >= 1"),
     (["--users", "many"], "invalid int value"),
 ])
 def test_cli_rejects_bad_arguments_without_traceback(tmp_path, args, message):
@@ -356,6 +357,16 @@ def test_cli_rejects_bad_arguments_without_traceback(tmp_path, args, message):
 def test_generate_rejects_bad_arguments(tmp_path):
     with pytest.raises(synthetic.ArgumentError, match="sessions-per-user"):
         synthetic.generate(str(tmp_path), users=5, items=100, seed=0, sessions_per_user=0)
+
+
+def test_larger_query_pools_give_a_longer_tail_of_queries(tmp_path):
+    def distinct_queries(pool):
+        synthetic.generate(str(tmp_path / str(pool)), users=300, items=200, seed=1,
+                           rec_per_user=2, sessions_per_user=8, queries_per_subtopic=pool)
+        with open(tmp_path / str(pool) / f"{K.SRC_INTER}.csv") as f:
+            return len({row["keyword"] for row in csv.DictReader(f)})
+    assert distinct_queries(2) <= synthetic.N_SUBTOPICS * 2
+    assert distinct_queries(300) > 4 * synthetic.N_SUBTOPICS * 2
 
 
 def test_switching_format_replaces_the_other_copy(tmp_path):
