@@ -1,9 +1,9 @@
 """Paper sec 5.6: contrastive learning with diffusion positives vs masking click-less queries.
 
-    python benchmarks/diffusion_vs_mask.py [--users 1500] [--items 5000] [--data-seed 0]
-        [--seeds 0 1 2 3 4] [--epochs 2] [--set model.embedding_dim=16 ...]
+    python benchmarks/diffusion_vs_mask.py [--users 4000] [--queries-per-subtopic 300]
+        [--seeds 0 1 2 3 4] [--epochs 3] [--set model.embedding_dim=16 ...]
         [--augment-set train.epochs=40 ...] [--bootstrap 10000]
-        [--workdir bench_out/diffusion_vs_mask] [--no-write]
+        [--workdir bench_out/diffusion_vs_mask] [--reuse] [--no-write]
 
 Generates one KuaiSAR-format log (pipelines.synthetic), runs the Beam job and the augment stage
 (configs/augment/default.yaml) once, then trains with each seed
@@ -14,15 +14,16 @@ order), so the statistic is the per-seed AUC difference (diffusion - mask): its 
 95% confidence interval over seeds, and the bootstrap share of resampled means <= 0 (a one-sided
 p-value). It also counts the training examples whose last query is click-less: the only
 examples on which the two models' losses differ. Writes the section between the
-diffusion_vs_mask markers of docs/RESULTS.md.
+diffusion_vs_mask markers of docs/RESULTS.md. The data, augment and training machinery (and its
+options) are benchmarks/ablation.py's: with --reuse and the ablation's --workdir, the seeds the
+ablation already ran are not trained again.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import re
-import shutil
 import sys
 import time
 
@@ -31,15 +32,14 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pipelines import build_tfrecords, synthetic  # noqa: E402
-from qrec_tf import augment, evaluate, train  # noqa: E402
+from qrec_tf import augment  # noqa: E402
 from qrec_tf import positives as P  # noqa: E402
 from qrec_tf import schema as S  # noqa: E402
-from qrec_tf.config import load_config  # noqa: E402
 from qrec_tf.data import make_dataset  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS = os.path.join(ROOT, "docs", "RESULTS.md")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ablation  # noqa: E402  (benchmarks/ablation.py: the shared machinery)
+
 BEGIN, END = "<!-- diffusion_vs_mask:begin -->", "<!-- diffusion_vs_mask:end -->"
 ARMS = ("din_con", "din_con_diffusion")
 
@@ -72,9 +72,7 @@ def section(args, aucs: dict[str, list[float]], stats: dict, summary: dict, affe
     differences = np.array(aucs[ARMS[1]]) - np.array(aucs[ARMS[0]])
     lines = [BEGIN, "", "## Diffusion positives vs masking click-less queries "
              "(`benchmarks/diffusion_vs_mask.py`, paper sec 5.6)", "",
-             f"Generated log: {args.users} users, {args.items} items, seed {args.data_seed}; "
-             f"{args.epochs} epochs; seeds {args.seeds}; test split; "
-             f"{seconds / 60:.1f} min in all.",
+             f"{ablation.describe_run(args)}; {seconds / 60:.1f} min in all.",
              "",
              f"Augment stage (configs/augment/default.yaml{overrides}): "
              f"{queries['total']} queries, {queries['clickless']} without a click "
@@ -98,64 +96,30 @@ def section(args, aucs: dict[str, list[float]], stats: dict, summary: dict, affe
     return "\n".join(lines)
 
 
-def write_results(text: str) -> None:
-    old = open(RESULTS).read() if os.path.exists(RESULTS) else "# Measured results\n"
-    if BEGIN in old:
-        new = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: text, old, flags=re.S)
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    with open(RESULTS, "w") as f:
-        f.write(new)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--users", type=int, default=1500)
-    parser.add_argument("--items", type=int, default=5000)
-    parser.add_argument("--data-seed", type=int, default=0)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--set", action="append", default=[], help="model config overrides")
-    parser.add_argument("--augment-set", action="append", default=[],
-                        help="overrides of configs/augment/default.yaml")
+    ablation.add_arguments(parser, list(ARMS), "bench_out/diffusion_vs_mask")
+    parser.set_defaults(seeds=[0, 1, 2, 3, 4])
     parser.add_argument("--bootstrap", type=int, default=10_000)
-    parser.add_argument("--workdir", default="bench_out/diffusion_vs_mask")
-    parser.add_argument("--no-write", action="store_true", help="print the section only")
     args = parser.parse_args()
     if len(args.seeds) < 2:
         parser.error("--seeds needs at least two seeds for a confidence interval")
+    if sorted(args.models) != sorted(ARMS):
+        parser.error(f"this benchmark compares {ARMS}: leave --models out")
 
     started = time.perf_counter()
-    log_dir, data_dir = os.path.join(args.workdir, "log"), os.path.join(args.workdir, "data")
-    augment_dir = os.path.join(args.workdir, "augment")
-    shutil.rmtree(args.workdir, ignore_errors=True)
-    synthetic.generate(log_dir, users=args.users, items=args.items, seed=args.data_seed)
-    build_tfrecords.run(["--input", log_dir, "--output", data_dir])
-    augment_config = augment.load_augment_config(
-        os.path.join(ROOT, "configs", "augment", "default.yaml"), args.augment_set)
-    summary = augment.run(augment_config, data_dir, augment_dir, verbose=0)
-    print(f"augment: quality {summary['quality']} ({summary['total_seconds']:.0f} s)", flush=True)
-    affected = clickless_last_query_share(data_dir)
-
-    aucs: dict[str, list[float]] = {arm: [] for arm in ARMS}
-    for seed in args.seeds:
-        for arm in ARMS:
-            run_started = time.perf_counter()
-            extra = [f"model.positives_dir={augment_dir}"] if arm == "din_con_diffusion" else []
-            config = load_config(os.path.join(ROOT, "configs", f"{arm}.yaml"),
-                                 [f"train.seed={seed}", f"train.epochs={args.epochs}",
-                                  *args.set, *extra])
-            model_dir = os.path.join(args.workdir, "models", f"{arm}_{seed}")
-            train.train(config, data_dir, model_dir, verbose=0)
-            aucs[arm].append(evaluate.evaluate(model_dir, data_dir, "test")["auc"])
-            print(f"{arm:18s} seed {seed}: test AUC {aucs[arm][-1]:.4f} "
-                  f"({time.perf_counter() - run_started:.0f} s)", flush=True)
+    results = ablation.run_models(args)
+    data_dir = os.path.join(args.workdir, "data")
+    with open(os.path.join(args.workdir, "augment", augment.SUMMARY_FILE)) as f:
+        summary = json.load(f)
+    aucs = {arm: [r["auc"] for r in results[arm]] for arm in ARMS}
     stats = bootstrap(np.array(aucs[ARMS[1]]) - np.array(aucs[ARMS[0]]), args.bootstrap)
-    text = section(args, aucs, stats, summary, affected, time.perf_counter() - started)
+    text = section(args, aucs, stats, summary, clickless_last_query_share(data_dir),
+                   time.perf_counter() - started)
     print(text)
     if not args.no_write:
-        write_results(text)
-        print(f"written to {RESULTS}")
+        ablation.write_results(text, BEGIN, END)
+        print(f"written to {ablation.RESULTS}")
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ import yaml
 
 from qrec_tf import positives as P
 from qrec_tf import schema as S
-from qrec_tf.config import _build, apply_overrides
+from qrec_tf.config import _build, apply_overrides, read_yaml_mapping
 from qrec_tf.layers.denoiser import Denoiser
 from qrec_tf.layers.diffusion import SCHEDULES, GaussianDiffusion
 
@@ -209,18 +209,7 @@ class AugmentConfig:
 
 def load_augment_config(path: str | None = None, overrides: Iterable[str] = ()) -> AugmentConfig:
     """Defaults, then the YAML file (if any), then `section.key=value` overrides."""
-    values: dict = {}
-    if path:
-        try:
-            with open(path) as f:
-                values = yaml.safe_load(f) or {}
-        except FileNotFoundError:
-            raise ValueError(f"config file {path} not found") from None
-        except yaml.YAMLError as error:
-            raise ValueError(f"config file {path} is not valid YAML: {error}") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"config file {path} must hold a mapping of sections "
-                             f"({', '.join(SECTIONS)})")
+    values = read_yaml_mapping(path, ", ".join(SECTIONS))
     return AugmentConfig.from_dict(apply_overrides(values, overrides))
 
 

@@ -178,16 +178,23 @@ def apply_overrides(values: dict, overrides: Iterable[str]) -> dict:
     return values
 
 
+def read_yaml_mapping(path: str | None, sections: str) -> dict:
+    """The mapping in a YAML config file ({} without a path); clear errors for a missing file,
+    invalid YAML or a file that does not hold a mapping of `sections` (named in the message)."""
+    if not path:
+        return {}
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ValueError(f"config file {path} not found") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"config file {path} is not valid YAML: {error}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path} must hold a mapping of sections ({sections})")
+    return values
+
+
 def load_config(path: str | None, overrides: Iterable[str] = ()) -> Config:
-    values: dict = {}
-    if path:
-        try:
-            with open(path) as f:
-                values = yaml.safe_load(f) or {}
-        except FileNotFoundError:
-            raise ValueError(f"config file {path} not found (see configs/*.yaml)") from None
-        except yaml.YAMLError as error:
-            raise ValueError(f"config file {path} is not valid YAML: {error}") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"config file {path} must hold a mapping with model: and train:")
+    values = read_yaml_mapping(path, "model, train; see configs/*.yaml")
     return Config.from_dict(apply_overrides(values, overrides))
