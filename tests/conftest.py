@@ -21,3 +21,8 @@ def _private_tmpdir(tmp_path_factory):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than ~30 s; still part of `make test`")
+    # Keras 3.15 converts tensors with np.array(x, copy=False) internally (numpy 2 deprecation):
+    # thousands of copies of one warning that is not ours would bury the ones that are.
+    config.addinivalue_line(
+        "filterwarnings",
+        "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
