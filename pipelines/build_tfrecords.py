@@ -55,6 +55,7 @@ from pipelines.user_examples import QueryItems, build_user_examples, query_items
 from qrec_tf import schema as S
 
 LOG = logging.getLogger("pipelines.build_tfrecords")
+PROG = "python -m pipelines.build_tfrecords"
 OUTPUT_DIRS = (*S.EXAMPLE_SPLITS, S.VOCAB_DIR, S.QUERY_ITEMS_DIR, S.DEAD_LETTER_DIR)
 # Locally: Beam's FnApiRunner with one worker process per core. On the 1M-row benchmark this ran
 # 1.7x faster than the single-process in_memory mode on 2 cores (benchmarks/pipeline_throughput.py).
@@ -403,7 +404,7 @@ def build_pipeline(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, K.Heade
 # --- command line ----------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.build_tfrecords",
+        prog=PROG,
         description=__doc__.split("\n\n")[0],
         epilog="Unrecognised flags are Beam pipeline options (e.g. --runner=DataflowRunner).")
     parser.add_argument("--input", required=True, help="directory with the KuaiSAR CSV files")
@@ -546,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run(argv)
     except InputError as error:
-        print(f"build_tfrecords: error: {error}", file=sys.stderr)
+        print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     return 0
 

@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     try:
         result = evaluate(args.model_dir, args.data, args.split, args.batch_size)
     except (FileNotFoundError, ValueError) as error:
-        print(f"evaluate: error: {error}", file=sys.stderr)
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
     output = args.output or os.path.join(args.model_dir, f"metrics_{args.split}.json")
     with open(output, "w") as f:

@@ -158,7 +158,7 @@ def main(argv=None) -> int:
         summary = train(config, args.data, args.model_dir, args.strategy, args.mixed_precision,
                         args.verbose if args.verbose == "auto" else int(args.verbose))
     except (FileNotFoundError, ValueError) as error:
-        print(f"train: error: {error}", file=sys.stderr)
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
     print(f"best val AUC {summary['best_val_auc']:.4f} at epoch {summary['best_epoch']}; "
           f"weights and config in {args.model_dir}")
