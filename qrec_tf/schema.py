@@ -243,7 +243,12 @@ class Schema:
             raise ValueError(f"unknown schema fields {sorted(unknown)}; known: {sorted(known)}")
         schema = cls(**values)
         expected = [[f.name, f.dtype, list(f.shape)] for f in schema.features]
-        if written is not None and written != expected:
+        if written is None:
+            raise SchemaMismatch(
+                "the data was written by an older version of pipelines.build_tfrecords (its "
+                "schema.json lists no features): run `python -m pipelines.build_tfrecords` again "
+                "with this version")
+        if written != expected:
             missing = sorted({w[0] for w in expected} - {w[0] for w in written})
             extra = sorted({w[0] for w in written} - {w[0] for w in expected})
             raise SchemaMismatch(

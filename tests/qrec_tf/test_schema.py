@@ -66,7 +66,9 @@ def test_schema_json_round_trip_and_validation(tmp_path):
     (tmp_path / S.SCHEMA_FILE).write_text(schema.to_json())
     assert S.Schema.load(str(tmp_path)) == schema
     with pytest.raises(ValueError, match="unknown schema fields"):
-        S.Schema.from_json('{"history_len": 3}')
+        S.Schema.from_json('{"history_len": 3, "features": []}')
+    with pytest.raises(S.SchemaMismatch, match="older version"):
+        S.Schema.from_json('{"history_length": 3}')
     with pytest.raises(ValueError, match="history_length must be a positive integer"):
         S.Schema(history_length=0)
     with pytest.raises(ValueError, match="query_clicked_items must be a positive integer"):
