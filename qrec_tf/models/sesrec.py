@@ -1,8 +1,9 @@
 """SESRec (Si et al., "When Search Meets Recommendation: Learning Disentangled Search
 Representation for Recommendation", SIGIR 2023) baseline of table 4.
 
-- Feed sequence: the feed-clicked items before t (item embeddings), encoded by a self-attention
-  encoder (`SASEncoder`, every position).
+- Feed sequence: the feed-clicked items before t, each [item || category || sub-category]
+  embedding projected to dim by a Dense layer (the target item too), encoded by a
+  self-attention encoder (`SASEncoder`, every position).
 - Search sequence: per query before t, its embedding (`QueryEmbedding`) plus the mean embedding of
   the items clicked in its session (`query_clicked_item_ids`), encoded by a second encoder.
 - Query-item alignment (SESRec's InfoNCE): for every (query, item clicked after it) pair of the
@@ -54,11 +55,16 @@ class SESRecModel(CTRModel):
             SASEncoder(length, d, num_blocks=config.sas_blocks, num_heads=config.sas_heads,
                        dropout=config.sas_dropout, name=f"{name}_encoder")
             for name, length in (("feed", schema.history_length), ("search", schema.max_queries)))
+        # [item || category || sub-category] -> dim: the feed sequence and the attention's target
+        # see an item's categories, as DIN's history does (clicks follow categories).
+        self.item_projection = keras.layers.Dense(d, name="item_projection")
         self.interests = InterestContrast(d, margin=config.sesrec_triplet_margin, name="interests")
-        # Softmax weights: the pooled similar and dissimilar parts are then comparable averages.
+        # configs/sesrec.yaml: softmax weights, so the pooled similar and dissimilar parts are
+        # comparable averages (as in SESRec).
         self.feed_attention, self.search_attention = (
-            DINAttention(config.attention_units, config.attention_activation, use_softmax=True,
-                         name=f"{name}_attention") for name in ("feed", "search"))
+            DINAttention(config.attention_units, config.attention_activation,
+                         config.attention_softmax, name=f"{name}_attention")
+            for name in ("feed", "search"))
         self.similarity = BilinearSimilarity(d, name="query_item_similarity")
         self.similarity.build((None, d))   # training-only: build before the optimizer is
         self.item_rows = vocabularies.size(S.VOCAB_ITEMS)
@@ -71,10 +77,12 @@ class SESRecModel(CTRModel):
 
     def forward(self, features: Mapping[str, tf.Tensor], training: bool = False) -> dict:
         cfg = self.config
-        item_idx, target = self.item_representation(
+        _, target = self.item_representation(
             features[S.ITEM_ID], features[S.CATEGORY_ID], features[S.SUBCATEGORY_ID])
-        target_item = self.embed(S.ITEM_ID, item_idx)                             # [B, d]
-        hist_idx = self.lookup(S.HIST_ITEM_IDS, features[S.HIST_ITEM_IDS])
+        target_item = self.item_projection(target)                                # [B, d]
+        hist_idx, history = self.item_representation(
+            features[S.HIST_ITEM_IDS], features[S.HIST_CATEGORY_IDS],
+            features[S.HIST_SUBCATEGORY_IDS])                                      # [B, H, 3d]
         feed_mask = hist_idx != 0
         key_idx = self.lookup(S.QUERY_KEYS, features[S.QUERY_KEYS])
         queries = self.query_embedding(
@@ -87,7 +95,7 @@ class SESRecModel(CTRModel):
         clicked_mean = tf.reduce_sum(clicked * weight, 2) / tf.maximum(
             tf.reduce_sum(weight, 2), 1.0)                                         # [B, Q, d]
 
-        feed_seq = self.feed_encoder(self.embed(S.ITEM_ID, hist_idx), feed_mask,
+        feed_seq = self.feed_encoder(self.item_projection(history), feed_mask,
                                      training=training, return_sequences=True)
         search_seq = self.search_encoder(queries + clicked_mean, query_mask, training=training,
                                          return_sequences=True)
