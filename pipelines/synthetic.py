@@ -172,7 +172,7 @@ def _last_before(group: np.ndarray, time: np.ndarray, query_group: np.ndarray,
     (group << 32) + time offset, which orders by group, then time (offsets stay below 2^32 ms).
     """
     if not len(group):
-        return np.zeros(len(query_group), dtype=np.int64), np.zeros(len(query_group), dtype=bool)
+        return np.zeros(len(query_group), dtype=np.int64), np.zeros(len(query_group), dtype=np.bool_)
     order = np.lexsort((time, group))
     keys = (group[order].astype(np.int64) << 32) + (time[order] - START_MS)
     wanted = (query_group.astype(np.int64) << 32) + (query_time - START_MS)
@@ -499,9 +499,9 @@ def generate(output_dir: str, users: int = DEFAULT_USERS, items: int = DEFAULT_I
     if users >= 3:
         n_rec_only, n_src_only = max(1, n_rec_only), max(1, n_src_only)
     role = rng.permutation(users)
-    rec_only = np.zeros(users, dtype=bool)
+    rec_only = np.zeros(users, dtype=np.bool_)
     rec_only[role[:n_rec_only]] = True
-    src_only = np.zeros(users, dtype=bool)
+    src_only = np.zeros(users, dtype=np.bool_)
     src_only[role[n_rec_only:n_rec_only + n_src_only]] = True
 
     sessions = np.where(rec_only, 0, np.maximum(1, rng.poisson(sessions_per_user, users)))
