@@ -37,7 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from pipelines import build_tfrecords, synthetic  # noqa: E402
 from qrec_tf import augment, evaluate, train  # noqa: E402
-from qrec_tf.config import load_config  # noqa: E402
+from qrec_tf.config import Config, load_config  # noqa: E402
 from qrec_tf.models.registry import MODELS  # noqa: E402
 
 PAPER_AUC = {"din": 0.6793, "din_query": 0.6792, "din_nip": 0.6894, "din_con": 0.6819,
@@ -169,8 +169,9 @@ def run_models(args: argparse.Namespace) -> dict[str, list[dict]]:
                                *table_sets.get(name, [])])
             model_dir = os.path.join(args.workdir, "models", f"{name}_{seed}")
             result_file = os.path.join(model_dir, "benchmark_result.json")
-            if args.reuse and os.path.exists(result_file) and json.load(
-                    open(result_file))["config"] == cfg.to_dict():
+            # A run saved before a config key existed ran with that key's default.
+            if args.reuse and os.path.exists(result_file) and Config.from_dict(json.load(
+                    open(result_file))["config"]).to_dict() == cfg.to_dict():
                 result = json.load(open(result_file))["result"]
             else:
                 shutil.rmtree(model_dir, ignore_errors=True)

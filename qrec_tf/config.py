@@ -30,6 +30,12 @@ class ModelConfig:
     sas_heads: int = 1
     sas_dropout: float = 0.2
     nip_weight: float = 0.0             # lambda2
+    # Whether the NIP loss also moves the item embeddings it scores against (True: plain joint
+    # training). False: NIP trains the query side only (SAS encoder, query embeddings) towards
+    # the item space the click loss learns; configs/din_nip.yaml and queryrec.yaml use False, as
+    # NIP's gradient into the shared item embeddings cost ~1.5% AUC on the benchmark log
+    # (docs/RESULTS.md, "NIP and the item embeddings").
+    nip_trains_items: bool = True
     contrastive_weight: float = 0.0     # lambda3
     contrastive_temperature: float = 0.2  # beta
     contrastive_positives: int = 5      # positives of the last query per example (top by clicks)

@@ -148,8 +148,10 @@ class QueryRecModel(CTRModel):
     def _nip_loss(self, features, e_qt):
         pos = self.lookup(S.NIP_POS_ITEM_IDS, features[S.NIP_POS_ITEM_IDS])
         neg = self.lookup(S.NIP_NEG_ITEM_IDS, features[S.NIP_NEG_ITEM_IDS])
-        return losses.next_item_prediction_loss(
-            e_qt, self.embed(S.ITEM_ID, pos), pos != 0, self.embed(S.ITEM_ID, neg), neg != 0)
+        pos_vecs, neg_vecs = self.embed(S.ITEM_ID, pos), self.embed(S.ITEM_ID, neg)
+        if not self.config.nip_trains_items:
+            pos_vecs, neg_vecs = tf.stop_gradient(pos_vecs), tf.stop_gradient(neg_vecs)
+        return losses.next_item_prediction_loss(e_qt, pos_vecs, pos != 0, neg_vecs, neg != 0)
 
     def _contrastive_loss(self, key_idx, last_query):
         """Eq 15 for q^t = the user's last query: its positives vs uniformly sampled items."""

@@ -113,6 +113,27 @@ def test_auxiliary_losses_only_in_training(name, expected):
     assert not model.forward(features, training=False).get("aux_losses")
 
 
+@pytest.mark.parametrize("trains_items", [False, True])
+def test_nip_moves_the_item_embeddings_only_when_configured(trains_items):
+    model = build("din_nip", None, f"model.nip_trains_items={str(trains_items).lower()}")
+    features = batch()
+    items = model.embeddings[S.VOCAB_ITEMS].trainable_variables
+    encoder = model.query_encoder.trainable_variables
+    with tf.GradientTape() as tape:
+        _, nip = model.forward(features, training=True)["aux_losses"]["nip_loss"]
+    grads = tape.gradient(nip, [*items, *encoder])
+    item_grads, encoder_grads = grads[:len(items)], grads[len(items):]
+
+    def size(g):
+        if g is None:
+            return 0.0
+        values = g.values if isinstance(g, tf.IndexedSlices) else g
+        return float(tf.reduce_sum(tf.abs(values)))
+
+    assert sum(size(g) for g in encoder_grads) > 0
+    assert (sum(size(g) for g in item_grads) > 0) == trains_items
+
+
 def test_click_less_queries_give_no_contrastive_loss():
     rows, k = VOCABS.size(S.VOCAB_QUERIES), 5
     none = np.zeros((rows, k), np.int64)                  # no query has a positive
