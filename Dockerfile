@@ -9,7 +9,8 @@
 #   docker run --rm -p 8500:8500 -p 8501:8501 qrec-serving
 #
 # The serving image is tensorflow/serving with the export and serving/*.config inside; its
-# command enables request batching and Prometheus monitoring (README, "Export and serving").
+# command enables request batching, Prometheus monitoring and XLA:CPU, which the export's
+# score_candidates signature runs on (README, "Export and serving").
 ARG TF_VERSION=2.21.0
 
 # --- trainer: the package on the TensorFlow image; `python -m qrec_tf.train ARGS` --------------
@@ -39,4 +40,5 @@ EXPOSE 8500 8501
 CMD ["--model_config_file=/config/models.config", \
      "--enable_batching=true", "--batching_parameters_file=/config/batching.config", \
      "--monitoring_config_file=/config/monitoring.config", \
+     "--xla_cpu_compilation_enabled=true", \
      "--rest_api_port=8501", "--port=8500"]

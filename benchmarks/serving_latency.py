@@ -9,14 +9,12 @@ for a few steps (latency does not depend on how well it is trained), and an expo
 
 Measured, one request at a time (p50 / p99 latency and requests/s = 1 / mean latency):
   1. in-process: the reloaded SavedModel's `score_candidates` signature (context once, 200
-     candidates) -- target p99 < 10 ms;
-  2. in-process `serving_default` with the same 200 (user, candidate) rows, for comparison;
-  3. REST and gRPC against serving/local_server.py (a subprocess) through serving/client.py,
+     candidates; everything after the vocabulary lookups compiled by XLA, as the export writes
+     it) -- target p99 < 10 ms;
+  2. the same signature of an export written with --no-xla (built here only), for comparison;
+  3. in-process `serving_default` with the same 200 (user, candidate) rows, for comparison;
+  4. REST and gRPC against serving/local_server.py (a subprocess) through serving/client.py,
      with score_candidates and with the 200-row serving_default request.
-
-TF_XLA_FLAGS="--tf_xla_auto_jit=2 --tf_xla_cpu_global_jit" (XLA auto-clustering on CPU, for this
-process and the server it starts) fuses the many small element-wise ops of the attention units;
-XLA compiles once per input shape, so each new number of candidates pays a compilation first.
 """
 
 from __future__ import annotations
@@ -41,8 +39,9 @@ from serving.client import ServingClient, request_from_data  # noqa: E402
 MODEL_NAME = "queryrec"
 
 
-def build_model(root: str, overrides: list[str]) -> tuple[str, str]:
-    """(export base path, data dir) of a freshly built model under `root`."""
+def build_model(root: str, overrides: list[str]) -> tuple[str, str, str]:
+    """(export base path, the --no-xla export's base path, data dir) of a freshly built model
+    under `root`."""
     from pipelines import build_tfrecords, synthetic
     from qrec_tf import train
     from qrec_tf.config import load_config
@@ -56,7 +55,9 @@ def build_model(root: str, overrides: list[str]) -> tuple[str, str]:
         "train.epochs=1", "train.steps_per_epoch=20", "train.validation_steps=2", *overrides])
     train.train(config, data, model, verbose=0)
     E.export(model, base, data)
-    return base, data
+    no_xla = os.path.join(root, "export_no_xla", MODEL_NAME)
+    E.export(model, no_xla, data, xla=False)
+    return base, no_xla, data
 
 
 def newest_version(base: str) -> str:
@@ -100,8 +101,8 @@ def main() -> None:
         parser.error("--export and --data go together")
     if args.export and args.set:
         parser.error("--set applies to the model built here, not to --export")
-    base, data = (args.export, args.data) if args.export else build_model(args.work_dir,
-                                                                            args.set)
+    base, no_xla, data = ((args.export, None, args.data) if args.export
+                          else build_model(args.work_dir, args.set))
     version_dir = newest_version(base)
     user_id, context, candidates = request_from_data(data, None, args.candidates)
     n = len(candidates[S.ITEM_ID])
@@ -128,16 +129,18 @@ def main() -> None:
     assert np.allclose(by_candidates, by_rows, atol=1e-5), "the two signatures disagree"
     row_inputs = {name: value.numpy() for name, value in row_tensors.items()}
 
-    xla = os.environ.get("TF_XLA_FLAGS", "")
     print(f"model {version_dir}; user {user_id} x {n} candidates; {args.requests} requests per "
-          f"path, one at a time; XLA auto-clustering "
-          f"{'on' if 'tf_xla_auto_jit' in xla else 'off'} (TF_XLA_FLAGS={xla!r})", flush=True)
-    results = {
-        "in-process score_candidates": measure(
-            lambda: score_fn(**score_tensors)[E.OUTPUT_KEY].numpy(), args.requests),
-        "in-process serving_default (200 rows)": measure(
-            lambda: rows_fn(**row_tensors)[E.OUTPUT_KEY].numpy(), args.requests),
-    }
+          "path, one at a time", flush=True)
+    results = {"in-process score_candidates": measure(
+        lambda: score_fn(**score_tensors)[E.OUTPUT_KEY].numpy(), args.requests)}
+    if no_xla:
+        plain_fn = tf.saved_model.load(newest_version(no_xla)).signatures[E.SCORE_CANDIDATES]
+        assert np.allclose(plain_fn(**score_tensors)[E.OUTPUT_KEY].numpy()[0], by_candidates,
+                           atol=1e-5), "the --no-xla export disagrees"
+        results["in-process score_candidates, --no-xla"] = measure(
+            lambda: plain_fn(**score_tensors)[E.OUTPUT_KEY].numpy(), args.requests)
+    results["in-process serving_default (200 rows)"] = measure(
+        lambda: rows_fn(**row_tensors)[E.OUTPUT_KEY].numpy(), args.requests)
     rest_port, grpc_port = free_port(), free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "serving.local_server", "--model_name", MODEL_NAME,
@@ -146,7 +149,7 @@ def main() -> None:
     try:
         for protocol, port in (("REST", rest_port), ("gRPC", grpc_port)):
             with ServingClient(f"127.0.0.1:{port}", MODEL_NAME, protocol.lower(),
-                               timeout=120) as client:  # XLA compiles on first calls
+                               timeout=120) as client:
                 client.wait_until_available(timeout=180)
                 remote = client.score_candidates(context, candidates)
                 assert np.allclose(remote, by_candidates, atol=1e-5), f"{protocol} disagrees"

@@ -62,22 +62,51 @@ class DINAttention(keras.layers.Layer):
              ) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]:
         """`queries_per_key_row`: when given, keys [users, seq_len, dim] and mask [users,
         seq_len] each serve that many consecutive query rows (query [users * n, dim]: one user's
-        candidates); what depends on the keys alone is then computed once per user."""
+        candidates; weights [users * n, seq_len]); what depends on the keys alone is computed once
+        per user and the keys are broadcast, never repeated."""
         mask = ops.cast(mask, "bool")
         keys = ops.where(ops.expand_dims(mask, -1), keys, ops.zeros_like(keys))
-        x = self._key_part(keys)                                            # [.., seq, units]
-        if queries_per_key_row is not None:
-            keys, mask, x = (ops.repeat(t, queries_per_key_row, axis=0) for t in (keys, mask, x))
-        x = x + self._query_part(query, keys)
+        if queries_per_key_row is None:
+            return self._pool(query, keys, mask, training, return_weights)
+        users = ops.shape(keys)[0]
+        query = ops.reshape(query, (users, -1, query.shape[-1]))           # [users, n, dim]
+        pooled, weights = self._pool_candidates(query, keys, mask, training)
+        pooled = ops.reshape(pooled, (-1, keys.shape[-1]))
+        return (pooled, ops.reshape(weights, (-1, ops.shape(keys)[1]))) if return_weights \
+            else pooled
+
+    def _pool(self, query, keys, mask, training, return_weights):
+        """One key row per query: query [batch, dim], keys [batch, seq_len, dim]."""
+        x = self._key_part(keys) + self._query_part(query[:, None, :], keys)
+        weights = self._weights(x, mask, training)
+        pooled = ops.sum(ops.expand_dims(weights, -1) * keys, axis=1)      # [batch, dim]
+        return (pooled, weights) if return_weights else pooled
+
+    def _pool_candidates(self, query, keys, mask, training=None):
+        """query [users, n, dim], keys [users, seq_len, dim], mask [users, seq_len] ->
+        (pooled [users, n, dim], weights [users, n, seq_len])."""
+        keys_b = ops.expand_dims(keys, 1)                                   # [users, 1, seq, dim]
+        x = ops.expand_dims(self._key_part(keys), 1) + self._query_part(
+            ops.expand_dims(query, 2), keys_b)                              # [users, n, seq, units]
+        weights = self._weights(x, ops.expand_dims(mask, 1), training)     # [users, n, seq]
+        return ops.einsum("uns,usd->und", weights, keys), weights
+
+    def _weights(self, x, mask, training):
+        """First-layer pre-activations x [..., seq_len, units] -> attention weights [...,
+        seq_len]; mask [..., seq_len] broadcasts against them."""
+        dice_mask = None
+        if self.dice_layers and training:
+            dice_mask = ops.broadcast_to(mask, ops.shape(x)[:-1])
         for i, dense in enumerate(self.dense_layers):
             if i:
                 x = dense(x)
             elif dense.activation is not None:
                 x = dense.activation(x)
             if self.dice_layers:
-                x = self.dice_layers[i](x, training=training, mask=mask)
+                x = self.dice_layers[i](x, training=training, mask=dice_mask)
         # float32: the softmax's large negative fill would overflow float16.
-        scores = ops.cast(ops.squeeze(self.score_dense(x), -1), "float32")  # [batch, seq_len]
+        scores = ops.cast(ops.squeeze(self.score_dense(x), -1), "float32")  # [..., seq_len]
+        mask = ops.broadcast_to(mask, ops.shape(scores))
         if self.use_softmax:
             scores = ops.where(mask, scores, ops.full_like(scores, -1e9))
             weights = ops.softmax(scores, axis=-1)
@@ -85,9 +114,7 @@ class DINAttention(keras.layers.Layer):
             weights = scores
         # Also what zeroes a row without valid positions (its softmax is uniform over padding).
         weights = ops.where(mask, weights, ops.zeros_like(weights))
-        weights = ops.cast(weights, keys.dtype)
-        pooled = ops.sum(ops.expand_dims(weights, -1) * keys, axis=1)      # [batch, dim]
-        return (pooled, weights) if return_weights else pooled
+        return ops.cast(weights, x.dtype)
 
     # dense0([q, k, q - k, q * k]) without building the [batch, seq_len, 4 * dim] input: with the
     # kernel's row blocks W_q, W_k, W_d, W_p it is k (W_k - W_d) + (q * k) W_p + q (W_q + W_d) + b.
@@ -105,15 +132,14 @@ class DINAttention(keras.layers.Layer):
         return ops.matmul(keys, w_k - w_d)
 
     def _query_part(self, query: tf.Tensor, keys: tf.Tensor) -> tf.Tensor:
-        """(q * k) W_p + q (W_q + W_d) + b: [batch, dim], [batch, seq_len, dim] -> [batch,
-        seq_len, units]."""
+        """(q * k) W_p + q (W_q + W_d) + b: query [..., 1, dim] and keys [..., seq_len, dim]
+        (broadcasting) -> [..., seq_len, units]."""
         dense = self.dense_layers[0]
         w_q, _, w_d, w_p = self._kernel_blocks(keys.dtype)
-        per_row = ops.matmul(query, w_q + w_d)                              # [batch, units]
+        per_row = ops.matmul(query, w_q + w_d)                              # [..., 1, units]
         if dense.use_bias:
             per_row = per_row + ops.cast(dense.bias, keys.dtype)
-        per_position = ops.matmul(ops.expand_dims(query, 1) * keys, w_p)
-        return per_position + ops.expand_dims(per_row, 1)
+        return ops.matmul(query * keys, w_p) + per_row
 
     def compute_mask(self, inputs: Any, previous_mask: Any = None) -> None:
         # `mask` is an explicit argument consumed here: no Keras mask rides on the outputs (and

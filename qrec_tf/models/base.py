@@ -9,6 +9,7 @@ model serves raw ids. Output of `call`: click probability, float32 [batch].
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Mapping
 
 import keras
@@ -21,6 +22,8 @@ from qrec_tf.layers.id_lookup import lookup_size, make_lookup
 
 # Item features embedded by item_representation; the item group's others join the CTR input alone.
 ITEM_REPRESENTATION = (S.ITEM_ID, S.CATEGORY_ID, S.SUBCATEGORY_ID)
+# score_candidates pads the candidate count up to a multiple of this before XLA compiles it.
+CANDIDATE_BUCKET = 32
 
 
 @dataclasses.dataclass
@@ -32,6 +35,15 @@ class Vocabularies:
     def size(self, vocab: str) -> int:
         """Embedding rows for a vocabulary: padding + OOV + values."""
         return lookup_size(self.values[vocab])
+
+
+def _next_power_of_two(n: tf.Tensor) -> tf.Tensor:
+    """Smallest power of two >= n (int32 scalar, n >= 1)."""
+    power = tf.bitwise.left_shift(1, tf.cast(tf.math.ceil(tf.math.log(tf.cast(
+        n, tf.float64)) / math.log(2.0)), tf.int32))
+    # A float log can land one off at exact powers of two: correct it both ways.
+    power = tf.where(power < n, power * 2, power)
+    return tf.where(power // 2 >= n, power // 2, power)
 
 
 class CTRModel(keras.Model):
@@ -66,6 +78,10 @@ class CTRModel(keras.Model):
         self.auc = keras.metrics.AUC(num_thresholds=2000, name="auc")
         self.bce = keras.losses.BinaryCrossentropy(from_logits=True,
                                                    reduction="sum_over_batch_size")
+        # Deployment switches, not hyper-parameters: qrec_tf.export sets compile_scoring.
+        self.compile_scoring = False
+        self._compiled_scoring = None
+        self._inputs_are_indices = False
 
     @classmethod
     def data_constants(cls, config: ModelConfig, data_dir: str, schema: S.Schema,
@@ -79,6 +95,8 @@ class CTRModel(keras.Model):
 
     def lookup(self, feature: str, values: tf.Tensor) -> tf.Tensor:
         """Raw values of a schema feature -> indices (0 pad, 1 OOV)."""
+        if self._inputs_are_indices:   # inside score_candidates' XLA part: looked up already
+            return values
         return self.lookups[self.schema.feature(feature).vocab](values)
 
     def embed(self, feature: str, indices: tf.Tensor) -> tf.Tensor:
@@ -121,13 +139,49 @@ class CTRModel(keras.Model):
 
     def score_candidates(self, context: Mapping[str, tf.Tensor],
                          candidates: Mapping[str, tf.Tensor]) -> tf.Tensor:
-        """Click probabilities of each user's candidate items, float32 [users, N].
+        """Click probabilities of each user's candidate items, float32 [users, N] (the
+        `score_candidates` serving signature).
 
         `context`: every non-item model feature, [users, *shape]; `candidates`: the item features
-        (schema group "item"), [users, N]. This default repeats each user's context N times and
-        calls the model; a model whose user side does not depend on the item overrides it to
-        compute that side once per user (the `score_candidates` serving signature).
+        (schema group "item"), [users, N]. With `compile_scoring` set (the export sets it), the
+        vocabulary lookups run first and everything after them runs as one XLA computation, with
+        N padded up to a multiple of CANDIDATE_BUCKET so that XLA compiles once per bucket rather
+        than once per candidate count.
         """
+        if not self.compile_scoring:
+            return self.score_candidate_features(context, candidates)
+        index = self.index_features
+        context, candidates = index(context), index(candidates)
+        users, n = tf.unstack(tf.shape(candidates[S.ITEM_ID]))
+        # Padding users and candidates are index 0 everywhere (the padding rows); their scores
+        # are cut off below. Users are padded to a power of two, candidates to a multiple of
+        # CANDIDATE_BUCKET: a bounded number of shapes to compile under request batching.
+        extra_users = _next_power_of_two(users) - users
+        extra_n = (CANDIDATE_BUCKET - n % CANDIDATE_BUCKET) % CANDIDATE_BUCKET
+        context = {name: tf.pad(values, [[0, extra_users]] + [[0, 0]] * (len(values.shape) - 1))
+                   for name, values in context.items()}
+        candidates = {name: tf.pad(values, [[0, extra_users], [0, extra_n]])
+                      for name, values in candidates.items()}
+        if self._compiled_scoring is None:
+            self._compiled_scoring = tf.function(self.score_candidate_features,
+                                                 jit_compile=True)
+        self._inputs_are_indices = True   # read while the compiled function traces
+        try:
+            scores = self._compiled_scoring(context, candidates)
+        finally:
+            self._inputs_are_indices = False
+        return scores[:users, :n]
+
+    def index_features(self, features: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """Raw features -> vocabulary indices (a feature without a vocabulary as it is)."""
+        return {name: self.lookup(name, values) if self.schema.feature(name).vocab else values
+                for name, values in features.items()}
+
+    def score_candidate_features(self, context: Mapping[str, tf.Tensor],
+                                 candidates: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        """score_candidates without the compilation. This default repeats each user's context N
+        times and calls the model; a model whose user side does not depend on the item overrides
+        it to compute that side once per user."""
         shape = tf.shape(candidates[S.ITEM_ID])
         rows = {name: tf.reshape(values, [-1]) for name, values in candidates.items()}
         rows.update({name: tf.repeat(values, shape[1], axis=0)

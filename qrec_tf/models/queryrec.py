@@ -136,8 +136,8 @@ class QueryRecModel(CTRModel):
         hidden = self.ctr_mlp(tf.concat(parts, axis=-1), training=training)
         return {"logits": tf.squeeze(self.ctr_logit(hidden), -1)}
 
-    def score_candidates(self, context: Mapping[str, tf.Tensor],
-                         candidates: Mapping[str, tf.Tensor]) -> tf.Tensor:
+    def score_candidate_features(self, context: Mapping[str, tf.Tensor],
+                                 candidates: Mapping[str, tf.Tensor]) -> tf.Tensor:
         # The user side (lookups, embeddings, the query encoder) once per user, not per item.
         shape = tf.shape(candidates[S.ITEM_ID])
         user = self.encode_user(context, training=False)

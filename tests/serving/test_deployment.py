@@ -139,6 +139,7 @@ def test_the_docker_run_flags_name_files_that_exist(source):
         cmd = [args for keyword, args in serving if keyword == "CMD"][0]
         flags = dict(re.findall(r'"--(\w+)=([^"]+)"', cmd))
     assert flags["enable_batching"] == "true"
+    assert flags["xla_cpu_compilation_enabled"] == "true"   # score_candidates runs on XLA
     assert (flags["rest_api_port"], flags["port"]) == ("8501", "8500")
     for flag in ("model_config_file", "batching_parameters_file", "monitoring_config_file"):
         assert flags[flag].startswith("/config/")

@@ -11,7 +11,8 @@ from qrec_tf.models.base import Vocabularies
 from qrec_tf.models.iv4rec import IV4RecModel, instrument_tables
 from qrec_tf.models.ple import PLEModel
 from qrec_tf.models.sesrec import SESRecModel
-from tests.qrec_tf.models.test_queryrec import SCHEMA, TINY, VOCABS, batch, score, with_other
+from tests.qrec_tf.models.test_queryrec import (SCHEMA, TINY, VOCABS, assert_compiled_scoring_matches,
+                                                batch, score, with_other)
 
 # The schema, vocabularies, random batches and helpers of the other models' tests.
 TINY = [*TINY, "model.ple_expert_units=[8]", "model.iv_units=[8]"]
@@ -163,3 +164,8 @@ def test_instrument_table_by_hand():
     assert item_queries.tolist() == [[0, 0], [0, 0], [3, 2], [2, 3], [2, 0]]
     # word indices: 7 -> 2, 8 -> 3, 9 -> 4; word 5 is not in the vocabulary (OOV 1)
     assert query_words.tolist() == [[0, 0], [0, 0], [2, 3], [4, 0], [1, 0]]
+
+
+@pytest.mark.parametrize("cls, name", MODELS)
+def test_compiled_scoring_equals_the_plain_one(cls, name):
+    assert_compiled_scoring_matches(built(cls, name))

@@ -167,3 +167,35 @@ def test_score_candidates_equals_scoring_every_row(name):
     rows = {**{n: np.repeat(v, 3, axis=0) for n, v in context.items()},
             **{n: candidates[n] for n in item_names}}
     np.testing.assert_allclose(scores.reshape(-1), score(model, rows), rtol=1e-5, atol=1e-6)
+
+
+def assert_compiled_scoring_matches(model, candidates_per_user=37, n_users=3):
+    """compile_scoring (what the export sets): lookups, then one XLA computation over the
+    users and candidates padded to buckets; the scores of the uncompiled path, in the request's
+    shape."""
+    users = batch(seed=3, size=n_users)
+    candidates = batch(seed=4, size=n_users * candidates_per_user)
+    item_names = [f.name for f in SCHEMA.group("item")]
+    context = {n: v for n, v in users.items() if n not in item_names}
+    grid = {n: candidates[n].reshape(n_users, candidates_per_user) for n in item_names}
+    plain = model.score_candidates(context, grid).numpy()
+    model.compile_scoring = True
+    try:
+        compiled = model.score_candidates(context, grid).numpy()
+    finally:
+        model.compile_scoring = False
+    assert compiled.shape == plain.shape == (n_users, candidates_per_user)
+    np.testing.assert_allclose(compiled, plain, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["din", "din_nip", "queryrec", "dcn"])
+def test_compiled_scoring_equals_the_plain_one(name):
+    assert_compiled_scoring_matches(build(name))
+
+
+def test_next_power_of_two():
+    from qrec_tf.models.base import _next_power_of_two
+    got = [int(_next_power_of_two(tf.constant(n))) for n in range(1, 70)]
+    assert got == [1 << (n - 1).bit_length() for n in range(1, 70)]
+    assert int(_next_power_of_two(tf.constant(4096))) == 4096
+    assert int(_next_power_of_two(tf.constant(4097))) == 8192
