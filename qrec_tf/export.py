@@ -16,8 +16,8 @@ Signatures (shared/DESIGN.md, "Serving signatures"); names, dtypes and shapes co
 - `score_candidates`: users' context once, their candidates as a matrix: every non-item model
   feature [U, *shape] and `candidate_<item feature>` [U, N] -> `ctr` float32 [U, N]. One user is
   U = 1; inside, the user side is computed once per user, and everything after the vocabulary
-  lookups runs as one XLA computation (N padded up to a multiple of 32: one compilation per
-  bucket). TF Serving needs `--xla_cpu_compilation_enabled=true` for it; `--no-xla` leaves XLA
+  lookups runs as one XLA computation (N padded by at most 1/8, users to a power of two: one
+  compilation per bucket). TF Serving needs `--xla_cpu_compilation_enabled=true` for it; `--no-xla` leaves XLA
   out. Every input has the
   users on axis 0 so
   that TF Serving's request batching (`--enable_batching`, which batches every signature and

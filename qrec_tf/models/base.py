@@ -22,8 +22,10 @@ from qrec_tf.layers.id_lookup import lookup_size, make_lookup
 
 # Item features embedded by item_representation; the item group's others join the CTR input alone.
 ITEM_REPRESENTATION = (S.ITEM_ID, S.CATEGORY_ID, S.SUBCATEGORY_ID)
-# score_candidates pads the candidate count up to a multiple of this before XLA compiles it.
-CANDIDATE_BUCKET = 32
+# score_candidates pads the candidate count n before XLA compiles it: up to a multiple of
+# max(MIN_CANDIDATE_STEP, the largest power of two <= n / 8), i.e. at most 1/8 more work and eight
+# shapes per doubling of n.
+MIN_CANDIDATE_STEP = 8
 
 
 @dataclasses.dataclass
@@ -44,6 +46,12 @@ def _next_power_of_two(n: tf.Tensor) -> tf.Tensor:
     # A float log can land one off at exact powers of two: correct it both ways.
     power = tf.where(power < n, power * 2, power)
     return tf.where(power // 2 >= n, power // 2, power)
+
+
+def _candidate_bucket(n: tf.Tensor) -> tf.Tensor:
+    """The candidate count n (int32 scalar >= 1) rounded up to its XLA bucket."""
+    step = tf.maximum(MIN_CANDIDATE_STEP, _next_power_of_two(n + 1) // 16)
+    return n + (step - n % step) % step
 
 
 class CTRModel(keras.Model):
@@ -145,8 +153,8 @@ class CTRModel(keras.Model):
         `context`: every non-item model feature, [users, *shape]; `candidates`: the item features
         (schema group "item"), [users, N]. With `compile_scoring` set (the export sets it), the
         vocabulary lookups run first and everything after them runs as one XLA computation, with
-        N padded up to a multiple of CANDIDATE_BUCKET so that XLA compiles once per bucket rather
-        than once per candidate count.
+        the users padded to a power of two and N to a bucket (MIN_CANDIDATE_STEP) so that XLA
+        compiles once per bucket rather than once per request shape.
         """
         if not self.compile_scoring:
             return self.score_candidate_features(context, candidates)
@@ -157,7 +165,7 @@ class CTRModel(keras.Model):
         # are cut off below. Users are padded to a power of two, candidates to a multiple of
         # CANDIDATE_BUCKET: a bounded number of shapes to compile under request batching.
         extra_users = _next_power_of_two(users) - users
-        extra_n = (CANDIDATE_BUCKET - n % CANDIDATE_BUCKET) % CANDIDATE_BUCKET
+        extra_n = _candidate_bucket(n) - n
         context = {name: tf.pad(values, [[0, extra_users]] + [[0, 0]] * (len(values.shape) - 1))
                    for name, values in context.items()}
         candidates = {name: tf.pad(values, [[0, extra_users], [0, extra_n]])

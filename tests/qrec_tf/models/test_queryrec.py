@@ -199,3 +199,12 @@ def test_next_power_of_two():
     assert got == [1 << (n - 1).bit_length() for n in range(1, 70)]
     assert int(_next_power_of_two(tf.constant(4096))) == 4096
     assert int(_next_power_of_two(tf.constant(4097))) == 8192
+
+
+def test_candidate_buckets_waste_at_most_an_eighth():
+    from qrec_tf.models.base import _candidate_bucket
+    got = {n: int(_candidate_bucket(tf.constant(n))) for n in range(1, 1100)}
+    assert [got[n] for n in (1, 8, 9, 37, 100, 200, 255, 256, 257, 1000)] == [
+        8, 8, 16, 40, 104, 208, 256, 256, 288, 1024]
+    assert all(n <= got[n] <= n + max(7, n / 8) for n in got)
+    assert len(set(got.values())) < 90          # a bounded number of shapes to compile
