@@ -17,11 +17,10 @@ Signatures (shared/DESIGN.md, "Serving signatures"); names, dtypes and shapes co
   feature [U, *shape] and `candidate_<item feature>` [U, N] -> `ctr` float32 [U, N]. One user is
   U = 1; inside, the user side is computed once per user, and everything after the vocabulary
   lookups runs as one XLA computation (N padded by at most 1/8, users to a power of two: one
-  compilation per bucket). TF Serving needs `--xla_cpu_compilation_enabled=true` for it; `--no-xla` leaves XLA
-  out. Every input has the
-  users on axis 0 so
-  that TF Serving's request batching (`--enable_batching`, which batches every signature and
-  rejects inputs whose 0th dimensions differ) can batch these requests too.
+  compilation per bucket). TF Serving needs `--xla_cpu_compilation_enabled=true` for it;
+  `--no-xla` leaves XLA out. Every input has the users on axis 0 so that TF Serving's request
+  batching (`--enable_batching`, which batches every signature and rejects inputs whose 0th
+  dimensions differ) can batch these requests too.
 - `from_examples`: serialized tf.Example [B] (`examples`), parsed with the schema's spec minus the
   label, the training-only targets and the timestamp -> `ctr` float32 [B].
 
@@ -355,7 +354,7 @@ def main(argv=None) -> int:
                         help="version number (default: the largest existing version + 1)")
     parser.add_argument("--no-xla", dest="xla", action="store_false",
                         help="score_candidates without XLA (for a TF Serving that cannot run "
-                             "--xla_cpu_compilation_enabled=true; about 4x slower on CPU)")
+                             "--xla_cpu_compilation_enabled=true; about 1.5x slower on CPU)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:

@@ -162,8 +162,8 @@ class CTRModel(keras.Model):
         context, candidates = index(context), index(candidates)
         users, n = tf.unstack(tf.shape(candidates[S.ITEM_ID]))
         # Padding users and candidates are index 0 everywhere (the padding rows); their scores
-        # are cut off below. Users are padded to a power of two, candidates to a multiple of
-        # CANDIDATE_BUCKET: a bounded number of shapes to compile under request batching.
+        # are cut off below. Users are padded to a power of two, candidates by at most 1/8
+        # (_candidate_bucket): a bounded number of shapes to compile under request batching.
         extra_users = _next_power_of_two(users) - users
         extra_n = _candidate_bucket(n) - n
         context = {name: tf.pad(values, [[0, extra_users]] + [[0, 0]] * (len(values.shape) - 1))
