@@ -66,47 +66,39 @@ class DINAttention(keras.layers.Layer):
         per user and the keys are broadcast, never repeated."""
         mask = ops.cast(mask, "bool")
         keys = ops.where(ops.expand_dims(mask, -1), keys, ops.zeros_like(keys))
-        if queries_per_key_row is None:
-            return self._pool(query, keys, mask, training, return_weights)
+        # Without queries_per_key_row each key row serves one query: n = 1.
         users = ops.shape(keys)[0]
         query = ops.reshape(query, (users, -1, query.shape[-1]))           # [users, n, dim]
-        pooled, weights = self._pool_candidates(query, keys, mask, training)
+        pooled, weights = self._pool(query, keys, mask, training)
         pooled = ops.reshape(pooled, (-1, keys.shape[-1]))
         return (pooled, ops.reshape(weights, (-1, ops.shape(keys)[1]))) if return_weights \
             else pooled
 
-    def _pool(self, query, keys, mask, training, return_weights):
-        """One key row per query: query [batch, dim], keys [batch, seq_len, dim]."""
-        x = self._key_part(keys) + self._query_part(query[:, None, :], keys)
-        weights = self._weights(x, mask, training)
-        pooled = ops.sum(ops.expand_dims(weights, -1) * keys, axis=1)      # [batch, dim]
-        return (pooled, weights) if return_weights else pooled
-
-    def _pool_candidates(self, query, keys, mask, training=None):
+    def _pool(self, query, keys, mask, training=None):
         """query [users, n, dim], keys [users, seq_len, dim], mask [users, seq_len] ->
         (pooled [users, n, dim], weights [users, n, seq_len])."""
-        keys_b = ops.expand_dims(keys, 1)                                   # [users, 1, seq, dim]
         x = ops.expand_dims(self._key_part(keys), 1) + self._query_part(
-            ops.expand_dims(query, 2), keys_b)                              # [users, n, seq, units]
-        weights = self._weights(x, ops.expand_dims(mask, 1), training)     # [users, n, seq]
+            ops.expand_dims(query, 2), ops.expand_dims(keys, 1))           # [users, n, seq, units]
+        users, seq_len = ops.shape(keys)[0], ops.shape(keys)[1]
+        # The score MLP (and Dice's batch statistics) sees [users * n, seq_len, units] rows.
+        mask = ops.reshape(ops.broadcast_to(ops.expand_dims(mask, 1), ops.shape(x)[:-1]),
+                           (-1, seq_len))
+        weights = self._weights(ops.reshape(x, (-1, seq_len, x.shape[-1])), mask, training)
+        weights = ops.reshape(weights, (users, -1, seq_len))
         return ops.einsum("uns,usd->und", weights, keys), weights
 
     def _weights(self, x, mask, training):
-        """First-layer pre-activations x [..., seq_len, units] -> attention weights [...,
-        seq_len]; mask [..., seq_len] broadcasts against them."""
-        dice_mask = None
-        if self.dice_layers and training:
-            dice_mask = ops.broadcast_to(mask, ops.shape(x)[:-1])
+        """First-layer pre-activations x [rows, seq_len, units], mask [rows, seq_len] ->
+        attention weights [rows, seq_len]."""
         for i, dense in enumerate(self.dense_layers):
             if i:
                 x = dense(x)
             elif dense.activation is not None:
                 x = dense.activation(x)
             if self.dice_layers:
-                x = self.dice_layers[i](x, training=training, mask=dice_mask)
+                x = self.dice_layers[i](x, training=training, mask=mask)
         # float32: the softmax's large negative fill would overflow float16.
-        scores = ops.cast(ops.squeeze(self.score_dense(x), -1), "float32")  # [..., seq_len]
-        mask = ops.broadcast_to(mask, ops.shape(scores))
+        scores = ops.cast(ops.squeeze(self.score_dense(x), -1), "float32")  # [rows, seq_len]
         if self.use_softmax:
             scores = ops.where(mask, scores, ops.full_like(scores, -1e9))
             weights = ops.softmax(scores, axis=-1)
