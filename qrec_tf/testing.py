@@ -50,4 +50,18 @@ def random_batch(schema: S.Schema, vocabularies: Vocabularies, batch_size: int,
             padded = np.arange(length)[None, :] < (length - real)[:, None]   # [batch, length]
             drawn[padded] = f.pad.decode() if f.dtype == "string" else f.pad
         features[f.name] = drawn.astype(bytes) if f.dtype == "string" else drawn
+    _words_follow_keys(features, vocabularies, schema.max_query_words)
     return features, rng.integers(0, 2, batch_size)
+
+
+def _words_follow_keys(features: dict, vocabularies: Vocabularies, n_words: int) -> None:
+    """Gives every query key the same word ids wherever it occurs, as in the Beam job's output
+    (both come from the query's text): each key of the vocabulary has a fixed random word list."""
+    keys = features[S.QUERY_KEYS]
+    vocab = vocabularies.values[S.VOCAB_QUERIES]
+    words = np.asarray(vocabularies.values[S.VOCAB_WORDS], np.int64)
+    table = words[np.random.default_rng(len(vocab)).integers(0, len(words),
+                                                             (len(vocab), n_words))]
+    row = {key.encode(): i for i, key in enumerate(vocab)}
+    for index in zip(*np.nonzero(keys != S.PAD_KEY)):
+        features[S.QUERY_WORD_IDS][index] = table[row[keys[index]]]

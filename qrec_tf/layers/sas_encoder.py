@@ -21,7 +21,9 @@ class SASBlock(keras.layers.Layer):
     they never carry values into the next block.
 
     Call: x [batch, seq_len, dim], attention_mask bool [batch, seq_len, seq_len] (query position,
-    key position; True = may attend), mask bool [batch, seq_len] -> [batch, seq_len, dim].
+    key position; True = may attend), mask bool [batch, seq_len] -> [batch, seq_len, dim]; with
+    `last_only=True` only the last position's output [batch, 1, dim] (the same values: attention
+    reads every position as a key, the rest is position-wise).
     """
 
     def __init__(self, dim: int, num_heads: int = 1, dropout: float = 0.2,
@@ -50,9 +52,12 @@ class SASBlock(keras.layers.Layer):
         self.ffn_out.build((None, None, self.ffn_dim or self.dim))
 
     def call(self, x: tf.Tensor, attention_mask: tf.Tensor, mask: tf.Tensor,
-             training: bool | None = None) -> tf.Tensor:
-        h = x + self.attention(self.attention_norm(x), x, attention_mask=attention_mask,
-                               training=training)
+             training: bool | None = None, last_only: bool = False) -> tf.Tensor:
+        queries = x
+        if last_only:
+            queries, attention_mask, mask = x[:, -1:], attention_mask[:, -1:], mask[:, -1:]
+        h = queries + self.attention(self.attention_norm(queries), x,
+                                     attention_mask=attention_mask, training=training)
         f = self.ffn_in(self.ffn_norm(h))
         f = self.ffn_out(self.ffn_dropout(f, training=training))
         h = h + self.output_dropout(f, training=training)
@@ -117,8 +122,12 @@ class SASEncoder(keras.layers.Layer):
         h = ops.where(real, self.input_dropout(h, training=training), ops.zeros_like(h))
         causal = ops.tril(ops.ones((seq_len, seq_len), dtype="bool"))
         attention_mask = ops.logical_and(ops.expand_dims(causal, 0), ops.expand_dims(mask, 1))
-        for block in self.blocks:
-            h = block(h, attention_mask, mask, training=training)
+        for i, block in enumerate(self.blocks):
+            # Only the last position is returned: the last block computes it alone.
+            last_only = not return_sequences and i == len(self.blocks) - 1
+            h = block(h, attention_mask, mask, training=training, last_only=last_only)
+        if not return_sequences:
+            h, real = h[:, -1:], real[:, -1:]
         h = self.final_norm(h)
         h = ops.where(real, h, ops.zeros_like(h))
         return h if return_sequences else h[:, -1, :]

@@ -26,6 +26,7 @@ from qrec_tf.config import ModelConfig
 from qrec_tf.layers.contrastive import BilinearSimilarity
 from qrec_tf.layers.din_attention import DINAttention
 from qrec_tf.layers.embedding import SparseEmbedding
+from qrec_tf.layers.id_lookup import OOV_INDEX
 from qrec_tf.layers.query_embedding import QueryEmbedding
 from qrec_tf.layers.sas_encoder import SASEncoder
 from qrec_tf.models.base import CTRModel, Vocabularies, mlp
@@ -108,11 +109,34 @@ class QueryRecModel(CTRModel):
             query_idx = self.lookup(S.QUERY_KEYS, features[S.QUERY_KEYS])
             word_idx = self.lookup(S.QUERY_WORD_IDS, features[S.QUERY_WORD_IDS])
             user["query_idx"] = query_idx
-            user["queries"] = self.query_embedding(query_idx, word_idx)          # [rows, Q, d]
+            user["queries"] = self.embed_queries(query_idx, word_idx, training)  # [rows, Q, d]
         if self.config.query_encoder:
             user["e_qt"] = self.query_encoder(user["queries"], user["query_idx"] != 0,
                                               training=training)               # [rows, d]
         return user
+
+    def embed_queries(self, query_idx: tf.Tensor, word_idx: tf.Tensor,
+                      training: bool = False) -> tf.Tensor:
+        """Query vectors [rows, Q, dim] of query indices [rows, Q] and word indices [rows, Q, W].
+
+        In training each distinct query of the batch is embedded once and its vector shared by
+        the slots that hold it. A batch repeats queries and padding many times over, and the
+        optimizer's cost follows the gradient's rows: one per distinct query instead of one per
+        slot (and W word rows each). The values are the same, because a query's key determines
+        its words (the Beam job derives both from the query's text); OOV keys (queries unseen in
+        training) are told apart by slot. Inference embeds every slot: XLA, which compiles the
+        serving path, has no unique, and one user's queries repeat little.
+        """
+        if not training:
+            return self.query_embedding(query_idx, word_idx)
+        keys = tf.reshape(query_idx, [-1])
+        slots = tf.range(tf.size(keys, out_type=keys.dtype), dtype=keys.dtype)
+        distinct, slot_to_distinct = tf.unique(tf.where(keys == OOV_INDEX, -1 - slots, keys))
+        first_slot = tf.math.unsorted_segment_min(slots, slot_to_distinct, tf.size(distinct))
+        words = tf.gather(tf.reshape(word_idx, [tf.size(keys), -1]), first_slot)
+        vectors = self.query_embedding(tf.gather(keys, first_slot), words)   # [distinct, dim]
+        return tf.reshape(tf.gather(vectors, slot_to_distinct),
+                          tf.concat([tf.shape(query_idx), [self.config.embedding_dim]], 0))
 
     def forward_items(self, user: dict, features: Mapping[str, tf.Tensor],
                       training: bool = False, items_per_user: tf.Tensor | None = None) -> dict:

@@ -113,6 +113,32 @@ def test_auxiliary_losses_only_in_training(name, expected):
     assert not model.forward(features, training=False).get("aux_losses")
 
 
+def test_training_embeds_each_distinct_query_once_with_the_same_vectors():
+    model, features = build("queryrec"), batch(size=8)
+    keys = model.lookup(S.QUERY_KEYS, features[S.QUERY_KEYS]).numpy()
+    words = model.lookup(S.QUERY_WORD_IDS, features[S.QUERY_WORD_IDS]).numpy()
+    # Two unseen queries (OOV key 1) with different words: each slot keeps its own.
+    keys[0, -1] = keys[1, -1] = 1
+    words[0, -1], words[1, -1] = [2, 3, 4], [5, 6, 7]
+    table = model.query_embedding.word_embedding.embeddings
+    with tf.GradientTape(persistent=True) as tape:
+        shared = model.embed_queries(tf.constant(keys), tf.constant(words), training=True)
+        per_slot = model.embed_queries(tf.constant(keys), tf.constant(words), training=False)
+        weights = tf.constant(np.random.default_rng(0).normal(size=shared.shape), tf.float32)
+        shared_loss, per_slot_loss = (tf.reduce_sum(v * weights) for v in (shared, per_slot))
+    np.testing.assert_allclose(shared.numpy(), per_slot.numpy(), rtol=1e-6, atol=1e-7)
+    assert not np.allclose(shared[0, -1], shared[1, -1])
+    shared_grad, per_slot_grad = tape.gradient(shared_loss, table), tape.gradient(per_slot_loss,
+                                                                                  table)
+    np.testing.assert_allclose(tf.convert_to_tensor(shared_grad).numpy(),
+                               tf.convert_to_tensor(per_slot_grad).numpy(), rtol=1e-5, atol=1e-6)
+    flat = keys.reshape(-1)
+    distinct = len(np.unique(np.where(flat == 1, -1 - np.arange(flat.size), flat)))
+    assert distinct < flat.size
+    assert shared_grad.indices.shape[0] == distinct * SCHEMA.max_query_words
+    assert per_slot_grad.indices.shape[0] == flat.size * SCHEMA.max_query_words
+
+
 @pytest.mark.parametrize("trains_items", [False, True])
 def test_nip_moves_the_item_embeddings_only_when_configured(trains_items):
     model = build("din_nip", None, f"model.nip_trains_items={str(trains_items).lower()}")
