@@ -7,7 +7,10 @@
    comparison. Target: ratio (2M / 10k) <= 1.5 for ours.
 2. Training examples/s of `din` and `queryrec` at batch 1024 (10k vocabulary), and the ratio of
    their step times. Target: queryrec / din <= 1.5.
-Batches are random ids drawn from the vocabularies (no data directory needed).
+Batches are random ids drawn from the vocabularies (no data directory needed). The five models
+(din: 10k and 2M items, each with LazyAdam and Adam; queryrec: 10k, LazyAdam) are built first and
+then take turns of a few steps each, so that the ratios compare steps timed in the same spells of
+this noisy machine; the figures are median step times.
 """
 
 from __future__ import annotations
@@ -32,41 +35,49 @@ from qrec_tf.optimizers import make_optimizer  # noqa: E402
 from qrec_tf.testing import random_batch, random_vocabularies  # noqa: E402
 
 
-def step_time(name: str, n_items: int, optimizer: str, batch: int, steps: int) -> float:
-    config = load_config(f"configs/{name}.yaml")
-    schema = S.Schema()
-    vocabs = random_vocabularies(n_items, n_words=80_000)
-    positives = None
-    if config.model.contrastive_weight:
-        rows = vocabs.size(S.VOCAB_QUERIES)
-        positives = np.random.default_rng(0).integers(2, vocabs.size(S.VOCAB_ITEMS),
-                                                      (rows, config.model.contrastive_positives))
-    keras.utils.set_random_seed(0)
-    model = MODELS[name][0](config.model, schema, vocabs, query_positives=positives)
-    model.compile(optimizer=make_optimizer(optimizer, 1e-3))
-    rng = np.random.default_rng(0)
-    batches = [random_batch(schema, vocabs, batch, rng) for _ in range(4)]
-    x = {k: np.concatenate([b[0][k] for b in batches]) for k in batches[0][0]}
-    y = np.concatenate([b[1] for b in batches])
-    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache().repeat()
-    model.fit(dataset, steps_per_epoch=5, epochs=1, verbose=0)  # trace + warm up
-    timer = StepTimer()
-    model.fit(dataset, steps_per_epoch=steps + 1, epochs=1, verbose=0, callbacks=[timer])
-    return float(np.mean(np.diff(timer.ends)))
+class Timed:
+    """A compiled model, its training-step function and data, and the times of its steps."""
+
+    def __init__(self, name: str, n_items: int, optimizer: str, batch: int):
+        config = load_config(f"configs/{name}.yaml")
+        schema = S.Schema()
+        vocabs = random_vocabularies(n_items, n_words=80_000)
+        positives = None
+        if config.model.contrastive_weight:
+            rows = vocabs.size(S.VOCAB_QUERIES)
+            positives = np.random.default_rng(0).integers(
+                2, vocabs.size(S.VOCAB_ITEMS), (rows, config.model.contrastive_positives))
+        keras.utils.set_random_seed(0)
+        self.model = MODELS[name][0](config.model, schema, vocabs, query_positives=positives)
+        self.model.compile(optimizer=make_optimizer(optimizer, 1e-3))
+        rng = np.random.default_rng(0)
+        batches = [random_batch(schema, vocabs, batch, rng) for _ in range(4)]
+        x = {k: np.concatenate([b[0][k] for b in batches]) for k in batches[0][0]}
+        y = np.concatenate([b[1] for b in batches])
+        dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache().repeat()
+        self.model.fit(dataset, steps_per_epoch=5, epochs=1, verbose=0)  # trace + warm up
+        self.step = self.model.make_train_function()
+        self.batches = iter(dataset)
+        self.times: list[float] = []
+
+    def run(self, steps: int) -> None:
+        for _ in range(steps):
+            started = time.perf_counter()
+            # The loss as a number: the step has run when the clock is read.
+            float(self.step(self.batches)["loss"])
+            self.times.append(time.perf_counter() - started)
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.times))
 
 
-class StepTimer(keras.callbacks.Callback):
-    """End time of every training step. Timing a whole fit() call instead measured its start and
-    end too: here those came to whole multiples of 10.24 s, which swamped the steps."""
-
-    def __init__(self):
-        super().__init__()
-        self.ends: list[float] = []
-
-    def on_train_batch_end(self, batch, logs=None):
-        # The loss as a number: the step has run when the timestamp is taken.
-        float(logs["loss"])
-        self.ends.append(time.perf_counter())
+def interleave(runs: list[Timed], steps: int, per_turn: int = 3) -> None:
+    """Takes turns of `per_turn` steps per model until each ran `steps`: a slow spell of this
+    (shared, noisy) machine then falls on every model alike instead of on whichever ran then."""
+    for _ in range(max(1, steps // per_turn)):
+        for run in runs:
+            run.run(per_turn)
 
 
 def main() -> None:
@@ -78,19 +89,26 @@ def main() -> None:
     args = parser.parse_args()
     b, n = args.batch_size, args.steps
 
-    print(f"1) din step time vs item vocabulary ({args.small:,} vs {args.large:,}), batch {b}")
+    runs = {(name, items, optimizer): Timed(name, items, optimizer, b) for name, items, optimizer in (
+        ("din", args.small, "lazy_adam"), ("din", args.large, "lazy_adam"),
+        ("din", args.small, "adam"), ("din", args.large, "adam"),
+        ("queryrec", args.small, "lazy_adam"))}
+    interleave(list(runs.values()), n)
+
+    print(f"median step times over {n} steps per model, the models taking turns ({b} examples "
+          "per step)")
+    print(f"1) din step time vs item vocabulary ({args.small:,} vs {args.large:,})")
     for optimizer in ("lazy_adam", "adam"):
-        small = step_time("din", args.small, optimizer, b, n)
-        large = step_time("din", args.large, optimizer, b, n)
+        small = runs["din", args.small, optimizer].median
+        large = runs["din", args.large, optimizer].median
         print(f"   {optimizer:9s}: {small * 1e3:7.1f} ms vs {large * 1e3:7.1f} ms  ->  ratio "
               f"{large / small:5.2f}" + ("   (target <= 1.5)" if optimizer == "lazy_adam" else ""))
 
-    print(f"2) throughput at batch {b}, {args.small:,} items, lazy_adam")
-    times = {name: step_time(name, args.small, "lazy_adam", b, n) for name in ("din", "queryrec")}
+    print(f"2) throughput, {args.small:,} items, lazy_adam")
+    times = {name: runs[name, args.small, "lazy_adam"].median for name in ("din", "queryrec")}
     for name, t in times.items():
         print(f"   {name:9s}: {t * 1e3:7.1f} ms/step  {b / t:9,.0f} examples/s")
     print(f"   queryrec / din step time: {times['queryrec'] / times['din']:.2f}   (target <= 1.5)")
-
 
 if __name__ == "__main__":
     main()
