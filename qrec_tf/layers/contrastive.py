@@ -17,6 +17,7 @@ class BilinearSimilarity(keras.layers.Layer):
     temperature of the contrastive loss alone sets how peaked it is.
 
     Call: a [batch, dim] with b [batch, n, dim] -> [batch, n], or b [batch, dim] -> [batch].
+    `pairwise(a, b)`: a [batch, dim] with b [n, dim] shared by every row -> [batch, n].
     """
 
     def __init__(self, dim: int, kernel_initializer: Any = "glorot_uniform", **kwargs: Any):
@@ -33,6 +34,10 @@ class BilinearSimilarity(keras.layers.Layer):
         if len(b.shape) == 2:
             return ops.tanh(ops.sum(projected * b, axis=-1))
         return ops.tanh(ops.einsum("bd,bnd->bn", projected, b))
+
+    def pairwise(self, a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+        """a [batch, dim], b [n, dim] -> s(a_i, b_j) [batch, n]: one matrix product."""
+        return ops.tanh(ops.matmul(ops.matmul(a, self.kernel), ops.transpose(b)))
 
     def get_config(self) -> dict:
         return {**super().get_config(), "dim": self.dim,

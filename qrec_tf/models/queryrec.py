@@ -178,14 +178,17 @@ class QueryRecModel(CTRModel):
         return losses.next_item_prediction_loss(e_qt, pos_vecs, pos != 0, neg_vecs, neg != 0)
 
     def _contrastive_loss(self, key_idx, last_query):
-        """Eq 15 for q^t = the user's last query: its positives vs uniformly sampled items."""
+        """Eq 15 for q^t = the user's last query: its positives vs items sampled uniformly once
+        per batch and shared by every example (as sampled softmax does): the negatives' cost,
+        embedding rows and their gradient, is then that of `contrastive_negatives` items, not of
+        that many per example."""
         positives = tf.gather(self.query_positives, key_idx[:, -1])           # [B, P]
-        batch = tf.shape(positives)[0]
-        negatives = tf.random.uniform([batch, self.config.contrastive_negatives], 2,
-                                      self.item_rows, dtype=tf.int64)
-        # A sampled item that is one of the query's positives is not a negative.
-        collides = tf.reduce_any(negatives[:, :, None] == positives[:, None, :], axis=-1)
-        pos_scores = self.similarity(last_query, self.embeddings[S.VOCAB_ITEMS](positives))
-        neg_scores = self.similarity(last_query, self.embeddings[S.VOCAB_ITEMS](negatives))
+        negatives = tf.random.uniform([self.config.contrastive_negatives], 2, self.item_rows,
+                                      dtype=tf.int64)                          # [N]
+        # A sampled item that is one of an example's positives is not a negative for it.
+        collides = tf.reduce_any(negatives[None, :, None] == positives[:, None, :], axis=-1)
+        items = self.embeddings[S.VOCAB_ITEMS]
+        pos_scores = self.similarity(last_query, items(positives))           # [B, P]
+        neg_scores = self.similarity.pairwise(last_query, items(negatives))  # [B, N]
         return losses.query_item_contrastive_loss(
             pos_scores, positives != 0, neg_scores, ~collides, self.config.contrastive_temperature)

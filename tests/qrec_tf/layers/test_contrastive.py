@@ -32,6 +32,12 @@ def test_single_item_per_row():
     np.testing.assert_allclose(scores, np.tanh([-2.5, 0.5]), rtol=1e-6)
 
 
+def test_pairwise_scores_every_row_against_shared_items():
+    scores = similarity().pairwise(A, B[0]).numpy()
+    # a^T W: row 0 [1, 3], row 1 [0.5, 0] against the items [1, 0], [0, 1], [0.5, -1]
+    np.testing.assert_allclose(scores, np.tanh([[1.0, 3.0, -2.5], [0.5, 0.0, 0.25]]), rtol=1e-6)
+
+
 def test_config_round_trip_and_serialization():
     layer = BilinearSimilarity(2, kernel_initializer="ones", name="sim")
     layer(A, B)

@@ -173,6 +173,17 @@ def test_click_less_queries_give_no_contrastive_loss():
     assert float(value) != 0.0
 
 
+@pytest.mark.parametrize("positive, collides", [(2, True), (5, False)])
+def test_a_sampled_negative_that_is_a_positive_of_the_example_is_masked(positive, collides):
+    table = np.zeros((VOCABS.size(S.VOCAB_QUERIES), 5), np.int64)
+    table[2:, 0] = positive
+    model = build("din_con", table)
+    model.item_rows = 3             # every negative drawn (from [2, 3)) is item index 2
+    _, value = model.forward(batch(), training=True)["aux_losses"]["contrastive_loss"]
+    # All of an example's negatives collide: no valid negative, so the example is left out.
+    assert (float(value) == 0.0) == collides
+
+
 def test_contrastive_model_needs_its_table():
     config = load_config("configs/din_con.yaml", TINY).model
     with pytest.raises(ValueError, match="positives table"):
