@@ -9,7 +9,6 @@ model serves raw ids. Output of `call`: click probability, float32 [batch].
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Mapping
 
 import keras
@@ -40,12 +39,12 @@ class Vocabularies:
 
 
 def _next_power_of_two(n: tf.Tensor) -> tf.Tensor:
-    """Smallest power of two >= n (int32 scalar, n >= 1)."""
-    power = tf.bitwise.left_shift(1, tf.cast(tf.math.ceil(tf.math.log(tf.cast(
-        n, tf.float64)) / math.log(2.0)), tf.int32))
-    # A float log can land one off at exact powers of two: correct it both ways.
-    power = tf.where(power < n, power * 2, power)
-    return tf.where(power // 2 >= n, power // 2, power)
+    """Smallest power of two >= n (int32 scalar, 1 <= n <= 2**30): n - 1 with every bit below
+    its highest set bit set, plus one (exact, unlike a float log)."""
+    n = tf.cast(n, tf.int32) - 1
+    for shift in (1, 2, 4, 8, 16):
+        n = tf.bitwise.bitwise_or(n, tf.bitwise.right_shift(n, shift))
+    return n + 1
 
 
 def _candidate_bucket(n: tf.Tensor) -> tf.Tensor:

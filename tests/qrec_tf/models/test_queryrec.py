@@ -236,6 +236,8 @@ def test_next_power_of_two():
     assert got == [1 << (n - 1).bit_length() for n in range(1, 70)]
     assert int(_next_power_of_two(tf.constant(4096))) == 4096
     assert int(_next_power_of_two(tf.constant(4097))) == 8192
+    assert int(_next_power_of_two(tf.constant(2**30))) == 2**30
+    assert int(_next_power_of_two(tf.constant(2**29 + 1))) == 2**30
 
 
 def test_candidate_buckets_waste_at_most_an_eighth():
