@@ -110,5 +110,6 @@ def main() -> None:
         print(f"   {name:9s}: {t * 1e3:7.1f} ms/step  {b / t:9,.0f} examples/s")
     print(f"   queryrec / din step time: {times['queryrec'] / times['din']:.2f}   (target <= 1.5)")
 
+
 if __name__ == "__main__":
     main()
