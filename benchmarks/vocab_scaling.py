@@ -89,10 +89,10 @@ def main() -> None:
     args = parser.parse_args()
     b, n = args.batch_size, args.steps
 
-    runs = {(name, items, optimizer): Timed(name, items, optimizer, b) for name, items, optimizer in (
-        ("din", args.small, "lazy_adam"), ("din", args.large, "lazy_adam"),
-        ("din", args.small, "adam"), ("din", args.large, "adam"),
-        ("queryrec", args.small, "lazy_adam"))}
+    compared = (("din", args.small, "lazy_adam"), ("din", args.large, "lazy_adam"),
+                ("din", args.small, "adam"), ("din", args.large, "adam"),
+                ("queryrec", args.small, "lazy_adam"))
+    runs = {key: Timed(*key, b) for key in compared}
     interleave(list(runs.values()), n)
 
     print(f"median step times over {n} steps per model, the models taking turns ({b} examples "

@@ -39,7 +39,7 @@ class ModelConfig:
     contrastive_weight: float = 0.0     # lambda3
     contrastive_temperature: float = 0.2  # beta
     contrastive_positives: int = 5      # positives of the last query per example (top by clicks)
-    contrastive_negatives: int = 64     # items sampled uniformly per batch, every example's negatives
+    contrastive_negatives: int = 64     # items sampled per batch, shared by its examples
     # "log": the query_items/ table of the Beam job; "diffusion": the augment stage's table;
     # "auto": diffusion when <data>/positives/ exists, else log.
     positives: str = "log"
