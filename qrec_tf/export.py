@@ -120,23 +120,26 @@ def serving_functions(model: CTRModel, schema: S.Schema
     def serving_default(features):
         return {OUTPUT_KEY: model(features, training=False)}
 
+    candidate_names = [candidate_input_name(f.name) for f in candidates]
+    context_names = [f.name for f in context]
+    shape_rule = (f"score_candidates: each candidate_* input must have the shape of "
+                  f"{candidate_input_name(S.ITEM_ID)} (users, candidates) and each other input "
+                  "one row per user; these do not:")
+
     def score_candidates(inputs):
-        item_ids = inputs[candidate_input_name(S.ITEM_ID)]                  # [U, N]
-        shape = tf.shape(item_ids, out_type=tf.int64)
-        items = {}
-        for f in candidates:
-            values = inputs[candidate_input_name(f.name)]
-            tf.debugging.assert_equal(
-                tf.shape(values, out_type=tf.int64), shape,
-                message=f"{candidate_input_name(f.name)} must have the shape of "
-                        f"{candidate_input_name(S.ITEM_ID)} [users, candidates]")
-            items[f.name] = values                                          # [U, N]
-        for f in context:
-            tf.debugging.assert_equal(
-                tf.shape(inputs[f.name], out_type=tf.int64)[0], shape[0],
-                message=f"{f.name} must have one row per user, like "
-                        f"{candidate_input_name(S.ITEM_ID)}")
-        users = {f.name: inputs[f.name] for f in context}                   # [U, *shape]
+        shape = tf.shape(inputs[candidate_input_name(S.ITEM_ID)])          # [U, N]
+        # One assertion for all inputs rather than one per input: fewer graph ops per request.
+        fits = tf.concat([
+            tf.reduce_all(tf.stack([tf.shape(inputs[n]) for n in candidate_names]) == shape,
+                          axis=1),
+            tf.stack([tf.shape(inputs[n])[0] for n in context_names]) == shape[0]], 0)
+        names = tf.constant(candidate_names + context_names)
+        with tf.control_dependencies([tf.debugging.Assert(
+                tf.reduce_all(fits), [shape_rule, tf.boolean_mask(names, ~fits)])]):
+            # Scoring waits for the check, so a bad request fails with its message.
+            items = {f.name: tf.identity(inputs[n])                         # [U, N]
+                     for f, n in zip(candidates, candidate_names)}
+            users = {n: tf.identity(inputs[n]) for n in context_names}      # [U, *shape]
         return {OUTPUT_KEY: model.score_candidates(users, items)}
 
     def from_examples(examples):

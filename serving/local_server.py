@@ -142,11 +142,11 @@ class ServedVersion:
 
 
 def graph_error_text(message: str) -> str:
-    """The useful part of a TF runtime error: an assert's own message, else its last line that
-    is not graph plumbing (node names, stack placeholders)."""
-    match = re.search(r"assertion failed: \[([^\]]*)\]", message)
-    if match:
-        return match.group(1)
+    """The useful part of a TF runtime error: an assert's own message and data, else its last
+    line that is not graph plumbing (node names, stack placeholders)."""
+    match = re.search(r"assertion failed: (.*)", message)
+    if match:  # "[message] [data] ..." on one line
+        return " ".join(re.findall(r"\[([^\]]*)\]", match.group(1))) or match.group(1)
     lines = [line.strip() for line in message.splitlines()
              if line.strip() and not line.strip().startswith(
                  ("Graph execution error", "Detected at node", "<stack", "[[{{node"))]

@@ -155,6 +155,25 @@ def test_unseen_user_item_and_query_ids_score_like_the_trained_model(model, load
     np.testing.assert_allclose(candidates[0], want, atol=1e-5)
 
 
+def test_score_candidates_names_every_input_whose_shape_does_not_fit(model, loaded, test_split):
+    rows, _ = test_split
+    request = {k: np.asarray(v) for k, v in E.candidate_request(
+        {k: v[:3] for k, v in rows.items()}, model.schema).items()}
+    score = loaded.signatures[E.SCORE_CANDIDATES]
+    author, category = E.candidate_input_name(S.AUTHOR_ID), E.candidate_input_name(S.CATEGORY_ID)
+    short = {**request, author: request[author][:, :-1], category: request[category][:, :-1]}
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        score(**{k: tf.constant(v) for k, v in short.items()})
+    message = info.value.message
+    assert author in message and category in message and "(users, candidates)" in message
+    assert E.candidate_input_name(S.ITEM_ID) not in message.split("these do not:")[1]
+    two_users = {**request, S.USER_ID: np.repeat(request[S.USER_ID], 2, axis=0)}
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"these do not:.*{S.USER_ID}"):
+        score(**{k: tf.constant(v) for k, v in two_users.items()})
+    good = score(**{k: tf.constant(v) for k, v in request.items()})[E.OUTPUT_KEY]
+    assert good.shape == (1, 3)  # the same function still scores a good request
+
+
 def saved_model_proto(version_dir: str) -> saved_model_pb2.SavedModel:
     proto = saved_model_pb2.SavedModel()
     with open(os.path.join(version_dir, "saved_model.pb"), "rb") as f:

@@ -290,6 +290,16 @@ def served_version(server):
     return int(body["model_version_status"][0]["version"]) if status == 200 else None
 
 
+def test_graph_error_text_keeps_an_asserts_message_and_data():
+    raw = ("Graph execution error:\n\nassertion failed: [shapes do not fit (users, n); these do "
+           "not:] [candidate_a candidate_b]\n\t [[{{function_node f}}{{node Assert/Assert}}]]")
+    assert local_server.graph_error_text(raw) == (
+        "shapes do not fit (users, n); these do not: candidate_a candidate_b")
+    assert local_server.graph_error_text(
+        "Graph execution error:\n\nDetected at node x\nindices[3] = 9 is not in [0, 4)\n"
+        "\t [[{{node GatherV2}}]]") == "indices[3] = 9 is not in [0, 4)"
+
+
 def test_a_new_version_is_picked_up_and_a_broken_one_is_skipped(tiny, tmp_path, rows, model):
     base = tmp_path / MODEL_NAME
     base.mkdir()
