@@ -1,7 +1,7 @@
 """qrec_tf: QueryRec (CIKM 2024) in TensorFlow/Keras 3 with a Beam preprocessing pipeline."""
 from setuptools import find_packages, setup
 
-# Versions measured to resolve together on the reference machine (shared/DESIGN.md).
+# Versions measured to resolve together on the reference machine (docs/ARCHITECTURE.md).
 INSTALL_REQUIRES = [
     "tensorflow==2.21.0",
     "keras==3.15.1",

@@ -13,7 +13,7 @@ exactly as pipelines.build_tfrecords does (user_features is not needed). Output:
                            s_size, in_s, p_src, expected (the terms of eqs 22-24)
     dead_letter/           JSON lines {"file", "reason", "line"}, one per rejected line
 
-How this job reads shared/PAPER.md "Data analysis" (every symbol):
+How this job reads docs/PAPER.md "Data analysis" (every symbol):
 - Category: an item's `first_level_category_id` in item_features. An item with no row there, or
   an empty category cell, has an unknown category: its clicks and impressions are left out of the
   distributions below and counted in analysis.json (`clicks`, `search_impressions`).

@@ -1,6 +1,6 @@
 """One user's logs -> that user's feed examples (pure Python, no Beam: the unit under test).
 
-Rules (shared/PAPER.md "Data protocol", shared/DESIGN.md "Data rules"):
+Rules (docs/PAPER.md "Data protocol", docs/ARCHITECTURE.md "Data and inputs"):
 - Feed (rec) interactions are sorted by (timestamp, item_id, click), so the result does not depend
   on the order rows arrived in. Leave-one-out: the last interaction is `test`, the second last
   `valid`, all others `train`.

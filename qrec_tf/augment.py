@@ -4,7 +4,7 @@
         [--config configs/augment/default.yaml] [--verbose auto|0|1|2]
         [--set train.epochs=50 --set data.max_items=20000 ...]
 
-PAPER.md "Diffusion augmentation". Reads `<data>/query_items/` (the Beam job's table) and builds
+docs/PAPER.md "Diffusion augmentation". Reads `<data>/query_items/` (the Beam job's table), builds
 one vector per query over an item space of N items:
   x_q[i] = r_p (data.positive_value, 0.5) if i was clicked after q,
            r_n (data.negative_value, -0.5) if shown after q and never clicked,

@@ -22,7 +22,7 @@ class ModelConfig:
     attention_units: list[int] = dataclasses.field(default_factory=lambda: [80, 40])
     attention_activation: str = "dice"
     attention_softmax: bool = False
-    # Query side (PAPER.md): eq 2 target-attention pooling of the query list, and the SASRec
+    # Query side (docs/PAPER.md): eq 2 target-attention pooling of the query list, and the SASRec
     # encoder whose output joins the CTR input and is trained by the NIP loss (eqs 13-14).
     query_pooling: bool = False
     query_encoder: bool = False

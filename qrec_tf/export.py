@@ -8,7 +8,7 @@ export), so a server watching `<output>` picks the new export up as the newest v
 is written to a hidden temporary directory next to it and renamed into place only when complete
 and verified, so a server polling `<output>` never sees a half-written version.
 
-Signatures (shared/DESIGN.md, "Serving signatures"); names, dtypes and shapes come from
+Signatures (docs/ARCHITECTURE.md, "Serving"); names, dtypes and shapes come from
 `qrec_tf.schema`, so a feature added to the schema appears in every signature:
 
 - `serving_default`: one row per (user, candidate): every model feature [B, *shape] (raw ids,

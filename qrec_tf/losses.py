@@ -1,4 +1,4 @@
-"""The auxiliary losses of QueryRec (PAPER eqs 13-15), as functions of tensors.
+"""The auxiliary losses of QueryRec (docs/PAPER.md eqs 13-15), as functions of tensors.
 
 Each returns a float32 scalar: the mean over the examples that have something to learn from
 (examples without the targets a loss needs are excluded, not counted as zero), 0.0 when none has.

@@ -1,4 +1,4 @@
-"""The contrastive loss's positives per query (I+_q of PAPER eq 15), as item indices.
+"""The contrastive loss's positives per query (I+_q of eq 15, docs/PAPER.md), as item indices.
 
 Two sources: the Beam job's query_items/ table (items clicked after the query in the search log;
 click-less queries have none and are masked out of the loss), or the diffusion stage's table,

@@ -3,7 +3,7 @@
 Every example the Beam job writes, every tensor `qrec_tf.data` yields, every Keras input and every
 serving signature takes its name, dtype, shape, vocabulary and padding value from here.
 
-Conventions (shared/DESIGN.md, "Data rules"):
+Conventions (docs/ARCHITECTURE.md, "Data and inputs"):
 - Ids are the raw ids of the logs; the model maps them to indices inside the graph with the
   vocabularies in `<data>/vocab/`. Raw ids are non-negative, so `PAD_ID = -1` marks padding and
   missing values in integer features, and `PAD_KEY = b""` in string features.

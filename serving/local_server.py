@@ -5,7 +5,7 @@
 
 NOT a production server. Production serving is the `tensorflow/serving` image (see the README and
 the Dockerfile); this module exists because no TF Serving binary can run on machines without
-Docker (shared/DESIGN.md, "No TF Serving binary here"), and so that tests and `make demo` can talk
+Docker (docs/ARCHITECTURE.md, "Export and serving"), and so that tests and `make demo` can talk
 to a server. It answers the subset of TF Serving's API our clients use, with TF Serving's flag
 names, URLs, message formats and status codes:
 

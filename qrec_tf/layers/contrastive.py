@@ -1,4 +1,4 @@
-"""Bilinear similarity s(a, b) = tanh(a^T W b) between queries and items (PAPER eq 15)."""
+"""Bilinear similarity s(a, b) = tanh(a^T W b) between queries and items (docs/PAPER.md eq 15)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The reverse-process network of the query-item diffusion: an MLP that predicts x_0 from (x_t, t)
-(DiffRec's DNN, Wang et al. SIGIR 2023; PAPER.md "Diffusion augmentation")."""
+(DiffRec's DNN, Wang et al. SIGIR 2023; docs/PAPER.md "Diffusion augmentation")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Gaussian diffusion over query-item vectors (DDPM with x_0 prediction, as in DiffRec, Wang et al.
-SIGIR 2023; PAPER.md "Diffusion augmentation").
+SIGIR 2023; docs/PAPER.md "Diffusion augmentation").
 
 Notation (steps t = 0 .. T-1, as in DiffRec's code):
   alpha_t = 1 - beta_t,  abar_t = prod_{s <= t} alpha_s,  abar_{-1} = 1

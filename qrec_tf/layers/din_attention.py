@@ -1,4 +1,4 @@
-"""DIN target attention: adaptive pooling of a sequence given a target (PAPER eqs 1-2)."""
+"""DIN target attention: adaptive pooling of a sequence given a target (docs/PAPER.md eqs 1-2)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ class SparseEmbedding(keras.layers.Embedding):
     Keras' Embedding gathers from the variable read as a whole tensor, which costs O(table) per
     step (and a copy of the table once an optimizer scatters into it). A resource gather on the
     underlying variable reads just the rows, and its gradient stays a `tf.IndexedSlices`, which
-    `qrec_tf.optimizers.LazyAdam` applies row by row (shared/DESIGN.md, "Optimizer cost").
+    `qrec_tf.optimizers.LazyAdam` applies row by row (docs/ARCHITECTURE.md, "Embeddings").
 
     Call: ids int [batch, ...] -> [batch, ..., output_dim].
     """

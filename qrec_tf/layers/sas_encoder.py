@@ -1,4 +1,4 @@
-"""SASRec-style self-attention encoder of the query sequence (PAPER "Next-item prediction")."""
+"""SASRec-style self-attention encoder of the query sequence (docs/PAPER.md, NIP)."""
 
 from __future__ import annotations
 

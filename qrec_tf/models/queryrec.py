@@ -1,4 +1,4 @@
-"""DIN with the query side of QueryRec (PAPER.md); config flags give the paper's ablations.
+"""DIN with the query side of QueryRec (docs/PAPER.md); config flags give the paper's ablations.
 
 | registry name | query_pooling | query_encoder | nip_weight | contrastive_weight |
 |---|---|---|---|---|

@@ -1,4 +1,4 @@
-"""Model names -> builders. A name fixes the paper's parts (PAPER.md tables 4 and 5); other
+"""Model names -> builders. A name fixes the paper's parts (docs/PAPER.md tables 4, 5); other
 hyper-parameters come from the config (configs/<name>.yaml)."""
 
 from __future__ import annotations
