@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import csv
 import gzip as gzip_module
 import io
@@ -76,6 +77,56 @@ ITEM_ID_BASE = 100_000         # item ids are sparse, shuffled ints above this (
 
 DEFAULT_USERS, DEFAULT_ITEMS, DEFAULT_SEED = 300, 2000, 0
 DEFAULT_REC_PER_USER, DEFAULT_SESSIONS_PER_USER = 40, 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Regime:
+    """The planted structure of a log; `REGIMES` names the presets (`--regime`).
+
+    The defaults are the module constants above (the "default" regime). Counts per user
+    (`rec_per_user`, `sessions_per_user`) and the query pool are defaults that generate()'s
+    arguments override.
+    """
+
+    first_level_categories: int = N_FIRST
+    subtopics_per_first: int = SUBTOPICS_PER_FIRST
+    shown_per_session: tuple[int, int] = (SHOWN_MIN, SHOWN_MAX)
+    no_click_session_prob: float = NO_CLICK_SESSION_PROB
+    follow_search_prob: float = FOLLOW_SEARCH_PROB
+    feed_ctr_floor: float = FEED_CTR_FLOOR
+    feed_ctr_range: float = FEED_CTR_RANGE
+    recency_window_hours: float = RECENCY_WINDOW_MS / 3_600_000
+    recency_boost: float = RECENCY_BOOST
+    # None: the boost is a step (full strength through the window); else it halves every
+    # `recency_half_life_hours` after the search (a time-decayed effect).
+    recency_half_life_hours: float | None = None
+    search_feed_mix: float = SEARCH_FEED_MIX
+    queries_per_subtopic: int = QUERIES_PER_SUBTOPIC
+    rec_per_user: int = DEFAULT_REC_PER_USER
+    sessions_per_user: int = DEFAULT_SESSIONS_PER_USER
+
+    @property
+    def subtopics(self) -> int:
+        return self.first_level_categories * self.subtopics_per_first
+
+
+REGIMES: dict[str, Regime] = {
+    # Today's log: 8 x 4 topics, ~40 feed impressions per user, 40% click-less sessions, a 24 h
+    # step recency boost of search on the feed.
+    "default": Regime(),
+    # Like the independent log queryrec was checked on (docs/RESULTS.md, "Regimes"): few feed
+    # impressions per user, fine topics (30 x 6), 10 results per session, nearly every query
+    # with clicks, a boost on the searched sub-topic that decays over a day or two, taste shift.
+    "sparse_feed": Regime(first_level_categories=30, subtopics_per_first=6,
+                          shown_per_session=(10, 10), no_click_session_prob=0.1,
+                          follow_search_prob=0.2, feed_ctr_floor=0.2, feed_ctr_range=0.45,
+                          recency_window_hours=48, recency_boost=0.3,
+                          recency_half_life_hours=24, queries_per_subtopic=30,
+                          rec_per_user=30, sessions_per_user=8),
+    # Search tells nothing about the feed: independent tastes, no recency boost, no feed rows
+    # that follow a search. Queries still exist and still predict the search log itself.
+    "no_signal": Regime(search_feed_mix=0.0, follow_search_prob=0.0, recency_boost=0.0),
+}
 MANIFEST = "synthetic_manifest.json"
 
 BAD_KINDS = ("truncated", "non_numeric_id", "bad_keyword", "nul_byte", "empty_required")
@@ -96,12 +147,13 @@ class ArgumentError(ValueError):
 
 def validate(users: int, items: int, seed: int, bad_rows: int, rec_per_user: int,
              sessions_per_user: int, search_feed_mix: float = SEARCH_FEED_MIX,
-             queries_per_subtopic: int = QUERIES_PER_SUBTOPIC) -> None:
+             queries_per_subtopic: int = QUERIES_PER_SUBTOPIC,
+             subtopics: int = N_SUBTOPICS) -> None:
     """Raises ArgumentError with a readable message for arguments outside the supported range."""
     if users < 1:
         raise ArgumentError(f"--users must be >= 1 (got {users})")
-    if items < N_SUBTOPICS:
-        raise ArgumentError(f"--items must be >= {N_SUBTOPICS}, the number of sub-topics, so that "
+    if items < subtopics:
+        raise ArgumentError(f"--items must be >= {subtopics}, the number of sub-topics, so that "
                             f"every sub-topic has an item (got {items})")
     if seed < 0:
         raise ArgumentError(f"--seed must be >= 0 (got {seed})")
@@ -193,23 +245,26 @@ class _World:
     """Everything drawn before any interaction: ids, topics, tastes, query pools."""
 
     def __init__(self, rng: np.random.Generator, users: int, items: int,
-                 search_feed_mix: float = SEARCH_FEED_MIX,
-                 queries_per_subtopic: int = QUERIES_PER_SUBTOPIC):
-        self.first_ids = np.sort(rng.choice(np.arange(1, 100), N_FIRST, replace=False))
+                 regime: Regime = Regime()):
+        self.regime = regime
+        n_first, per_first = regime.first_level_categories, regime.subtopics_per_first
+        n_subtopics = regime.subtopics
+        queries_per_subtopic = regime.queries_per_subtopic
+        self.first_ids = np.sort(rng.choice(np.arange(1, 100), n_first, replace=False))
         # Second-level ids are globally unique (not 0..S-1 within each first-level category).
-        self.second_ids = rng.choice(np.arange(100, 1000), N_SUBTOPICS, replace=False)
-        self.first_of_sub = np.repeat(np.arange(N_FIRST), SUBTOPICS_PER_FIRST)
+        self.second_ids = rng.choice(np.arange(100, 1000), n_subtopics, replace=False)
+        self.first_of_sub = np.repeat(np.arange(n_first), per_first)
 
         # Disjoint word sets: a shuffled 1..V split into equal blocks.
-        self.words = (rng.permutation(N_SUBTOPICS * WORDS_PER_SUBTOPIC) + 1).reshape(
-            N_SUBTOPICS, WORDS_PER_SUBTOPIC)
+        self.words = (rng.permutation(n_subtopics * WORDS_PER_SUBTOPIC) + 1).reshape(
+            n_subtopics, WORDS_PER_SUBTOPIC)
 
         # Query pools: 1-4 distinct words of the sub-topic; duplicates within a pool collapse.
         queries: list[tuple[int, ...]] = []
         query_sub: list[int] = []
-        lengths = rng.choice([1, 2, 3, 4], size=(N_SUBTOPICS, queries_per_subtopic),
+        lengths = rng.choice([1, 2, 3, 4], size=(n_subtopics, queries_per_subtopic),
                              p=[0.3, 0.35, 0.25, 0.1])
-        for s in range(N_SUBTOPICS):
+        for s in range(n_subtopics):
             pool = dict.fromkeys(  # insertion-ordered, so deterministic
                 tuple(int(w) for w in rng.choice(self.words[s], n, replace=False))
                 for n in lengths[s])
@@ -222,8 +277,8 @@ class _World:
                                            _zipf_weights(self.query_sub, QUERY_ZIPF))
 
         # Items: every sub-topic gets at least one; indices are sorted by sub-topic.
-        per_sub = 1 + rng.multinomial(items - N_SUBTOPICS, np.full(N_SUBTOPICS, 1 / N_SUBTOPICS))
-        self.item_sub = np.repeat(np.arange(N_SUBTOPICS), per_sub)
+        per_sub = 1 + rng.multinomial(items - n_subtopics, np.full(n_subtopics, 1 / n_subtopics))
+        self.item_sub = np.repeat(np.arange(n_subtopics), per_sub)
         self.item_first = self.first_of_sub[self.item_sub]
         self.item_ids = ITEM_ID_BASE + rng.choice(50 * items, items, replace=False)
         self.item_duration = np.clip(np.round(np.exp(rng.normal(np.log(25_000), 0.8, items))),
@@ -231,12 +286,12 @@ class _World:
         self.draw_item = _grouped_sampler(self.item_sub, _zipf_weights(self.item_sub, ITEM_ZIPF))
 
         # Tastes. Feed: over first-level categories. Search: over sub-topics, mostly independent.
-        self.feed_taste = rng.dirichlet(np.full(N_FIRST, FEED_ALPHA), users)
-        independent = rng.dirichlet(np.full(N_FIRST, SEARCH_ALPHA), users)
-        self.search_feed_mix = float(search_feed_mix)
-        search_first = search_feed_mix * self.feed_taste + (1 - search_feed_mix) * independent
-        within = rng.dirichlet(np.full(SUBTOPICS_PER_FIRST, SUBTOPIC_ALPHA), (users, N_FIRST))
-        self.search_taste = (search_first[:, :, None] * within).reshape(users, N_SUBTOPICS)
+        self.feed_taste = rng.dirichlet(np.full(n_first, FEED_ALPHA), users)
+        independent = rng.dirichlet(np.full(n_first, SEARCH_ALPHA), users)
+        mix = self.search_feed_mix = float(regime.search_feed_mix)
+        search_first = mix * self.feed_taste + (1 - mix) * independent
+        within = rng.dirichlet(np.full(per_first, SUBTOPIC_ALPHA), (users, n_first))
+        self.search_taste = (search_first[:, :, None] * within).reshape(users, n_subtopics)
         # Click propensity per category relative to the user's favourite, in [0, 1]; with the
         # floor/range above the overall feed CTR lands near KuaiSAR's ~0.5.
         self.feed_affinity = self.feed_taste / self.feed_taste.max(axis=1, keepdims=True)
@@ -253,7 +308,8 @@ def _search_log(world: _World, rng: np.random.Generator, sessions_per_user: np.n
     sess_user, sess_time = sess_user[order], sess_time[order]
     sess_sub = _sample_rows(np.cumsum(world.search_taste, axis=1), sess_user, rng)
     sess_query = world.draw_query(sess_sub, rng)
-    sess_shown = rng.integers(SHOWN_MIN, SHOWN_MAX + 1, n_sess)
+    shown_min, shown_max = world.regime.shown_per_session
+    sess_shown = rng.integers(shown_min, shown_max + 1, n_sess)
     sess_source = rng.random(n_sess) < 0.75  # USER_INPUT, else RECOMMEND_QUERY
 
     row_sess = np.repeat(np.arange(n_sess), sess_shown)
@@ -264,7 +320,7 @@ def _search_log(world: _World, rng: np.random.Generator, sessions_per_user: np.n
 
     # Clicks: weighted sampling without replacement within a session (Efraimidis-Spirakis keys:
     # the largest u^(1/w) win), done for all sessions at once with one sort.
-    clicks_wanted = np.where(rng.random(n_sess) < NO_CLICK_SESSION_PROB, 0,
+    clicks_wanted = np.where(rng.random(n_sess) < world.regime.no_click_session_prob, 0,
                              1 + (rng.random(n_sess) < TWO_CLICK_PROB))
     weight = np.where(world.item_sub[row_item] == sess_sub[row_sess], ON_TOPIC_CLICK_WEIGHT, 1.0)
     key = rng.random(n_rows) ** (1.0 / weight)
@@ -289,25 +345,32 @@ def _rec_log(world: _World, rng: np.random.Generator, rec_per_user: np.ndarray, 
     # The user's most recent search session strictly before t.
     sess_user, sess_time, sess_sub = search["sess_user"], search["sess_time"], search["sess_sub"]
     last, found = _last_before(sess_user, sess_time, user, ts)
-    recent_search = found & (ts - sess_time[last] <= RECENCY_WINDOW_MS)
+    regime = world.regime
+    window_ms = regime.recency_window_hours * 3_600_000
+    recent_search = found & (ts - sess_time[last] <= window_ms)
 
     # Feed-taste impressions: a first-level category by taste, a sub-topic uniformly within it;
     # some impressions instead follow the last search (the feed reacting to search interest).
     first = _sample_rows(np.cumsum(world.feed_taste, axis=1), user, rng)
-    sub = first * SUBTOPICS_PER_FIRST + rng.integers(0, SUBTOPICS_PER_FIRST, n)
-    follow = recent_search & (rng.random(n) < FOLLOW_SEARCH_PROB)
+    sub = first * regime.subtopics_per_first + rng.integers(0, regime.subtopics_per_first, n)
+    follow = recent_search & (rng.random(n) < regime.follow_search_prob)
     sub = np.where(follow, sess_sub[last], sub)
     item = world.draw_item(sub, rng)
 
     # The recency effect: did this user search the item's sub-topic in the previous 24 h (in any
     # session, not only the last)? The last session with the same (user, sub-topic) decides.
-    pair = sess_user.astype(np.int64) * N_SUBTOPICS + sess_sub
-    target = user.astype(np.int64) * N_SUBTOPICS + world.item_sub[item]
+    pair = sess_user.astype(np.int64) * regime.subtopics + sess_sub
+    target = user.astype(np.int64) * regime.subtopics + world.item_sub[item]
     hit, found = _last_before(pair, sess_time, target, ts)
-    recent = found & (ts - sess_time[hit] <= RECENCY_WINDOW_MS)
+    age_ms = ts - sess_time[hit]
+    recent = found & (age_ms <= window_ms)
+    boost = regime.recency_boost * recent
+    if regime.recency_half_life_hours is not None:
+        boost = boost * 0.5 ** (age_ms / (regime.recency_half_life_hours * 3_600_000))
 
-    p = FEED_CTR_FLOOR + FEED_CTR_RANGE * world.feed_affinity[user, world.item_first[item]]
-    p = np.minimum(p + RECENCY_BOOST * recent, CTR_CAP)
+    p = regime.feed_ctr_floor + regime.feed_ctr_range * world.feed_affinity[
+        user, world.item_first[item]]
+    p = np.minimum(p + boost, CTR_CAP)
     click = (rng.random(n) < p).astype(np.int64)
     return dict(user=user, ts=ts, item=item, click=click, recent=recent, follow=follow)
 
@@ -476,21 +539,33 @@ def _write_csv(path: str, header: Sequence[str], columns: Columns,
 # --- entry points --------------------------------------------------------------------------------
 def generate(output_dir: str, users: int = DEFAULT_USERS, items: int = DEFAULT_ITEMS,
              seed: int = DEFAULT_SEED, bad_rows: int = 0,
-             rec_per_user: int = DEFAULT_REC_PER_USER,
-             sessions_per_user: int = DEFAULT_SESSIONS_PER_USER, gzip: bool = False,
-             search_feed_mix: float = SEARCH_FEED_MIX,
-             queries_per_subtopic: int = QUERIES_PER_SUBTOPIC) -> dict[str, Any]:
+             rec_per_user: int | None = None, sessions_per_user: int | None = None,
+             gzip: bool = False, search_feed_mix: float | None = None,
+             queries_per_subtopic: int | None = None,
+             regime: str | Regime = "default") -> dict[str, Any]:
     """Writes the four KuaiSAR-format files and the manifest into output_dir; returns the manifest.
 
+    `regime`: a name of REGIMES or a Regime; the per-user counts, the search-feed mix and the
+    query pool default to the regime's (arguments that are not None override them).
     Raises ArgumentError for unsupported arguments (see validate()).
     """
-    validate(users, items, seed, bad_rows, rec_per_user, sessions_per_user, search_feed_mix,
-             queries_per_subtopic)
+    if isinstance(regime, str):
+        if regime not in REGIMES:
+            raise ArgumentError(f"--regime must be one of {sorted(REGIMES)} (got {regime!r})")
+        regime_name, regime = regime, REGIMES[regime]
+    else:
+        regime_name = "custom"
+    overrides = dict(rec_per_user=rec_per_user, sessions_per_user=sessions_per_user,
+                     search_feed_mix=search_feed_mix, queries_per_subtopic=queries_per_subtopic)
+    regime = dataclasses.replace(regime, **{k: v for k, v in overrides.items() if v is not None})
+    rec_per_user, sessions_per_user = regime.rec_per_user, regime.sessions_per_user
+    validate(users, items, seed, bad_rows, rec_per_user, sessions_per_user,
+             regime.search_feed_mix, regime.queries_per_subtopic, regime.subtopics)
     # Independent streams: the bad-row stream must not shift the good data.
     data_seed, bad_seed = np.random.SeedSequence(seed).spawn(2)
     rng = np.random.default_rng(data_seed)
     span_ms = SPAN_DAYS * _DAY_MS
-    world = _World(rng, users, items, search_feed_mix, queries_per_subtopic)
+    world = _World(rng, users, items, regime)
 
     # Who has which log: a small share of users lacks one of the two (the pipeline drops them).
     # Kept >= 1 each when there are enough users, always leaving users with both.
@@ -533,7 +608,8 @@ def generate(output_dir: str, users: int = DEFAULT_USERS, items: int = DEFAULT_I
                    plan[name], gzip)
 
     arguments = dict(users=users, items=items, seed=seed, bad_rows=bad_rows,
-                     rec_per_user=rec_per_user, sessions_per_user=sessions_per_user, gzip=gzip)
+                     rec_per_user=rec_per_user, sessions_per_user=sessions_per_user, gzip=gzip,
+                     regime=regime_name)
     manifest = _manifest(arguments, rec_only, src_only, world, search, rec, columns, plan, files)
     with open(os.path.join(output_dir, MANIFEST), "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2, sort_keys=True)
@@ -573,9 +649,9 @@ def _manifest(arguments: dict[str, Any], rec_only: np.ndarray, src_only: np.ndar
         "search_sessions": int(len(search["sess_user"])),
         "distinct_queries_used": int(len(np.unique(search["sess_query"]))),
         "planted": {
-            "first_level_categories": N_FIRST,
-            "subtopics_per_first_level": SUBTOPICS_PER_FIRST,
-            "subtopics": N_SUBTOPICS,
+            "first_level_categories": world.regime.first_level_categories,
+            "subtopics_per_first_level": world.regime.subtopics_per_first,
+            "subtopics": world.regime.subtopics,
             "first_level_category_ids": world.first_ids.tolist(),
             "second_level_category_ids": world.second_ids.tolist(),
             "words_per_subtopic": WORDS_PER_SUBTOPIC,
@@ -586,16 +662,17 @@ def _manifest(arguments: dict[str, Any], rec_only: np.ndarray, src_only: np.ndar
             "search_alpha": SEARCH_ALPHA,
             "search_feed_mix": world.search_feed_mix,
             "subtopic_alpha": SUBTOPIC_ALPHA,
-            "shown_per_session": [SHOWN_MIN, SHOWN_MAX],
+            "shown_per_session": list(world.regime.shown_per_session),
             "on_topic_share": ON_TOPIC_SHARE,
-            "no_click_session_prob": NO_CLICK_SESSION_PROB,
+            "no_click_session_prob": world.regime.no_click_session_prob,
             "two_click_prob": TWO_CLICK_PROB,
             "on_topic_click_weight": ON_TOPIC_CLICK_WEIGHT,
-            "follow_search_prob": FOLLOW_SEARCH_PROB,
-            "feed_ctr_floor": FEED_CTR_FLOOR,
-            "feed_ctr_range": FEED_CTR_RANGE,
-            "recency_window_ms": RECENCY_WINDOW_MS,
-            "recency_boost": RECENCY_BOOST,
+            "follow_search_prob": world.regime.follow_search_prob,
+            "feed_ctr_floor": world.regime.feed_ctr_floor,
+            "feed_ctr_range": world.regime.feed_ctr_range,
+            "recency_window_ms": int(world.regime.recency_window_hours * 3_600_000),
+            "recency_boost": world.regime.recency_boost,
+            "recency_half_life_hours": world.regime.recency_half_life_hours,
             "ctr_cap": CTR_CAP,
             "rec_only_share": REC_ONLY_SHARE,
             "search_only_share": SEARCH_ONLY_SHARE,
@@ -623,14 +700,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=DEFAULT_ITEMS)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--bad-rows", type=int, default=0, help="malformed lines to inject")
-    parser.add_argument("--rec-per-user", type=int, default=DEFAULT_REC_PER_USER,
-                        help="mean feed impressions per user")
-    parser.add_argument("--sessions-per-user", type=int, default=DEFAULT_SESSIONS_PER_USER,
-                        help="mean search sessions per user")
-    parser.add_argument("--search-feed-mix", type=float, default=SEARCH_FEED_MIX,
+    parser.add_argument("--regime", default="default", choices=sorted(REGIMES),
+                        help="the planted structure (pipelines.synthetic.REGIMES): default; "
+                             "sparse_feed (few feed impressions per user, fine topics, a "
+                             "decaying search->feed effect); no_signal (search says nothing "
+                             "about the feed). The options below override its values")
+    parser.add_argument("--rec-per-user", type=int, default=None,
+                        help=f"mean feed impressions per user (default {DEFAULT_REC_PER_USER})")
+    parser.add_argument("--sessions-per-user", type=int, default=None,
+                        help="mean search sessions per user "
+                             f"(default {DEFAULT_SESSIONS_PER_USER})")
+    parser.add_argument("--search-feed-mix", type=float, default=None,
                         help="share of the feed taste in the search taste: 1 = no interest "
                              f"shift, 0 = independent (default {SEARCH_FEED_MIX})")
-    parser.add_argument("--queries-per-subtopic", type=int, default=QUERIES_PER_SUBTOPIC,
+    parser.add_argument("--queries-per-subtopic", type=int, default=None,
                         help="query pool per sub-topic (Zipf popularity): larger pools give more "
                              f"rare and click-less queries (default {QUERIES_PER_SUBTOPIC})")
     parser.add_argument("--gzip", action="store_true", help="write .csv.gz files")
@@ -640,7 +723,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             bad_rows=args.bad_rows, rec_per_user=args.rec_per_user,
                             sessions_per_user=args.sessions_per_user, gzip=args.gzip,
                             search_feed_mix=args.search_feed_mix,
-                            queries_per_subtopic=args.queries_per_subtopic)
+                            queries_per_subtopic=args.queries_per_subtopic,
+                            regime=args.regime)
     except ArgumentError as error:
         parser.error(str(error))
     except OSError as error:

@@ -46,6 +46,14 @@ class ModelConfig:
     # Where the augment stage's table is (its --output dir or that dir's positives/);
     # None: <data>/positives.
     positives_dir: str | None = None
+    # The query side's CTR inputs (v_q, e_qt): dropout, and a learned per-channel scale
+    # (LayerScale) starting at query_scale_init (None: no scale, the paper's plain concatenation;
+    # 0: the model starts as its DIN backbone). docs/ARCHITECTURE.md, "The query branch".
+    query_dropout: float = 0.0
+    query_scale_init: float | None = None
+    # DIN's mini-batch aware L2 on the embedding rows a batch touches, each weighted by the
+    # inverse of its id's frequency (Zhou et al. KDD'18); 0 = off. docs/PAPER.md, "MBA".
+    embedding_l2: float = 0.0
     cross_layers: int = 2               # dcn only
     # --- baselines of table 4 (README "Baselines of table 4") ---
     # ple: extraction levels, experts per task and shared, each expert's Dense units; the search
@@ -77,6 +85,10 @@ class ModelConfig:
                                                or self.positives == "log"):
             raise ValueError("model.positives_dir must be a non-empty path and is read only with "
                              "model.positives diffusion or auto")
+        if not 0.0 <= self.query_dropout < 1.0 or not 0.0 <= self.dropout < 1.0:
+            raise ValueError("model.dropout and model.query_dropout must be in [0, 1)")
+        if self.embedding_l2 < 0:
+            raise ValueError("model.embedding_l2 must be >= 0")
         if self.nip_weight and not self.query_encoder:
             raise ValueError("model.nip_weight > 0 needs model.query_encoder: true (NIP trains it)")
         if self.contrastive_weight and self.contrastive_temperature <= 0:

@@ -14,15 +14,6 @@ from qrec_tf import schema as S
 PAD_INDEX, OOV_INDEX = 0, 1
 
 
-def vocabulary_values(data_dir: str, vocab: str, dtype: str, max_size: int | None = None,
-                      min_count: int = 1) -> list:
-    """The values of `vocab/<vocab>.txt` (most frequent first), optionally capped."""
-    values = [value for value, count in S.read_vocab(data_dir, vocab) if count >= min_count]
-    if max_size is not None:
-        values = values[:max_size]
-    return [int(v) for v in values] if dtype == "int64" else values
-
-
 def make_lookup(values: list, dtype: str, name: str) -> keras.layers.Layer:
     """IntegerLookup / StringLookup with padding -> 0 and one OOV index -> 1.
 

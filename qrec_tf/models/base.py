@@ -12,8 +12,10 @@ import dataclasses
 from typing import Mapping
 
 import keras
+import numpy as np
 import tensorflow as tf
 
+from qrec_tf import losses
 from qrec_tf import schema as S
 from qrec_tf.config import ModelConfig
 from qrec_tf.layers.embedding import SparseEmbedding
@@ -29,13 +31,25 @@ MIN_CANDIDATE_STEP = 8
 
 @dataclasses.dataclass
 class Vocabularies:
-    """Vocabulary values per vocabulary name (qrec_tf.schema.VOCAB_*), most frequent first."""
+    """Vocabulary values per vocabulary name (qrec_tf.schema.VOCAB_*), most frequent first, and
+    their counts in the training data (the Beam job's vocab/<name>.txt; optional)."""
 
     values: dict[str, list]
+    counts: dict[str, list[int]] = dataclasses.field(default_factory=dict)
 
     def size(self, vocab: str) -> int:
         """Embedding rows for a vocabulary: padding + OOV + values."""
         return lookup_size(self.values[vocab])
+
+    def inverse_frequencies(self, vocab: str) -> np.ndarray:
+        """float32 [size(vocab)]: 1 / count per value's row, 0 for the padding and OOV rows."""
+        if vocab not in self.counts:
+            raise ValueError(f"no counts for vocabulary {vocab!r}: model.embedding_l2 needs the "
+                             "Beam job's vocab/<name>.txt counts")
+        inverse = np.zeros(self.size(vocab), np.float32)
+        counts = np.asarray(self.counts[vocab], np.float64)
+        inverse[2:2 + len(counts)] = 1.0 / np.maximum(counts, 1.0)
+        return inverse
 
 
 def _next_power_of_two(n: tf.Tensor) -> tf.Tensor:
@@ -80,8 +94,13 @@ class CTRModel(keras.Model):
         self.embeddings = {vocab: SparseEmbedding(vocabularies.size(vocab), d, name=f"emb_{vocab}")
                            for vocab in sorted(vocab_dtype)
                            if vocab not in (S.VOCAB_QUERIES, S.VOCAB_WORDS)}
+        # DIN's mini-batch aware L2 (model.embedding_l2): 1 / count of every table's rows.
+        self.inverse_frequencies = (
+            {vocab: tf.constant(vocabularies.inverse_frequencies(vocab)) for vocab in vocab_dtype}
+            if config.embedding_l2 else {})
         self.loss_trackers = {name: keras.metrics.Mean(name=name)
-                              for name in ("loss", "ctr_loss", *self.aux_loss_names())}
+                              for name in ("loss", "ctr_loss", *self.aux_loss_names(),
+                                           *(["embedding_l2"] if config.embedding_l2 else []))}
         self.auc = keras.metrics.AUC(num_thresholds=2000, name="auc")
         self.bce = keras.losses.BinaryCrossentropy(from_logits=True,
                                                    reduction="sum_over_batch_size")
@@ -105,6 +124,30 @@ class CTRModel(keras.Model):
         if self._inputs_are_indices:   # inside score_candidates' XLA part: looked up already
             return values
         return self.lookups[self.schema.feature(feature).vocab](values)
+
+    def embedding_tables(self) -> dict[str, tf.Variable]:
+        """Every embedding table of the model by vocabulary name ([rows, dim] variables),
+        those of a query embedding (query keys and words) included."""
+        tables = {vocab: layer.embeddings for vocab, layer in self.embeddings.items()}
+        query_embedding = getattr(self, "query_embedding", None)
+        if query_embedding is not None:
+            tables[S.VOCAB_QUERIES] = query_embedding.key_embedding.embeddings
+            tables[S.VOCAB_WORDS] = query_embedding.word_embedding.embeddings
+        return tables
+
+    def embedding_penalty(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        """DIN's mini-batch aware L2 (losses.mini_batch_aware_l2) summed over the tables, on the
+        rows that the batch's input features touch (the NIP targets are not inputs)."""
+        total = tf.constant(0.0)
+        for vocab, table in self.embedding_tables().items():
+            names = [f.name for f in self.schema.features
+                     if f.vocab == vocab and f.group != "nip" and f.name in features]
+            if names:
+                indices = tf.concat([tf.reshape(self.lookup(name, features[name]), [-1])
+                                     for name in names], axis=0)
+                total += losses.mini_batch_aware_l2(table, indices,
+                                                    self.inverse_frequencies[vocab])
+        return total
 
     def embed(self, feature: str, indices: tf.Tensor) -> tf.Tensor:
         return self.embeddings[self.schema.feature(feature).vocab](indices)
@@ -220,6 +263,9 @@ class CTRModel(keras.Model):
         for name, (weight, value) in out.get("aux_losses", {}).items():
             terms[name] = tf.cast(value, tf.float32)
             total = total + weight * terms[name]
+        if training and self.config.embedding_l2:
+            terms["embedding_l2"] = self.embedding_penalty(features)
+            total = total + self.config.embedding_l2 * terms["embedding_l2"]
         terms["loss"] = total
         return terms, labels, tf.sigmoid(logits)
 

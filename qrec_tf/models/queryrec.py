@@ -27,6 +27,7 @@ from qrec_tf.layers.contrastive import BilinearSimilarity
 from qrec_tf.layers.din_attention import DINAttention
 from qrec_tf.layers.embedding import SparseEmbedding
 from qrec_tf.layers.id_lookup import OOV_INDEX
+from qrec_tf.layers.layer_scale import LayerScale
 from qrec_tf.layers.query_embedding import QueryEmbedding
 from qrec_tf.layers.sas_encoder import SASEncoder
 from qrec_tf.models.base import CTRModel, Vocabularies, mlp
@@ -75,6 +76,19 @@ class QueryRecModel(CTRModel):
             self.similarity.build((None, d))
             self.query_positives = tf.constant(query_positives, tf.int64)
             self.item_rows = vocabularies.size(S.VOCAB_ITEMS)
+        # The query side's CTR inputs (v_q, e_qt) may be dropped out and scaled (LayerScale)
+        # before they join the MLP: docs/ARCHITECTURE.md, "The query branch".
+        self.query_input_dropout = (keras.layers.Dropout(config.query_dropout,
+                                                         name="query_input_dropout")
+                                    if config.query_dropout else None)
+        self.query_scales = {}
+        if config.query_scale_init is not None:
+            for name, used in (("pooled", config.query_pooling),
+                               ("encoded", config.query_encoder)):
+                if used:
+                    self.query_scales[name] = LayerScale(config.query_scale_init,
+                                                         name=f"query_{name}_scale")
+                    self.query_scales[name].build((None, d))
         self.ctr_mlp = mlp(config.mlp_units, config.mlp_activation, config.dropout, "ctr_mlp")
         self.ctr_logit = keras.layers.Dense(1, dtype="float32", name="ctr_logit")
 
@@ -153,12 +167,20 @@ class QueryRecModel(CTRModel):
                                      training=training, queries_per_key_row=items_per_user)
         parts = [*per_row[:len(user["user"])], *self.item_embeddings(features), target, v_b]
         if self.config.query_pooling:
-            parts.append(self.query_attention(
+            parts.append(self.query_input("pooled", self.query_attention(
                 self.embed(S.ITEM_ID, item_idx), user["queries"], user["query_idx"] != 0,
-                training=training, queries_per_key_row=items_per_user))
-        parts += per_row[len(user["user"]):]
+                training=training, queries_per_key_row=items_per_user), training))
+        if self.config.query_encoder:
+            parts.append(self.query_input("encoded", per_row[len(user["user"])], training))
         hidden = self.ctr_mlp(tf.concat(parts, axis=-1), training=training)
         return {"logits": tf.squeeze(self.ctr_logit(hidden), -1)}
+
+    def query_input(self, name: str, x: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """A query-side CTR input [rows, dim] ("pooled" v_q or "encoded" e_qt) as the MLP reads
+        it: after the query dropout and the branch's LayerScale, when the config has them."""
+        if self.query_input_dropout is not None:
+            x = self.query_input_dropout(x, training=training)
+        return self.query_scales[name](x) if name in self.query_scales else x
 
     def score_candidate_features(self, context: Mapping[str, tf.Tensor],
                                  candidates: Mapping[str, tf.Tensor]) -> tf.Tensor:

@@ -9,7 +9,6 @@ from qrec_tf import positives as P
 from qrec_tf import schema as S
 from qrec_tf.config import ModelConfig
 from qrec_tf.data import make_dataset
-from qrec_tf.layers.id_lookup import vocabulary_values
 from qrec_tf.models.base import CTRModel, Vocabularies
 from qrec_tf.models.dcn import DCNModel
 from qrec_tf.models.iv4rec import IV4RecModel
@@ -54,9 +53,14 @@ def check_name(config: ModelConfig) -> None:
 
 
 def load_vocabularies(data_dir: str, schema: S.Schema) -> Vocabularies:
+    """Every vocabulary of the schema with its counts, from <data_dir>/vocab/."""
     dtypes = {f.vocab: f.dtype for f in schema.features if f.vocab}
-    return Vocabularies({vocab: vocabulary_values(data_dir, vocab, dtype)
-                         for vocab, dtype in sorted(dtypes.items())})
+    values, counts = {}, {}
+    for vocab, dtype in sorted(dtypes.items()):
+        rows = S.read_vocab(data_dir, vocab)
+        values[vocab] = [int(v) if dtype == "int64" else v for v, _ in rows]
+        counts[vocab] = [count for _, count in rows]
+    return Vocabularies(values, counts)
 
 
 def build_model(config: ModelConfig, data_dir: str) -> CTRModel:

@@ -124,3 +124,18 @@ def test_contrastive_stable_with_small_temperature_and_finite_gradients():
                                                      NEG_SCORES[2:], C_NEG_MASK[2:], 0.5,
                                                      return_count=True)
     assert float(loss) == 0.0 and float(count) == 0.0
+
+
+def test_mini_batch_aware_l2_by_hand():
+    table = tf.Variable([[9.0, 9.0], [7.0, 7.0], [1.0, 2.0], [3.0, 0.0], [0.5, 0.5]])
+    inverse_frequency = tf.constant([0.0, 0.0, 1 / 4, 1 / 2, 1.0])   # padding, OOV: not penalised
+    # Rows 2, 3 and OOV touched (row 2 twice: it counts once); row 4 not in the batch.
+    indices = tf.constant([[2, 3, 0], [2, 1, 0]], tf.int64)
+    with tf.GradientTape() as tape:
+        penalty = losses.mini_batch_aware_l2(table, indices, inverse_frequency)
+    # ||(1, 2)||^2 / 4 + ||(3, 0)||^2 / 2 = 5 / 4 + 9 / 2
+    assert float(penalty) == pytest.approx(5 / 4 + 9 / 2, rel=1e-6)
+    gradient = tape.gradient(penalty, table)
+    assert isinstance(gradient, tf.IndexedSlices)   # only the touched rows
+    np.testing.assert_allclose(tf.convert_to_tensor(gradient).numpy(),
+                               [[0, 0], [0, 0], [0.5, 1.0], [3.0, 0.0], [0, 0]], rtol=1e-6)

@@ -247,3 +247,45 @@ def test_candidate_buckets_waste_at_most_an_eighth():
         8, 8, 16, 40, 104, 208, 256, 256, 288, 1024]
     assert all(n <= got[n] <= n + max(7, n / 8) for n in got)
     assert len(set(got.values())) < 90          # a bounded number of shapes to compile
+
+
+def test_embedding_l2_is_the_mini_batch_aware_penalty_of_the_rows_a_batch_touches():
+    counts = {vocab: list(range(len(values), 0, -1)) for vocab, values in VOCABS.values.items()}
+    vocabs = type(VOCABS)(VOCABS.values, counts)
+    config = load_config("configs/queryrec.yaml", [*TINY, "model.embedding_l2=0.5",
+                                                   "model.contrastive_weight=0"]).model
+    model = MODELS["queryrec"][0](config, SCHEMA, vocabs, name="queryrec")
+    features = batch()
+    model(features, training=False)
+    terms, _, _ = model._loss_terms(features, np.zeros(5), training=True)
+    expected = 0.0
+    for vocab, table in model.embedding_tables().items():
+        names = [f.name for f in SCHEMA.features
+                 if f.vocab == vocab and f.group != "nip"]
+        rows = np.unique(np.concatenate([np.ravel(model.lookup(n, features[n]).numpy())
+                                         for n in names]))
+        rows = rows[rows >= 2]                      # padding and OOV are not penalised
+        inverse = 1.0 / np.asarray(counts[vocab], np.float64)[rows - 2]
+        expected += float((inverse * (table.numpy()[rows] ** 2).sum(axis=1)).sum())
+    assert set(model.embedding_tables()) == set(VOCABS.values)
+    assert float(terms["embedding_l2"]) == pytest.approx(expected, rel=1e-5)
+    without = {k: v for k, v in terms.items() if k not in ("loss", "embedding_l2")}
+    assert float(terms["loss"]) == pytest.approx(
+        sum(float(v) * (config.nip_weight if k == "nip_loss" else 1.0)
+            for k, v in without.items()) + 0.5 * expected, rel=1e-5)
+    assert "embedding_l2" not in model._loss_terms(features, np.zeros(5), training=False)[0]
+
+
+@pytest.mark.parametrize("name", ["din_query", "din_nip", "queryrec"])
+def test_a_query_scale_starting_at_zero_gives_the_scores_of_the_model_without_queries(name):
+    """LayerScale at 0 on the query side: the CTR MLP reads zeros there, whatever the queries."""
+    model, features = build(name, None, "model.query_scale_init=0.0"), batch()
+    assert set(model.query_scales) == ({"pooled"} if name == "din_query" else
+                                       {"encoded"} if name == "din_nip" else
+                                       {"pooled", "encoded"})
+    np.testing.assert_allclose(score(model, features),
+                               score(model, with_other(features, QUERY_FEATURES)), rtol=1e-6)
+    for scale in model.query_scales.values():
+        scale.gamma.assign(np.ones(scale.gamma.shape))
+    assert not np.allclose(score(model, features),
+                           score(model, with_other(features, QUERY_FEATURES)))
