@@ -1,11 +1,17 @@
 """Scores a split with a trained model and writes exact AUC, GAUC and logloss.
 
-    python -m qrec_tf.evaluate --model-dir DIR --data DIR --split test --output metrics.json
+    python -m qrec_tf.evaluate --model-dir DIR --data DIR --split test --output metrics.json \
+        [--predictions predictions.csv]
+
+`--predictions` also writes the score of every example (CSV: row, user_id, item_id, label,
+probability; rows in the split's file order), which `python -m qrec_tf.compare` pairs across
+models.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
@@ -37,21 +43,61 @@ def load_trained_model(model_dir: str, data_dir: str):
     return config, model
 
 
-def predict(model, data_dir: str, split: str, batch_size: int = 4096):
-    """-> (user ids, labels, probabilities) over a whole split."""
+PREDICTION_COLUMNS = ("row", "user_id", "item_id", "label", "probability")
+
+
+def predict(model, data_dir: str, split: str, batch_size: int = 4096) -> dict[str, np.ndarray]:
+    """{"user_id", "item_id", "label", "probability"}: one value per example of a whole split,
+    in the split's file order (the same order for every model)."""
     score = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
-    users, labels, probabilities = [], [], []
+    columns: dict[str, list] = {"user_id": [], "item_id": [], "label": [], "probability": []}
     for batch in D.make_dataset(data_dir, split, batch_size, shuffle=False):
-        probabilities.append(score(batch).numpy())
-        users.append(batch[S.USER_ID].numpy())
-        labels.append(batch[S.LABEL].numpy())
-    return np.concatenate(users), np.concatenate(labels), np.concatenate(probabilities)
+        columns["probability"].append(score(batch).numpy())
+        columns["user_id"].append(batch[S.USER_ID].numpy())
+        columns["item_id"].append(batch[S.ITEM_ID].numpy())
+        columns["label"].append(batch[S.LABEL].numpy())
+    return {name: np.concatenate(values) for name, values in columns.items()}
 
 
-def evaluate(model_dir: str, data_dir: str, split: str, batch_size: int = 4096) -> dict:
+def write_predictions(path: str, predictions: dict[str, np.ndarray]) -> None:
+    """The per-example scores as CSV (PREDICTION_COLUMNS; probabilities to 9 digits)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(PREDICTION_COLUMNS)
+        for row, (user, item, label, probability) in enumerate(zip(
+                predictions["user_id"], predictions["item_id"], predictions["label"],
+                predictions["probability"])):
+            writer.writerow([row, int(user), int(item), int(label), f"{probability:.9g}"])
+
+
+def read_predictions(path: str) -> dict[str, np.ndarray]:
+    """What write_predictions wrote; a clear error for a file that is not such a CSV."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+    except OSError as error:
+        raise ValueError(f"cannot read predictions {path}: {error.strerror}") from None
+    if not rows or tuple(rows[0]) != PREDICTION_COLUMNS:
+        raise ValueError(f"{path} is not a predictions file of qrec_tf.evaluate (header "
+                         f"{','.join(PREDICTION_COLUMNS)})")
+    try:
+        values = np.asarray(rows[1:], dtype=np.float64).reshape(-1, len(PREDICTION_COLUMNS))
+    except ValueError:
+        raise ValueError(f"{path}: every row needs {len(PREDICTION_COLUMNS)} numbers") from None
+    return {"user_id": values[:, 1].astype(np.int64), "item_id": values[:, 2].astype(np.int64),
+            "label": values[:, 3].astype(np.int64), "probability": values[:, 4]}
+
+
+def evaluate(model_dir: str, data_dir: str, split: str, batch_size: int = 4096,
+             predictions_path: str | None = None) -> dict:
+    """The metrics of a trained model on a split; with `predictions_path` also writes its
+    per-example scores there (write_predictions)."""
     config, model = load_trained_model(model_dir, data_dir)
-    users, labels, probabilities = predict(model, data_dir, split, batch_size)
-    result = metrics.all_metrics(users, labels, probabilities)
+    predictions = predict(model, data_dir, split, batch_size)
+    if predictions_path:
+        write_predictions(predictions_path, predictions)
+    result = metrics.all_metrics(predictions["user_id"], predictions["label"],
+                                 predictions["probability"])
     result.update(model=config.model.name, split=split)
     return result
 
@@ -64,9 +110,13 @@ def main(argv=None) -> int:
     parser.add_argument("--split", default="test", choices=S.SPLITS)
     parser.add_argument("--output", help="metrics JSON file (default: <model-dir>/metrics_<split>.json)")
     parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--predictions", metavar="FILE",
+                        help="also write every example's score to this CSV (row, user_id, "
+                             "item_id, label, probability), for python -m qrec_tf.compare")
     args = parser.parse_args(argv)
     try:
-        result = evaluate(args.model_dir, args.data, args.split, args.batch_size)
+        result = evaluate(args.model_dir, args.data, args.split, args.batch_size,
+                          args.predictions)
     except (FileNotFoundError, ValueError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
