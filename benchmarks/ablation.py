@@ -1,12 +1,15 @@
 """The paper's table 5 ablation on generated data: every model, several seeds, test AUC.
 
-    python benchmarks/ablation.py [--users 4000] [--queries-per-subtopic 300] [--seeds 0 1 2]
+    python benchmarks/ablation.py [--regime default|sparse_feed|no_signal] [--users 4000]
+        [--queries-per-subtopic 300] [--seeds 0 1 2]
         [--epochs 3] [--models din din_query din_nip din_con din_con_diffusion queryrec dcn]
         [--augment-set train.epochs=20 ...] [--workdir bench_out/ablation] [--reuse]
 
-Generates one KuaiSAR-format log (pipelines.synthetic), runs the Beam job once, trains each model
-with each seed on the same data, evaluates on the test split, and writes the table (mean and std of
-test AUC, relative AUC change over din) to docs/RESULTS.md between the ablation markers.
+Generates one KuaiSAR-format log (pipelines.synthetic, of the chosen --regime), runs the Beam job
+once, trains each model with each seed on the same data, evaluates on the test split, and writes
+the table (mean and std of test AUC, relative AUC change over din, and the paired bootstrap
+interval of each model's mean-over-seeds AUC minus din's on the same test rows) to
+docs/RESULTS.md between the ablation markers of the regime.
 When a model reads diffusion positives (positives: diffusion, or auto as queryrec does), the
 augment stage (qrec_tf.augment, configs/augment/default.yaml) runs once first, into
 <workdir>/augment, and those models get model.positives_dir pointing there.
@@ -36,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from pipelines import build_tfrecords, synthetic  # noqa: E402
-from qrec_tf import augment, evaluate, train  # noqa: E402
+from qrec_tf import augment, evaluate, metrics, train  # noqa: E402
 from qrec_tf.config import Config, load_config  # noqa: E402
 from qrec_tf.models.registry import MODELS  # noqa: E402
 
@@ -46,27 +49,64 @@ PAPER_AUC = {"din": 0.6793, "din_query": 0.6792, "din_nip": 0.6894, "din_con": 0
 RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
                        "RESULTS.md")
 BEGIN, END = "<!-- ablation:begin -->", "<!-- ablation:end -->"
+# The log of each regime's benchmark where it differs from the regime's own defaults: the default
+# regime's query pool is larger than the generator's default, so that, as on KuaiSAR, many queries
+# are rare and a quarter of them never got a click.
+BENCHMARK_LOG = {"default": dict(queries_per_subtopic=300)}
+
+
+def markers(regime: str) -> tuple[str, str]:
+    """The RESULTS.md markers of a regime's ablation table (the default regime's are BEGIN, END)."""
+    if regime == "default":
+        return BEGIN, END
+    return f"<!-- ablation:{regime}:begin -->", f"<!-- ablation:{regime}:end -->"
+
+
+def difference_to_din(results: dict[str, list[dict]], name: str) -> dict | None:
+    """The paired bootstrap interval of mean-over-seeds test AUC, `name` minus din, on the same
+    test rows (qrec_tf.metrics.paired_bootstrap_auc_difference); None without din."""
+    if name == "din" or "din" not in results:
+        return None
+    runs = {model: [evaluate.read_predictions(r["predictions"]) for r in results[model]]
+            for model in (name, "din")}
+    labels = runs["din"][0]["label"]
+    for run in runs[name] + runs["din"]:
+        if not np.array_equal(run["label"], labels) or not np.array_equal(
+                run["user_id"], runs["din"][0]["user_id"]):
+            raise ValueError("test predictions of different rows: rerun without --reuse")
+    return metrics.paired_bootstrap_auc_difference(
+        labels, np.stack([r["probability"] for r in runs[name]]),
+        np.stack([r["probability"] for r in runs["din"]]), resamples=1000, seed=0)
 
 
 def table(results: dict[str, list[dict]], args) -> str:
+    begin, end = markers(args.regime)
     base = np.mean([r["auc"] for r in results["din"]]) if "din" in results else None
-    lines = [BEGIN, "", f"## Ablation (`benchmarks/ablation.py`)", "",
-             f"{describe_run(args)}.", "",
-             "| model | test AUC mean | std | vs din | paper AUC (KuaiSAR-small) |",
-             "|---|---|---|---|---|"]
+    title = "Ablation" + ("" if args.regime == "default" else f", regime {args.regime}")
+    lines = [begin, "", f"## {title} (`benchmarks/ablation.py --regime {args.regime}`)", "",
+             f"{describe_run(args)}. Interval: 95% paired bootstrap (1000 resamples of the test "
+             "rows) of the model's mean-over-seeds test AUC minus din's.", "",
+             "| model | test AUC mean | std | vs din | AUC - din [95% CI] | "
+             "paper AUC (KuaiSAR-small) |",
+             "|---|---|---|---|---|---|"]
     for name, runs in results.items():
         aucs = [r["auc"] for r in runs]
         rel = f"{(np.mean(aucs) / base - 1) * 100:+.2f}%" if base else "n/a"
+        ci = difference_to_din(results, name)
+        interval = (f"{ci['difference']:+.4f} [{ci['low']:+.4f}, {ci['high']:+.4f}]"
+                    if ci else "-")
         lines.append(f"| {name} | {np.mean(aucs):.4f} | {np.std(aucs):.4f} | {rel} | "
-                     f"{PAPER_AUC.get(name, float('nan')):.4f} |")
-    return "\n".join(lines + ["", END])
+                     f"{interval} | {PAPER_AUC.get(name, float('nan')):.4f} |")
+    return "\n".join(lines + ["", end])
 
 
 def describe_run(args: argparse.Namespace) -> str:
     """One line on the data and training of a run, for the tables."""
-    return (f"Generated log: {args.users} users, {args.items} items, {args.rec_per_user} feed "
-            f"impressions and {args.sessions_per_user} search sessions per user, "
-            f"{args.queries_per_subtopic} queries per sub-topic, seed {args.data_seed}; at most "
+    log = _log_arguments(args)
+    return (f"Generated log (regime {args.regime}): {args.users} users, {args.items} items, "
+            f"{log['rec_per_user']} feed impressions and {log['sessions_per_user']} search "
+            f"sessions per user, {log['queries_per_subtopic']} queries per sub-topic, seed "
+            f"{args.data_seed}; at most "
             f"{args.epochs} epochs (early stopping on validation AUC), seeds {args.seeds}; "
             "test split (one held-out impression per user)")
 
@@ -85,12 +125,17 @@ def write_results(text: str, begin: str = BEGIN, end: str = END) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser, models: list[str], workdir: str) -> None:
     """The options of a benchmark that trains `models` (the default) on one generated log."""
+    parser.add_argument("--regime", default="default", choices=sorted(synthetic.REGIMES),
+                        help="the generated log's planted structure (pipelines.synthetic "
+                             "--regime)")
     parser.add_argument("--users", type=int, default=4000)
     parser.add_argument("--items", type=int, default=5000)
-    parser.add_argument("--rec-per-user", type=int, default=synthetic.DEFAULT_REC_PER_USER)
-    parser.add_argument("--sessions-per-user", type=int,
-                        default=synthetic.DEFAULT_SESSIONS_PER_USER)
-    parser.add_argument("--queries-per-subtopic", type=int, default=300)
+    parser.add_argument("--rec-per-user", type=int, default=None,
+                        help="default: the regime's")
+    parser.add_argument("--sessions-per-user", type=int, default=None,
+                        help="default: the regime's")
+    parser.add_argument("--queries-per-subtopic", type=int, default=None,
+                        help="default: 300 in the default regime, else the regime's")
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=3)
@@ -108,9 +153,16 @@ def add_arguments(parser: argparse.ArgumentParser, models: list[str], workdir: s
 
 
 def _log_arguments(args: argparse.Namespace) -> dict:
-    return dict(users=args.users, items=args.items, seed=args.data_seed,
-                rec_per_user=args.rec_per_user, sessions_per_user=args.sessions_per_user,
-                queries_per_subtopic=args.queries_per_subtopic)
+    """synthetic.generate's arguments for the benchmark's log (regime values filled in)."""
+    regime = synthetic.REGIMES[args.regime]
+    defaults = {**{key: getattr(regime, key) for key in
+                   ("rec_per_user", "sessions_per_user", "queries_per_subtopic")},
+                **BENCHMARK_LOG.get(args.regime, {})}
+    given = dict(rec_per_user=args.rec_per_user, sessions_per_user=args.sessions_per_user,
+                 queries_per_subtopic=args.queries_per_subtopic)
+    return dict(users=args.users, items=args.items, seed=args.data_seed, regime=args.regime,
+                **{key: defaults[key] if value is None else value
+                   for key, value in given.items()})
 
 
 def prepare_data(args: argparse.Namespace) -> str:
@@ -169,16 +221,20 @@ def run_models(args: argparse.Namespace) -> dict[str, list[dict]]:
                                *table_sets.get(name, [])])
             model_dir = os.path.join(args.workdir, "models", f"{name}_{seed}")
             result_file = os.path.join(model_dir, "benchmark_result.json")
+            predictions = os.path.join(model_dir, "test_predictions.csv")
             # A run saved before a config key existed ran with that key's default.
-            if args.reuse and os.path.exists(result_file) and Config.from_dict(json.load(
-                    open(result_file))["config"]).to_dict() == cfg.to_dict():
+            if args.reuse and os.path.exists(result_file) and os.path.exists(predictions) and \
+                    Config.from_dict(json.load(open(result_file))["config"]).to_dict() == \
+                    cfg.to_dict():
                 result = json.load(open(result_file))["result"]
             else:
                 shutil.rmtree(model_dir, ignore_errors=True)
                 train.train(cfg, data_dir, model_dir, verbose=0)
-                result = evaluate.evaluate(model_dir, data_dir, "test")
+                result = evaluate.evaluate(model_dir, data_dir, "test",
+                                           predictions_path=predictions)
                 with open(result_file, "w") as f:
                     json.dump({"config": cfg.to_dict(), "result": result}, f)
+            result["predictions"] = predictions
             results.setdefault(name, []).append(result)
             print(f"{name:18s} seed {seed}: test AUC {result['auc']:.4f} "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
@@ -193,7 +249,7 @@ def main() -> None:
     text = table(run_models(args), args)
     print(text)
     if not args.no_write:
-        write_results(text)
+        write_results(text, *markers(args.regime))
         print(f"written to {RESULTS}")
 
 

@@ -51,6 +51,9 @@ class ModelConfig:
     # 0: the model starts as its DIN backbone). docs/ARCHITECTURE.md, "The query branch".
     query_dropout: float = 0.0
     query_scale_init: float | None = None
+    # How e_qt joins the CTR input: "vector" (eq 3 as printed: e_qt itself) or "target_product"
+    # (e_qt * the target item's embedding, whose sum is NIP's score of the target).
+    query_encoder_input: str = "vector"
     # DIN's mini-batch aware L2 on the embedding rows a batch touches, each weighted by the
     # inverse of its id's frequency (Zhou et al. KDD'18); 0 = off. docs/PAPER.md, "MBA".
     embedding_l2: float = 0.0
@@ -87,6 +90,8 @@ class ModelConfig:
                              "model.positives diffusion or auto")
         if not 0.0 <= self.query_dropout < 1.0 or not 0.0 <= self.dropout < 1.0:
             raise ValueError("model.dropout and model.query_dropout must be in [0, 1)")
+        if self.query_encoder_input not in ("vector", "target_product"):
+            raise ValueError("model.query_encoder_input must be vector or target_product")
         if self.embedding_l2 < 0:
             raise ValueError("model.embedding_l2 must be >= 0")
         if self.nip_weight and not self.query_encoder:

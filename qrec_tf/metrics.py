@@ -67,29 +67,36 @@ def paired_bootstrap_auc_difference(labels: np.ndarray, scores_a: np.ndarray,
 
     Each resample draws the rows with replacement once and scores both models on that draw, so
     the interval is of the difference on paired rows (much narrower than two separate AUC
-    intervals when the models agree on which rows are easy). Resamples with a single class are
-    drawn again. Returns {"difference", "low", "high", "confidence", "resamples",
-    "p_not_above_zero": share of resamples with a difference <= 0}.
+    intervals when the models agree on which rows are easy). Scores are [rows], or [runs, rows]
+    for several runs of a model (e.g. seeds): the difference is then that of the mean AUC over
+    runs, each run scored on the same draw. Resamples with a single class are drawn again.
+    Returns {"difference", "low", "high", "confidence", "resamples", "p_not_above_zero": share of
+    resamples with a difference <= 0}.
     """
     labels = np.asarray(labels).astype(bool).ravel()
-    scores_a, scores_b = np.ravel(scores_a), np.ravel(scores_b)
-    if not labels.size == scores_a.size == scores_b.size:
-        raise ValueError(f"labels and both score vectors need one value per row, got "
-                         f"{labels.size}, {scores_a.size} and {scores_b.size}")
+    scores_a, scores_b = np.atleast_2d(scores_a), np.atleast_2d(scores_b)
+    if not labels.size == scores_a.shape[1] == scores_b.shape[1]:
+        raise ValueError(f"labels and both scorings need one value per row, got {labels.size}, "
+                         f"{scores_a.shape[1]} and {scores_b.shape[1]}")
     if labels.all() or not labels.any():
         raise ValueError("the AUC needs both classes among the rows")
+
+    def difference(rows):
+        drawn = labels[rows]
+        return (np.mean([auc(drawn, run[rows]) for run in scores_a])
+                - np.mean([auc(drawn, run[rows]) for run in scores_b]))
+
     rng = np.random.default_rng(seed)
     differences = []
     while len(differences) < resamples:
         rows = rng.integers(0, labels.size, labels.size)
-        drawn = labels[rows]
-        if drawn.all() or not drawn.any():
+        if labels[rows].all() or not labels[rows].any():
             continue
-        differences.append(auc(drawn, scores_a[rows]) - auc(drawn, scores_b[rows]))
+        differences.append(difference(rows))
     differences = np.asarray(differences)
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(differences, [tail, 1.0 - tail])
-    return {"difference": auc(labels, scores_a) - auc(labels, scores_b), "low": float(low),
+    return {"difference": float(difference(np.arange(labels.size))), "low": float(low),
             "high": float(high), "confidence": confidence, "resamples": resamples,
             "p_not_above_zero": float(np.mean(differences <= 0.0))}
 

@@ -171,7 +171,11 @@ class QueryRecModel(CTRModel):
                 self.embed(S.ITEM_ID, item_idx), user["queries"], user["query_idx"] != 0,
                 training=training, queries_per_key_row=items_per_user), training))
         if self.config.query_encoder:
-            parts.append(self.query_input("encoded", per_row[len(user["user"])], training))
+            e_qt = per_row[len(user["user"])]
+            if self.config.query_encoder_input == "target_product":
+                # e_qt * e_i: what NIP scores (<e_qt, e_j> = its sum), per target item.
+                e_qt = e_qt * self.embed(S.ITEM_ID, item_idx)
+            parts.append(self.query_input("encoded", e_qt, training))
         hidden = self.ctr_mlp(tf.concat(parts, axis=-1), training=training)
         return {"logits": tf.squeeze(self.ctr_logit(hidden), -1)}
 

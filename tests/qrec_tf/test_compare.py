@@ -103,3 +103,15 @@ def test_cli_refuses_predictions_of_different_rows(tmp_path, capsys):
     assert compare.main(["--predictions", str(tmp_path / "bad.csv"),
                          str(tmp_path / "a.csv")]) == 2
     assert "not a predictions file" in capsys.readouterr().err
+
+
+def test_bootstrap_over_several_runs_is_of_the_mean_auc():
+    labels, a, b = _known_case(200)
+    runs_a, runs_b = np.stack([a, a[::-1]]), np.stack([b, a])
+    expected = (np.mean([metrics.auc(labels, r) for r in runs_a])
+                - np.mean([metrics.auc(labels, r) for r in runs_b]))
+    boot = metrics.paired_bootstrap_auc_difference(labels, runs_a, runs_b, resamples=100)
+    assert boot["difference"] == pytest.approx(expected, abs=1e-12)
+    assert boot["low"] <= expected <= boot["high"]
+    with pytest.raises(ValueError, match="one value per row"):
+        metrics.paired_bootstrap_auc_difference(labels, runs_a[:, :10], runs_b)

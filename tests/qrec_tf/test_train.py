@@ -8,23 +8,12 @@ import keras
 import numpy as np
 import pytest
 
-from pipelines import build_tfrecords, synthetic
 from qrec_tf import evaluate, metrics, train
 from qrec_tf.config import load_config
 from qrec_tf.models.registry import MODELS
 
 TINY = ["model.embedding_dim=8", "model.mlp_units=[16]", "model.attention_units=[8]",
         "train.batch_size=128", "train.shuffle_buffer=2000"]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train_data")
-    synthetic.generate(str(root / "log"), users=150, items=600, seed=2, rec_per_user=30,
-                       sessions_per_user=6)
-    build_tfrecords.run(["--input", str(root / "log"), "--output", str(root / "data"),
-                         "--direct_running_mode=in_memory", "--search-examples"])
-    return str(root / "data")
 
 
 def config(name, *extra):
