@@ -2,8 +2,12 @@
 worker processes, the path of Dataflow / Flink / Spark) give the DirectRunner's outputs."""
 
 import os
+import re
 import signal
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -95,7 +99,6 @@ def test_both_jobs_give_the_direct_runners_outputs_on_the_portable_runner(tmp_pa
 
 
 def test_port_taken_is_a_clear_error_and_nothing_starts(capsys):
-    import socket
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -135,3 +138,26 @@ def test_cli_runs_the_command_with_the_options_and_a_dead_service_is_reported(tm
             cluster.run([sys.executable, "-c", "import time; time.sleep(600)"], timeout_s=120)
         pgid = job_service.process.pid
     assert group_gone(pgid)
+
+
+def test_ctrl_c_stops_both_services(tmp_path):
+    err_path = tmp_path / "stderr"
+    with open(err_path, "w") as err:
+        launcher = subprocess.Popen([sys.executable, "-m", "pipelines.local_cluster"],
+                                    stderr=err, env=local_cluster.cluster_env(),
+                                    start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while "Ctrl-C stops both" not in err_path.read_text():
+            assert launcher.poll() is None, err_path.read_text()
+            assert time.monotonic() < deadline, err_path.read_text()
+            time.sleep(0.2)
+        text = err_path.read_text()
+        pids = [int(p) for p in re.search(r"pids \[(\d+), (\d+)\]", text).groups()]
+        assert "--runner=PortableRunner --job_endpoint=localhost:" in text
+        launcher.send_signal(signal.SIGINT)
+        assert launcher.wait(60) == 130
+        assert all(group_gone(pid) for pid in pids)
+        assert err_path.read_text().rstrip().endswith("stopped")
+    finally:
+        local_cluster.stop_group(launcher)
