@@ -10,7 +10,10 @@ external worker pool, both listening on 127.0.0.1 only (free ports unless given)
 pipeline options that send a job to it:
 
     --runner=PortableRunner --job_endpoint=localhost:P --environment_type=EXTERNAL
-    --environment_config=localhost:W
+    --environment_config=localhost:W --job_server_timeout=604800
+
+(Without the last one a job longer than 5 minutes fails in Beam 2.77's client: its default
+--job_server_timeout of 300 s also bounds the stream that waits for the job's end.)
 
 With a command after `--`, it appends those options to the command, runs it, stops the cluster
 and exits with the command's status. Without one, it serves until Ctrl-C. Either way both
@@ -46,10 +49,17 @@ class ClusterError(RuntimeError):
     """The cluster could not start or one of its processes died."""
 
 
+# Beam 2.77's PortableRunner puts --job_server_timeout (default 300 s) on the stream through
+# which it waits for the job's state too: a job longer than that fails in the client with
+# DEADLINE_EXCEEDED (measured: build_tfrecords on ~1M rows here).
+JOB_SERVER_TIMEOUT_S = 7 * 24 * 3600
+
+
 def portable_options(job_port: int, worker_port: int) -> list[str]:
     """The pipeline options that run a job on a cluster started with these ports."""
     return ["--runner=PortableRunner", f"--job_endpoint=localhost:{job_port}",
-            "--environment_type=EXTERNAL", f"--environment_config=localhost:{worker_port}"]
+            "--environment_type=EXTERNAL", f"--environment_config=localhost:{worker_port}",
+            f"--job_server_timeout={JOB_SERVER_TIMEOUT_S}"]
 
 
 def free_port() -> int:

@@ -129,6 +129,7 @@ def test_cli_runs_the_command_with_the_options_and_a_dead_service_is_reported(tm
     args_line = next(line for line in out.out.splitlines() if line.startswith("ARGS"))
     assert "'--mine', '--runner=PortableRunner', '--job_endpoint=localhost:" in args_line
     assert "'--environment_type=EXTERNAL', '--environment_config=localhost:" in args_line
+    assert args_line.endswith(", '--job_server_timeout=604800']")
 
     with local_cluster.local_cluster() as cluster:
         job_service, worker_pool = cluster.services
