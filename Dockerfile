@@ -8,10 +8,14 @@
 #   docker build --target serving -t qrec-serving .          # copies export/queryrec/
 #   docker run --rm -p 8500:8500 -p 8501:8501 qrec-serving
 #
+#   docker build --target beam-worker -t REGISTRY/qrec-beam-worker .   # Beam jobs on a cluster
+#
 # The serving image is tensorflow/serving with the export and serving/*.config inside; its
 # command enables request batching, Prometheus monitoring and XLA:CPU, which the export's
 # score_candidates signature runs on (README, "Export and serving").
 ARG TF_VERSION=2.21.0
+# The Beam worker image's Python must be the launching interpreter's minor version (pickles).
+ARG PY_VERSION=3.11
 
 # --- trainer: the package on the TensorFlow image; `python -m qrec_tf.train ARGS` --------------
 FROM tensorflow/tensorflow:${TF_VERSION} AS trainer
@@ -42,3 +46,14 @@ CMD ["--model_config_file=/config/models.config", \
      "--monitoring_config_file=/config/monitoring.config", \
      "--xla_cpu_compilation_enabled=true", \
      "--rest_api_port=8501", "--port=8500"]
+
+# --- beam-worker: SDK container of the Beam jobs on Dataflow / Flink / Spark ------------------
+# Beam's own SDK image (its entrypoint, /opt/apache/beam/boot, runs the SDK worker) with this
+# package installed, so workers unpickle pipelines.* and qrec_tf.*. README, "Running on a cluster".
+FROM apache/beam_python${PY_VERSION}_sdk:2.77.0 AS beam-worker
+WORKDIR /app
+COPY setup.py ./
+COPY qrec_tf/ qrec_tf/
+COPY pipelines/ pipelines/
+COPY serving/ serving/
+RUN pip install --no-cache-dir . && python -c "import pipelines.build_tfrecords, pipelines.analysis"

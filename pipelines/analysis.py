@@ -52,9 +52,9 @@ How this job reads docs/PAPER.md "Data analysis" (every symbol):
   the `--users` (`--samples`) smallest keys are kept (Beam's Top.Smallest). The same seed and
   input give the same draw on any runner and any sharding, and a larger n keeps a smaller n's draw.
 
-Runs locally on Beam's DirectRunner like pipelines.build_tfrecords (one worker process per core;
---direct_running_mode=in_memory for one process); other Beam options (--runner=DataflowRunner
---project ...) pass through unchanged.
+Runs locally like pipelines.build_tfrecords (pipelines.beam_support.LocalRunner, one worker
+process per core; --direct_running_mode=in_memory for one process); other Beam options
+(--runner=DataflowRunner --project ... / PortableRunner) pass through unchanged.
 """
 
 from __future__ import annotations
@@ -440,7 +440,7 @@ def build_pipeline(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, K.Heade
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__.split("\n\n")[0],
-        epilog="Unrecognised flags are Beam pipeline options (e.g. --runner=DataflowRunner).")
+        epilog=B.BEAM_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="directory with the KuaiSAR CSV files")
     parser.add_argument("--output", required=True, help="output directory (any Beam filesystem)")
     parser.add_argument("--users", type=int, default=DEFAULT_USERS,

@@ -311,7 +311,9 @@ class ExampleSerializer:
             else:
                 feature.bytes_list.value.extend(flat)
             self._last[name] = (value, feature)
-        return example.SerializeToString()
+        # deterministic: features in key order (a map's order otherwise varies between
+        # processes), so the same example gives the same bytes on any runner and in any run.
+        return example.SerializeToString(deterministic=True)
 
 
 # The query -> items table (variable-length lists).
@@ -337,7 +339,7 @@ def query_items_example(query_key: str, word_ids: Iterable[int], clicked: Mappin
     out[QI_CLICK_COUNTS].int64_list.value.extend(clicked[i] for i in clicked_items)
     out[QI_UNCLICKED_ITEM_IDS].int64_list.value.extend(sorted(unclicked))
     out[QI_SESSIONS].int64_list.value.append(sessions)
-    return example.SerializeToString()
+    return example.SerializeToString(deterministic=True)  # key order, as ExampleSerializer
 
 
 def vocab_path(data_dir: str, vocab: str) -> str:
