@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "PyYAML>=6.0,<7",
     "tensorboard==2.21.0",  # TF 2.21 no longer pulls it in; tf.summary needs it
     "matplotlib>=3.9,<4",   # pipelines.analysis writes its histogram as PNG
+    "optuna>=5.0,<6",       # qrec_tf.tune: hyper-parameter search on the validation split
 ]
 
 setup(
