@@ -15,7 +15,8 @@ filesystem. Output (see qrec_tf/schema.py for the names):
     stats.json                   per input file rows read/used/rejected (+ reasons); users kept and
                                  dropped; examples and CTR per split; queries with a click; search
                                  impressions of kept users not made examples (--search-examples)
-    dead_letter/                 JSON lines {"file", "reason", "line"}, one per rejected line
+    dead_letter/                 JSON lines {"file", "reason", "line"}, one per rejected line (and
+                                 per cut or corrupt .csv.gz, with the error as "line")
 
 Accounting: for every input file rows_read == rows_used + rows_rejected, where a rejected row is
 a line that cannot be parsed (it is in dead_letter/ with its reason). Rows of users dropped for
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import gzip
 import json
 import logging
@@ -48,7 +50,7 @@ import os
 import sys
 import time
 import zlib
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import apache_beam as beam
 from apache_beam.coders import BytesCoder
@@ -87,10 +89,12 @@ def gzip_error_reason(error: BaseException) -> str:
     return "gzip_truncated" if isinstance(error, EOFError) else "gzip_corrupt"
 
 
-def open_gzip(path: str) -> gzip.GzipFile:
-    """A .gz file on any Beam filesystem, decompressed by Python's gzip module."""
-    return gzip.GzipFile(fileobj=FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED),
-                         mode="rb")
+@contextlib.contextmanager
+def open_gzip(path: str) -> Iterator[gzip.GzipFile]:
+    """A .gz file on any Beam filesystem, decompressed by Python's gzip module (both closed)."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw, \
+            gzip.GzipFile(fileobj=raw, mode="rb") as f:
+        yield f
 
 
 # --- input discovery -------------------------------------------------------------------------

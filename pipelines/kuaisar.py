@@ -136,8 +136,9 @@ def split_fields(line: bytes | str, width: int) -> list[str]:
     if '"' in line:
         try:
             fields = next(csv.reader([line]), [])
-        except csv.Error:  # e.g. a carriage return inside the line
-            raise MalformedRow("bad_csv") from None
+        except csv.Error as error:  # a field past csv's limit, or a carriage return in the line
+            raise MalformedRow("field_too_long" if "field limit" in str(error) else "bad_csv"
+                               ) from None
     else:
         fields = line.split(",")
     if len(line) > MAX_FIELD_CHARS and max(map(len, fields)) > MAX_FIELD_CHARS:

@@ -96,7 +96,8 @@ def test_long_quoted_fields_are_read_and_over_long_ones_are_dead_letters():
     caption = "x" * 200_000
     row = f'1,"{caption}",10,NORMAL,2023-04-22,LongImport,9,a,b,,c,d,0,e,f,0,g,h'
     assert parser(K.ITEM_FEATURES)(row) == (1, (10, 9, K.MISSING))
-    for too_long in (f'"{"x" * (K.MAX_FIELD_CHARS + 1)}"', "x" * (K.MAX_FIELD_CHARS + 1)):
+    for too_long in (f'"{"x" * (K.MAX_FIELD_CHARS + 1)}"', "x" * (K.MAX_FIELD_CHARS + 1),
+                     f'"{"x" * (3 * K.MAX_FIELD_CHARS)}"'):
         with pytest.raises(K.MalformedRow) as info:
             parser(K.ITEM_FEATURES)(f"1,{too_long},10,NORMAL,2023-04-22,LongImport,9,a,b,,c,d,0,"
                                     "e,f,0,g,h")
