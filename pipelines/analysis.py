@@ -509,10 +509,8 @@ def run(argv: Sequence[str] | None = None) -> dict:
     """Runs the job; returns analysis.json's content. Raises B.InputError for user mistakes."""
     args, beam_args = parse_args(argv)
     inputs = {name: B.find_input(args.input, name) for name in INPUT_FILES}
-    try:  # written into a staging directory, swapped in when the job succeeded
-        out = B.StagedOutput(args.output, OUTPUTS, overwrite=args.overwrite)
-    except OSError as error:
-        raise B.InputError(f"cannot write to {args.output}: {error}") from None
+    # Written into a staging directory, swapped in when the job succeeded.
+    out = B.StagedOutput(args.output, OUTPUTS, overwrite=args.overwrite)
     LOG.info("reading %s", ", ".join(path for path, _ in inputs.values()))
     started = time.monotonic()
     arguments = {"input": args.input, "users": args.users, "samples": args.samples,

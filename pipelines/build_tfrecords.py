@@ -49,6 +49,7 @@ import logging
 import os
 import sys
 import time
+import uuid
 import zlib
 from typing import Iterable, Iterator, Sequence
 
@@ -610,9 +611,12 @@ class StagedOutput:
         if earlier and not overwrite:
             raise InputError(f"{output} already holds {earlier}: pass --overwrite to replace "
                              "them (they are replaced only when the new run succeeds)")
-        self._run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        self._run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
         self.staging = self.path(f".staging-{self._run_id}")
-        FileSystems.mkdirs(self.staging)  # creates `output` too
+        try:
+            FileSystems.mkdirs(self.staging)  # creates `output` too
+        except OSError as error:
+            raise InputError(f"cannot write to {output}: {error}") from None
 
     def path(self, name: str) -> str:
         return FileSystems.join(self.output, name)
@@ -655,8 +659,8 @@ def check_input_errors(stats: dict, inputs: dict[str, tuple[str, K.Header]]) -> 
         for reason in stats.get(name, {}).get("input_errors", {}):
             what = ("is cut short (the gzip stream ends early)" if reason == "gzip_truncated"
                     else "is corrupt (not a valid gzip stream)")
-            problems.append(f"{name}: {path} {what}: only its first "
-                            f"{stats[name].get('rows_read', 0):,} rows were read")
+            problems.append(f"{name}: {path} {what}; {stats[name].get('rows_read', 0):,} rows "
+                            "were read before the error")
     return problems
 
 

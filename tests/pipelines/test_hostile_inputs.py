@@ -198,3 +198,10 @@ def test_overwrite_replaces_outputs_only_when_the_new_run_succeeded(tmp_path, mo
          S.SCHEMA_FILE])
     assert positives.load(str(out), "auto")[1] == "log"
     assert_hand_examples(out)
+
+
+def test_an_output_that_is_a_file_is_a_user_error(tmp_path, capsys):
+    inp = hand_log.write(tmp_path / "in")
+    (tmp_path / "file").write_text("x")
+    assert build_tfrecords.main(["--input", str(inp), "--output", str(tmp_path / "file")]) == 2
+    assert f"cannot write to {tmp_path / 'file'}" in capsys.readouterr().err
