@@ -70,8 +70,6 @@ INT64_MAX = 2**63 - 1
 # writes an integer column that holds a NaN). Python's int() / float() would also take "1_000",
 # "1e300", "inf" or non-ASCII digits; none of those is an id.
 _INT = re.compile(r"([+-]?)([0-9]+)(?:\.0*)?", re.ASCII)
-# Decimal numbers (timestamps such as "1.684742e+12"): no "nan", "inf" or "1_000".
-_DECIMAL = re.compile(r"\+?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
 # The longest field a line may have, in characters (KuaiSAR's longest cells, captions and keyword
 # lists, are a few hundred). The csv module's own limit (131,072) raised a csv.Error that crashed
 # the job; a longer field is now a dead letter ("field_too_long"). The limit is process-wide, so it
@@ -155,17 +153,21 @@ def to_int(value: str, column: str) -> int:
     value = value.strip()
     if not value:
         raise MalformedRow(f"empty:{column}")
-    match = _INT.fullmatch(value)
-    if match is None:
-        raise MalformedRow(f"bad_int:{column}")
-    sign, digits = match.groups()
-    digits = digits.lstrip("0") or "0"
-    if sign == "-" and digits != "0":
-        raise MalformedRow(f"negative:{column}")
-    # int() of a very long digit string is slow (and refused past 4,300 digits): length first.
-    if len(digits) > 19 or int(digits) > INT64_MAX:
+    if len(value) <= 19 and value.isdigit() and value.isascii():
+        number = int(value)  # the common case, without the regex (this is the hot path)
+    else:
+        match = _INT.fullmatch(value)
+        if match is None:
+            raise MalformedRow(f"bad_int:{column}")
+        sign, digits = match.groups()
+        digits = digits.lstrip("0") or "0"
+        if sign == "-" and digits != "0":
+            raise MalformedRow(f"negative:{column}")
+        # int() of a long digit string is slow (and refused past 4,300 digits): length first.
+        number = int(digits) if len(digits) <= 19 else INT64_MAX + 1
+    if number > INT64_MAX:
         raise MalformedRow(f"out_of_range:{column}")
-    return int(digits)
+    return number
 
 
 def to_optional_int(value: str, column: str) -> int:
@@ -180,10 +182,14 @@ def to_timestamp_ms(value: str, column: str) -> int:
     value = value.strip()
     if not value:
         raise MalformedRow(f"empty:{column}")
-    if not _DECIMAL.fullmatch(value):  # negative, NaN, inf, or not a number
+    # float() would also take "1_000" and non-ASCII digits.
+    if not value.isascii() or "_" in value:
         raise MalformedRow(f"bad_timestamp:{column}")
-    number = float(value)  # KuaiSAR stores ms timestamps as floats ("1.684742e+12")
-    if number > 1e14:  # past the year 5000
+    try:
+        number = float(value)  # KuaiSAR stores ms timestamps as floats ("1.684742e+12")
+    except ValueError:
+        raise MalformedRow(f"bad_timestamp:{column}") from None
+    if not 0 <= number <= 1e14:  # negative, NaN, infinite, or past the year 5000
         raise MalformedRow(f"bad_timestamp:{column}")
     return int(number)
 
