@@ -509,20 +509,23 @@ def run(argv: Sequence[str] | None = None) -> dict:
     """Runs the job; returns analysis.json's content. Raises B.InputError for user mistakes."""
     args, beam_args = parse_args(argv)
     inputs = {name: B.find_input(args.input, name) for name in INPUT_FILES}
-    try:
-        B.prepare_output(args.output, args.overwrite, OUTPUTS)
-    except OSError as error:
-        raise B.InputError(f"cannot write to {args.output}: {error}") from None
+    # Written into a staging directory, swapped in when the job succeeded.
+    out = B.StagedOutput(args.output, OUTPUTS, overwrite=args.overwrite)
     LOG.info("reading %s", ", ".join(path for path, _ in inputs.values()))
     started = time.monotonic()
     arguments = {"input": args.input, "users": args.users, "samples": args.samples,
                  "seed": args.seed}
-    with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
-        build_pipeline(pipeline, inputs, args.output, users=args.users, samples=args.samples,
-                       seed=args.seed, arguments=arguments)
+    try:
+        with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
+            build_pipeline(pipeline, inputs, out.staging, users=args.users,
+                           samples=args.samples, seed=args.seed, arguments=arguments)
+        with FileSystems.open(out.staged(ANALYSIS_FILE)) as f:
+            report = json.loads(f.read())
+    except BaseException:
+        out.discard()
+        raise
+    out.publish()
     elapsed = time.monotonic() - started
-    with FileSystems.open(FileSystems.join(args.output, ANALYSIS_FILE)) as f:
-        report = json.loads(f.read())
     print(summary(report))
     print(f"Done in {elapsed:.1f} s; outputs in {args.output}: "
           + ", ".join(name for name in OUTPUTS if name != S.DEAD_LETTER_DIR)

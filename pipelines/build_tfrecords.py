@@ -15,13 +15,19 @@ filesystem. Output (see qrec_tf/schema.py for the names):
     stats.json                   per input file rows read/used/rejected (+ reasons); users kept and
                                  dropped; examples and CTR per split; queries with a click; search
                                  impressions of kept users not made examples (--search-examples)
-    dead_letter/                 JSON lines {"file", "reason", "line"}, one per rejected line
+    dead_letter/                 JSON lines {"file", "reason", "line"}, one per rejected line (and
+                                 per cut or corrupt .csv.gz, with the error as "line")
 
 Accounting: for every input file rows_read == rows_used + rows_rejected, where a rejected row is
 a line that cannot be parsed (it is in dead_letter/ with its reason). Rows of users dropped for
 lacking a search or a feed history are parsed and used for the search tables; they are reported in
-stats.json as `rows_of_dropped_users`, never silently. The job fails (exit 1) when a file's
-rejected share exceeds --max-rejected-fraction, after writing everything for inspection.
+stats.json as `rows_of_dropped_users`, never silently. A .csv.gz that is cut short or corrupt is
+counted as `<file>/input_errors/<reason>` (and dead-lettered with the error).
+
+Outputs are written into a staging directory inside --output and swapped in only when the job
+succeeded (StagedOutput). The job fails (exit 1), leaving --output's earlier outputs as they were
+and this run's in --output/failed_run/ for inspection, when a compressed input is cut or corrupt,
+when a file's rejected share exceeds --max-rejected-fraction, or when there is no training example.
 
 Vocabulary counts: users = feed interactions of kept users; items = feed interactions of kept users
 plus search impressions; queries = search sessions; words = word occurrences in search sessions;
@@ -38,12 +44,16 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import gzip
 import json
 import logging
 import os
 import sys
 import time
-from typing import Iterable, Sequence
+import uuid
+import zlib
+from typing import Iterable, Iterator, Sequence
 
 import apache_beam as beam
 from apache_beam.coders import BytesCoder
@@ -73,6 +83,25 @@ class InputError(ValueError):
     """A user mistake in the job's input or flags, reported without a traceback."""
 
 
+# What Python's gzip raises for a cut (EOFError), corrupt (zlib.error, BadGzipFile: CRC or length
+# check) or non-gzip (BadGzipFile, an OSError) stream. Beam's own decompression stops silently at
+# a cut, so .gz inputs are read with Python's gzip (ReadGzipLines).
+GZIP_ERRORS = (OSError, EOFError, zlib.error)
+
+
+def gzip_error_reason(error: BaseException) -> str:
+    """The input-error reason of one of GZIP_ERRORS."""
+    return "gzip_truncated" if isinstance(error, EOFError) else "gzip_corrupt"
+
+
+@contextlib.contextmanager
+def open_gzip(path: str) -> Iterator[gzip.GzipFile]:
+    """A .gz file on any Beam filesystem, decompressed by Python's gzip module (both closed)."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw, \
+            gzip.GzipFile(fileobj=raw, mode="rb") as f:
+        yield f
+
+
 # --- input discovery -------------------------------------------------------------------------
 def find_input(input_dir: str, name: str) -> tuple[str, K.Header]:
     """The one file `name`.csv or `name`.csv.gz in input_dir, and its parsed header."""
@@ -89,11 +118,21 @@ def find_input(input_dir: str, name: str) -> tuple[str, K.Header]:
     if len(found) > 1:
         raise InputError(f"both {found[0]} and {found[1]} exist: keep one")
     path = found[0]
-    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as f:
-        first = f.readline()
+    try:
+        with (open_gzip(path) if path.endswith(".gz") else FileSystems.open(path)) as f:
+            first = f.readline()
+    except GZIP_ERRORS as error:
+        raise InputError(f"{path} is not a readable gzip file ({type(error).__name__}: "
+                         f"{error})") from None
     if not first.strip():
         raise InputError(f"{path} is empty: expected a header line")
-    header = K.parse_header(name, first)
+    try:
+        header = K.parse_header(name, first)
+    except K.MalformedRow as error:
+        raise InputError(f"{path}: the first line is not a CSV header ({error.reason})") from None
+    if header.duplicates():
+        raise InputError(f"{path}: header repeats column(s) {header.duplicates()}; found "
+                         f"{list(header.names)}")
     if header.missing():
         raise InputError(f"{path}: header lacks column(s) {header.missing()}; found "
                          f"{list(header.names)}")
@@ -101,6 +140,36 @@ def find_input(input_dir: str, name: str) -> tuple[str, K.Header]:
 
 
 # --- transforms ------------------------------------------------------------------------------
+class ReadGzipLines(beam.DoFn):
+    """A .csv.gz path -> its data lines (bytes, without the line break; the header is skipped).
+
+    A stream that is cut or corrupt ends the file's lines with one "input_error" output,
+    (file, reason, message naming the path), so the job fails instead of using half the file.
+    A gzip file cannot be split, so one worker reads it, as Beam's ReadFromText would.
+    """
+
+    ERROR = "input_error"
+
+    def __init__(self, file: str):
+        self._file = file
+
+    def process(self, path: str):
+        lines = 0
+        try:
+            with open_gzip(path) as f:
+                f.readline()  # the header, checked by find_input
+                for line in f:
+                    # Like ReadFromText: the line without its "\n" or "\r\n".
+                    line = line[:-1] if line.endswith(b"\n") else line
+                    yield line[:-1] if line.endswith(b"\r") else line
+                    lines += 1
+        except GZIP_ERRORS as error:
+            message = (f"{path}: {type(error).__name__}: {error} (after {lines:,} data lines)")
+            LOG.error("%s", message)
+            yield beam.pvalue.TaggedOutput(
+                self.ERROR, (self._file, gzip_error_reason(error), message.encode("utf-8")))
+
+
 class ParseLines(beam.DoFn):
     """Raw line -> parsed record, or a dead letter ("dead" output) with its reason."""
 
@@ -312,16 +381,26 @@ def read_logs(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, K.Header]], 
     """Reads and parses each input file; rejected lines go to `output`/dead_letter/.
 
     Returns the parsed rows per file (kuaisar.LineParser's tuples) and (key, count) statistics
-    branches: `<file>/rows_read`, `rows_used`, `rows_rejected` and
-    `<file>/rejected_by_reason/<reason>`.
+    branches: `<file>/rows_read`, `rows_used`, `rows_rejected`,
+    `<file>/rejected_by_reason/<reason>` and, for a cut or corrupt .csv.gz,
+    `<file>/input_errors/<reason>` (its lines before the error are read as usual).
     """
     stats = []
     parsed = {}
-    dead_letters = []
+    dead_letters = []   # rejected lines, counted by reason
+    input_errors = []   # cut or corrupt files, counted apart (they are not lines)
     for name, (path, header) in inputs.items():
-        lines = pipeline | f"Read {name}" >> beam.io.ReadFromText(
-            path, skip_header_lines=1, coder=BytesCoder(),
-            compression_type=CompressionTypes.AUTO)
+        if path.endswith(".gz"):
+            read = (pipeline | f"Path {name}" >> beam.Create([path])
+                    | f"Read {name}" >> beam.ParDo(ReadGzipLines(name)).with_outputs(
+                        ReadGzipLines.ERROR, main="lines"))
+            lines = read.lines
+            stats.append(read[ReadGzipLines.ERROR] | f"Key input errors {name}" >> beam.Map(
+                lambda e: (f"{e[0]}/input_errors/{e[1]}", 1)))
+            input_errors.append(read[ReadGzipLines.ERROR])
+        else:
+            lines = pipeline | f"Read {name}" >> beam.io.ReadFromText(
+                path, skip_header_lines=1, coder=BytesCoder())
         results = lines | f"Parse {name}" >> beam.ParDo(ParseLines(header)).with_outputs(
             ParseLines.DEAD, main="rows")
         parsed[name] = results.rows
@@ -334,7 +413,8 @@ def read_logs(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, K.Header]], 
     dead = dead_letters | "Flatten dead letters" >> beam.Flatten()
     stats.append(dead | "Reject reasons" >> beam.Map(
         lambda d: (f"{d[0]}/rejected_by_reason/{d[1]}", 1)))
-    _ = (dead | "Dead letter JSON" >> beam.Map(dead_letter_json)
+    _ = ([dead, *input_errors] | "Flatten dead letters and input errors" >> beam.Flatten()
+         | "Dead letter JSON" >> beam.Map(dead_letter_json)
          | "Write dead letters" >> beam.io.WriteToText(
              FileSystems.join(output, S.DEAD_LETTER_DIR, "dead_letter"),
              file_name_suffix=".jsonl"))
@@ -477,16 +557,136 @@ def with_local_defaults(beam_args: list[str]) -> list[str]:
     return defaults + beam_args
 
 
-def prepare_output(output: str, overwrite: bool,
-                   names: Sequence[str] = (*OUTPUT_DIRS, S.STATS_FILE, S.SCHEMA_FILE)) -> None:
-    """Creates `output`; refuses (InputError) to mix with an earlier run's `names` there unless
-    `overwrite`, which deletes them first."""
-    existing = [name for name in names if FileSystems.exists(FileSystems.join(output, name))]
-    if existing and not overwrite:
-        raise InputError(f"{output} already holds {existing}: pass --overwrite to replace them")
-    if existing:
-        FileSystems.delete([FileSystems.join(output, name) for name in existing])
-    FileSystems.mkdirs(output) if not FileSystems.exists(output) else None
+def _is_local(path: str) -> bool:
+    return FileSystems.get_scheme(path) is None
+
+
+def _exists(path: str) -> bool:
+    """A file or a directory; on an object store a "directory" is any object under the prefix."""
+    if FileSystems.exists(path):
+        return True
+    if _is_local(path):
+        return False
+    try:
+        return bool(FileSystems.match([FileSystems.join(path, "**")], [1])[0].metadata_list)
+    except Exception:  # pylint: disable=broad-except  (nothing there: some stores raise)
+        return False
+
+
+def move(source: str, destination: str, per_file: bool | None = None) -> None:
+    """Moves a file or a directory tree. Locally one rename (atomic on one filesystem); on an
+    object store (per_file, the default there) every object is copied and deleted in turn."""
+    if not (per_file if per_file is not None else not _is_local(source)):
+        FileSystems.rename([source], [destination])
+        return
+    if FileSystems.exists(source) and not os.path.isdir(source):
+        FileSystems.rename([source], [destination])
+        return
+    files = [m.path for m in FileSystems.match([FileSystems.join(source, "**")])[0].metadata_list]
+    targets = [destination + path[len(source):] for path in files]
+    if _is_local(destination):  # a local per-file move (tests) needs the directories
+        for directory in sorted({os.path.dirname(t) for t in targets}):
+            os.makedirs(directory, exist_ok=True)
+    FileSystems.rename(files, targets)
+    if _is_local(source):
+        FileSystems.delete([source])
+
+
+def remove(path: str) -> None:
+    """Deletes a file or a directory tree (on an object store: every object under the prefix)."""
+    if _is_local(path) or FileSystems.exists(path):
+        FileSystems.delete([path])
+    else:
+        FileSystems.delete([path.rstrip("/") + "/"])
+
+
+class StagedOutput:
+    """A job's outputs, written into a staging directory and swapped in only on success.
+
+    `names` are the job's outputs in `output`; `stale` are outputs of later stages derived from an
+    earlier run there (the augment stage's table, for instance): a published run removes them,
+    so nothing reads them as this data's. Without `overwrite`, an earlier run's outputs (of either
+    kind) are an InputError before anything runs. The staging directory is `output`/.staging-*;
+    `publish()` moves the earlier outputs into `output`/.replaced-*, the new ones into place and
+    deletes both; `fail()` keeps the run's outputs in `output`/failed_run/ for inspection and
+    leaves the earlier ones as they were; `discard()` deletes the staging directory (a crash).
+
+    Locally each move is one rename, so the swap takes milliseconds and a crash during it leaves
+    every file in a named directory. On an object store (gs://) the swap copies object by object
+    (not atomic: a reader during the swap may see a mix), and a "directory" exists when an object
+    is under its prefix.
+    """
+
+    FAILED = "failed_run"
+
+    def __init__(self, output: str, names: Sequence[str], *, overwrite: bool,
+                 stale: Sequence[str] = ()):
+        self.output, self.names, self.stale = output, tuple(names), tuple(stale)
+        earlier = [name for name in (*self.names, *self.stale) if _exists(self.path(name))]
+        if earlier and not overwrite:
+            raise InputError(f"{output} already holds {earlier}: pass --overwrite to replace "
+                             "them (they are replaced only when the new run succeeds)")
+        self._run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        self.staging = self.path(f".staging-{self._run_id}")
+        try:
+            FileSystems.mkdirs(self.staging)  # creates `output` too
+        except OSError as error:
+            raise InputError(f"cannot write to {output}: {error}") from None
+
+    def path(self, name: str) -> str:
+        return FileSystems.join(self.output, name)
+
+    def staged(self, name: str) -> str:
+        return FileSystems.join(self.staging, name)
+
+    def publish(self) -> None:
+        replaced = [name for name in (*self.names, *self.stale, self.FAILED)
+                    if _exists(self.path(name))]
+        trash = self.path(f".replaced-{self._run_id}")
+        if replaced:
+            FileSystems.mkdirs(trash)
+            for name in replaced:
+                move(self.path(name), FileSystems.join(trash, name))
+        for name in self.names:
+            if _exists(self.staged(name)):
+                move(self.staged(name), self.path(name))
+        for path in (trash, self.staging):
+            if _exists(path):
+                remove(path)
+
+    def fail(self) -> str:
+        """Keeps this run's outputs in `output`/failed_run/ (replacing an older one); its path."""
+        failed = self.path(self.FAILED)
+        if _exists(failed):
+            remove(failed)
+        move(self.staging, failed)
+        return failed
+
+    def discard(self) -> None:
+        if _exists(self.staging):
+            remove(self.staging)
+
+
+def check_input_errors(stats: dict, inputs: dict[str, tuple[str, K.Header]]) -> list[str]:
+    """A compressed input that is cut or corrupt: this run did not read all of it."""
+    problems = []
+    for name, (path, _) in inputs.items():
+        for reason in stats.get(name, {}).get("input_errors", {}):
+            what = ("is cut short (the gzip stream ends early)" if reason == "gzip_truncated"
+                    else "is corrupt (not a valid gzip stream)")
+            problems.append(f"{name}: {path} {what}; {stats[name].get('rows_read', 0):,} rows "
+                            "were read before the error")
+    return problems
+
+
+def check_examples(stats: dict) -> list[str]:
+    """A build without training examples is no training data."""
+    if stats.get("examples", {}).get(S.SPLITS[0], {}).get("count", 0):
+        return []
+    users = stats.get("users", {})
+    return [f"no training examples: {users.get('kept', 0):,} users kept (a user needs search "
+            f"and feed history, and 3 feed interactions for a train one); dropped "
+            f"{users.get('dropped', {})}"]
 
 
 def check_rejections(stats: dict, max_fraction: float) -> list[str]:
@@ -521,31 +721,50 @@ def summary(stats: dict) -> str:
     return "\n".join(lines)
 
 
+def augment_outputs() -> tuple[str, ...]:
+    """What `python -m qrec_tf.augment --output <data dir>` writes: derived from one build, so
+    a new build removes them (imported here, not at module level: Beam workers need no Keras)."""
+    from qrec_tf import augment
+    from qrec_tf import positives
+    return (positives.POSITIVES_DIR, augment.SUMMARY_FILE, augment.CONFIG_FILE,
+            augment.WEIGHTS_FILE, augment.CHECKPOINT_DIR)
+
+
 def run(argv: Sequence[str] | None = None) -> dict:
     """Runs the job; returns stats.json's content. Raises InputError / SystemExit on failure."""
     args, beam_args = parse_args(argv)
     inputs = {name: find_input(args.input, name) for name in K.LOG_FILES}
-    prepare_output(args.output, args.overwrite)
-    with FileSystems.create(FileSystems.join(args.output, S.SCHEMA_FILE)) as f:
-        f.write(args.schema.to_json().encode("utf-8"))
-    LOG.info("reading %s", ", ".join(path for path, _ in inputs.values()))
-    started = time.monotonic()
-    options = PipelineOptions(beam_args)
-    with beam.Pipeline(options=options) as pipeline:
-        build_pipeline(pipeline, inputs, args.output, args.schema, seed=args.seed,
-                       min_count=args.min_count, num_shards=args.num_shards,
-                       search_examples=args.search_examples)
-    elapsed = time.monotonic() - started
-    with FileSystems.open(FileSystems.join(args.output, S.STATS_FILE)) as f:
-        stats = json.loads(f.read())
+    out = StagedOutput(args.output, (*OUTPUT_DIRS, S.STATS_FILE, S.SCHEMA_FILE),
+                       overwrite=args.overwrite, stale=augment_outputs())
+    try:
+        with FileSystems.create(out.staged(S.SCHEMA_FILE)) as f:
+            f.write(args.schema.to_json().encode("utf-8"))
+        LOG.info("reading %s", ", ".join(path for path, _ in inputs.values()))
+        started = time.monotonic()
+        options = PipelineOptions(beam_args)
+        with beam.Pipeline(options=options) as pipeline:
+            build_pipeline(pipeline, inputs, out.staging, args.schema, seed=args.seed,
+                           min_count=args.min_count, num_shards=args.num_shards,
+                           search_examples=args.search_examples)
+        elapsed = time.monotonic() - started
+        with FileSystems.open(out.staged(S.STATS_FILE)) as f:
+            stats = json.loads(f.read())
+    except BaseException:
+        out.discard()  # a crashed run's partial outputs; the earlier ones stay as they were
+        raise
     stats_rows = sum(stats.get(name, {}).get("rows_read", 0) for name in K.LOG_FILES)
-    LOG.info("done in %.1f s (%s input rows, %.0f rows/s); outputs in %s\n%s", elapsed,
-             f"{stats_rows:,}", stats_rows / max(elapsed, 1e-9), args.output, summary(stats))
-    problems = check_rejections(stats, args.max_rejected_fraction)
+    LOG.info("done in %.1f s (%s input rows, %.0f rows/s)\n%s", elapsed, f"{stats_rows:,}",
+             stats_rows / max(elapsed, 1e-9), summary(stats))
+    problems = (check_input_errors(stats, inputs)
+                + check_rejections(stats, args.max_rejected_fraction) + check_examples(stats))
     if problems:
-        raise SystemExit("build_tfrecords FAILED: too many malformed rows (see "
-                         f"{FileSystems.join(args.output, S.DEAD_LETTER_DIR)}):\n  "
+        failed = out.fail()
+        raise SystemExit(f"build_tfrecords FAILED; this run's outputs are in {failed} for "
+                         f"inspection (dead letters: {FileSystems.join(failed, S.DEAD_LETTER_DIR)}"
+                         f"), {args.output}'s earlier outputs are unchanged:\n  "
                          + "\n  ".join(problems))
+    out.publish()
+    LOG.info("outputs in %s", args.output)
     return stats
 
 

@@ -11,9 +11,11 @@ compact tuple or raises `MalformedRow` with a short, stable reason. Reasons are 
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import datetime
+import re
 from typing import Sequence
 
 REC_INTER = "rec_inter"
@@ -61,6 +63,20 @@ MISSING = -1
 
 BEIJING = datetime.timezone(datetime.timedelta(hours=8))
 
+# Every id and count is stored as int64 (tf.train.Int64List), so a larger value is a dead letter
+# ("out_of_range:<column>") rather than a crash when the example is serialized.
+INT64_MAX = 2**63 - 1
+# Integers as the logs write them: ASCII digits, optionally with a zero fraction ("3.0", as pandas
+# writes an integer column that holds a NaN). Python's int() / float() would also take "1_000",
+# "1e300", "inf" or non-ASCII digits; none of those is an id.
+_INT = re.compile(r"([+-]?)([0-9]+)(?:\.0*)?", re.ASCII)
+# The longest field a line may have, in characters (KuaiSAR's longest cells, captions and keyword
+# lists, are a few hundred). The csv module's own limit (131,072) raised a csv.Error that crashed
+# the job; a longer field is now a dead letter ("field_too_long"). The limit is process-wide, so it
+# is set when this module is imported (also in every Beam worker that unpickles a LineParser).
+MAX_FIELD_CHARS = 1 << 20
+csv.field_size_limit(max(csv.field_size_limit(), MAX_FIELD_CHARS + 1))
+
 
 class MalformedRow(ValueError):
     """A line that cannot be used; `reason` is a short stable code for the dead-letter output."""
@@ -83,10 +99,24 @@ class Header:
     def missing(self) -> list[str]:
         return [c for c in REQUIRED_COLUMNS[self.file] if c not in self.names]
 
+    def duplicates(self) -> list[str]:
+        """Column names the header repeats: which column a reader takes would be a guess."""
+        return sorted(name for name, n in collections.Counter(self.names).items() if n > 1)
+
 
 def parse_header(file: str, line: bytes | str) -> Header:
-    text = line.decode("utf-8-sig") if isinstance(line, bytes) else line.lstrip("\ufeff")
-    names = tuple(name.strip() for name in next(csv.reader([text.rstrip("\r\n")])))
+    """The header line's column names; raises MalformedRow for bytes that are not a CSV line."""
+    if isinstance(line, bytes):
+        try:
+            text = line.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise MalformedRow("invalid_utf8") from None
+    else:
+        text = line.lstrip("\ufeff")
+    try:
+        names = tuple(name.strip() for name in next(csv.reader([text.rstrip("\r\n")]), []))
+    except csv.Error:
+        raise MalformedRow("bad_csv") from None
     return Header(file, names)
 
 
@@ -101,28 +131,42 @@ def split_fields(line: bytes | str, width: int) -> list[str]:
         raise MalformedRow("nul_byte")
     line = line.rstrip("\r")
     # Most lines have no quoted field: str.split is several times faster than the csv module.
-    fields = next(csv.reader([line])) if '"' in line else line.split(",")
+    if '"' in line:
+        try:
+            fields = next(csv.reader([line]), [])
+        except csv.Error as error:  # a field past csv's limit, or a carriage return in the line
+            raise MalformedRow("field_too_long" if "field limit" in str(error) else "bad_csv"
+                               ) from None
+    else:
+        fields = line.split(",")
+    if len(line) > MAX_FIELD_CHARS and max(map(len, fields)) > MAX_FIELD_CHARS:
+        raise MalformedRow("field_too_long")
     if len(fields) != width:
         raise MalformedRow(f"field_count:{len(fields)}!={width}")
     return fields
 
 
-def to_int(value: str, column: str, minimum: int = 0) -> int:
+def to_int(value: str, column: str) -> int:
+    """A non-negative int64 written as an integer ("42", "+42", or "42.0" as pandas writes an
+    integer column holding NaNs); anything else raises MalformedRow: "empty:", "negative:",
+    "out_of_range:" (above INT64_MAX) or "bad_int:" (any other text, e.g. "1e3" or "1_000")."""
     value = value.strip()
     if not value:
         raise MalformedRow(f"empty:{column}")
-    try:
-        number = int(value)
-    except ValueError:
-        try:  # pandas writes integer columns with NaNs as floats ("3.0")
-            as_float = float(value)
-        except ValueError:
-            raise MalformedRow(f"bad_int:{column}") from None
-        if not as_float.is_integer():
+    if len(value) <= 19 and value.isdigit() and value.isascii():
+        number = int(value)  # the common case, without the regex (this is the hot path)
+    else:
+        match = _INT.fullmatch(value)
+        if match is None:
             raise MalformedRow(f"bad_int:{column}")
-        number = int(as_float)
-    if number < minimum:
-        raise MalformedRow(f"negative:{column}")
+        sign, digits = match.groups()
+        digits = digits.lstrip("0") or "0"
+        if sign == "-" and digits != "0":
+            raise MalformedRow(f"negative:{column}")
+        # int() of a long digit string is slow (and refused past 4,300 digits): length first.
+        number = int(digits) if len(digits) <= 19 else INT64_MAX + 1
+    if number > INT64_MAX:
+        raise MalformedRow(f"out_of_range:{column}")
     return number
 
 
@@ -138,11 +182,14 @@ def to_timestamp_ms(value: str, column: str) -> int:
     value = value.strip()
     if not value:
         raise MalformedRow(f"empty:{column}")
+    # float() would also take "1_000" and non-ASCII digits.
+    if not value.isascii() or "_" in value:
+        raise MalformedRow(f"bad_timestamp:{column}")
     try:
         number = float(value)  # KuaiSAR stores ms timestamps as floats ("1.684742e+12")
     except ValueError:
         raise MalformedRow(f"bad_timestamp:{column}") from None
-    if not number == number or number < 0 or number > 1e14:  # NaN, negative, or past year 5000
+    if not 0 <= number <= 1e14:  # negative, NaN, infinite, or past the year 5000
         raise MalformedRow(f"bad_timestamp:{column}")
     return int(number)
 
@@ -156,12 +203,11 @@ def parse_id_list(value: str, column: str) -> tuple[int, ...]:
     if not body:
         raise MalformedRow(f"empty_list:{column}")
     try:
-        ids = tuple(int(part) for part in body.split(","))
-    except ValueError:
+        return tuple(to_int(part, column) for part in body.split(","))
+    except MalformedRow as error:  # a word id out of the int64 range keeps its own reason
+        if error.reason.startswith("out_of_range:"):
+            raise
         raise MalformedRow(f"bad_list:{column}") from None
-    if any(i < 0 for i in ids):
-        raise MalformedRow(f"bad_list:{column}")
-    return ids
 
 
 def query_key(words: Sequence[int]) -> str:

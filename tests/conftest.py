@@ -4,6 +4,13 @@ import os
 import tempfile
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property-based tests: bounded, with no deadline (this machine's speed varies) and no example
+# database written into the checkout. A test may lower max_examples further.
+settings.register_profile("qrec", max_examples=200, deadline=None, database=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("qrec")
 
 
 @pytest.fixture(scope="session", autouse=True)

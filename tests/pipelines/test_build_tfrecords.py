@@ -376,7 +376,9 @@ def test_too_many_rejected_rows_fail_loudly_after_writing_stats(tmp_path):
     hand_log.write(tmp_path / "in", extra={"user_features": ["x,1,2,3,4", "y,1,2,3,4"]})
     with pytest.raises(SystemExit, match=r"user_features: 2 of 6 rows rejected"):
         run_job(tmp_path / "in", tmp_path / "out", "--max-rejected-fraction", "0.2")
-    stats = json.loads((tmp_path / "out" / S.STATS_FILE).read_text())
+    # a failed run is never published as data: its outputs are kept apart for inspection
+    assert not (tmp_path / "out" / S.STATS_FILE).exists()
+    stats = json.loads((tmp_path / "out" / "failed_run" / S.STATS_FILE).read_text())
     assert stats["user_features"]["rejected_by_reason"] == {"bad_int:user_id": 2}
 
 

@@ -51,11 +51,73 @@ def test_bad_keyword_lists(cell, reason):
     assert info.value.reason == reason
 
 
+@pytest.mark.parametrize("value, reason", [
+    ("9223372036854775807", None), ("9223372036854775808", "out_of_range:item_id"),
+    ("1" + "0" * 5000, "out_of_range:item_id"), ("1e300", "bad_int:item_id"),
+    ("1e3", "bad_int:item_id"), ("inf", "bad_int:item_id"), ("1_000", "bad_int:item_id"),
+    ("\u0661\u0662", "bad_int:item_id"), ("0x10", "bad_int:item_id"), ("3.0", None),
+    ("+7", None), ("-0", None), ("-3", "negative:item_id"), ("3.5", "bad_int:item_id"),
+])
+def test_ids_must_be_written_as_int64_integers(value, reason):
+    """Issue 17.5: an id above int64 crashed the job when serialized; to_int took "1e300"."""
+    line = f"1,{value},1.0,1.0,t,1000.0,1,0,0,0,0,0"
+    if reason is None:
+        assert parser(K.REC_INTER)(line)[1][1] == int(value.partition(".")[0])
+        return
+    with pytest.raises(K.MalformedRow) as info:
+        parser(K.REC_INTER)(line)
+    assert info.value.reason == reason
+
+
+def test_keyword_word_ids_beyond_int64_are_out_of_range():
+    with pytest.raises(K.MalformedRow) as info:
+        parser(K.SRC_INTER)(f'1,1,t,1000,"[1, {2**63}]",USER_INPUT,5,0,VIDEO')
+    assert info.value.reason == "out_of_range:keyword"
+    assert parser(K.SRC_INTER)(f'1,1,t,1000,"[1, {2**63 - 1}]",USER_INPUT,5,0,VIDEO')[1][2] == (
+        1, 2**63 - 1)
+
+
+@pytest.mark.parametrize("timestamp, reason", [
+    ("1.684742e+12", None), ("-5", "bad_timestamp:timestamp"), ("1_000", "bad_timestamp:timestamp"),
+    ("infinity", "bad_timestamp:timestamp"), ("2e14", "bad_timestamp:timestamp"),
+])
+def test_timestamps_are_plain_decimal_numbers(timestamp, reason):
+    line = f"1,2,1.0,1.0,t,{timestamp},1,0,0,0,0,0"
+    if reason is None:
+        assert parser(K.REC_INTER)(line)[1][0] == 1_684_742_000_000
+        return
+    with pytest.raises(K.MalformedRow) as info:
+        parser(K.REC_INTER)(line)
+    assert info.value.reason == reason
+
+
+def test_long_quoted_fields_are_read_and_over_long_ones_are_dead_letters():
+    """Issue 17.6: a quoted field over 131,072 characters raised csv.Error and crashed the job."""
+    caption = "x" * 200_000
+    row = f'1,"{caption}",10,NORMAL,2023-04-22,LongImport,9,a,b,,c,d,0,e,f,0,g,h'
+    assert parser(K.ITEM_FEATURES)(row) == (1, (10, 9, K.MISSING))
+    for too_long in (f'"{"x" * (K.MAX_FIELD_CHARS + 1)}"', "x" * (K.MAX_FIELD_CHARS + 1),
+                     f'"{"x" * (3 * K.MAX_FIELD_CHARS)}"'):
+        with pytest.raises(K.MalformedRow) as info:
+            parser(K.ITEM_FEATURES)(f"1,{too_long},10,NORMAL,2023-04-22,LongImport,9,a,b,,c,d,0,"
+                                    "e,f,0,g,h")
+        assert info.value.reason == "field_too_long"
+
+
+def test_a_carriage_return_inside_a_quoted_line_is_a_dead_letter():
+    with pytest.raises(K.MalformedRow) as info:
+        parser(K.SRC_INTER)('1,1\r2,t,1000,"[1]",USER_INPUT,5,0,VIDEO')
+    assert info.value.reason == "bad_csv"
+
+
 def test_header_with_other_column_order_and_bom():
     header = K.parse_header(K.REC_INTER, "\ufeffclick,timestamp,item_id,user_id\r\n".encode())
     assert header.missing() == []
     assert K.LineParser(header)("0,5000,9,3") == (3, (5000, 9, 0))
     assert K.parse_header(K.REC_INTER, "user_id,item_id").missing() == ["timestamp", "click"]
+    assert header.duplicates() == []
+    assert K.parse_header(K.REC_INTER, "user_id,item_id,user_id, item_id,x").duplicates() == [
+        "item_id", "user_id"]
 
 
 def test_query_key_and_beijing_time():
