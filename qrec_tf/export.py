@@ -152,17 +152,23 @@ def serving_functions(model: CTRModel, schema: S.Schema
     }
 
 
-def build_archive(model: CTRModel, schema: S.Schema) -> keras.export.ExportArchive:
-    """An ExportArchive with the three signatures.
+def build_archive(model: CTRModel, schema: S.Schema, xla: bool = True
+                  ) -> keras.export.ExportArchive:
+    """An ExportArchive with the three signatures; `xla` as in `export` (the default: the
+    export's default, so every caller exports what `python -m qrec_tf.export` does).
 
     The model itself is not tracked: ExportArchive then saves exactly the variables the endpoint
     functions read, which leaves out the training-only ones. The lookup layers the model uses are
     tracked for their hash tables (the vocabularies), which are resources, not variables.
     """
+    model.compile_scoring = xla
     archive = keras.export.ExportArchive()
     for lookup in model.lookups.values():
-        if lookup.built:  # a model that never reads a feature (din: no queries) never built it
-            archive.track(lookup)
+        # Every table is tracked: score_candidates' XLA path (model.compile_scoring) looks up
+        # every context feature before the compiled part, also those the model never reads (din:
+        # the queries). The lookup layer of such a feature was never called, so it is not built
+        # and ExportArchive refuses the layer: its table, a plain resource, is tracked instead.
+        archive.track(lookup if lookup.built else lookup.lookup_table)
     for name, (fn, spec) in serving_functions(model, schema).items():
         archive.add_endpoint(name, fn, input_signature=[spec])
     return archive
@@ -310,7 +316,6 @@ def export(model_dir: str, output: str, data_dir: str | None = None,
         raise FileExistsError(f"{os.path.join(output, str(version))} exists; versions are never "
                               "overwritten")
     _, model = load_trained_model(model_dir, data_dir)
-    model.compile_scoring = xla
     schema = model.schema
     model_name = os.path.basename(os.path.normpath(output))
     os.makedirs(output, exist_ok=True)
@@ -320,7 +325,7 @@ def export(model_dir: str, output: str, data_dir: str | None = None,
     staging = tempfile.mkdtemp(prefix=".export-", dir=output)
     try:
         started = time.perf_counter()
-        build_archive(model, schema).write_out(staging, verbose=False)
+        build_archive(model, schema, xla).write_out(staging, verbose=False)
         write_warmup(staging, model_name, schema, rows, serialized)
         difference = verify(staging, model, schema, rows, serialized)
         LOG.info("exported and checked in %.1f s: %d examples, largest difference %.2g",
