@@ -28,6 +28,6 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "gpu": ["tensorflow[and-cuda]==2.21.0"],
-        "dev": ["pytest>=9,<10"],
+        "dev": ["pytest>=9,<10", "hypothesis>=6.100,<7"],
     },
 )

@@ -119,10 +119,15 @@ class ServedVersion:
 
     def predict(self, signature_name: str, arrays: Mapping[str, np.ndarray],
                 max_scored_rows: int | None = None) -> dict[str, np.ndarray]:
-        """Validated inputs -> {output name: array}; `max_scored_rows` as in `check_inputs`."""
+        """Inputs -> {output name: array}; `max_scored_rows` as in `check_inputs`."""
         signature = self.signature(signature_name)
-        tensors = check_inputs(signature_name or DEFAULT_SIGNATURE, signature, arrays,
-                               max_scored_rows)
+        return self.run(signature_name, check_inputs(signature_name or DEFAULT_SIGNATURE,
+                                                     signature, arrays, max_scored_rows))
+
+    def run(self, signature_name: str, tensors: Mapping[str, tf.Tensor]
+            ) -> dict[str, np.ndarray]:
+        """Checked inputs (`check_inputs`) -> {output name: array}."""
+        signature = self.signature(signature_name)
         try:
             outputs = signature.function(**tensors)
         except tf.errors.InvalidArgumentError as error:
@@ -371,6 +376,21 @@ def check_proto_size(name: str, proto, spec: tf.TensorSpec, max_bytes: int) -> N
                            f"but holds {_proto_value_count(proto)}")
 
 
+def rest_request(body: Mapping[str, Any], served: "ServedVersion",
+                 max_scored_rows: int | None = None) -> tuple[str, dict[str, tf.Tensor], bool]:
+    """A REST predict request's JSON object -> (signature name, the checked input tensors, row
+    format?), or a RequestError (HTTP 400) that says what is wrong."""
+    signature_name = body.get("signature_name", "")
+    if not isinstance(signature_name, str):  # 0 or null is a mistake, not the default
+        raise RequestError(f"\"signature_name\" must be a string, got "
+                           f"{_json_kind(signature_name)}")
+    signature_name = signature_name or DEFAULT_SIGNATURE
+    signature = served.signature(signature_name)
+    arrays, row_format = decode_rest_inputs(body, signature)
+    return (signature_name, check_inputs(signature_name, signature, arrays, max_scored_rows),
+            row_format)
+
+
 def decode_proto_inputs(inputs: Mapping[str, Any], signature: Signature,
                         max_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> dict[str, np.ndarray]:
     """PredictRequest.inputs (TensorProtos) -> arrays; the dtype must match exactly, as in TF
@@ -580,15 +600,10 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
                 raise not_found(f"Malformed request: POST {self.path}")
             version = int(match["version"]) if match["version"] else None
             served = repository.get(match["name"], version)
-            signature_name = body.get("signature_name", "")
-            if not isinstance(signature_name, str):  # 0 or null is a mistake, not the default
-                raise RequestError("\"signature_name\" must be a string, got "
-                                   f"{_json_kind(signature_name)}")
-            signature_name = signature_name or DEFAULT_SIGNATURE
-            arrays, row_format = decode_rest_inputs(body, served.signature(signature_name))
+            signature_name, tensors, row_format = rest_request(
+                body, served, self.server.limits.max_scored_rows)
             with self.server.model_slots:
-                outputs = served.predict(signature_name, arrays,
-                                         self.server.limits.max_scored_rows)
+                outputs = served.run(signature_name, tensors)
             return rest_response(outputs, row_format)
         match = _MODEL.match(self.path)
         if not match:
