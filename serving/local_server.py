@@ -17,12 +17,17 @@ names, URLs, message formats and status codes:
 - gRPC: `tensorflow.serving.PredictionService` Predict and GetModelMetadata, and
   `tensorflow.serving.ModelService` GetModelStatus; bad input is INVALID_ARGUMENT.
 
-Every request is checked against the signature (input names, dtypes, ranks, fixed dimensions, and
-one batch size on axis 0 across inputs) before TensorFlow runs, so a mistake gets a message that
-names the input. The base path is polled every --file_system_poll_wait_seconds: a new numbered
+Every request is checked against the signature (input names, dtypes, the JSON kind of every value,
+ranks, fixed dimensions, one batch size on axis 0 across inputs, and at most
+--max_candidates_per_request rows to score) before TensorFlow runs, so a mistake gets a message
+that names the input; a gRPC TensorProto's declared shape is checked against its content and
+--max_request_bytes before any array is made. Each REST connection has its own thread, closed
+after --rest_api_idle_timeout_seconds without a request; a body that stops short of its
+Content-Length is a 400 after --rest_api_body_timeout_seconds. The base path is polled every --file_system_poll_wait_seconds: a new numbered
 version directory is loaded (and warmed up with its `assets.extra/tf_serving_warmup_requests`)
 and then replaces the old one, as TF Serving's default "latest version" policy does; a version
-that fails to load is logged and skipped, and the server keeps serving the previous one.
+that fails to load is logged and skipped (and tried again once its files change), and the server
+keeps serving the previous one.
 """
 
 from __future__ import annotations
@@ -59,7 +64,7 @@ DEFAULT_SIGNATURE = "serving_default"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 VERSION_PATTERN = re.compile(r"^\d+$")
 DEFAULT_MAX_REQUEST_BYTES = 16 << 20
-DEFAULT_MAX_SCORED_ROWS = 10_000  # 200 candidates take ~7 ms; 200,000 took ~60 s (docs/RESULTS.md)
+DEFAULT_MAX_SCORED_ROWS = 10_000  # 200 candidates take ~7 ms (docs/RESULTS.md); 200,000 ~a minute
 DEFAULT_IDLE_TIMEOUT_SECONDS = 30.0   # a kept-alive connection with no request is then closed
 DEFAULT_BODY_TIMEOUT_SECONDS = 5.0    # a body must arrive within this after its headers
 DISCARD_FACTOR = 8  # an oversized body up to this many times the limit is read (and dropped)
