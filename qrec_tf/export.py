@@ -33,6 +33,8 @@ tf_serving_warmup_requests` holds one request per signature, which TF Serving re
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -66,6 +68,8 @@ WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 RUN_FILE = "run.json"
 VERSION_PATTERN = re.compile(r"^\d+$")
 TOLERANCE = 1e-5
+STAGING_PREFIX = ".export-"
+STALE_STAGING_SECONDS = 60  # an unlocked staging directory this old belongs to no live export
 
 
 # --- signature specs (all derived from the schema) ---------------------------------------------
@@ -152,17 +156,23 @@ def serving_functions(model: CTRModel, schema: S.Schema
     }
 
 
-def build_archive(model: CTRModel, schema: S.Schema) -> keras.export.ExportArchive:
-    """An ExportArchive with the three signatures.
+def build_archive(model: CTRModel, schema: S.Schema, xla: bool = True
+                  ) -> keras.export.ExportArchive:
+    """An ExportArchive with the three signatures; `xla` as in `export` (the default: the
+    export's default, so every caller exports what `python -m qrec_tf.export` does).
 
     The model itself is not tracked: ExportArchive then saves exactly the variables the endpoint
     functions read, which leaves out the training-only ones. The lookup layers the model uses are
     tracked for their hash tables (the vocabularies), which are resources, not variables.
     """
+    model.compile_scoring = xla
     archive = keras.export.ExportArchive()
     for lookup in model.lookups.values():
-        if lookup.built:  # a model that never reads a feature (din: no queries) never built it
-            archive.track(lookup)
+        # Every table is tracked: score_candidates' XLA path (model.compile_scoring) looks up
+        # every context feature before the compiled part, also those the model never reads (din:
+        # the queries). The lookup layer of such a feature was never called, so it is not built
+        # and ExportArchive refuses the layer: its table, a plain resource, is tracked instead.
+        archive.track(lookup if lookup.built else lookup.lookup_table)
     for name, (fn, spec) in serving_functions(model, schema).items():
         archive.add_endpoint(name, fn, input_signature=[spec])
     return archive
@@ -184,6 +194,59 @@ def next_version(base_path: str) -> int:
         return 1
     taken = [int(name) for name in os.listdir(base_path) if VERSION_PATTERN.match(name)]
     return max(taken) + 1 if taken else 1
+
+
+# --- staging directories -----------------------------------------------------------------------
+@contextlib.contextmanager
+def staging_directory(output: str):
+    """A new hidden `.export-*` directory under `output`, locked (flock on the directory) while
+    the export that writes it runs: the kernel drops the lock when that process ends, killed or
+    not, so `remove_stale_staging` can tell a dead export's leftovers from a live one's. The
+    lock follows the directory when it is renamed into a version."""
+    path = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
+        if os.path.exists(path):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_stale_staging(output: str, min_age_seconds: float = STALE_STAGING_SECONDS
+                         ) -> list[str]:
+    """Removes the `.export-*` directories under `output` that no live export holds (a killed
+    export's) and that are at least `min_age_seconds` old (a starting export locks its
+    directory right after creating it); returns their paths."""
+    removed = []
+    if not os.path.isdir(output):
+        return removed
+    now = time.time()
+    for name in sorted(os.listdir(output)):
+        path = os.path.join(output, name)
+        if not name.startswith(STAGING_PREFIX) or not os.path.isdir(path):
+            continue
+        try:
+            if now - os.stat(path).st_mtime < min_age_seconds:
+                continue
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:  # gone meanwhile
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a live export holds it
+            os.close(fd)
+            continue
+        try:
+            shutil.rmtree(path)
+            removed.append(path)
+            LOG.info("removed %s, left by an export that did not finish", path)
+        except OSError as error:
+            LOG.warning("could not remove %s: %s", path, error)
+        finally:
+            os.close(fd)
+    return removed
 
 
 # --- sample requests: verification and TF Serving warmup ----------------------------------------
@@ -310,17 +373,16 @@ def export(model_dir: str, output: str, data_dir: str | None = None,
         raise FileExistsError(f"{os.path.join(output, str(version))} exists; versions are never "
                               "overwritten")
     _, model = load_trained_model(model_dir, data_dir)
-    model.compile_scoring = xla
     schema = model.schema
     model_name = os.path.basename(os.path.normpath(output))
     os.makedirs(output, exist_ok=True)
     rows, serialized = sample_rows(data_dir, schema, verify_split)
 
+    remove_stale_staging(output)
     # A hidden, non-numeric name: TF Serving and serving/local_server.py ignore it.
-    staging = tempfile.mkdtemp(prefix=".export-", dir=output)
-    try:
+    with staging_directory(output) as staging:
         started = time.perf_counter()
-        build_archive(model, schema).write_out(staging, verbose=False)
+        build_archive(model, schema, xla).write_out(staging, verbose=False)
         write_warmup(staging, model_name, schema, rows, serialized)
         difference = verify(staging, model, schema, rows, serialized)
         LOG.info("exported and checked in %.1f s: %d examples, largest difference %.2g",
@@ -338,9 +400,6 @@ def export(model_dir: str, output: str, data_dir: str | None = None,
                 if version is not None or not os.path.exists(target):
                     raise
         raise RuntimeError(f"could not claim a version number under {output}")
-    finally:
-        if os.path.exists(staging):
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def main(argv=None) -> int:

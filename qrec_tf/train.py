@@ -20,6 +20,7 @@ import sys
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from qrec_tf import data as D
@@ -72,6 +73,52 @@ class ThroughputLogger(keras.callbacks.Callback):
             logs["examples_per_second"] = rate
 
 
+class ResumableHistory(keras.callbacks.Callback):
+    """Every finished epoch's logs, also those of the runs before a kill: kept in
+    <backup_dir>/history.json beside BackupAndRestore's state (and removed with it), so that a
+    resumed run's run.json has the whole history. On resuming, the checkpoint and early stopping
+    callbacks get back the best validation AUC so far (and early stopping its patience count),
+    so that the weights kept are those of the best epoch of the whole run."""
+
+    def __init__(self, backup_dir: str, checkpoint: keras.callbacks.ModelCheckpoint,
+                 early_stopping: keras.callbacks.EarlyStopping, monitor: str = "val_auc"):
+        super().__init__()
+        self.path = os.path.join(backup_dir, "history.json")
+        self.epochs: list[dict] = []  # {"epoch": 0-based index, log name: value}
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                self.epochs = json.load(f)
+        self._callbacks = (checkpoint, early_stopping)
+        self._monitor = monitor
+        self._first = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._first:
+            return
+        self._first = False
+        # Epochs the restored backup does not hold (a kill between the two writes) run again.
+        self.epochs = [e for e in self.epochs if e["epoch"] < epoch]
+        scores = [e[self._monitor] for e in self.epochs if self._monitor in e]
+        if scores:
+            best = int(np.argmax(scores))  # the first best: the checkpoint keeps the first
+            for callback in self._callbacks:
+                callback.best = scores[best]
+            self._callbacks[1].wait = len(scores) - 1 - best
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append({"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}})
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        with open(self.path + ".tmp", "w") as f:
+            json.dump(self.epochs, f)
+        os.replace(self.path + ".tmp", self.path)  # a kill leaves the old file or the new one
+
+    @property
+    def history(self) -> dict[str, list[float]]:
+        """{log name: [value per epoch]} over every epoch of the run (NaN where one lacks it)."""
+        names = dict.fromkeys(k for e in self.epochs for k in e if k != "epoch")
+        return {k: [e.get(k, float("nan")) for e in self.epochs] for k in names}
+
+
 def train(config: Config, data_dir: str, model_dir: str, strategy_name: str = "default",
           mixed_precision: bool = False, verbose="auto",
           extra_callbacks: list | None = None) -> dict:
@@ -101,26 +148,31 @@ def train(config: Config, data_dir: str, model_dir: str, strategy_name: str = "d
                                 num_epochs=None if tc.validation_steps else 1)
     best_weights = os.path.join(model_dir, "best.weights.h5")
     throughput = ThroughputLogger(os.path.join(model_dir, "tensorboard"), tc.batch_size)
+    checkpoint = keras.callbacks.ModelCheckpoint(best_weights, monitor="val_auc", mode="max",
+                                                 save_best_only=True, save_weights_only=True)
+    early_stopping = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
+                                                   patience=tc.early_stopping_patience)
+    backup_dir = os.path.join(model_dir, "backup")
+    history = ResumableHistory(backup_dir, checkpoint, early_stopping)
     callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup")),
         keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard")),
         throughput,
-        keras.callbacks.ModelCheckpoint(best_weights, monitor="val_auc", mode="max",
-                                        save_best_only=True, save_weights_only=True),
-        keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
-                                      patience=tc.early_stopping_patience),
+        history,  # after throughput (its examples/s), before the backup (written first)
+        keras.callbacks.BackupAndRestore(backup_dir),
+        checkpoint,
+        early_stopping,
         *(extra_callbacks or []),
     ]
     started = time.perf_counter()
-    history = model.fit(train_data, validation_data=valid_data, epochs=tc.epochs,
-                        steps_per_epoch=tc.steps_per_epoch, validation_steps=tc.validation_steps,
-                        callbacks=callbacks, verbose=verbose, shuffle=False)  # tf.data shuffles
+    model.fit(train_data, validation_data=valid_data, epochs=tc.epochs,
+              steps_per_epoch=tc.steps_per_epoch, validation_steps=tc.validation_steps,
+              callbacks=callbacks, verbose=verbose, shuffle=False)  # tf.data shuffles
     elapsed = time.perf_counter() - started
     # The served and evaluated weights are those of the best validation AUC.
     if os.path.exists(best_weights):
         model.load_weights(best_weights)
     model.save_weights(os.path.join(model_dir, WEIGHTS_FILE))
-    val_auc = history.history.get("val_auc", [])
+    val_auc = history.history.get("val_auc", [])  # every epoch, those before a resume too
     summary = {
         "model": config.model.name,
         "data_dir": os.path.abspath(data_dir),
@@ -128,8 +180,8 @@ def train(config: Config, data_dir: str, model_dir: str, strategy_name: str = "d
         "best_epoch": int(max(range(len(val_auc)), key=val_auc.__getitem__)) + 1 if val_auc else None,
         "best_val_auc": max(val_auc) if val_auc else None,
         "train_seconds": elapsed,
-        "examples_per_second": throughput.rates,
-        "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+        "examples_per_second": history.history.get("examples_per_second", throughput.rates),
+        "history": history.history,
     }
     with open(os.path.join(model_dir, "run.json"), "w") as f:
         json.dump(summary, f, indent=2)

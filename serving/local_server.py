@@ -17,12 +17,17 @@ names, URLs, message formats and status codes:
 - gRPC: `tensorflow.serving.PredictionService` Predict and GetModelMetadata, and
   `tensorflow.serving.ModelService` GetModelStatus; bad input is INVALID_ARGUMENT.
 
-Every request is checked against the signature (input names, dtypes, ranks, fixed dimensions, and
-one batch size on axis 0 across inputs) before TensorFlow runs, so a mistake gets a message that
-names the input. The base path is polled every --file_system_poll_wait_seconds: a new numbered
+Every request is checked against the signature (input names, dtypes, the JSON kind of every value,
+ranks, fixed dimensions, one batch size on axis 0 across inputs, and at most
+--max_candidates_per_request rows to score) before TensorFlow runs, so a mistake gets a message
+that names the input; a gRPC TensorProto's declared shape is checked against its content and
+--max_request_bytes before any array is made. Each REST connection has its own thread, closed
+after --rest_api_idle_timeout_seconds without a request; a body that stops short of its
+Content-Length is a 400 after --rest_api_body_timeout_seconds. The base path is polled every --file_system_poll_wait_seconds: a new numbered
 version directory is loaded (and warmed up with its `assets.extra/tf_serving_warmup_requests`)
 and then replaces the old one, as TF Serving's default "latest version" policy does; a version
-that fails to load is logged and skipped, and the server keeps serving the previous one.
+that fails to load is logged and skipped (and tried again once its files change), and the server
+keeps serving the previous one.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -58,6 +64,9 @@ DEFAULT_SIGNATURE = "serving_default"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 VERSION_PATTERN = re.compile(r"^\d+$")
 DEFAULT_MAX_REQUEST_BYTES = 16 << 20
+DEFAULT_MAX_SCORED_ROWS = 10_000  # 200 candidates take ~7 ms (docs/RESULTS.md); 200,000 ~a minute
+DEFAULT_IDLE_TIMEOUT_SECONDS = 30.0   # a kept-alive connection with no request is then closed
+DEFAULT_BODY_TIMEOUT_SECONDS = 5.0    # a body must arrive within this after its headers
 DISCARD_FACTOR = 8  # an oversized body up to this many times the limit is read (and dropped)
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 
@@ -113,11 +122,17 @@ class ServedVersion:
                                f"this model has {sorted(self.signatures)}")
         return self.signatures[name]
 
-    def predict(self, signature_name: str, arrays: Mapping[str, np.ndarray]
-                ) -> dict[str, np.ndarray]:
-        """Validated inputs -> {output name: array}."""
+    def predict(self, signature_name: str, arrays: Mapping[str, np.ndarray],
+                max_scored_rows: int | None = None) -> dict[str, np.ndarray]:
+        """Inputs -> {output name: array}; `max_scored_rows` as in `check_inputs`."""
         signature = self.signature(signature_name)
-        tensors = check_inputs(signature_name or DEFAULT_SIGNATURE, signature, arrays)
+        return self.run(signature_name, check_inputs(signature_name or DEFAULT_SIGNATURE,
+                                                     signature, arrays, max_scored_rows))
+
+    def run(self, signature_name: str, tensors: Mapping[str, tf.Tensor]
+            ) -> dict[str, np.ndarray]:
+        """Checked inputs (`check_inputs`) -> {output name: array}."""
+        signature = self.signature(signature_name)
         try:
             outputs = signature.function(**tensors)
         except tf.errors.InvalidArgumentError as error:
@@ -157,9 +172,18 @@ def _shape_text(shape) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
-def check_inputs(signature_name: str, signature: Signature, arrays: Mapping[str, np.ndarray]
-                 ) -> dict[str, tf.Tensor]:
-    """Names, ranks, fixed dimensions and a common batch size; arrays already have the dtype."""
+def scored_rows(spec: tf.TensorSpec, shape: tuple[int, ...]) -> int:
+    """The rows one input asks the model to score: the product of the dimensions its signature
+    leaves open (users x candidates for score_candidates' candidate_* [U, N], the batch B for a
+    [B, 50] history)."""
+    return int(np.prod([g for w, g in zip(spec.shape.as_list(), shape) if w is None],
+                       dtype=object))
+
+
+def check_inputs(signature_name: str, signature: Signature, arrays: Mapping[str, np.ndarray],
+                 max_scored_rows: int | None = None) -> dict[str, tf.Tensor]:
+    """Names, ranks, fixed dimensions, a common batch size, and at most `max_scored_rows` rows
+    (or users x candidates) to score; arrays already have the dtype."""
     expected = signature.inputs
     missing = sorted(set(expected) - set(arrays))
     unknown = sorted(set(arrays) - set(expected))
@@ -185,20 +209,36 @@ def check_inputs(signature_name: str, signature: Signature, arrays: Mapping[str,
         sizes = ", ".join(f"{n} {s}" for n, s in sorted(batch_sizes.items()))
         raise RequestError("inputs must have the same size on axis 0 (one row per example or "
                            f"user); got {sizes}")
+    if max_scored_rows is not None:
+        rows = {name: scored_rows(spec, arrays[name].shape) for name, spec in expected.items()}
+        name = max(sorted(rows), key=rows.__getitem__) if rows else None
+        if name is not None and rows[name] > max_scored_rows:
+            raise RequestError(f"input {name!r} of shape {_shape_text(arrays[name].shape)} asks "
+                               f"for {rows[name]} rows (or users x candidates) to be scored; "
+                               f"this server scores at most {max_scored_rows} per request "
+                               "(--max_candidates_per_request): split the request")
     return {name: tf.constant(arrays[name], dtype=spec.dtype) for name, spec in expected.items()}
 
 
 # --- decoding request values ---------------------------------------------------------------------
+_DATATYPES = frozenset(tf.dtypes.as_dtype(d).as_datatype_enum for d in (
+    tf.float16, tf.float32, tf.float64, tf.int8, tf.int16, tf.int32, tf.int64, tf.uint8,
+    tf.uint16, tf.uint32, tf.uint64, tf.bool, tf.string, tf.bfloat16, tf.complex64,
+    tf.complex128))
 _INTEGER_DTYPES = (tf.int8, tf.int16, tf.int32, tf.int64, tf.uint8, tf.uint16, tf.uint32,
                    tf.uint64)
 
 
-def _shape_and_leaves(value: Any, name: str) -> tuple[tuple[int, ...], list]:
+def _shape_and_leaves(value: Any, name: str, rank: int) -> tuple[tuple[int, ...], list]:
+    """A JSON value -> (its shape, its leaves in row-major order); nested at most `rank` deep
+    (so a hostile nesting costs no more than the input's own rank), and not ragged."""
     if not isinstance(value, list):
         return (), [value]
-    if not value:
-        return (0,), []
-    parts = [_shape_and_leaves(v, name) for v in value]
+    if rank == 0:
+        raise RequestError(f"input {name!r} is nested deeper than its rank allows")
+    if not any(isinstance(v, list) for v in value):  # the innermost level: no recursion
+        return (len(value),), value
+    parts = [_shape_and_leaves(v, name, rank - 1) for v in value]
     inner = parts[0][0]
     if any(shape != inner for shape, _ in parts):
         raise RequestError(f"input {name!r} is ragged: every row must have the same length")
@@ -207,50 +247,57 @@ def _shape_and_leaves(value: Any, name: str) -> tuple[tuple[int, ...], list]:
 
 def _decode_bytes(leaf: Any, name: str) -> bytes:
     if isinstance(leaf, str):
-        return leaf.encode("utf-8")
+        return leaf.encode("utf-8", "surrogatepass")
     if isinstance(leaf, dict) and set(leaf) == {"b64"} and isinstance(leaf["b64"], str):
         try:
             return base64.b64decode(leaf["b64"], validate=True)
-        except binascii.Error:
+        except (binascii.Error, ValueError):  # ValueError: a non-ASCII character
             raise RequestError(f"input {name!r}: invalid base64 in {{\"b64\": ...}}") from None
     raise RequestError(f"input {name!r} expects strings (or {{\"b64\": ...}}), got "
-                       f"{type(leaf).__name__} {leaf!r:.40}")
+                       f"{_json_kind(leaf)}")
+
+
+def _json_kind(leaf: Any) -> str:
+    """What a JSON leaf is, in a message."""
+    if isinstance(leaf, bool):  # before int: True is an int in Python, not in JSON
+        return "a boolean"
+    if isinstance(leaf, float):
+        return "a non-integer number"
+    return {int: "an integer", str: "a string", dict: "an object", type(None): "null"}.get(
+        type(leaf), type(leaf).__name__)
 
 
 def json_to_array(name: str, value: Any, spec: tf.TensorSpec) -> np.ndarray:
-    """A JSON value -> an array of the spec's dtype, or a RequestError that names the input."""
+    """A JSON value -> an array of the spec's dtype, or a RequestError that names the input.
+
+    Every leaf must be of the dtype's JSON kind: an integer (not `true`, not 1.0) for integer
+    inputs, a number for float inputs, a boolean for bool inputs, a string or {"b64": ..} for
+    string inputs; no conversion is guessed.
+    """
     dtype = spec.dtype
+    rank = spec.shape.rank if spec.shape.rank is not None else 32
+    shape, leaves = _shape_and_leaves(value, name, rank)
     if dtype == tf.string:
-        shape, leaves = _shape_and_leaves(value, name)
         return np.array([_decode_bytes(leaf, name) for leaf in leaves],
                         dtype=object).reshape(shape)
-    try:
-        array = np.asarray(value)
-    except ValueError:
-        raise RequestError(f"input {name!r} is ragged: every row must have the same length") \
-            from None
-    kind = "number" if array.dtype.kind in "iuf" else {
-        "b": "boolean", "U": "string", "S": "string"}.get(array.dtype.kind, "mixed or nested value")
-    if array.size == 0:
-        return array.astype(dtype.as_numpy_dtype)
     if dtype == tf.bool:
-        if array.dtype.kind != "b":
-            raise RequestError(f"input {name!r} expects booleans, got a {kind}")
-        return array
-    if dtype in _INTEGER_DTYPES:
-        if array.dtype.kind not in "iu":
-            got = "non-integer number" if array.dtype.kind == "f" else kind
-            raise RequestError(f"input {name!r} expects {dtype.name} integers, got a {got}")
+        allowed, want = (bool,), "booleans"
+    elif dtype in _INTEGER_DTYPES:
+        allowed, want = (int,), f"{dtype.name} integers"
+    elif dtype.is_floating:
+        allowed, want = (int, float), f"{dtype.name} numbers"
+    else:
+        raise RequestError(f"input {name!r} has dtype {dtype.name}, which this server does not "
+                           "decode from JSON")
+    # type() rather than isinstance(): `true` is an int to isinstance(), never to this server.
+    wrong = [leaf for leaf in leaves if type(leaf) not in allowed][:1]
+    if wrong:
+        raise RequestError(f"input {name!r} expects {want}, got {_json_kind(wrong[0])}")
+    if dtype in _INTEGER_DTYPES and leaves:
         info = np.iinfo(dtype.as_numpy_dtype)
-        if array.min() < info.min or array.max() > info.max:
+        if min(leaves) < info.min or max(leaves) > info.max:
             raise RequestError(f"input {name!r}: a value is out of the {dtype.name} range")
-        return array.astype(dtype.as_numpy_dtype)
-    if dtype.is_floating:
-        if array.dtype.kind not in "iuf":
-            raise RequestError(f"input {name!r} expects {dtype.name} numbers, got a {kind}")
-        return array.astype(dtype.as_numpy_dtype)
-    raise RequestError(f"input {name!r} has dtype {dtype.name}, which this server does not "
-                       "decode from JSON")
+    return np.array(leaves, dtype=dtype.as_numpy_dtype).reshape(shape)
 
 
 def decode_rest_inputs(body: Mapping[str, Any], signature: Signature) -> tuple[dict, bool]:
@@ -296,15 +343,77 @@ def decode_rest_inputs(body: Mapping[str, Any], signature: Signature) -> tuple[d
     return arrays, row_format
 
 
-def decode_proto_inputs(inputs: Mapping[str, Any], signature: Signature) -> dict[str, np.ndarray]:
+def _proto_value_count(proto) -> int:
+    """How many values a TensorProto holds in its typed value fields (`*_val`; a complex value
+    is two numbers)."""
+    return sum(len(value) // (2 if field.name in ("scomplex_val", "dcomplex_val") else 1)
+               for field, value in proto.ListFields() if field.name.endswith("_val"))
+
+
+def check_proto_size(name: str, proto, spec: tf.TensorSpec, max_bytes: int) -> None:
+    """Checks a TensorProto's declared shape against the signature, its content and the size
+    limit *before* it is turned into an array: TF fills a tensor whose proto holds fewer values
+    than its shape declares by repeating the last one, so a small request declaring [30000000]
+    would otherwise become hundreds of MB."""
+    if proto.tensor_shape.unknown_rank:
+        raise RequestError(f"input {name!r}: the TensorProto has no shape (unknown rank)")
+    shape = [d.size for d in proto.tensor_shape.dim]
+    if any(d < 0 for d in shape):
+        raise RequestError(f"input {name!r}: negative dimension in shape {_shape_text(shape)}")
+    want = spec.shape.as_list()
+    if len(shape) != len(want) or any(w is not None and w != g for w, g in zip(want, shape)):
+        raise RequestError(f"input {name!r} must have shape {_shape_text(want)} (rank "
+                           f"{len(want)}), got {_shape_text(shape)}")
+    count = int(np.prod(shape, dtype=object))
+    itemsize = 8 if spec.dtype == tf.string else spec.dtype.size  # a string: one pointer
+    if count * itemsize > max_bytes:
+        raise RequestError(f"input {name!r} declares shape {_shape_text(shape)} ({count} values, "
+                           f"{count * itemsize} bytes), more than the server's limit of "
+                           f"{max_bytes} bytes (--max_request_bytes)",
+                           413, grpc.StatusCode.RESOURCE_EXHAUSTED)
+    if proto.tensor_content:
+        if len(proto.tensor_content) != count * itemsize:
+            raise RequestError(f"input {name!r} declares shape {_shape_text(shape)} ({count} "
+                               f"values) but its tensor_content holds "
+                               f"{len(proto.tensor_content)} bytes")
+    elif _proto_value_count(proto) > count:
+        raise RequestError(f"input {name!r} declares shape {_shape_text(shape)} ({count} values) "
+                           f"but holds {_proto_value_count(proto)}")
+
+
+def rest_request(body: Mapping[str, Any], served: "ServedVersion",
+                 max_scored_rows: int | None = None) -> tuple[str, dict[str, tf.Tensor], bool]:
+    """A REST predict request's JSON object -> (signature name, the checked input tensors, row
+    format?), or a RequestError (HTTP 400) that says what is wrong."""
+    signature_name = body.get("signature_name", "")
+    if not isinstance(signature_name, str):  # 0 or null is a mistake, not the default
+        raise RequestError(f"\"signature_name\" must be a string, got "
+                           f"{_json_kind(signature_name)}")
+    signature_name = signature_name or DEFAULT_SIGNATURE
+    signature = served.signature(signature_name)
+    arrays, row_format = decode_rest_inputs(body, signature)
+    return (signature_name, check_inputs(signature_name, signature, arrays, max_scored_rows),
+            row_format)
+
+
+def decode_proto_inputs(inputs: Mapping[str, Any], signature: Signature,
+                        max_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> dict[str, np.ndarray]:
     """PredictRequest.inputs (TensorProtos) -> arrays; the dtype must match exactly, as in TF
-    Serving (it does not convert)."""
-    arrays = {}
+    Serving (it does not convert), and the declared shapes must fit the signature, the content
+    and `max_bytes` (check_proto_size) before any array is made."""
     for name, proto in inputs.items():
         spec = signature.inputs.get(name)
         if spec is not None and proto.dtype != spec.dtype.as_datatype_enum:
-            got = tf.dtypes.as_dtype(proto.dtype).name if proto.dtype else "no dtype"
+            got = (tf.dtypes.as_dtype(proto.dtype).name if proto.dtype in _DATATYPES
+                   else "no dtype" if not proto.dtype else f"unknown dtype {proto.dtype}")
             raise RequestError(f"input {name!r} expects {spec.dtype.name}, got {got}")
+        if spec is not None:  # an unknown name is reported by check_inputs, never decoded
+            check_proto_size(name, proto, spec, max_bytes)
+    arrays = {}
+    for name, proto in inputs.items():
+        if name not in signature.inputs:
+            arrays[name] = np.zeros(0)
+            continue
         try:
             arrays[name] = tf.make_ndarray(proto)
         except (TypeError, ValueError) as error:
@@ -342,6 +451,20 @@ def numbered_versions(base_path: str) -> list[int]:
                   and os.path.exists(os.path.join(base_path, n, "saved_model.pb")))
 
 
+def directory_fingerprint(path: str) -> tuple:
+    """(relative path, size, mtime) of every file under `path`: changes when its files do."""
+    entries = []
+    for root, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(root, name)
+            try:
+                info = os.stat(full)
+            except OSError:  # removed while walking
+                continue
+            entries.append((os.path.relpath(full, path), info.st_size, info.st_mtime_ns))
+    return tuple(sorted(entries))
+
+
 class ModelRepository:
     """Serves the newest numbered version under `base_path` and swaps in newer ones."""
 
@@ -349,7 +472,8 @@ class ModelRepository:
         self.model_name = model_name
         self.base_path = base_path
         self._current: ServedVersion | None = None
-        self._failed: set[int] = set()
+        # version -> fingerprint of its files when it failed to load: retried once they change
+        self._failed: dict[int, tuple] = {}
         self._lock = threading.Lock()
 
     @property
@@ -358,25 +482,38 @@ class ModelRepository:
 
     @property
     def failed_versions(self) -> frozenset[int]:
-        """Versions that failed to load (not retried)."""
+        """Versions that failed to load and whose files have not changed since (a version is
+        retried when they do, e.g. a broken export fixed in place)."""
         return frozenset(self._failed)
+
+    def _unchanged_failure(self, version: int) -> bool:
+        if version not in self._failed:
+            return False
+        path = os.path.join(self.base_path, str(version))
+        if directory_fingerprint(path) == self._failed[version]:
+            return True
+        del self._failed[version]
+        LOG.info("the files of %s changed since it failed to load: trying it again", path)
+        return False
 
     def poll(self) -> bool:
         """Loads the newest version if it is not the one served; True when it swapped one in."""
-        versions = [v for v in numbered_versions(self.base_path) if v not in self._failed]
+        versions = [v for v in numbered_versions(self.base_path)
+                    if not self._unchanged_failure(v)]
         current = self._current
         if not versions or (current is not None and versions[-1] == current.version):
             return False
         version = versions[-1]
         path = os.path.join(self.base_path, str(version))
         started = time.perf_counter()
+        fingerprint = directory_fingerprint(path)  # before loading: a change meanwhile retries
         try:
             loaded = ServedVersion(path, version)
             warmed = loaded.warm_up()
         except Exception:  # a broken export must not take the server down
             LOG.exception("could not load %s; still serving version %s", path,
                           current.version if current else None)
-            self._failed.add(version)
+            self._failed[version] = fingerprint
             return False
         with self._lock:
             self._current = loaded
@@ -417,10 +554,25 @@ def metadata_json(model_name: str, version: ServedVersion) -> dict:
 
 
 class RestHandler(http.server.BaseHTTPRequestHandler):
+    """One connection, on its own thread (RestServer): an idle kept-alive connection ties no
+    worker that another client needs, and is closed after --rest_api_idle_timeout_seconds."""
+
     protocol_version = "HTTP/1.1"  # keep-alive: clients reuse their connection
-    timeout = 30                    # seconds a client may take to send its request
     disable_nagle_algorithm = True  # headers and body are two writes: don't wait for an ACK
     server: "RestServer"
+
+    def setup(self):
+        # The socket timeout while waiting for a request line or headers: an idle connection
+        # (or one that stalls mid-headers) is closed after it (handle_one_request catches it).
+        self.timeout = self.server.limits.idle_timeout
+        super().setup()
+        self.server.opened(self.connection)
+
+    def finish(self):
+        try:
+            super().finish()
+        finally:
+            self.server.closed(self.connection)
 
     def log_message(self, format, *args):  # requests are logged at DEBUG, not on stderr
         LOG.debug("%s %s", self.address_string(), format % args)
@@ -453,11 +605,11 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
                 raise not_found(f"Malformed request: POST {self.path}")
             version = int(match["version"]) if match["version"] else None
             served = repository.get(match["name"], version)
-            signature_name = body.get("signature_name") or DEFAULT_SIGNATURE
-            if not isinstance(signature_name, str):
-                raise RequestError("\"signature_name\" must be a string")
-            arrays, row_format = decode_rest_inputs(body, served.signature(signature_name))
-            return rest_response(served.predict(signature_name, arrays), row_format)
+            signature_name, tensors, row_format = rest_request(
+                body, served, self.server.limits.max_scored_rows)
+            with self.server.model_slots:
+                outputs = served.run(signature_name, tensors)
+            return rest_response(outputs, row_format)
         match = _MODEL.match(self.path)
         if not match:
             raise not_found(f"Malformed request: GET {self.path}")
@@ -472,26 +624,49 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             raise RequestError("a request body with a Content-Length header is required", 411)
         length = int(length)
-        if length > self.server.max_request_bytes:
+        if length > self.server.limits.max_request_bytes:
             self._discard(length)
             raise self._too_large(length)
+        data = self._read_body(length)
         try:
-            body = json.loads(self.rfile.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            body = json.loads(data)
+        except RecursionError:
+            raise RequestError("the request body is nested too deeply") from None
+        except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, a 5000-digit number
             raise RequestError(f"the request body is not valid JSON: {error}") from None
         if not isinstance(body, dict):
             raise RequestError("the request body must be a JSON object")
         return body
 
+    def _read_body(self, length: int) -> bytes:
+        """The body's `length` bytes, or a 400 (and the connection closed) when the client sends
+        fewer: at the end of its stream, or when nothing more arrives for
+        --rest_api_body_timeout_seconds (a client that declared more than it sends)."""
+        timeout = self.server.limits.body_timeout
+        self.connection.settimeout(timeout)
+        try:
+            data = self.rfile.read(length)
+        except TimeoutError:
+            data = None
+        finally:
+            self.connection.settimeout(self.server.limits.idle_timeout)
+        if data is None or len(data) < length:
+            self.close_connection = True
+            detail = (f"nothing more arrived for {timeout:g} s" if data is None
+                      else f"{len(data)} arrived, then the stream ended")
+            raise RequestError(f"the request body is shorter than its Content-Length of {length} "
+                               f"bytes ({detail})")
+        return data
+
     def _too_large(self, length: int) -> RequestError:
         return RequestError(f"request of {length} bytes is larger than the server's limit of "
-                            f"{self.server.max_request_bytes} bytes (--max_request_bytes)",
+                            f"{self.server.limits.max_request_bytes} bytes (--max_request_bytes)",
                             413, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
     def _discard(self, length: int) -> None:
         """Reads and drops an oversized body so that the client, still sending it, gets the 413
         instead of a broken pipe; past a bound the connection is just closed."""
-        if length > DISCARD_FACTOR * self.server.max_request_bytes:
+        if length > DISCARD_FACTOR * self.server.limits.max_request_bytes:
             self.close_connection = True
             return
         while length > 0:
@@ -503,7 +678,7 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
     def handle_expect_100(self) -> bool:
         # Clients that ask first (curl does for large bodies) learn the limit before sending.
         length = self.headers.get("Content-Length", "")
-        if length.isdigit() and int(length) > self.server.max_request_bytes:
+        if length.isdigit() and int(length) > self.server.limits.max_request_bytes:
             self.close_connection = True
             self._reply(413, {"error": self._too_large(int(length)).message})
             return False
@@ -516,24 +691,55 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
         self._handle("POST")
 
 
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one request may ask of the server (the flags of the same names)."""
+
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_scored_rows: int = DEFAULT_MAX_SCORED_ROWS     # --max_candidates_per_request
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT_SECONDS  # --rest_api_idle_timeout_seconds
+    body_timeout: float = DEFAULT_BODY_TIMEOUT_SECONDS  # --rest_api_body_timeout_seconds
+
+
 class RestServer(http.server.ThreadingHTTPServer):
-    """HTTP server whose requests run on a fixed pool of threads (--rest_api_num_threads)."""
+    """HTTP server with one thread per connection (the standard library's ThreadingMixIn), so a
+    connection that sits idle holds only its own thread, until the idle timeout closes it; at
+    most --rest_api_num_threads requests run the model at once."""
 
     daemon_threads = True
 
-    def __init__(self, address, repository: ModelRepository, max_request_bytes: int,
-                 num_threads: int):
+    def __init__(self, address, repository: ModelRepository, limits: Limits, num_threads: int):
         self.repository = repository
-        self.max_request_bytes = max_request_bytes
-        self._pool = concurrent.futures.ThreadPoolExecutor(num_threads, "rest")
+        self.limits = limits
+        self.model_slots = threading.BoundedSemaphore(num_threads)
+        self._connections: set = set()
+        self._connections_lock = threading.Lock()
         super().__init__(address, RestHandler)  # binds; closes itself when that fails
 
-    def process_request(self, request, client_address):
-        self._pool.submit(self.process_request_thread, request, client_address)
+    def opened(self, connection) -> None:
+        with self._connections_lock:
+            self._connections.add(connection)
+
+    def closed(self, connection) -> None:
+        with self._connections_lock:
+            self._connections.discard(connection)
+
+    @property
+    def open_connections(self) -> int:
+        with self._connections_lock:
+            return len(self._connections)
 
     def server_close(self):
+        """Stops listening and ends the open connections (their threads then exit) rather than
+        leaving them to the idle timeout."""
         super().server_close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:  # closed by its thread meanwhile
+                pass
 
 
 # --- gRPC -----------------------------------------------------------------------------------------
@@ -548,8 +754,9 @@ def _grpc_call(context, fn):
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, repository: ModelRepository):
+    def __init__(self, repository: ModelRepository, limits: Limits = Limits()):
         self.repository = repository
+        self.limits = limits
 
     def _served(self, model_spec) -> ServedVersion:
         version = model_spec.version.value if model_spec.HasField("version") else None
@@ -561,8 +768,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         def run():
             served = self._served(request.model_spec)
             name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-            outputs = served.predict(name, decode_proto_inputs(request.inputs,
-                                                               served.signature(name)))
+            arrays = decode_proto_inputs(request.inputs, served.signature(name),
+                                         self.limits.max_request_bytes)
+            outputs = served.predict(name, arrays, self.limits.max_scored_rows)
             if request.output_filter:
                 unknown = sorted(set(request.output_filter) - set(outputs))
                 if unknown:
@@ -619,7 +827,10 @@ class LocalServer:
     def __init__(self, model_name: str, model_base_path: str, *, host: str = "127.0.0.1",
                  rest_api_port: int | None = 8501, grpc_port: int | None = 8500,
                  poll_seconds: float = 1.0, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-                 rest_api_num_threads: int = 8, grpc_max_threads: int = 8):
+                 rest_api_num_threads: int = 8, grpc_max_threads: int = 8,
+                 max_candidates_per_request: int = DEFAULT_MAX_SCORED_ROWS,
+                 idle_timeout_seconds: float = DEFAULT_IDLE_TIMEOUT_SECONDS,
+                 body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS):
         if rest_api_port is None and grpc_port is None:
             raise ValueError("at least one of the REST and gRPC ports must be set")
         self.repository = ModelRepository(model_name, model_base_path)
@@ -630,17 +841,20 @@ class LocalServer:
         self._grpc = None
         self.rest_port = self.grpc_port = None
         self._requested = (rest_api_port, grpc_port)
-        self._limits = (max_request_bytes, rest_api_num_threads, grpc_max_threads)
+        self.limits = Limits(max_request_bytes, max_candidates_per_request,
+                             idle_timeout_seconds, body_timeout_seconds)
+        self._threads_per_front_end = (rest_api_num_threads, grpc_max_threads)
         self._threads: list[threading.Thread] = []
 
     def start(self) -> "LocalServer":
         rest_api_port, grpc_port = self._requested
-        max_request_bytes, rest_threads, grpc_threads = self._limits
+        rest_threads, grpc_threads = self._threads_per_front_end
+        max_request_bytes = self.limits.max_request_bytes
         self.repository.poll()  # serve a version from the first request on, when there is one
         try:
             if rest_api_port is not None:
                 self._rest = RestServer((self.host, rest_api_port), self.repository,
-                                        max_request_bytes, rest_threads)
+                                        self.limits, rest_threads)
                 self.rest_port = self._rest.server_address[1]
                 self._spawn(self._rest.serve_forever, "rest")
             if grpc_port is not None:
@@ -649,7 +863,7 @@ class LocalServer:
                     options=[("grpc.max_receive_message_length", max_request_bytes),
                              ("grpc.so_reuseport", 0)])  # a port in use is an error
                 prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-                    PredictionService(self.repository), self._grpc)
+                    PredictionService(self.repository, self.limits), self._grpc)
                 model_service_pb2_grpc.add_ModelServiceServicer_to_server(
                     ModelService(self.repository), self._grpc)
                 self.grpc_port = self._grpc.add_insecure_port(f"{self.host}:{grpc_port}")
@@ -707,8 +921,23 @@ def main(argv=None) -> int:
                         help="how often to look for a new version (default 1)")
     parser.add_argument("--max_request_bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
                         help=f"largest request accepted (default {DEFAULT_MAX_REQUEST_BYTES})")
-    parser.add_argument("--rest_api_num_threads", type=int, default=8)
+    parser.add_argument("--rest_api_num_threads", type=int, default=8,
+                        help="REST requests that run the model at once (default 8); every "
+                             "connection has its own thread")
     parser.add_argument("--grpc_max_threads", type=int, default=8)
+    parser.add_argument("--max_candidates_per_request", type=int,
+                        default=DEFAULT_MAX_SCORED_ROWS,
+                        help="most rows one request may score: users x candidates for "
+                             "score_candidates, the batch for the others (default "
+                             f"{DEFAULT_MAX_SCORED_ROWS}; not a TF Serving flag)")
+    parser.add_argument("--rest_api_idle_timeout_seconds", type=float,
+                        default=DEFAULT_IDLE_TIMEOUT_SECONDS,
+                        help="a kept-alive REST connection without a request for this long is "
+                             f"closed (default {DEFAULT_IDLE_TIMEOUT_SECONDS:g})")
+    parser.add_argument("--rest_api_body_timeout_seconds", type=float,
+                        default=DEFAULT_BODY_TIMEOUT_SECONDS,
+                        help="a request body that stops arriving for this long is answered 400 "
+                             f"(default {DEFAULT_BODY_TIMEOUT_SECONDS:g})")
     args = parser.parse_args(argv)
     for flag in ("port", "rest_api_port"):
         if not 0 <= getattr(args, flag) < 65536:
@@ -717,8 +946,11 @@ def main(argv=None) -> int:
         parser.error("--port must be a port number (gRPC cannot be disabled)")
     if args.port == args.rest_api_port:
         parser.error("--port and --rest_api_port must differ")
-    if args.file_system_poll_wait_seconds <= 0 or args.max_request_bytes < 1:
-        parser.error("--file_system_poll_wait_seconds and --max_request_bytes must be positive")
+    for flag in ("file_system_poll_wait_seconds", "max_request_bytes", "rest_api_num_threads",
+                 "grpc_max_threads", "max_candidates_per_request",
+                 "rest_api_idle_timeout_seconds", "rest_api_body_timeout_seconds"):
+        if not getattr(args, flag) > 0:
+            parser.error(f"--{flag} must be positive")
     if not os.path.isdir(args.model_base_path):
         parser.error(f"--model_base_path {args.model_base_path!r} is not a directory (export a "
                      "model with `python -m qrec_tf.export --output DIR`)")
@@ -730,7 +962,10 @@ def main(argv=None) -> int:
                          poll_seconds=args.file_system_poll_wait_seconds,
                          max_request_bytes=args.max_request_bytes,
                          rest_api_num_threads=args.rest_api_num_threads,
-                         grpc_max_threads=args.grpc_max_threads)
+                         grpc_max_threads=args.grpc_max_threads,
+                         max_candidates_per_request=args.max_candidates_per_request,
+                         idle_timeout_seconds=args.rest_api_idle_timeout_seconds,
+                         body_timeout_seconds=args.rest_api_body_timeout_seconds)
     try:
         server.start()
     except (OSError, RuntimeError) as error:  # grpc raises RuntimeError when it cannot bind

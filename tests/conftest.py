@@ -1,5 +1,6 @@
 """Shared test setup: Beam and TF write temp files; keep them inside pytest's temp directory."""
 
+import logging
 import os
 import tempfile
 
@@ -24,6 +25,21 @@ def _private_tmpdir(tmp_path_factory):
         os.environ.pop("TMPDIR", None)
     else:
         os.environ["TMPDIR"] = old_env
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logger():
+    """Each test leaves the root logger as it found it. A command's main() run in a test calls
+    logging.basicConfig, which adds a handler on the stream pytest captures for that test and
+    closes afterwards; a server thread that logs later (the session's local server) would then
+    print 'Logging error ... I/O operation on closed file'."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 
 def pytest_configure(config):

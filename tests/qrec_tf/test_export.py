@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -280,9 +281,20 @@ def test_every_model_family_exports_with_scores_equal_to_the_model(name, tiny, t
                          [o for o in TINY if o.startswith("model.")])
     model = build_model(config.model, tiny.data_dir)  # untrained: the export must not care
     rows, serialized = E.sample_rows(tiny.data_dir, model.schema, rows=16)
+    # The export's default path: score_candidates with its XLA part (din and dcn failed here
+    # with an 'untracked' StaticHashTable: the query tables din never reads).
     E.build_archive(model, model.schema).write_out(str(tmp_path), verbose=False)
+    assert model.compile_scoring
+    assert xla_compiled_functions(str(tmp_path)), "score_candidates has no XLA part"
     assert E.verify(str(tmp_path), model, model.schema, rows, serialized) <= 1e-5
     assert set(E.SIGNATURES) <= set(tf.saved_model.load(str(tmp_path)).signatures)
+
+
+def xla_compiled_functions(version_dir: str) -> list[str]:
+    """Names of the SavedModel's functions that XLA must compile (jit_compile=True)."""
+    graph = saved_model_proto(version_dir).meta_graphs[0].graph_def
+    return [fn.signature.name for fn in graph.library.function
+            if fn.attr["_XlaMustCompile"].b]
 
 
 def test_cli_errors_are_messages(tiny, tmp_path, capsys):
@@ -297,3 +309,41 @@ def test_cli_errors_are_messages(tiny, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         E.main(["--model-dir", tiny.model_dir, "--output", str(tmp_path / "file")])
     assert info.value.code == 2 and "not a directory" in capsys.readouterr().err
+
+
+HOLD_STAGING = """
+import sys, time
+from qrec_tf import export as E
+with E.staging_directory(sys.argv[1]) as path:
+    print(path, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_staging_directories_of_killed_exports_are_removed(tmp_path):
+    """A killed export leaves its `.export-*` directory; the next export removes it, while a
+    live export's (still locked) and a stranger's fresh one are left alone."""
+    def hold():
+        process = subprocess.Popen([sys.executable, "-c", HOLD_STAGING, str(tmp_path)],
+                                   stdout=subprocess.PIPE, text=True)
+        return process, process.stdout.readline().strip()
+
+    killed, killed_path = hold()
+    live, live_path = hold()
+    try:
+        killed.kill()  # SIGKILL: nothing of the export's own cleanup runs
+        killed.wait(timeout=60)
+        assert os.path.isdir(killed_path) and os.path.isdir(live_path)
+        fresh = tmp_path / ".export-just-made"
+        fresh.mkdir()
+        old = time.time() - 2 * E.STALE_STAGING_SECONDS
+        for path in (killed_path, live_path):
+            os.utime(path, (old, old))
+        assert E.remove_stale_staging(str(tmp_path)) == [killed_path]
+        assert not os.path.exists(killed_path)
+        assert os.path.isdir(live_path) and fresh.is_dir()
+    finally:
+        live.kill()
+        live.wait(timeout=60)
+    assert E.remove_stale_staging(str(tmp_path), min_age_seconds=0) == sorted(
+        [live_path, str(fresh)])

@@ -70,15 +70,63 @@ class RecordEpochs(keras.callbacks.Callback):
         self.epochs.append(epoch)
 
 
+class RecordWeights(keras.callbacks.Callback):
+    """Each finished epoch's validation AUC and trainable weights (what a checkpoint saves)."""
+
+    def __init__(self, record):
+        super().__init__()
+        self.record = record
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.record[epoch] = (logs["val_auc"], [v.numpy() for v in self.model.trainable_variables])
+
+
 def test_a_killed_run_resumes_from_its_last_finished_epoch(data_dir, tmp_path):
-    cfg = config("din", "train.epochs=3", "train.early_stopping_patience=5")
+    cfg = config("din", "train.epochs=4", "train.early_stopping_patience=5")
+    record = {}
     with pytest.raises(KeyboardInterrupt):
-        train.train(cfg, data_dir, str(tmp_path), verbose=0, extra_callbacks=[StopAfterEpoch(1)])
+        train.train(cfg, data_dir, str(tmp_path), verbose=0,
+                    extra_callbacks=[RecordWeights(record), StopAfterEpoch(1)])
     assert os.path.exists(tmp_path / "backup")
     seen = RecordEpochs()
-    summary = train.train(cfg, data_dir, str(tmp_path), verbose=0, extra_callbacks=[seen])
-    assert seen.epochs == [2]  # epochs 0 and 1 were done before the kill
-    assert summary["epochs_run"] == 1
+    summary = train.train(cfg, data_dir, str(tmp_path), verbose=0,
+                          extra_callbacks=[seen, RecordWeights(record)])
+    assert seen.epochs == [2, 3]  # epochs 0 and 1 were done before the kill
+    # run.json covers the whole run, the epochs before the kill included.
+    assert sorted(record) == [0, 1, 2, 3]
+    assert summary["epochs_run"] == 4
+    aucs = [record[e][0] for e in range(4)]
+    np.testing.assert_allclose(summary["history"]["val_auc"], aucs, rtol=1e-6)
+    assert all(len(values) == 4 for values in summary["history"].values())
+    assert len(summary["examples_per_second"]) == 4
+    best = int(np.argmax(aucs))
+    assert summary["best_epoch"] == best + 1
+    assert summary["best_val_auc"] == pytest.approx(aucs[best])
+    assert json.load(open(tmp_path / "run.json")) == summary
+    # The weights kept are that epoch's.
+    _, kept = evaluate.load_trained_model(str(tmp_path), data_dir)
+    for got, want in zip([v.numpy() for v in kept.trainable_variables], record[best][1]):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_resumed_run_keeps_the_best_weights_from_before_the_kill(data_dir, tmp_path):
+    """The best validation AUC was before the kill: the resumed run must not replace those
+    weights with a worse epoch's (its checkpoint used to start from scratch)."""
+    cfg = config("din", "train.epochs=3", "train.early_stopping_patience=5")
+    record = {}
+    with pytest.raises(KeyboardInterrupt):
+        train.train(cfg, data_dir, str(tmp_path), verbose=0,
+                    extra_callbacks=[RecordWeights(record), StopAfterEpoch(0)])
+    history = json.load(open(tmp_path / "backup" / "history.json"))
+    history[0]["val_auc"] = 2.0  # no later epoch can beat it
+    json.dump(history, open(tmp_path / "backup" / "history.json", "w"))
+    summary = train.train(cfg, data_dir, str(tmp_path), verbose=0,
+                          extra_callbacks=[RecordWeights(record)])
+    assert summary["best_epoch"] == 1 and summary["best_val_auc"] == 2.0
+    assert summary["epochs_run"] == 3
+    _, kept = evaluate.load_trained_model(str(tmp_path), data_dir)
+    for got, want in zip([v.numpy() for v in kept.trainable_variables], record[0][1]):
+        np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("split", ["test", "train"])

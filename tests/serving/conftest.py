@@ -13,6 +13,10 @@ from serving.local_server import LocalServer
 from tests.serving.tiny_model import MODEL_NAME, tiny_model
 
 MAX_REQUEST_BYTES = 1 << 20
+MAX_CANDIDATES = 50   # the served model's cap on rows (users x candidates) per request
+# Seconds a test waits for an answer: generous, so that a busy 2-core machine (the suite runs
+# beside other work) is slow rather than failing; nothing waits this long when all is well.
+TIMEOUT = 120
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +30,8 @@ def server(tiny, tmp_path_factory):
     base = tmp_path_factory.mktemp("served") / MODEL_NAME
     shutil.copytree(tiny.base_path, base)
     with LocalServer(MODEL_NAME, str(base), rest_api_port=0, grpc_port=0, poll_seconds=0.2,
-                     max_request_bytes=MAX_REQUEST_BYTES) as running:
+                     max_request_bytes=MAX_REQUEST_BYTES,
+                     max_candidates_per_request=MAX_CANDIDATES) as running:
         yield running
 
 

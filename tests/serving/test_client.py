@@ -10,7 +10,7 @@ import pytest
 from qrec_tf import export as E
 from qrec_tf import schema as S
 from serving import client as C
-from tests.serving.conftest import in_process
+from tests.serving.conftest import TIMEOUT, in_process
 from tests.serving.test_local_server import free_port
 from tests.serving.tiny_model import MODEL_NAME
 
@@ -42,8 +42,9 @@ def candidate_rows(context, candidates, model):
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_score_candidates_equals_in_process_scores(server, model, request_data, protocol):
     _, context, candidates = request_data
-    with C.ServingClient(target(server, protocol), MODEL_NAME, protocol) as client:
-        assert client.wait_until_available(timeout=10) == 1
+    with C.ServingClient(target(server, protocol), MODEL_NAME, protocol,
+                         timeout=TIMEOUT) as client:
+        assert client.wait_until_available(timeout=TIMEOUT) == 1
         assert client.status() == [{"version": 1, "state": "AVAILABLE"}]
         ctr = client.score_candidates(context, candidates)
         again = client.score_candidates(context, candidates)  # the kept connection is reused
@@ -58,7 +59,7 @@ def test_rest_and_grpc_agree_on_every_signature(server, model, rows):
     expected = in_process(model, features)
     for protocol in PROTOCOLS:
         with C.ServingClient(target(server, protocol), MODEL_NAME, protocol,
-                             version=1) as client:
+                             version=1, timeout=TIMEOUT) as client:
             dtypes = client.input_dtypes(E.SERVING_DEFAULT)
             assert set(dtypes) == {f.name for f in model.schema.model_features}
             scores = client.predict(features)[E.OUTPUT_KEY]
@@ -88,7 +89,8 @@ def test_request_from_data_is_the_users_own_example(tiny, model, request_data):
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_errors_arrive_as_serving_errors(server, request_data, protocol):
     _, context, candidates = request_data
-    with C.ServingClient(target(server, protocol), MODEL_NAME, protocol) as client:
+    with C.ServingClient(target(server, protocol), MODEL_NAME, protocol,
+                         timeout=TIMEOUT) as client:
         broken = {**context, S.HIST_ITEM_IDS: context[S.HIST_ITEM_IDS][:-1]}
         with pytest.raises(C.ServingError) as info:
             client.score_candidates(broken, candidates)
@@ -99,7 +101,7 @@ def test_errors_arrive_as_serving_errors(server, request_data, protocol):
         with pytest.raises(ValueError, match="one value per candidate"):
             client.score_candidates(context, {**candidates, S.AUTHOR_ID: [1]})
         assert client.score_candidates(context, candidates).shape == (12,)  # still fine
-    with C.ServingClient(target(server, protocol), "nope", protocol) as client:
+    with C.ServingClient(target(server, protocol), "nope", protocol, timeout=TIMEOUT) as client:
         with pytest.raises(C.ServingError) as info:
             client.status()
         assert info.value.code in (404, "NOT_FOUND")
@@ -121,7 +123,8 @@ def test_cli_ranks_a_users_candidates(server, tiny, model, request_data, protoco
     user_id, context, candidates = request_data
     assert C.main(["--server", target(server, protocol), "--protocol", protocol,
                    "--model-name", MODEL_NAME, "--data", tiny.data_dir,
-                   "--user-id", str(user_id), "--candidates", "12", "--top", "5"]) == 0
+                   "--user-id", str(user_id), "--candidates", "12", "--top", "5",
+                   "--timeout", str(TIMEOUT)]) == 0
     printed = json.loads(capsys.readouterr().out)
     expected = in_process(model, candidate_rows(context, candidates, model))
     best = np.argsort(-expected, kind="stable")[:5]
@@ -136,7 +139,8 @@ def test_cli_takes_a_request_file_and_reports_mistakes(server, request_data, tmp
     _, context, candidates = request_data
     good = tmp_path / "request.json"
     good.write_text(json.dumps({"context": context, "candidates": candidates}))
-    argv = ["--server", target(server, "rest"), "--model-name", MODEL_NAME, "--request"]
+    argv = ["--server", target(server, "rest"), "--model-name", MODEL_NAME,
+            "--timeout", str(TIMEOUT), "--request"]
     assert C.main([*argv, str(good)]) == 0
     assert len(json.loads(capsys.readouterr().out)["top"]) == 10
 

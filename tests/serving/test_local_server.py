@@ -6,6 +6,7 @@ up, a broken version skipped, and the CLI."""
 import base64
 import http.client
 import json
+import logging
 import os
 import shutil
 import signal
@@ -26,13 +27,13 @@ from qrec_tf import export as E
 from qrec_tf import schema as S
 from serving import local_server
 from serving.local_server import LocalServer
-from tests.serving.conftest import MAX_REQUEST_BYTES, in_process
+from tests.serving.conftest import MAX_CANDIDATES, MAX_REQUEST_BYTES, TIMEOUT, in_process
 from tests.serving.tiny_model import MODEL_NAME
 
 
 def rest(server, method, path, body=None, raw: bytes | None = None, headers=None):
     """-> (HTTP status, parsed JSON body)."""
-    connection = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=30)
+    connection = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=TIMEOUT)
     try:
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         connection.request(method, path, body=data, headers=headers or {})
@@ -121,17 +122,17 @@ def test_grpc_scores_equal_in_process_scores(server, grpc_stubs, rows, model):
     predict, _ = grpc_stubs
     features, serialized = rows
     expected = in_process(model, features)
-    response = predict.Predict(grpc_request(features), timeout=30)
+    response = predict.Predict(grpc_request(features), timeout=TIMEOUT)
     assert response.model_spec.version.value == 1
     assert response.model_spec.signature_name == E.SERVING_DEFAULT
     np.testing.assert_allclose(tf.make_ndarray(response.outputs[E.OUTPUT_KEY]), expected,
                                atol=1e-5)
     response = predict.Predict(grpc_request({E.EXAMPLES_KEY: serialized}, E.FROM_EXAMPLES),
-                               timeout=30)
+                               timeout=TIMEOUT)
     np.testing.assert_allclose(tf.make_ndarray(response.outputs[E.OUTPUT_KEY]), expected,
                                atol=1e-5)
     response = predict.Predict(grpc_request(E.candidate_request(features, model.schema),
-                                            E.SCORE_CANDIDATES), timeout=30)
+                                            E.SCORE_CANDIDATES), timeout=TIMEOUT)
     np.testing.assert_allclose(tf.make_ndarray(response.outputs[E.OUTPUT_KEY])[0],
                                in_process(model, E.candidate_rows(features, model.schema)),
                                atol=1e-5)
@@ -158,14 +159,14 @@ def test_status_and_metadata_over_rest_and_grpc(server, grpc_stubs, model):
     predict, models = grpc_stubs
     request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
     request.model_spec.name = MODEL_NAME
-    response = predict.GetModelMetadata(request, timeout=30)
+    response = predict.GetModelMetadata(request, timeout=TIMEOUT)
     signature_defs = get_model_metadata_pb2.SignatureDefMap()
     response.metadata["signature_def"].Unpack(signature_defs)
     assert set(signature_defs.signature_def[E.SCORE_CANDIDATES].inputs) == (
         set(E.score_candidates_specs(model.schema)))
     status_request = get_model_status_pb2.GetModelStatusRequest()
     status_request.model_spec.name = MODEL_NAME
-    statuses = models.GetModelStatus(status_request, timeout=30).model_version_status
+    statuses = models.GetModelStatus(status_request, timeout=TIMEOUT).model_version_status
     assert [(s.version, s.state) for s in statuses] == [(1, local_server.AVAILABLE)]
 
 
@@ -266,17 +267,17 @@ def test_malformed_grpc_requests_get_a_clear_error_and_the_server_goes_on(
     expected = in_process(model, features)
     for label, request, code, words in cases:
         with pytest.raises(grpc.RpcError) as info:
-            predict.Predict(request, timeout=30)
+            predict.Predict(request, timeout=TIMEOUT)
         assert info.value.code() == code, (label, info.value.details())
         for word in words:
             assert word in info.value.details(), (label, info.value.details())
-        response = predict.Predict(good, timeout=30)
+        response = predict.Predict(good, timeout=TIMEOUT)
         np.testing.assert_allclose(tf.make_ndarray(response.outputs[E.OUTPUT_KEY]), expected,
                                    atol=1e-5)
 
 
 # --- versions ----------------------------------------------------------------------------------
-def wait_for(condition, timeout=60.0):
+def wait_for(condition, timeout=TIMEOUT):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
@@ -355,6 +356,15 @@ def test_cli_flag_errors_exit_2_with_a_message(tmp_path, capsys):
             assert info.value.code == 2 and "cannot listen" in capsys.readouterr().err
 
 
+def test_no_log_handler_of_an_earlier_test_is_left_on_a_closed_stream():
+    """The test above ran local_server.main to the point where it configures logging (a busy
+    port), with its stderr captured: that handler must not outlive it (tests/conftest.py), or
+    the session server's threads log into a closed stream."""
+    for handler in logging.getLogger().handlers:
+        stream = getattr(handler, "stream", None)
+        assert stream is None or not stream.closed, handler
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -385,7 +395,7 @@ def test_cli_serves_with_tf_servings_flags_and_stops_on_sigterm(tiny, rows, mode
         good_rest_request(ports, rows, model)
         channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
         response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
-            grpc_request(rows[0]), timeout=30)
+            grpc_request(rows[0]), timeout=TIMEOUT)
         channel.close()
         assert tf.make_ndarray(response.outputs[E.OUTPUT_KEY]).shape == (len(rows[1]),)
     finally:
