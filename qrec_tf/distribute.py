@@ -38,7 +38,10 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        gpus = tf.config.list_logical_devices("GPU")
+        if gpus:
+            return tf.distribute.MirroredStrategy([d.name for d in gpus])
+        return cpu_mirrored_strategy()
     if name == "multi_worker":  # TF_CONFIG describes the cluster
         try:
             json.loads(os.environ.get("TF_CONFIG") or "{}")
@@ -50,6 +53,16 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
     return tf.distribute.TPUStrategy(resolver)
+
+
+def cpu_mirrored_strategy() -> tf.distribute.MirroredStrategy:
+    """A MirroredStrategy over every logical CPU device (one unless configured otherwise, as the
+    tests do to run 2 replicas; MirroredStrategy() would take CPU:0 alone). Reductions go
+    through one device: the CPU collectives' keys restart with each strategy object, so a second
+    strategy in the same process would meet the first one's collectives."""
+    return tf.distribute.MirroredStrategy(
+        [d.name for d in tf.config.list_logical_devices("CPU")],
+        cross_device_ops=tf.distribute.ReductionToOneDevice())
 
 
 def in_multi_worker_mode(strategy: tf.distribute.Strategy) -> bool:

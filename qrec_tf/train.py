@@ -151,8 +151,10 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
+    written = (args.model_dir if os.path.exists(os.path.join(args.model_dir, WEIGHTS_FILE))
+               else "the chief's --model-dir (this worker is not the chief)")
     print(f"best val AUC {summary['best_val_auc']:.4f} at epoch {summary['best_epoch']}; "
-          f"weights and config in {args.model_dir}")
+          f"weights and config in {written}")
     return 0
 
 

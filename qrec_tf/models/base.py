@@ -249,19 +249,18 @@ class CTRModel(keras.Model):
         terms, labels, probabilities = self._loss_terms(features, labels, training=False)
         return self._update_metrics(terms, labels, probabilities)
 
-    # --- Keras 3.15 workarounds for MultiWorkerMirroredStrategy --------------------------------
-    # Keras 3's `fit` fails under a MultiWorkerMirroredStrategy of several workers
-    # (keras-team/keras#20585, open; tensorflow/tensorflow#72388). Both overrides below act only
-    # there (`distribute.in_multi_worker_mode`) and are tested by tests/qrec_tf/test_distribute.py
-    # (the 2-process run fails without them): delete them, and this block, once Keras fixes it.
+    # --- Keras 3.15 workarounds for several replicas ------------------------------------------
+    # Keras 3's `fit` fails with several replicas in sync (keras-team/keras#20585, open;
+    # tensorflow/tensorflow#72388): (1) under any strategy with 2+ replicas, (2) under a
+    # MultiWorkerMirroredStrategy of 2+ workers; elsewhere Keras' own code runs. Tested by
+    # tests/qrec_tf/test_distribute.py (the 2-replica and the 2-process runs fail without them):
+    # delete this block once Keras fixes these.
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """(1) Keras reduces a first batch of per-replica inputs to a mean to build the model
-        symbolically (`Attempt to convert a value (PerReplica ...)` on string features), and
-        takes that batch from the epoch's iterator. `registry.build_model` has built the model on
-        a sample batch already: only the optimizer's variables are left to create."""
-        from qrec_tf.distribute import in_multi_worker_mode
-
-        if not in_multi_worker_mode(self.distribute_strategy):
+        """(1) Keras takes a first batch from the epoch's iterator and reduces it to a mean over
+        the replicas to build the model symbolically, which fails on string features (`AddN` of
+        string / `Attempt to convert a value (PerReplica ...)`). `registry.build_model` has
+        built the model on a sample batch already: only the optimizer's variables are left."""
+        if self.distribute_strategy.num_replicas_in_sync == 1:
             return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
         with self.distribute_strategy.scope():
             if self.optimizer is not None and not self.optimizer.built:
