@@ -56,6 +56,12 @@ def test_shards_are_disjoint_and_cover_the_split(data_dir, count, by_files):
     assert D.Sharding.choose(SHARDS, (0, count), "train").by_files == by_files
 
 
+def test_the_beam_job_writes_enough_shards_for_several_workers_by_default():
+    args, _ = build_tfrecords.parse_args(["--input", "logs", "--output", "data"])
+    assert args.num_shards == build_tfrecords.DEFAULT_NUM_SHARDS == 8
+    assert D.Sharding.choose(args.num_shards, (7, 8), "train").by_files
+
+
 def test_shard_arguments_are_checked(data_dir):
     with pytest.raises(ValueError, match=r"shard index must be in \[0, 2\)"):
         D.make_dataset(data_dir, "train", 8, shard=(2, 2))
