@@ -87,7 +87,7 @@ def train(config: Config, data_dir: str, model_dir: str, strategy_name: str = "d
     best_weights = os.path.join(model_dir, "best.weights.h5")
     throughput = ThroughputLogger(os.path.join(model_dir, "tensorboard"), tc.batch_size)
     callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup")),
+        keras.callbacks.BackupAndRestore(os.path.join(model_dir, distribute.BACKUP_DIR)),
         keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard")),
         throughput,
         keras.callbacks.ModelCheckpoint(best_weights, monitor="val_auc", mode="max",

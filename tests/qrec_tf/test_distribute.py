@@ -113,6 +113,20 @@ def test_only_the_chief_writes_the_model_dir(tmp_path, monkeypatch):
     assert default.is_chief and default.root == model_dir
 
 
+def test_a_worker_resumes_from_the_chief_backup_when_the_model_dir_is_shared(tmp_path):
+    model_dir, own = tmp_path / "model", tmp_path / "w1"
+    (model_dir / "backup").mkdir(parents=True)
+    (model_dir / "backup" / "training_metadata.json").write_text('{"epoch": 3}')
+    (own / "backup").mkdir(parents=True)
+    (own / "backup" / "training_metadata.json").write_text('{"epoch": 2}')  # died while saving
+    (own / "backup" / "stale").write_text("")
+    dirs = distribute.WorkerDirs.for_strategy(fake_worker("worker", 1, False), str(model_dir),
+                                              str(own))
+    assert sorted(os.listdir(dirs.path("backup"))) == ["training_metadata.json"]
+    assert (own / "backup" / "training_metadata.json").read_text() == '{"epoch": 3}'
+    assert os.listdir(model_dir / "backup") == ["training_metadata.json"]  # untouched
+
+
 def test_a_bad_tf_config_is_a_message(data_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TF_CONFIG", "{'cluster': ")
     assert train.main(["--config", "configs/din.yaml", "--data", data_dir, "--model-dir",
