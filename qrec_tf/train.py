@@ -151,6 +151,13 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as error:
+        if args.strategy != "multi_worker":
+            raise
+        print(f"{parser.prog}: error: lost a worker of the cluster ({type(error).__name__}): "
+              "start every worker again with the same command; training resumes from the last "
+              "finished epoch", file=sys.stderr)
+        return 1
     written = (args.model_dir if os.path.exists(os.path.join(args.model_dir, WEIGHTS_FILE))
                else "the chief's --model-dir (this worker is not the chief)")
     print(f"best val AUC {summary['best_val_auc']:.4f} at epoch {summary['best_epoch']}; "

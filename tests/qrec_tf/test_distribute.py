@@ -211,3 +211,25 @@ def test_two_worker_processes_train_din_and_agree(data_dir, tmp_path):
         np.testing.assert_array_equal(others[name], value, err_msg=name)
     history = json.loads((chief / "run.json").read_text())["history"]
     assert np.isfinite(history["loss"]).all() and 0 <= history["val_auc"][0] <= 1
+
+
+def test_the_kubernetes_example_gives_each_pod_its_tf_config():
+    import yaml
+
+    service, job = yaml.safe_load_all(open("deploy/k8s/trainer.yaml"))
+    pod = job["spec"]["template"]["spec"]
+    assert service["spec"]["clusterIP"] == "None" and pod["subdomain"] == "qrec-train"
+    assert job["spec"]["completionMode"] == "Indexed"
+    container = pod["containers"][0]
+    workers = int(next(e["value"] for e in container["env"] if e["name"] == "WORKERS"))
+    assert workers == job["spec"]["completions"]
+    script = container["args"][0].replace("exec python3 -m qrec_tf.train",
+                                          'printf %s "$TF_CONFIG"; exit 0; ')
+    script = script.replace("python3 -c", f"{sys.executable} -c")
+    for index in range(workers):
+        out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True,
+                             env={"WORKERS": str(workers), "JOB_COMPLETION_INDEX": str(index),
+                                  "PATH": os.environ["PATH"]}).stdout
+        assert json.loads(out) == {"cluster": {"worker": [
+            f"qrec-train-{i}.qrec-train:2222" for i in range(workers)]},
+            "task": {"type": "worker", "index": index}}
