@@ -58,8 +58,11 @@ class Timed:
         if jit_compile:
             # XLA cannot compile the vocabularies' hash tables: the batches hold indices (as
             # score_candidates' compiled part takes them), looked up before the step.
-            x = {k: v.numpy() for k, v in self.model.index_features(x).items()}
+            x = {k: np.asarray(v) for k, v in self.model.index_features(x).items()}
             self.model._inputs_are_indices = True
+            # Keras turns jit_compile off for models with lookup layers (supports_jit False),
+            # which the step no longer runs.
+            self.model._jit_compile = True
         dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache().repeat()
         self.model.fit(dataset, steps_per_epoch=5, epochs=1, verbose=0)  # trace + warm up
         self.step = self.model.make_train_function()
