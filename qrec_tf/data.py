@@ -4,7 +4,7 @@ Keys, dtypes and shapes come from `qrec_tf.schema` with the sequence lengths the
 with (`<data>/schema.json`). Each element is a dict {feature name: tensor [batch, *shape]}, or a
 (features, label) pair with `supervised=True`. `make_multitask_dataset` mixes the feed train
 examples with the search examples for multi-task training; `query_items` reads the query -> items
-table.
+table. With `shard=(index, count)` both read one worker's disjoint part of the data (`Sharding`).
 """
 
 from __future__ import annotations
