@@ -38,7 +38,8 @@ from qrec_tf.testing import random_batch, random_vocabularies  # noqa: E402
 class Timed:
     """A compiled model, its training-step function and data, and the times of its steps."""
 
-    def __init__(self, name: str, n_items: int, optimizer: str, batch: int):
+    def __init__(self, name: str, n_items: int, optimizer: str, batch: int,
+                 jit_compile: bool = False):
         config = load_config(f"configs/{name}.yaml")
         schema = S.Schema()
         vocabs = random_vocabularies(n_items, n_words=80_000)
@@ -49,11 +50,19 @@ class Timed:
                 2, vocabs.size(S.VOCAB_ITEMS), (rows, config.model.contrastive_positives))
         keras.utils.set_random_seed(0)
         self.model = MODELS[name][0](config.model, schema, vocabs, query_positives=positives)
-        self.model.compile(optimizer=make_optimizer(optimizer, 1e-3))
+        self.model.compile(optimizer=make_optimizer(optimizer, 1e-3), jit_compile=jit_compile)
         rng = np.random.default_rng(0)
         batches = [random_batch(schema, vocabs, batch, rng) for _ in range(4)]
         x = {k: np.concatenate([b[0][k] for b in batches]) for k in batches[0][0]}
         y = np.concatenate([b[1] for b in batches])
+        if jit_compile:
+            # XLA cannot compile the vocabularies' hash tables: the batches hold indices (as
+            # score_candidates' compiled part takes them), looked up before the step.
+            x = {k: np.asarray(v) for k, v in self.model.index_features(x).items()}
+            self.model._inputs_are_indices = True
+            # Keras turns jit_compile off for models with lookup layers (supports_jit False),
+            # which the step no longer runs.
+            self.model._jit_compile = True
         dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache().repeat()
         self.model.fit(dataset, steps_per_epoch=5, epochs=1, verbose=0)  # trace + warm up
         self.step = self.model.make_train_function()

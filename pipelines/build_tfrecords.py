@@ -488,6 +488,10 @@ def build_pipeline(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, K.Heade
 
 
 # --- command line ----------------------------------------------------------------------------
+# Shards per split: up to this many training workers read whole files (qrec_tf.data.Sharding).
+DEFAULT_NUM_SHARDS = 8
+
+
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -512,10 +516,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
                         help="vocabulary entries seen fewer times map to OOV (default 1)")
     parser.add_argument("--max-rejected-fraction", type=float, default=0.01,
                         help="fail when a file's rejected share exceeds this (default 0.01)")
-    parser.add_argument("--num-shards", type=int, default=0,
-                        help="shards per split (default 0: the runner decides); N > 0 writes "
-                             "each split as N shards byte-identical across runs and runners, "
-                             "each shard sorted in one worker's memory")
+    # Multi-worker training reads whole shards per worker when a split has at least as many
+    # shards as workers (qrec_tf.data.Sharding); the runner's choice is often a single file.
+    parser.add_argument("--num-shards", type=int, default=DEFAULT_NUM_SHARDS,
+                        help="shards per split (default %d): up to this many training workers "
+                             "read whole files; N > 0 writes each split as N shards "
+                             "byte-identical across runs and runners, each shard sorted in one "
+                             "worker's memory; 0: the runner decides" % DEFAULT_NUM_SHARDS)
     parser.add_argument("--seed", type=int, default=0, help="seed of the NIP target sampling")
     parser.add_argument("--search-examples", action="store_true",
                         help="also write search impressions of each user's training period to "

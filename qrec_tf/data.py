@@ -4,11 +4,12 @@ Keys, dtypes and shapes come from `qrec_tf.schema` with the sequence lengths the
 with (`<data>/schema.json`). Each element is a dict {feature name: tensor [batch, *shape]}, or a
 (features, label) pair with `supervised=True`. `make_multitask_dataset` mixes the feed train
 examples with the search examples for multi-task training; `query_items` reads the query -> items
-table.
+table. With `shard=(index, count)` both read one worker's disjoint part of the data (`Sharding`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -72,17 +73,47 @@ def _check_sizes(batch_size: int, num_epochs: int | None) -> None:
         raise ValueError(f"num_epochs must be >= 1 or None, got {num_epochs}")
 
 
+@dataclasses.dataclass(frozen=True)
+class Sharding:
+    """Which part of a split one of `count` input pipelines (one per worker) reads: whole files
+    when every pipeline gets at least one, else every count-th example of all files."""
+
+    index: int
+    count: int
+    by_files: bool
+
+    @classmethod
+    def choose(cls, num_files: int, shard: tuple[int, int], split: str) -> "Sharding":
+        index, count = shard
+        if not 0 <= index < count:
+            raise ValueError(f"shard index must be in [0, {count}), got {index}")
+        if num_files >= count:
+            return cls(index, count, by_files=True)
+        if index == 0:
+            LOG.warning("%s has %d file(s) for %d input pipelines: sharding by example (every "
+                        "worker reads every file); `pipelines.build_tfrecords --num-shards %d` "
+                        "or more reads less", split, num_files, count, count)
+        return cls(index, count, by_files=False)
+
+
 def _records(path: str, split: str, shuffle: bool, shuffle_buffer: int,
-             seed: int | None) -> tf.data.Dataset:
-    """Serialized examples of one split, shuffled (shards and examples) if asked."""
+             seed: int | None, shard: tuple[int, int] | None = None) -> tf.data.Dataset:
+    """Serialized examples of one split (or of its `shard`: (index, count)), shuffled (shards
+    and examples) if asked."""
     files = shard_files(path, split)
+    sharding = None if shard is None else Sharding.choose(len(files), shard, split)
+    if sharding is not None and sharding.by_files:
+        files = files[sharding.index::sharding.count]
     dataset = tf.data.Dataset.from_tensor_slices(files)
-    if shuffle:
+    # Sharding by example needs the same record order in every pipeline: files in their order.
+    if shuffle and (sharding is None or sharding.by_files):
         dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.interleave(
         lambda f: tf.data.TFRecordDataset(f, compression_type=S.COMPRESSION),
         cycle_length=min(len(files), 8), num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=seed is not None or not shuffle)
+        deterministic=seed is not None or not shuffle or sharding is not None)
+    if sharding is not None and not sharding.by_files:
+        dataset = dataset.shard(sharding.count, sharding.index)
     if shuffle:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     return dataset
@@ -121,6 +152,7 @@ def make_dataset(
     features: Iterable[str] | None = None,
     supervised: bool = False,
     schema: S.Schema | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> tf.data.Dataset:
     """A batched, prefetched dataset of one split.
 
@@ -137,6 +169,9 @@ def make_dataset(
       features: the feature names to parse (default: all in the schema).
       supervised: yield (features without the label, label) pairs for `keras.Model.fit`.
       schema: defaults to `Schema.load(path)`.
+      shard: (index, count): read only the index-th of `count` disjoint parts of the split (one
+        per worker; `Sharding`): by files when the split has at least `count` of them, else by
+        example. The part's length is then unknown to the dataset.
 
     Returns:
       A dataset of {name: tensor [batch, *shape]} (or (features, label [batch]) pairs).
@@ -145,10 +180,10 @@ def make_dataset(
     schema = schema or S.Schema.load(path)
     names = _names(schema, features, supervised)
     shuffle = split == "train" if shuffle is None else shuffle
-    records = _records(path, split, shuffle, shuffle_buffer, seed)
+    records = _records(path, split, shuffle, shuffle_buffer, seed, shard)
     if num_epochs != 1:
         records = records.repeat(num_epochs)
-    size = split_size(path, split) if num_epochs is not None else None
+    size = split_size(path, split) if num_epochs is not None and shard is None else None
     return _batch_and_parse(records, schema, names, batch_size, drop_remainder,
                             None if size is None else size * num_epochs, supervised,
                             deterministic=seed is not None or not shuffle)
@@ -166,6 +201,7 @@ def make_multitask_dataset(
     features: Iterable[str] | None = None,
     supervised: bool = False,
     schema: S.Schema | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> tf.data.Dataset:
     """Training examples of several splits, shuffled together: by default the feed train
     examples and the search examples (`build_tfrecords --search-examples`) of a multi-task model.
@@ -181,7 +217,8 @@ def make_multitask_dataset(
     names = _names(schema, features, supervised)
     sources = []
     for i, split in enumerate(splits):
-        records = _records(path, split, True, shuffle_buffer, None if seed is None else seed + i)
+        records = _records(path, split, True, shuffle_buffer, None if seed is None else seed + i,
+                           shard)
         sources.append(records.repeat(num_epochs) if num_epochs != 1 else records)
     sizes = [split_size(path, split) for split in splits]
     if None in sizes:
@@ -190,7 +227,7 @@ def make_multitask_dataset(
         weights, total = [1.0 / len(splits)] * len(splits), None
     else:
         weights = [n / max(sum(sizes), 1) for n in sizes]
-        total = None if num_epochs is None else sum(sizes) * num_epochs
+        total = None if num_epochs is None or shard is not None else sum(sizes) * num_epochs
     records = tf.data.Dataset.sample_from_datasets(sources, weights=weights, seed=seed,
                                                    stop_on_empty_dataset=False)
     return _batch_and_parse(records, schema, names, batch_size, drop_remainder, total,

@@ -23,28 +23,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from qrec_tf import data as D
 from qrec_tf import schema as S
+from qrec_tf import distribute
 from qrec_tf.config import Config, load_config
+from qrec_tf.distribute import STRATEGIES, make_strategy  # noqa: F401 (this module's API)
 from qrec_tf.evaluate import CONFIG_FILE, WEIGHTS_FILE
 from qrec_tf.models.registry import build_model
 from qrec_tf.optimizers import make_optimizer
 
 LOG = logging.getLogger("qrec_tf.train")
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
-
-
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multi_worker":  # TF_CONFIG describes the cluster
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
-    tf.config.experimental_connect_to_cluster(resolver)
-    tf.tpu.experimental.initialize_tpu_system(resolver)
-    return tf.distribute.TPUStrategy(resolver)
 
 
 class ThroughputLogger(keras.callbacks.Callback):
@@ -121,16 +108,19 @@ class ResumableHistory(keras.callbacks.Callback):
 
 def train(config: Config, data_dir: str, model_dir: str, strategy_name: str = "default",
           mixed_precision: bool = False, verbose="auto",
-          extra_callbacks: list | None = None) -> dict:
-    """Runs training; returns what run.json holds."""
+          extra_callbacks: list | None = None, worker_dir: str | None = None) -> dict:
+    """Runs training; returns what run.json holds. Under several workers only the chief writes
+    `model_dir`; the others write to `worker_dir` (kept) or a private temporary directory."""
     S.Schema.load(data_dir)  # a clear error early when --data is not the Beam job's output
-    os.makedirs(model_dir, exist_ok=True)
+    # First: a MultiWorkerMirroredStrategy must configure the runtime before it starts.
+    strategy = make_strategy(strategy_name)
+    dirs = distribute.WorkerDirs.for_strategy(strategy, model_dir, worker_dir)
+    model_dir = dirs.root
     with open(os.path.join(model_dir, CONFIG_FILE), "w") as f:
         f.write(config.to_yaml())
     keras.utils.set_random_seed(config.train.seed)
     if mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    strategy = make_strategy(strategy_name)
     tc = config.train
     with strategy.scope():
         model = build_model(config.model, data_dir)
@@ -139,20 +129,15 @@ def train(config: Config, data_dir: str, model_dir: str, strategy_name: str = "d
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         model.compile(optimizer=optimizer)
 
-    train_options = dict(seed=tc.seed, shuffle_buffer=tc.shuffle_buffer, supervised=True,
-                         num_epochs=None if tc.steps_per_epoch else 1)
-    train_data = (D.make_multitask_dataset(data_dir, tc.batch_size, **train_options)
-                  if model.trains_on_search_examples
-                  else D.make_dataset(data_dir, "train", tc.batch_size, **train_options))
-    valid_data = D.make_dataset(data_dir, "valid", tc.batch_size, supervised=True,
-                                num_epochs=None if tc.validation_steps else 1)
+    train_data, valid_data, steps_per_epoch, validation_steps = distribute.training_input(
+        strategy, data_dir, tc, model.trains_on_search_examples)
     best_weights = os.path.join(model_dir, "best.weights.h5")
     throughput = ThroughputLogger(os.path.join(model_dir, "tensorboard"), tc.batch_size)
     checkpoint = keras.callbacks.ModelCheckpoint(best_weights, monitor="val_auc", mode="max",
                                                  save_best_only=True, save_weights_only=True)
     early_stopping = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
                                                    patience=tc.early_stopping_patience)
-    backup_dir = os.path.join(model_dir, "backup")
+    backup_dir = os.path.join(model_dir, distribute.BACKUP_DIR)
     history = ResumableHistory(backup_dir, checkpoint, early_stopping)
     callbacks = [
         keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard")),
@@ -165,7 +150,7 @@ def train(config: Config, data_dir: str, model_dir: str, strategy_name: str = "d
     ]
     started = time.perf_counter()
     model.fit(train_data, validation_data=valid_data, epochs=tc.epochs,
-              steps_per_epoch=tc.steps_per_epoch, validation_steps=tc.validation_steps,
+              steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
               callbacks=callbacks, verbose=verbose, shuffle=False)  # tf.data shuffles
     elapsed = time.perf_counter() - started
     # The served and evaluated weights are those of the best validation AUC.
@@ -185,6 +170,7 @@ def train(config: Config, data_dir: str, model_dir: str, strategy_name: str = "d
     }
     with open(os.path.join(model_dir, "run.json"), "w") as f:
         json.dump(summary, f, indent=2)
+    dirs.finish()
     return summary
 
 
@@ -199,6 +185,10 @@ def main(argv=None) -> int:
     parser.add_argument("--strategy", default="default", choices=STRATEGIES)
     parser.add_argument("--mixed-precision", action="store_true",
                         help="float16 compute with loss scaling (GPU)")
+    parser.add_argument("--worker-dir", default=None,
+                        help="with --strategy multi_worker: where a worker other than the chief "
+                             "writes (kept; default: a private temporary directory, removed "
+                             "after a finished run)")
     parser.add_argument("--verbose", default="auto", choices=("auto", "0", "1", "2"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -208,12 +198,22 @@ def main(argv=None) -> int:
         parser.error(str(error))
     try:
         summary = train(config, args.data, args.model_dir, args.strategy, args.mixed_precision,
-                        args.verbose if args.verbose == "auto" else int(args.verbose))
+                        args.verbose if args.verbose == "auto" else int(args.verbose),
+                        worker_dir=args.worker_dir)
     except (FileNotFoundError, ValueError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as error:
+        if args.strategy != "multi_worker":
+            raise
+        print(f"{parser.prog}: error: lost a worker of the cluster ({type(error).__name__}): "
+              "start every worker again with the same command; training resumes from the last "
+              "finished epoch", file=sys.stderr)
+        return 1
+    written = (args.model_dir if os.path.exists(os.path.join(args.model_dir, WEIGHTS_FILE))
+               else "the chief's --model-dir (this worker is not the chief)")
     print(f"best val AUC {summary['best_val_auc']:.4f} at epoch {summary['best_epoch']}; "
-          f"weights and config in {args.model_dir}")
+          f"weights and config in {written}")
     return 0
 
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import keras
+import tensorflow as tf
 from keras import ops
-
-if TYPE_CHECKING:
-    import tensorflow as tf
 
 
 @keras.saving.register_keras_serializable(package="qrec_tf")
@@ -22,7 +20,8 @@ class Dice(keras.layers.Layer):
     Call: inputs [..., channels] -> [..., channels]. `training` selects batch statistics (and
     updates the moving ones) or the moving statistics. An optional `mask` bool [...] (the shape of
     inputs without the channel axis, True = real) keeps padded positions out of the batch
-    statistics; their outputs are still computed.
+    statistics; their outputs are still computed. Under a strategy with several replicas in
+    sync, the batch statistics are those of the global batch (all-reduced over the replicas).
     """
 
     def __init__(self, epsilon: float = 1e-9, **kwargs: Any):
@@ -40,7 +39,11 @@ class Dice(keras.layers.Layer):
         if training:
             if mask is not None:
                 mask = ops.cast(mask, "bool")
-            p = ops.sigmoid(self.batch_norm(inputs, training=training, mask=mask))
+            replica = tf.distribute.get_replica_context()
+            if replica is not None and replica.num_replicas_in_sync > 1:
+                p = ops.sigmoid(self._synchronized_batch_norm(inputs, mask, replica))
+            else:
+                p = ops.sigmoid(self.batch_norm(inputs, training=training, mask=mask))
         else:
             # The batch normalisation of inference written out: 3 element-wise passes instead
             # of BatchNormalization's 5, on the largest tensors of a DIN (serving latency).
@@ -51,6 +54,33 @@ class Dice(keras.layers.Layer):
             p = ops.cast(ops.sigmoid(ops.cast(inputs, "float32") * scale + shift), inputs.dtype)
         alpha = ops.cast(self.alpha, inputs.dtype)
         return inputs * (alpha + (1.0 - alpha) * p)
+
+    def _synchronized_batch_norm(self, inputs: tf.Tensor, mask: tf.Tensor | None,
+                                 replica: tf.distribute.ReplicaContext) -> tf.Tensor:
+        """The training batch normalisation of `batch_norm` with the statistics of the global
+        batch (summed over all replicas), so that N replicas compute what one replica computes
+        on their N batches together (up to float reordering). Keras' `synchronized=True` would
+        drop the mask, hence this. inputs [..., channels], mask bool [...] or None."""
+        norm = self.batch_norm
+        x = tf.cast(inputs, tf.float32)
+        axes = list(range(len(x.shape) - 1))
+        weight = (tf.ones_like(x[..., :1]) if mask is None
+                  else tf.cast(mask, tf.float32)[..., None])
+        sums = replica.all_reduce(tf.distribute.ReduceOp.SUM, tf.concat(
+            [tf.reduce_sum(x * weight, axes), tf.reduce_sum(weight * tf.ones_like(x), axes)],
+            axis=0))
+        total, count = tf.split(sums, 2)
+        # BatchNormalization adds Keras' epsilon to a masked count; the same here.
+        count = count if mask is None else count + keras.config.epsilon()
+        mean = total / count
+        deviations = replica.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(
+            tf.square(x - mean) * weight, axes))
+        variance = deviations / count
+        norm.moving_mean.assign(norm.moving_mean * norm.momentum + mean * (1.0 - norm.momentum))
+        norm.moving_variance.assign(
+            norm.moving_variance * norm.momentum + variance * (1.0 - norm.momentum))
+        out = tf.nn.batch_normalization(x, mean, variance, None, None, norm.epsilon)
+        return tf.cast(out, inputs.dtype)
 
     def compute_mask(self, inputs: Any, previous_mask: Any = None) -> None:
         # `mask` is an explicit argument consumed here: no Keras mask rides on the outputs (and
