@@ -270,6 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(own)
     if "--" in argv and not command:
         parser.error("nothing after --: give the command to run on the cluster")
+    # Ctrl-C (SIGINT) and SIGTERM stop both services, also when this process was started with
+    # SIGINT ignored (a background job of a non-interactive shell inherits that).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         with local_cluster(args.job_port, args.worker_port) as cluster:
             print(f"{PROG}: job service and worker pool running (pids {cluster.pids}); pipeline "

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines import build_tfrecords, synthetic
+from pipelines import build_tfrecords
 from qrec_tf import data as D
 from qrec_tf import distribute, train
 from qrec_tf import schema as S
 from qrec_tf.evaluate import WEIGHTS_FILE
+from tests.qrec_tf.conftest import generated_data
 
 SHARDS = 3
 TINY = ["model.embedding_dim=8", "model.mlp_units=[16]", "model.attention_units=[8]",
@@ -26,13 +27,8 @@ TINY = ["model.embedding_dim=8", "model.mlp_units=[16]", "model.attention_units=
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("distribute_data")
-    synthetic.generate(str(root / "log"), users=150, items=600, seed=3, rec_per_user=20,
-                       sessions_per_user=4)
-    build_tfrecords.run(["--input", str(root / "log"), "--output", str(root / "data"),
-                         "--direct_running_mode=in_memory", "--num-shards", str(SHARDS),
-                         "--search-examples"])
-    return str(root / "data")
+    return generated_data(tmp_path_factory.mktemp("distribute_data"), 3, 20, 4,
+                          "--num-shards", str(SHARDS))
 
 
 def example_keys(dataset) -> list[tuple]:

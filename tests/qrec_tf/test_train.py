@@ -137,7 +137,8 @@ def test_evaluate_matches_brute_force_metrics(split, data_dir, tmp_path):
                           "--output", str(out)]) == 0
     result = json.loads(out.read_text())
     _, model = evaluate.load_trained_model(str(tmp_path), data_dir)
-    users, labels, probs = evaluate.predict(model, data_dir, split)
+    predictions = evaluate.predict(model, data_dir, split)
+    users, labels, probs = (predictions[k] for k in ("user_id", "label", "probability"))
     assert result["n"] == len(labels) == json.load(open(os.path.join(data_dir, "stats.json")))[
         "examples"][split]["count"]
     pos, neg = probs[labels == 1], probs[labels == 0]
