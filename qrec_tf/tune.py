@@ -23,7 +23,6 @@ import argparse
 import csv
 import dataclasses
 import json
-import logging
 import os
 import sys
 
@@ -32,9 +31,6 @@ import yaml
 
 from qrec_tf import schema as S
 from qrec_tf.config import Config, load_config
-
-LOG = logging.getLogger(__name__)
-
 
 @dataclasses.dataclass(frozen=True)
 class Dimension:
