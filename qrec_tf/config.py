@@ -54,6 +54,11 @@ class ModelConfig:
     # How e_qt joins the CTR input: "vector" (eq 3 as printed: e_qt itself) or "target_product"
     # (e_qt * the target item's embedding, whose sum is NIP's score of the target).
     query_encoder_input: str = "vector"
+    # Where the query side joins the click logit: "concat" (eq 3 as printed: v_q and e_qt are
+    # inputs of the CTR MLP) or "bilinear" (the MLP reads DIN's inputs only, and the logit adds
+    # [v_q || e_qt]^T W [target item], W starting at 0: the query side can only score how well
+    # the target matches the user's queries). docs/ARCHITECTURE.md, "The query branch".
+    query_fusion: str = "concat"
     # DIN's mini-batch aware L2 on the embedding rows a batch touches, each weighted by the
     # inverse of its id's frequency (Zhou et al. KDD'18); 0 = off. docs/PAPER.md, "MBA".
     embedding_l2: float = 0.0
@@ -92,6 +97,10 @@ class ModelConfig:
             raise ValueError("model.dropout and model.query_dropout must be in [0, 1)")
         if self.query_encoder_input not in ("vector", "target_product"):
             raise ValueError("model.query_encoder_input must be vector or target_product")
+        if self.query_fusion not in ("concat", "bilinear"):
+            raise ValueError("model.query_fusion must be concat or bilinear")
+        if self.query_fusion == "bilinear" and not (self.query_pooling or self.query_encoder):
+            raise ValueError("model.query_fusion bilinear needs query_pooling or query_encoder")
         if self.embedding_l2 < 0:
             raise ValueError("model.embedding_l2 must be >= 0")
         if self.nip_weight and not self.query_encoder:

@@ -89,6 +89,13 @@ class QueryRecModel(CTRModel):
                     self.query_scales[name] = LayerScale(config.query_scale_init,
                                                          name=f"query_{name}_scale")
                     self.query_scales[name].build((None, d))
+        if config.query_fusion == "bilinear":
+            # [v_q || e_qt] [rows, k * d] against the target [rows, 3d]; W = 0 at the start, so
+            # the model starts as its DIN backbone (docs/ARCHITECTURE.md, "The query branch").
+            query_dim = d * (int(config.query_pooling) + int(config.query_encoder))
+            self.query_target_score = BilinearSimilarity(
+                query_dim, "zeros", b_dim=3 * d, squash=False, name="query_target_score")
+            self.query_target_score.build((None, query_dim))
         self.ctr_mlp = mlp(config.mlp_units, config.mlp_activation, config.dropout, "ctr_mlp")
         self.ctr_logit = keras.layers.Dense(1, dtype="float32", name="ctr_logit")
 
@@ -166,8 +173,9 @@ class QueryRecModel(CTRModel):
         v_b = self.history_attention(target, user["history"], user["history_idx"] != 0,
                                      training=training, queries_per_key_row=items_per_user)
         parts = [*per_row[:len(user["user"])], *self.item_embeddings(features), target, v_b]
+        query_parts = []
         if self.config.query_pooling:
-            parts.append(self.query_input("pooled", self.query_attention(
+            query_parts.append(self.query_input("pooled", self.query_attention(
                 self.embed(S.ITEM_ID, item_idx), user["queries"], user["query_idx"] != 0,
                 training=training, queries_per_key_row=items_per_user), training))
         if self.config.query_encoder:
@@ -175,8 +183,13 @@ class QueryRecModel(CTRModel):
             if self.config.query_encoder_input == "target_product":
                 # e_qt * e_i: what NIP scores (<e_qt, e_j> = its sum), per target item.
                 e_qt = e_qt * self.embed(S.ITEM_ID, item_idx)
-            parts.append(self.query_input("encoded", e_qt, training))
-        hidden = self.ctr_mlp(tf.concat(parts, axis=-1), training=training)
+            query_parts.append(self.query_input("encoded", e_qt, training))
+        if self.config.query_fusion == "bilinear":
+            hidden = self.ctr_mlp(tf.concat(parts, axis=-1), training=training)
+            query_score = self.query_target_score(tf.concat(query_parts, axis=-1), target)
+            return {"logits": tf.squeeze(self.ctr_logit(hidden), -1)
+                    + tf.cast(query_score, tf.float32)}
+        hidden = self.ctr_mlp(tf.concat(parts + query_parts, axis=-1), training=training)
         return {"logits": tf.squeeze(self.ctr_logit(hidden), -1)}
 
     def query_input(self, name: str, x: tf.Tensor, training: bool = False) -> tf.Tensor:

@@ -289,3 +289,37 @@ def test_a_query_scale_starting_at_zero_gives_the_scores_of_the_model_without_qu
         scale.gamma.assign(np.ones(scale.gamma.shape))
     assert not np.allclose(score(model, features),
                            score(model, with_other(features, QUERY_FEATURES)))
+
+
+@pytest.mark.parametrize("name", ["din_query", "din_nip", "queryrec"])
+def test_bilinear_fusion_adds_query_dot_w_dot_target_to_the_din_logit(name):
+    """query_fusion bilinear: W starts at 0 (the scores are those of the same model without
+    queries); with W set, the logit moves by exactly [v_q || e_qt]^T W [target]."""
+    model, features = build(name, None, "model.query_fusion=bilinear"), batch()
+    scorer = model.query_target_score
+    parts = 2 if name == "queryrec" else 1
+    assert tuple(scorer.kernel.shape) == (8 * parts, 3 * 8)
+    base_logits = model.forward(features)["logits"].numpy()
+    np.testing.assert_allclose(base_logits, model.forward(
+        with_other(features, QUERY_FEATURES))["logits"].numpy(), rtol=1e-6)
+    kernel = np.random.default_rng(3).normal(size=scorer.kernel.shape).astype("float32")
+    scorer.kernel.assign(kernel)
+    user = model.encode_user(features)
+    _, target = model.item_representation(features[S.ITEM_ID], features[S.CATEGORY_ID],
+                                          features[S.SUBCATEGORY_ID])
+    query = []
+    if model.config.query_pooling:
+        query.append(model.query_attention(
+            model.embed(S.ITEM_ID, model.lookup(S.ITEM_ID, features[S.ITEM_ID])),
+            user["queries"], user["query_idx"] != 0).numpy())
+    if model.config.query_encoder:
+        query.append(user["e_qt"].numpy())
+    expected = base_logits + np.einsum("bi,ij,bj->b", np.concatenate(query, -1), kernel,
+                                       target.numpy())
+    np.testing.assert_allclose(model.forward(features)["logits"].numpy(), expected,
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_bilinear_fusion_needs_a_query_input():
+    with pytest.raises(ValueError, match="query_fusion bilinear needs"):
+        load_config("configs/din.yaml", ["model.query_fusion=bilinear"])
