@@ -59,6 +59,10 @@ class ModelConfig:
     # [v_q || e_qt]^T W [target item], W starting at 0: the query side can only score how well
     # the target matches the user's queries). docs/ARCHITECTURE.md, "The query branch".
     query_fusion: str = "concat"
+    # False: the click loss does not train the SAS encoder (e_qt reaches the click logit through
+    # a stop_gradient), so NIP alone shapes e_qt and the click loss can only learn how to read
+    # it. docs/ARCHITECTURE.md, "The query branch".
+    query_encoder_ctr_gradient: bool = True
     # DIN's mini-batch aware L2 on the embedding rows a batch touches, each weighted by the
     # inverse of its id's frequency (Zhou et al. KDD'18); 0 = off. docs/PAPER.md, "MBA".
     embedding_l2: float = 0.0
@@ -103,6 +107,9 @@ class ModelConfig:
             raise ValueError("model.query_fusion bilinear needs query_pooling or query_encoder")
         if self.embedding_l2 < 0:
             raise ValueError("model.embedding_l2 must be >= 0")
+        if self.query_encoder and not self.query_encoder_ctr_gradient and not self.nip_weight:
+            raise ValueError("model.query_encoder_ctr_gradient false needs model.nip_weight > 0: "
+                             "nothing else would train the query encoder")
         if self.nip_weight and not self.query_encoder:
             raise ValueError("model.nip_weight > 0 needs model.query_encoder: true (NIP trains it)")
         if self.contrastive_weight and self.contrastive_temperature <= 0:

@@ -180,6 +180,8 @@ class QueryRecModel(CTRModel):
                 training=training, queries_per_key_row=items_per_user), training))
         if self.config.query_encoder:
             e_qt = per_row[len(user["user"])]
+            if not self.config.query_encoder_ctr_gradient:
+                e_qt = tf.stop_gradient(e_qt)
             if self.config.query_encoder_input == "target_product":
                 # e_qt * e_i: what NIP scores (<e_qt, e_j> = its sum), per target item.
                 e_qt = e_qt * self.embed(S.ITEM_ID, item_idx)

@@ -323,3 +323,26 @@ def test_bilinear_fusion_adds_query_dot_w_dot_target_to_the_din_logit(name):
 def test_bilinear_fusion_needs_a_query_input():
     with pytest.raises(ValueError, match="query_fusion bilinear needs"):
         load_config("configs/din.yaml", ["model.query_fusion=bilinear"])
+
+
+@pytest.mark.parametrize("ctr_gradient", [True, False])
+def test_query_encoder_ctr_gradient_false_keeps_the_click_loss_out_of_the_encoder(ctr_gradient):
+    """query_encoder_ctr_gradient false: the click logit's gradient reaches the rest of the model
+    but not one weight of the SAS encoder (NIP alone trains it)."""
+    model = build("queryrec", None, f"model.query_encoder_ctr_gradient={str(ctr_gradient).lower()}")
+    features = batch()
+    with tf.GradientTape() as tape:
+        logits = model.forward(features, training=False)["logits"]
+        loss = tf.reduce_sum(logits)
+    encoder = model.query_encoder.trainable_variables
+    grads = tape.gradient(loss, encoder + model.ctr_logit.trainable_variables)
+    encoder_grads = [g for g in grads[:len(encoder)] if g is not None]
+    assert any(np.abs(tf.convert_to_tensor(g).numpy()).sum() > 0 for g in encoder_grads) \
+        == ctr_gradient
+    assert np.abs(grads[-2].numpy()).sum() > 0      # the CTR head still learns
+
+
+def test_query_encoder_ctr_gradient_false_needs_nip():
+    with pytest.raises(ValueError, match="needs model.nip_weight"):
+        load_config("configs/queryrec.yaml", ["model.query_encoder_ctr_gradient=false",
+                                              "model.nip_weight=0"])
