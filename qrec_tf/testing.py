@@ -15,13 +15,16 @@ from qrec_tf.models.base import Vocabularies
 def random_vocabularies(n_items: int, n_words: int = 1000) -> Vocabularies:
     """Vocabularies for a catalogue of `n_items` items; users, queries and authors scale with it."""
     ids = lambda n, base=1: list(range(base, base + n))
-    return Vocabularies({
+    values = {
         S.VOCAB_USERS: ids(max(n_items // 10, 10)), S.VOCAB_ITEMS: ids(n_items, 10**6),
         S.VOCAB_QUERIES: [str(i) for i in range(max(n_items // 10, 10))],
         S.VOCAB_WORDS: ids(n_words), S.VOCAB_CATEGORIES: ids(40),
         S.VOCAB_SUBCATEGORIES: ids(300), S.VOCAB_AUTHORS: ids(max(n_items // 4, 10)),
         S.VOCAB_SEARCH_ACTIVE_LEVELS: ids(5), S.VOCAB_REC_ACTIVE_LEVELS: ids(5),
-        S.VOCAB_ONEHOT_FEAT1: ids(3), S.VOCAB_ONEHOT_FEAT2: ids(8)})
+        S.VOCAB_ONEHOT_FEAT1: ids(3), S.VOCAB_ONEHOT_FEAT2: ids(8)}
+    # Most frequent first, as the Beam job writes them (model.embedding_l2 reads the counts).
+    counts = {vocab: list(range(len(v), 0, -1)) for vocab, v in values.items()}
+    return Vocabularies(values, counts)
 
 
 def random_batch(schema: S.Schema, vocabularies: Vocabularies, batch_size: int,
