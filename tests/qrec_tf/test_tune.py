@@ -58,8 +58,13 @@ def test_space_parser_and_default_space():
             tune.parse_dimension(bad)
     din = [d.key for d in tune.default_space(load_config("configs/din.yaml"))]
     assert din == ["model.embedding_l2", "train.learning_rate"]
-    queryrec = [d.key for d in tune.default_space(load_config("configs/queryrec.yaml"))]
-    assert queryrec[:2] == ["model.nip_weight", "model.contrastive_weight"]
+    queryrec = tune.default_space(load_config("configs/queryrec.yaml"))
+    assert [d.key for d in queryrec[:2]] == ["model.nip_weight", "model.contrastive_weight"]
+    # NIP alone trains the encoder in the committed config: its weight is never searched at 0.
+    assert (queryrec[0].low, queryrec[0].high) == (0.05, 1.0)
+    joint = tune.default_space(load_config("configs/queryrec.yaml",
+                                           ["model.query_encoder_ctr_gradient=true"]))
+    assert (joint[0].low, joint[0].high) == (0.0, 1.0)
 
 
 def test_cli_errors_are_messages(data_dir, tmp_path, capsys):
