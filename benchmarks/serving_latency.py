@@ -1,6 +1,6 @@
 """Serving latency for one user x 200 candidates, in one run: in-process, REST and gRPC.
 
-    python benchmarks/serving_latency.py [--requests 300] [--in-process-requests 1000]
+    python -m benchmarks.serving_latency [--requests 300] [--in-process-requests 1000]
         [--candidates 200]
         [--export DIR --data DIR | --set model.attention_units=[32,16] ...]
 
@@ -29,15 +29,11 @@ import sys
 import time
 
 import numpy as np
+import tensorflow as tf
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import tensorflow as tf  # noqa: E402
-
-from qrec_tf import export as E  # noqa: E402
-from qrec_tf import schema as S  # noqa: E402
-from serving.client import ServingClient, request_from_data  # noqa: E402
+from qrec_tf import export as E
+from qrec_tf import schema as S
+from serving.client import ServingClient, request_from_data
 
 MODEL_NAME = "queryrec"
 

@@ -81,14 +81,13 @@ from apache_beam.transforms.window import GlobalWindows
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from pipelines import build_tfrecords as B
-from pipelines import kuaisar as K
+from pipelines import build_tfrecords, kuaisar
 from pipelines.user_examples import RecRow, SearchRow
 from qrec_tf import schema as S
 
 LOG = logging.getLogger("pipelines.analysis")
 PROG = "python -m pipelines.analysis"
-INPUT_FILES = (K.REC_INTER, K.SRC_INTER, K.ITEM_FEATURES)
+INPUT_FILES = (kuaisar.REC_INTER, kuaisar.SRC_INTER, kuaisar.ITEM_FEATURES)
 ANALYSIS_FILE = "analysis.json"
 HISTOGRAM_FILE = "js_histogram.png"
 JS_FILE = "js_per_user.csv"
@@ -199,9 +198,9 @@ def analyse_user(user_id: int, rec_rows: Sequence[RecRow], search_rows: Sequence
     shown_times: list[int] = []
     first_shown: dict[int, int] = {}  # category -> its earliest search impression
     for timestamp, _, _, item, clicked in search_rows:
-        category = category_of.get(item, K.MISSING)
+        category = category_of.get(item, kuaisar.MISSING)
         stats["clicks/search"] += clicked
-        if category == K.MISSING:
+        if category == kuaisar.MISSING:
             stats["search_impressions/unknown_category"] += 1
             stats["clicks/search_unknown_category"] += clicked
             continue
@@ -217,10 +216,10 @@ def analyse_user(user_id: int, rec_rows: Sequence[RecRow], search_rows: Sequence
     for timestamp, item, click in rec_rows:
         if not click:
             continue
-        category = category_of.get(item, K.MISSING)
+        category = category_of.get(item, kuaisar.MISSING)
         stats["clicks/feed"] += 1
         stats["feed_positives/total"] += 1
-        if category == K.MISSING:
+        if category == kuaisar.MISSING:
             stats["clicks/feed_unknown_category"] += 1
             stats["feed_positives/unknown_category"] += 1
             continue
@@ -312,8 +311,8 @@ class AnalyseUsers(beam.DoFn):
 
     def process(self, element, category_of):
         user_id, logs = element
-        rec = logs[K.REC_INTER][0] if logs[K.REC_INTER] else []
-        search = logs[K.SRC_INTER][0] if logs[K.SRC_INTER] else []
+        rec = logs[kuaisar.REC_INTER][0] if logs[kuaisar.REC_INTER] else []
+        search = logs[kuaisar.SRC_INTER][0] if logs[kuaisar.SRC_INTER] else []
         result = analyse_user(user_id, rec, search, category_of)
         self._stats.update(result.stats)
         self._search_clicks.update(result.search_clicks)
@@ -380,7 +379,7 @@ def build_report(arguments: dict, stats: Mapping[str, int], users: Sequence[User
     stats = {**dict.fromkeys(STAT_KEYS, 0), **stats}
     stats["users/sampled"] = len(users)
     stats["feed_positives/sampled"] = len(chosen)
-    report = B.nest_keys(stats)
+    report = build_tfrecords.nest_keys(stats)
     for name in INPUT_FILES:  # a file with no row still gets its accounting
         for what in ("rows_read", "rows_used", "rows_rejected"):
             report.setdefault(name, {}).setdefault(what, 0)
@@ -399,13 +398,13 @@ def is_eligible(keyed: tuple[int, FeedSample], search_clicks: Mapping[int, int])
     return search_clicks.get(keyed[1].category, 0) > 0
 
 
-def build_pipeline(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, K.Header]], output: str,
-                   *, users: int, samples: int, seed: int, arguments: dict) -> None:
+def build_pipeline(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, kuaisar.Header]],
+                   output: str, *, users: int, samples: int, seed: int, arguments: dict) -> None:
     """Parse -> per-user analysis -> global search-click counts -> the two draws -> the report."""
-    parsed, stats = B.read_logs(pipeline, inputs, output)
-    category_of = parsed[K.ITEM_FEATURES] | "Category per item" >> beam.Map(
+    parsed, stats = build_tfrecords.read_logs(pipeline, inputs, output)
+    category_of = parsed[kuaisar.ITEM_FEATURES] | "Category per item" >> beam.Map(
         lambda kv: (kv[0], kv[1][1]))
-    analysed = (B.group_by_user(parsed, (K.REC_INTER, K.SRC_INTER))
+    analysed = (build_tfrecords.group_by_user(parsed, (kuaisar.REC_INTER, kuaisar.SRC_INTER))
                 | "Analyse users" >> beam.ParDo(
                     AnalyseUsers(seed), category_of=beam.pvalue.AsDict(category_of)).with_outputs(
                         AnalyseUsers.SAMPLES, AnalyseUsers.SEARCH_CLICKS, AnalyseUsers.STATS,
@@ -425,7 +424,7 @@ def build_pipeline(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, K.Heade
                       | "Eligible samples" >> beam.Filter(is_eligible, search_clicks)
                       | "Draw samples" >> beam.combiners.Top.Smallest(samples))
     chosen_users = analysed.users | "Draw users" >> beam.combiners.Top.Smallest(users)
-    all_stats = (B.sum_then_flatten("stats", stats)
+    all_stats = (build_tfrecords.sum_then_flatten("stats", stats)
                  | "Sum stats" >> beam.CombinePerKey(sum)
                  | "Stats dict" >> beam.combiners.ToDict())
     _ = (pipeline
@@ -440,7 +439,7 @@ def build_pipeline(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, K.Heade
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__.split("\n\n")[0],
-        epilog=B.BEAM_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=build_tfrecords.BEAM_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="directory with the KuaiSAR CSV files")
     parser.add_argument("--output", required=True, help="output directory (any Beam filesystem)")
     parser.add_argument("--users", type=int, default=DEFAULT_USERS,
@@ -454,7 +453,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     for flag in ("users", "samples"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag} must be >= 1 (got {getattr(args, flag)})")
-    return args, B.with_local_defaults(beam_args)
+    return args, build_tfrecords.with_local_defaults(beam_args)
 
 
 def summary(report: dict) -> str:
@@ -506,11 +505,13 @@ def summary(report: dict) -> str:
 
 
 def run(argv: Sequence[str] | None = None) -> dict:
-    """Runs the job; returns analysis.json's content. Raises B.InputError for user mistakes."""
+    """Runs the job; returns analysis.json's content.
+
+    Raises build_tfrecords.InputError for user mistakes."""
     args, beam_args = parse_args(argv)
-    inputs = {name: B.find_input(args.input, name) for name in INPUT_FILES}
+    inputs = {name: build_tfrecords.find_input(args.input, name) for name in INPUT_FILES}
     # Written into a staging directory, swapped in when the job succeeded.
-    out = B.StagedOutput(args.output, OUTPUTS, overwrite=args.overwrite)
+    out = build_tfrecords.StagedOutput(args.output, OUTPUTS, overwrite=args.overwrite)
     LOG.info("reading %s", ", ".join(path for path, _ in inputs.values()))
     started = time.monotonic()
     arguments = {"input": args.input, "users": args.users, "samples": args.samples,
@@ -535,10 +536,10 @@ def run(argv: Sequence[str] | None = None) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    B.configure_logging()
+    build_tfrecords.configure_logging()
     try:
         run(argv)
-    except B.InputError as error:
+    except build_tfrecords.InputError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     return 0

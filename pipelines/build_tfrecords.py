@@ -53,7 +53,7 @@ import sys
 import time
 import uuid
 import zlib
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import apache_beam as beam
 from apache_beam.coders import BytesCoder
@@ -62,7 +62,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import GlobalWindows
 
-from pipelines import kuaisar as K
+from pipelines import kuaisar
 from pipelines.beam_support import LOCAL_RUNNER, WriteSortedShards
 from pipelines.user_examples import QueryItems, build_user_examples, query_items_of, sessions_of
 from qrec_tf import schema as S
@@ -103,7 +103,7 @@ def open_gzip(path: str) -> Iterator[gzip.GzipFile]:
 
 
 # --- input discovery -------------------------------------------------------------------------
-def find_input(input_dir: str, name: str) -> tuple[str, K.Header]:
+def find_input(input_dir: str, name: str) -> tuple[str, kuaisar.Header]:
     """The one file `name`.csv or `name`.csv.gz in input_dir, and its parsed header."""
     found = []
     for suffix in (".csv", ".csv.gz"):
@@ -127,8 +127,8 @@ def find_input(input_dir: str, name: str) -> tuple[str, K.Header]:
     if not first.strip():
         raise InputError(f"{path} is empty: expected a header line")
     try:
-        header = K.parse_header(name, first)
-    except K.MalformedRow as error:
+        header = kuaisar.parse_header(name, first)
+    except kuaisar.MalformedRow as error:
         raise InputError(f"{path}: the first line is not a CSV header ({error.reason})") from None
     if header.duplicates():
         raise InputError(f"{path}: header repeats column(s) {header.duplicates()}; found "
@@ -175,8 +175,8 @@ class ParseLines(beam.DoFn):
 
     DEAD = "dead"
 
-    def __init__(self, header: K.Header):
-        self._parser = K.LineParser(header)
+    def __init__(self, header: kuaisar.Header):
+        self._parser = kuaisar.LineParser(header)
         self._file = header.file
         self._rows = 0
         self._last_log = 0.0
@@ -188,7 +188,7 @@ class ParseLines(beam.DoFn):
             LOG.info("%s: parsed %s rows so far (this worker)", self._file, f"{self._rows:,}")
         try:
             yield self._parser(line)
-        except K.MalformedRow as error:
+        except kuaisar.MalformedRow as error:
             yield beam.pvalue.TaggedOutput(self.DEAD, (self._file, error.reason, line))
 
 
@@ -225,9 +225,9 @@ class BuildUserExamples(beam.DoFn):
 
     def process(self, element, items):
         user_id, logs = element
-        rec = logs[K.REC_INTER][0] if logs[K.REC_INTER] else []
-        search = logs[K.SRC_INTER][0] if logs[K.SRC_INTER] else []
-        features = logs[K.USER_FEATURES][0] if logs[K.USER_FEATURES] else []
+        rec = logs[kuaisar.REC_INTER][0] if logs[kuaisar.REC_INTER] else []
+        search = logs[kuaisar.SRC_INTER][0] if logs[kuaisar.SRC_INTER] else []
+        features = logs[kuaisar.USER_FEATURES][0] if logs[kuaisar.USER_FEATURES] else []
         vocab, stats = self._vocab, self._stats
         if len(features) > 1:
             stats["users/duplicate_feature_rows"] += len(features) - 1
@@ -245,8 +245,8 @@ class BuildUserExamples(beam.DoFn):
             reason = ("no_rec_and_no_search" if not rec and not search
                       else "no_search_history" if rec else "no_rec_history")
             stats[f"users/dropped/{reason}"] += 1
-            stats[f"{K.REC_INTER}/rows_of_dropped_users"] += len(rec)
-            stats[f"{K.SRC_INTER}/rows_of_dropped_users"] += len(search)
+            stats[f"{kuaisar.REC_INTER}/rows_of_dropped_users"] += len(rec)
+            stats[f"{kuaisar.SRC_INTER}/rows_of_dropped_users"] += len(search)
             return
 
         self._users += 1
@@ -261,7 +261,7 @@ class BuildUserExamples(beam.DoFn):
             for name, value in zip(
                     (S.VOCAB_SEARCH_ACTIVE_LEVELS, S.VOCAB_REC_ACTIVE_LEVELS, S.VOCAB_ONEHOT_FEAT1,
                      S.VOCAB_ONEHOT_FEAT2), user_features):
-                if value != K.MISSING:
+                if value != kuaisar.MISSING:
                     vocab[name, str(value)] += 1
         vocab[S.VOCAB_USERS, str(user_id)] += len(rec)
         for row in rec:
@@ -376,7 +376,7 @@ def sum_then_flatten(label: str, branches: list[beam.PCollection]) -> beam.PColl
             | f"Flatten {label}" >> beam.Flatten())
 
 
-def read_logs(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, K.Header]], output: str
+def read_logs(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, kuaisar.Header]], output: str
               ) -> tuple[dict[str, beam.PCollection], list[beam.PCollection]]:
     """Reads and parses each input file; rejected lines go to `output`/dead_letter/.
 
@@ -434,12 +434,12 @@ def group_by_user(parsed: dict[str, beam.PCollection], names: Sequence[str]) -> 
     return per_user | "Join per user" >> beam.CoGroupByKey()
 
 
-def build_pipeline(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, K.Header]], output: str,
-                   schema: S.Schema, *, seed: int, min_count: int, num_shards: int,
+def build_pipeline(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, kuaisar.Header]],
+                   output: str, schema: S.Schema, *, seed: int, min_count: int, num_shards: int,
                    search_examples: bool = False) -> None:
     parsed, stats = read_logs(pipeline, inputs, output)
-    items = parsed[K.ITEM_FEATURES]
-    by_user = group_by_user(parsed, (K.REC_INTER, K.SRC_INTER, K.USER_FEATURES))
+    items = parsed[kuaisar.ITEM_FEATURES]
+    by_user = group_by_user(parsed, (kuaisar.REC_INTER, kuaisar.SRC_INTER, kuaisar.USER_FEATURES))
     built = by_user | "Build examples" >> beam.ParDo(
         BuildUserExamples(schema, seed, search_examples),
         items=beam.pvalue.AsDict(items)).with_outputs(
@@ -470,7 +470,7 @@ def build_pipeline(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, K.Heade
     item_vocab_counts = items | "Item feature vocab" >> beam.FlatMap(lambda kv: [
         ((vocab, str(value)), 1)
         for vocab, value in zip((S.VOCAB_AUTHORS, S.VOCAB_CATEGORIES, S.VOCAB_SUBCATEGORIES), kv[1])
-        if value != K.MISSING])
+        if value != kuaisar.MISSING])
     vocab_sizes = (sum_then_flatten("vocab counts", [built[BuildUserExamples.VOCAB],
                                                      item_vocab_counts])
                    | "Sum vocab counts" >> beam.CombinePerKey(sum)
@@ -674,7 +674,7 @@ class StagedOutput:
             remove(self.staging)
 
 
-def check_input_errors(stats: dict, inputs: dict[str, tuple[str, K.Header]]) -> list[str]:
+def check_input_errors(stats: dict, inputs: dict[str, tuple[str, kuaisar.Header]]) -> list[str]:
     """A compressed input that is cut or corrupt: this run did not read all of it."""
     problems = []
     for name, (path, _) in inputs.items():
@@ -698,7 +698,7 @@ def check_examples(stats: dict) -> list[str]:
 
 def check_rejections(stats: dict, max_fraction: float) -> list[str]:
     problems = []
-    for name in K.LOG_FILES:
+    for name in kuaisar.LOG_FILES:
         entry = stats.get(name, {})
         read, rejected = entry.get("rows_read", 0), entry.get("rows_rejected", 0)
         if read and rejected / read > max_fraction:
@@ -710,9 +710,10 @@ def check_rejections(stats: dict, max_fraction: float) -> list[str]:
 
 def summary(stats: dict) -> str:
     lines = []
-    for name in K.LOG_FILES:
+    for name in kuaisar.LOG_FILES:
         e = stats.get(name, {})
-        lines.append(f"  {name:14s} read {e.get('rows_read', 0):>11,}  used {e.get('rows_used', 0):>11,}"
+        lines.append(f"  {name:14s} read {e.get('rows_read', 0):>11,}"
+                     f"  used {e.get('rows_used', 0):>11,}"
                      f"  rejected {e.get('rows_rejected', 0):>7,}")
     users = stats.get("users", {})
     lines.append(f"  users kept {users.get('kept', 0):,}; dropped {users.get('dropped', {})}")
@@ -731,8 +732,7 @@ def summary(stats: dict) -> str:
 def augment_outputs() -> tuple[str, ...]:
     """What `python -m qrec_tf.augment --output <data dir>` writes: derived from one build, so
     a new build removes them (imported here, not at module level: Beam workers need no Keras)."""
-    from qrec_tf import augment
-    from qrec_tf import positives
+    from qrec_tf import augment, positives
     return (positives.POSITIVES_DIR, augment.SUMMARY_FILE, augment.CONFIG_FILE,
             augment.WEIGHTS_FILE, augment.CHECKPOINT_DIR)
 
@@ -740,7 +740,7 @@ def augment_outputs() -> tuple[str, ...]:
 def run(argv: Sequence[str] | None = None) -> dict:
     """Runs the job; returns stats.json's content. Raises InputError / SystemExit on failure."""
     args, beam_args = parse_args(argv)
-    inputs = {name: find_input(args.input, name) for name in K.LOG_FILES}
+    inputs = {name: find_input(args.input, name) for name in kuaisar.LOG_FILES}
     out = StagedOutput(args.output, (*OUTPUT_DIRS, S.STATS_FILE, S.SCHEMA_FILE),
                        overwrite=args.overwrite, stale=augment_outputs())
     try:
@@ -759,7 +759,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
     except BaseException:
         out.discard()  # a crashed run's partial outputs; the earlier ones stay as they were
         raise
-    stats_rows = sum(stats.get(name, {}).get("rows_read", 0) for name in K.LOG_FILES)
+    stats_rows = sum(stats.get(name, {}).get("rows_read", 0) for name in kuaisar.LOG_FILES)
     LOG.info("done in %.1f s (%s input rows, %.0f rows/s)\n%s", elapsed, f"{stats_rows:,}",
              stats_rows / max(elapsed, 1e-9), summary(stats))
     problems = (check_input_errors(stats, inputs)

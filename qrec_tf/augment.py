@@ -79,7 +79,7 @@ import numpy as np
 import tensorflow as tf
 import yaml
 
-from qrec_tf import positives as P
+from qrec_tf import positives
 from qrec_tf import schema as S
 from qrec_tf.config import _build, apply_overrides, read_yaml_mapping
 from qrec_tf.layers.denoiser import Denoiser
@@ -706,14 +706,14 @@ def run(config: AugmentConfig, data_dir: str, output_dir: str, verbose="auto",
                         progress if len(to_generate) else None)
     generate_seconds = time.perf_counter() - generating
     generated = dict(zip(to_generate.tolist(), ranked))
-    positives = positives_table(table, space, generated, config.output.top_k)
-    P.write(positives, output_dir)
+    filled = positives_table(table, space, generated, config.output.top_k)
+    positives.write(filled, output_dir)
 
-    sizes = np.array([len(v) for v in positives.values()])
+    sizes = np.array([len(v) for v in filled.values()])
     empty_input = full.entries_per_row() == 0
     summary = {
         "data_dir": os.path.abspath(data_dir),
-        "positives_dir": os.path.abspath(os.path.join(output_dir, P.POSITIVES_DIR)),
+        "positives_dir": os.path.abspath(os.path.join(output_dir, positives.POSITIVES_DIR)),
         "queries": {
             "total": len(table.keys),
             "with_clicks": int(has_clicks.sum()),

@@ -108,7 +108,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--data", required=True, help="output directory of the Beam job")
     parser.add_argument("--split", default="test", choices=S.SPLITS)
-    parser.add_argument("--output", help="metrics JSON file (default: <model-dir>/metrics_<split>.json)")
+    parser.add_argument("--output",
+                        help="metrics JSON file (default: <model-dir>/metrics_<split>.json)")
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--predictions", metavar="FILE",
                         help="also write every example's score to this CSV (row, user_id, "

@@ -23,9 +23,10 @@ ranks, fixed dimensions, one batch size on axis 0 across inputs, and at most
 that names the input; a gRPC TensorProto's declared shape is checked against its content and
 --max_request_bytes before any array is made. Each REST connection has its own thread, closed
 after --rest_api_idle_timeout_seconds without a request; a body that stops short of its
-Content-Length is a 400 after --rest_api_body_timeout_seconds. The base path is polled every --file_system_poll_wait_seconds: a new numbered
-version directory is loaded (and warmed up with its `assets.extra/tf_serving_warmup_requests`)
-and then replaces the old one, as TF Serving's default "latest version" policy does; a version
+Content-Length is a 400 after --rest_api_body_timeout_seconds. The base path is polled every
+--file_system_poll_wait_seconds: a new numbered version directory is loaded (and warmed up
+with its `assets.extra/tf_serving_warmup_requests`) and then replaces the old one, as TF
+Serving's default "latest version" policy does; a version
 that fails to load is logged and skipped (and tried again once its files change), and the server
 keeps serving the previous one.
 """
@@ -54,9 +55,14 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
-                                     model_service_pb2_grpc, predict_pb2,
-                                     prediction_log_pb2, prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_log_pb2,
+    prediction_service_pb2_grpc,
+)
 
 LOG = logging.getLogger("serving.local_server")
 

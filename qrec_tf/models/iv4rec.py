@@ -36,8 +36,8 @@ from qrec_tf import data as D
 from qrec_tf import schema as S
 from qrec_tf.config import ModelConfig
 from qrec_tf.layers.din_attention import DINAttention
-from qrec_tf.layers.instrumental import InstrumentalDecomposition
 from qrec_tf.layers.id_lookup import OOV_INDEX
+from qrec_tf.layers.instrumental import InstrumentalDecomposition
 from qrec_tf.models.base import CTRModel, Vocabularies, mlp
 from qrec_tf.models.queryrec import SparseQueryEmbedding
 

@@ -3,7 +3,6 @@
 import gzip
 import json
 
-import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -389,7 +388,8 @@ def test_gzip_input_gives_the_same_examples(tmp_path, hand_output):
             f.write("\n".join(lines) + "\n")
     run_job(tmp_path / "in", tmp_path / "out")
     for split in S.SPLITS:
-        assert by_key(read_split(tmp_path / "out", split)) == by_key(read_split(hand_output[0], split))
+        assert (by_key(read_split(tmp_path / "out", split))
+                == by_key(read_split(hand_output[0], split)))
 
 
 def test_user_mistakes_get_a_message_not_a_traceback(tmp_path, capsys, hand_output):

@@ -183,12 +183,14 @@ def h5_arrays(path) -> dict[str, np.ndarray]:
 
 @pytest.mark.slow
 def test_two_worker_processes_train_din_and_agree(data_dir, tmp_path):
-    argv = lambda i: ["nice", "-n", "10", sys.executable, "-m", "qrec_tf.train",
-                      "--config", "configs/din.yaml", "--data", data_dir,
-                      "--model-dir", str(tmp_path / f"model{i}"), "--strategy", "multi_worker",
-                      "--worker-dir", str(tmp_path / f"worker{i}"), "--verbose", "2",
-                      *[a for s in [*TINY, "train.epochs=1", "train.steps_per_epoch=4",
-                                    "train.validation_steps=2"] for a in ("--set", s)]]
+    def argv(i: int) -> list[str]:
+        return ["nice", "-n", "10", sys.executable, "-m", "qrec_tf.train",
+                "--config", "configs/din.yaml", "--data", data_dir,
+                "--model-dir", str(tmp_path / f"model{i}"), "--strategy", "multi_worker",
+                "--worker-dir", str(tmp_path / f"worker{i}"), "--verbose", "2",
+                *[a for s in [*TINY, "train.epochs=1", "train.steps_per_epoch=4",
+                              "train.validation_steps=2"] for a in ("--set", s)]]
+
     codes = distribute.run_local_cluster([argv(0), argv(1)], timeout=420,
                                          log_dir=str(tmp_path / "logs"),
                                          env={"PYTHONPATH": os.getcwd()})

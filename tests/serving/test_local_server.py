@@ -19,15 +19,19 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
-                                     model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from qrec_tf import export as E
 from qrec_tf import schema as S
 from serving import local_server
 from serving.local_server import LocalServer
-from tests.serving.conftest import MAX_CANDIDATES, MAX_REQUEST_BYTES, TIMEOUT, in_process
+from tests.serving.conftest import MAX_REQUEST_BYTES, TIMEOUT, in_process
 from tests.serving.tiny_model import MODEL_NAME
 
 
@@ -214,7 +218,7 @@ def _rest_cases(features, request):
         ("both formats", 400, predict_path(), {"inputs": {}, "instances": []}, ["exactly one"]),
         ("unknown signature", 400, predict_path(),
          {"signature_name": "nope", "inputs": columnar(features)}, ["nope", "signature"]),
-        ("unknown model", 404, f"/v1/models/nope:predict", {"inputs": columnar(features)},
+        ("unknown model", 404, "/v1/models/nope:predict", {"inputs": columnar(features)},
          ["nope"]),
         ("unknown version", 404, predict_path(7), {"inputs": columnar(features)}, ["7"]),
         ("unknown url", 404, "/v2/whatever", {}, ["Malformed request"]),

@@ -4,7 +4,6 @@ limit allows, malformed JSON in any shape is a 400 with a message, a broken vers
 once its files change, and requests over the candidate cap are refused with a clear error."""
 
 import json
-import os
 import shutil
 import socket
 
@@ -12,15 +11,21 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2
 
 from qrec_tf import export as E
 from qrec_tf import schema as S
 from serving import local_server
 from serving.local_server import LocalServer
 from tests.serving.conftest import MAX_CANDIDATES, MAX_REQUEST_BYTES, TIMEOUT
-from tests.serving.test_local_server import (columnar, good_rest_request, grpc_request,
-                                             predict_path, rest, served_version, wait_for)
+from tests.serving.test_local_server import (
+    columnar,
+    good_rest_request,
+    grpc_request,
+    predict_path,
+    rest,
+    served_version,
+    wait_for,
+)
 from tests.serving.tiny_model import MODEL_NAME
 
 
