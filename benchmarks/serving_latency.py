@@ -14,7 +14,7 @@ Measured, one request at a time (p50 / p99 latency and requests/s = 1 / mean lat
      it) -- target p99 < 10 ms;
   2. the same signature of an export written with --no-xla (built here only), for comparison;
   3. in-process `serving_default` with the same 200 (user, candidate) rows, for comparison;
-  4. REST and gRPC against serving/local_server.py (a subprocess) through serving/client.py,
+  4. REST and gRPC against serving.local_server (a subprocess) through serving/client.py,
      with score_candidates and with the 200-row serving_default request.
 Last, the machine's own noise: p99 / p50 of a fixed matrix product of a few ms, timed the same
 way, next to that ratio for in-process score_candidates.

@@ -6,7 +6,7 @@
 Steps: generate a KuaiSAR-format log (pipelines.synthetic) -> Beam job (pipelines.build_tfrecords)
 -> diffusion augmentation (qrec_tf.augment) -> train QueryRec (small
 dimensions, a few epochs) -> evaluate on the test split -> export a SavedModel version ->
-start serving/local_server.py (a subprocess, free local ports) -> score one user's candidates
+start serving.local_server (a subprocess, free local ports) -> score one user's candidates
 over REST and over gRPC with serving/client.py -> print the scores and where everything was
 written, and stop the server.
 """
@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     version_dir = export.export(model_dir, base_path, data_dir)
     steps.note(f"{version_dir} (signatures: {', '.join(export.SIGNATURES)})")
 
-    steps.start("starting the local TF Serving stand-in (serving/local_server.py)")
+    steps.start("starting the local TF Serving stand-in (serving.local_server)")
     from serving.client import ServingClient, ServingError, request_from_data
 
     process, rest_port, grpc_port = start_server(base_path, server_log)

@@ -379,7 +379,7 @@ def export(model_dir: str, output: str, data_dir: str | None = None,
     rows, serialized = sample_rows(data_dir, schema, verify_split)
 
     remove_stale_staging(output)
-    # A hidden, non-numeric name: TF Serving and serving/local_server.py ignore it.
+    # A hidden, non-numeric name: TF Serving and serving.local_server ignore it.
     with staging_directory(output) as staging:
         started = time.perf_counter()
         build_archive(model, schema, xla).write_out(staging, verbose=False)

@@ -1,4 +1,4 @@
-"""Scores a user's candidate items against TF Serving or serving/local_server.py (REST or gRPC).
+"""Scores a user's candidate items against TF Serving or serving.local_server (REST or gRPC).
 
     python -m serving.client --server localhost:8501 --model-name queryrec \
         (--request request.json | --data DIR [--user-id ID] [--candidates 200]) \

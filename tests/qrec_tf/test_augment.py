@@ -77,7 +77,7 @@ def augmented(planted, tmp_path_factory):
 # --- by hand -------------------------------------------------------------------------------------
 def hand_table():
     # a: clicked 10 (x3), 11 (x1), shown 12, 13; b: shown 10, 12, 14; c: clicked 12 (x2), shown 10
-    return augment.QueryItems(
+    return augment.QueryItemTable(
         keys=["a", "b", "c"],
         clicked_rows=np.array([0, 0, 2]), clicked_items=np.array([10, 11, 12]),
         click_counts=np.array([3, 1, 2]),
@@ -122,7 +122,7 @@ def test_dense_vectors_use_the_configured_values():
     space = augment.choose_item_space(table, np.array([10, 11, 12, 13]), 3)
     matrix = augment.build_matrix(table, space)
     values = augment.AugmentDataConfig(positive_value=0.75, negative_value=-0.75, neutral_value=0.1)
-    dense = augment._Dense(matrix, 3, values)
+    dense = augment.DenseRows(matrix, 3, values)
     batch_row, column, positive = dense.entries(tf.constant([2, 0], tf.int64))
     x = dense.scatter(batch_row, column, dense.values(positive), tf.constant(2)).numpy()
     np.testing.assert_allclose(x, [[-0.75, 0.75, 0.1], [0.75, -0.75, 0.75]])

@@ -11,6 +11,7 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from qrec_tf import export as E
 from qrec_tf import schema as S
@@ -136,7 +137,7 @@ def test_a_declared_shape_larger_than_the_content_or_the_limit_is_refused_unmate
 
     channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
     try:
-        stub = local_server.prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         request = grpc_request(rows[0])
         request.inputs[S.USER_ID].CopyFrom(huge[S.USER_ID])
         with pytest.raises(grpc.RpcError) as info:
@@ -207,7 +208,7 @@ def test_requests_over_the_candidate_cap_are_refused_with_a_clear_error(server, 
         assert words in answer["error"], answer["error"]
     channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
     try:
-        stub = local_server.prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         with pytest.raises(grpc.RpcError) as info:
             stub.Predict(grpc_request(request, E.SCORE_CANDIDATES), timeout=TIMEOUT)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
