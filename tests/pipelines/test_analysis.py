@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import analysis, kuaisar, synthetic
+from pipelines import analysis, kuaisar, shift_measures, synthetic
 from qrec_tf import schema as S
 from tests.pipelines import hand_log
 
@@ -107,7 +107,7 @@ def hand(tmp_path_factory):
 
 # --- the measures ---------------------------------------------------------------------------------
 def test_js_divergence_hand_values():
-    js = analysis.js_divergence
+    js = shift_measures.js_divergence
     assert js({1: 2, 2: 2}, {1: 5, 2: 5}) == 0.0          # identical (any scale)
     assert js({1: 3}, {2: 1, 3: 1}) == 1.0                # disjoint
     assert js({1: 2, 3: 1}, {1: 1, 2: 2, 3: 1}) == pytest.approx(JS_USER1, abs=1e-12)
@@ -115,20 +115,20 @@ def test_js_divergence_hand_values():
     assert js({1: 1, 2: 2, 3: 1}, {1: 2, 3: 1}) == pytest.approx(JS_USER1, abs=1e-12)
     # One category shared half-half: P = (1, 0), Q = (1/2, 1/2), M = (3/4, 1/4):
     # JS = (log2(4/3) + 1/2 log2(2/3) + 1/2 log2(2)) / 2 = 0.311278...
-    assert analysis.js_divergence({1: 1}, {1: 1, 2: 1}) == pytest.approx(0.311278, abs=1e-6)
+    assert shift_measures.js_divergence({1: 1}, {1: 1, 2: 1}) == pytest.approx(0.311278, abs=1e-6)
     with pytest.raises(ValueError, match="non-empty"):
-        analysis.js_divergence({}, {1: 1})
+        shift_measures.js_divergence({}, {1: 1})
 
 
 def test_expected_hit_rate_and_sample_keys():
-    assert analysis.expected_hit_rate(0.5, 2) == pytest.approx(0.75)
-    assert analysis.expected_hit_rate(1 / 6, 5) == pytest.approx(4651 / 7776, abs=1e-15)
-    assert analysis.expected_hit_rate(0.3, 0) == 0.0 and analysis.expected_hit_rate(1.0, 3) == 1.0
-    # no cancellation:
-    assert analysis.expected_hit_rate(1e-12, 10) == pytest.approx(1e-11, rel=1e-9)
+    hit_rate = shift_measures.expected_hit_rate
+    assert hit_rate(0.5, 2) == pytest.approx(0.75)
+    assert hit_rate(1 / 6, 5) == pytest.approx(4651 / 7776, abs=1e-15)
+    assert hit_rate(0.3, 0) == 0.0 and hit_rate(1.0, 3) == 1.0
+    assert hit_rate(1e-12, 10) == pytest.approx(1e-11, rel=1e-9)  # no cancellation
     # Keys are stable across processes and versions (a change would change every draw) ...
     # (the first 8 bytes of blake2b(b"0/user/1", digest_size=8), big-endian)
-    key = analysis.sample_key
+    key = shift_measures.sample_key
     assert key(0, "user", 1) == key(0, "user", 1) == 0xA1AF42E2073501DB
     # ... and differ by seed, kind and id.
     keys = {key(0, "user", 1), key(1, "user", 1), key(0, "sample", 1), key(0, "user", 2),
@@ -137,13 +137,13 @@ def test_expected_hit_rate_and_sample_keys():
 
 
 def test_shift_summary_numbers():
-    summary = analysis.shift_summary([0.0, 0.25, 0.5, 1.0])
+    summary = shift_measures.shift_summary([0.0, 0.25, 0.5, 1.0])
     assert summary["users"] == 4 and summary["share_js_le_0_5"] == 0.75  # 0.5 counts as <= 0.5
     assert summary["share_shifted"] == 0.25 and summary["mean"] == pytest.approx(0.4375)
     assert summary["quantiles"]["0.5"] == pytest.approx(0.375)  # linear, between 0.25 and 0.5
     assert summary["histogram"]["counts"] == [1, 0, 0, 0, 0, 1, 0, 0, 0, 0,
                                               1, 0, 0, 0, 0, 0, 0, 0, 0, 1]
-    assert analysis.shift_summary([])["share_js_le_0_5"] is None
+    assert shift_measures.shift_summary([])["share_js_le_0_5"] is None
 
 
 def test_analyse_user_ignores_row_order_and_uses_strictly_earlier_searches():
@@ -155,16 +155,16 @@ def test_analyse_user_ignores_row_order_and_uses_strictly_earlier_searches():
             user, row = parse(line)
             rows[user][name].append(row)
     feed, search = kuaisar.REC_INTER, kuaisar.SRC_INTER
-    one = analysis.analyse_user(1, rows[1][feed], rows[1][search], category_of)
-    again = analysis.analyse_user(1, rows[1][feed][::-1], rows[1][search][::-1], category_of)
+    one = shift_measures.analyse_user(1, rows[1][feed], rows[1][search], category_of)
+    again = shift_measures.analyse_user(1, rows[1][feed][::-1], rows[1][search][::-1], category_of)
     assert one == again
     assert [(s.timestamp, s.item_id, s.category, s.s_size, s.in_s) for s in one.samples] == [
         (2000, 11, 1, 2, 1), (3000, 22, 2, 2, 1), (4000, 21, 2, 5, 1)]
     assert one.search_clicks == {1: 2, 3: 1} and one.feed_clicks == {1: 1, 2: 2, 3: 1}
     assert one.js == pytest.approx(JS_USER1)
-    two = analysis.analyse_user(2, rows[2][feed], rows[2][search], category_of)
+    two = shift_measures.analyse_user(2, rows[2][feed], rows[2][search], category_of)
     assert two.js == JS_USER2 and two.stats["feed_positives/unknown_category"] == 1
-    assert analysis.analyse_user(5, rows[5][feed], rows[5][search], category_of).js is None
+    assert shift_measures.analyse_user(5, rows[5][feed], rows[5][search], category_of).js is None
 
 
 # --- the Beam job on the hand log -----------------------------------------------------------------
@@ -263,8 +263,8 @@ def test_cli_run_draws_the_smallest_keys_of_the_seed(hand, tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "sampled 2: R_corr^1 = " in result.stdout and "JS <= 0.5 for " in result.stdout
-    user = min((1, 2), key=lambda u: analysis.sample_key(7, "user", u))
-    samples = sorted(ELIGIBLE, key=lambda s: analysis.sample_key(7, "sample", *s))[:2]
+    user = min((1, 2), key=lambda u: shift_measures.sample_key(7, "user", u))
+    samples = sorted(ELIGIBLE, key=lambda s: shift_measures.sample_key(7, "sample", *s))[:2]
     assert [int(r["user_id"]) for r in read_csv(tmp_path / analysis.JS_FILE)] == [user]
     assert sorted((int(r["user_id"]), int(r["timestamp"]), int(r["item_id"]))
                   for r in read_csv(tmp_path / analysis.SAMPLES_FILE)) == sorted(samples)
