@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pipelines import build_tfrecords, kuaisar, synthetic
-from qrec_tf import data as D
+from qrec_tf import data
 from qrec_tf import schema as S
 
 BAD_ROWS = 12
@@ -35,7 +35,7 @@ def generated(tmp_path_factory):
         logs[name] = rows
     examples = []
     for split in S.SPLITS:
-        for batch in D.make_dataset(str(root / "out"), split, batch_size=256, shuffle=False):
+        for batch in data.make_dataset(str(root / "out"), split, batch_size=256, shuffle=False):
             cols = {k: v.numpy().tolist() for k, v in batch.items()}
             examples += [(split, {k: cols[k][i] for k in cols}) for i in range(len(cols[S.LABEL]))]
     return root, manifest, stats, logs, examples
