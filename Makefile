@@ -1,5 +1,5 @@
-# The two commands that matter: `make demo` and `make test`. Both create or refresh the
-# virtualenv in .venv (only when setup.py changed) and install the project into it.
+# The commands that matter: `make demo`, `make lint` and `make test`. Each creates or refreshes the
+# virtualenv in .venv (only when setup.py changed) and installs the project into it.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-fast demo bench clean
+.PHONY: venv lint test test-fast demo bench clean
 
 venv: $(STAMP)
 
@@ -16,6 +16,10 @@ $(STAMP): setup.py
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# ruff (configured in pyproject.toml): pyflakes, pycodestyle at 100 columns, import order.
+lint: $(STAMP)
+	$(PY) -m ruff check .
 
 # Full suite, slow tests included (CI runs this). pytest exits 5 when no test ran: that fails too.
 test: $(STAMP)
@@ -28,9 +32,9 @@ demo: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m qrec_tf.demo --output $(DEMO_DIR)
 
 bench: $(STAMP)
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) benchmarks/pipeline_throughput.py
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) benchmarks/vocab_scaling.py
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) benchmarks/serving_latency.py
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m benchmarks.pipeline_throughput
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m benchmarks.vocab_scaling
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m benchmarks.serving_latency
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) bench_out .pytest_cache

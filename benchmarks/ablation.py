@@ -30,18 +30,14 @@ import json
 import os
 import re
 import shutil
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from pipelines import build_tfrecords, synthetic  # noqa: E402
-from qrec_tf import augment, evaluate, metrics, train  # noqa: E402
-from qrec_tf.config import Config, load_config  # noqa: E402
-from qrec_tf.models.registry import MODELS  # noqa: E402
+from pipelines import build_tfrecords, synthetic
+from qrec_tf import augment, evaluate, metrics, train
+from qrec_tf.config import Config, load_config
+from qrec_tf.models.registry import MODELS
 
 PAPER_AUC = {"din": 0.6793, "din_query": 0.6792, "din_nip": 0.6894, "din_con": 0.6819,
              "din_con_diffusion": 0.6890, "queryrec": 0.6972, "dcn": 0.6729,

@@ -1,6 +1,6 @@
 """Paper sec 5.6: contrastive learning with diffusion positives vs masking click-less queries.
 
-    python benchmarks/diffusion_vs_mask.py [--users 4000] [--queries-per-subtopic 300]
+    python -m benchmarks.diffusion_vs_mask [--users 4000] [--queries-per-subtopic 300]
         [--seeds 0 1 2 3 4] [--epochs 3] [--set model.embedding_dim=16 ...]
         [--augment-set train.epochs=40 ...] [--bootstrap 10000]
         [--workdir bench_out/diffusion_vs_mask] [--reuse] [--no-write]
@@ -24,21 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from qrec_tf import augment  # noqa: E402
-from qrec_tf import positives as P  # noqa: E402
-from qrec_tf import schema as S  # noqa: E402
-from qrec_tf.data import make_dataset  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import ablation  # noqa: E402  (benchmarks/ablation.py: the shared machinery)
+from benchmarks import ablation  # the shared machinery: one log, one Beam run, the seeds
+from qrec_tf import augment, positives
+from qrec_tf import schema as S
+from qrec_tf.data import make_dataset
 
 BEGIN, END = "<!-- diffusion_vs_mask:begin -->", "<!-- diffusion_vs_mask:end -->"
 ARMS = ("din_con", "din_con_diffusion")
@@ -56,7 +49,8 @@ def bootstrap(differences: np.ndarray, draws: int, seed: int = 0) -> dict:
 
 def clickless_last_query_share(data_dir: str) -> tuple[int, int]:
     """(train examples whose last query has no clicked item in the log, train examples)."""
-    clickless = {key.encode() for key, items in P.log_positives(data_dir).items() if not items}
+    clickless = {key.encode() for key, items in positives.log_positives(data_dir).items()
+                 if not items}
     affected = total = 0
     for batch in make_dataset(data_dir, "train", 4096, shuffle=False, features=[S.QUERY_KEYS]):
         last = batch[S.QUERY_KEYS][:, -1].numpy()

@@ -2,7 +2,7 @@
 sees one): batch 1024 and 4096, float32 and mixed precision (float16 compute, loss scaling),
 without and with `jit_compile` (XLA). Prints a markdown table for docs/RESULTS.md.
 
-    python benchmarks/gpu_throughput.py [--steps 30] [--items 100000] [--models din queryrec]
+    python -m benchmarks.gpu_throughput [--steps 30] [--items 100000] [--models din queryrec]
 
 Batches are random ids (`qrec_tf.testing`), as in vocab_scaling.py, whose `Timed` runs the
 steps; the configurations take turns (median step time). With `jit_compile` the vocabulary
@@ -14,16 +14,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import tensorflow as tf
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from vocab_scaling import Timed, interleave  # noqa: E402
+from benchmarks.vocab_scaling import Timed, interleave
 
 
 def main() -> None:

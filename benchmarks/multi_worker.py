@@ -2,7 +2,7 @@
 processes on 127.0.0.1 (one machine: this checks correctness and the cost of the all-reduce,
 not a speed-up), on the same config and data. Prints a markdown table.
 
-    python benchmarks/multi_worker.py --data /tmp/data --output /tmp/mw [--set train.epochs=3 ...]
+    python -m benchmarks.multi_worker --data /tmp/data --output /tmp/mw [--set train.epochs=3 ...]
 """
 
 from __future__ import annotations

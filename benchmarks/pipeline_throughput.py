@@ -1,7 +1,7 @@
 """Throughput of the Beam job on a generated KuaiSAR-format log: local runner and portable path.
 
-    python benchmarks/pipeline_throughput.py [--users 3500] [--rec-per-user 290] [--workdir bench_out]
-        [--no-portable] [Beam options for the local run]
+    python -m benchmarks.pipeline_throughput [--users 3500] [--rec-per-user 290]
+        [--workdir bench_out] [--no-portable] [Beam options for the local run]
 
 Prints input rows/s for the whole job and the projected time for a KuaiSAR-small-sized log
 (7.5M feed + 3.2M search rows, the issue's target: under 15 minutes on 2 cores). Then runs the
@@ -21,9 +21,7 @@ import shutil
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pipelines import build_tfrecords, local_cluster, synthetic  # noqa: E402
+from pipelines import build_tfrecords, local_cluster, synthetic
 
 KUAISAR_SMALL_ROWS = 7_490_000 + 3_170_000
 
@@ -61,7 +59,8 @@ def main() -> None:
     examples = sum(stats["examples"][s]["count"] for s in ("train", "valid", "test"))
     rate = total / elapsed
     print(f"\npipeline: {elapsed:.1f} s for {total:,} input rows -> {rate:,.0f} rows/s; "
-          f"{examples:,} examples ({examples / elapsed:,.0f} examples/s); peak RSS of one process {peak_gb:.1f} GB")
+          f"{examples:,} examples ({examples / elapsed:,.0f} examples/s); "
+          f"peak RSS of one process {peak_gb:.1f} GB")
     projected = KUAISAR_SMALL_ROWS / rate
     print(f"projected KuaiSAR-small ({KUAISAR_SMALL_ROWS:,} rows): {projected / 60:.1f} min "
           f"(target < 15 min; ratio target/projected = {15 * 60 / projected:.2f})")

@@ -1,6 +1,6 @@
 """Serving latency for one user x 200 candidates, in one run: in-process, REST and gRPC.
 
-    python benchmarks/serving_latency.py [--requests 300] [--in-process-requests 1000]
+    python -m benchmarks.serving_latency [--requests 300] [--in-process-requests 1000]
         [--candidates 200]
         [--export DIR --data DIR | --set model.attention_units=[32,16] ...]
 
@@ -14,7 +14,7 @@ Measured, one request at a time (p50 / p99 latency and requests/s = 1 / mean lat
      it) -- target p99 < 10 ms;
   2. the same signature of an export written with --no-xla (built here only), for comparison;
   3. in-process `serving_default` with the same 200 (user, candidate) rows, for comparison;
-  4. REST and gRPC against serving/local_server.py (a subprocess) through serving/client.py,
+  4. REST and gRPC against serving.local_server (a subprocess) through serving/client.py,
      with score_candidates and with the 200-row serving_default request.
 Last, the machine's own noise: p99 / p50 of a fixed matrix product of a few ms, timed the same
 way, next to that ratio for in-process score_candidates.
@@ -29,15 +29,11 @@ import sys
 import time
 
 import numpy as np
+import tensorflow as tf
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import tensorflow as tf  # noqa: E402
-
-from qrec_tf import export as E  # noqa: E402
-from qrec_tf import schema as S  # noqa: E402
-from serving.client import ServingClient, request_from_data  # noqa: E402
+from qrec_tf import export
+from qrec_tf import schema as S
+from serving.client import ServingClient, request_from_data
 
 MODEL_NAME = "queryrec"
 
@@ -57,14 +53,14 @@ def build_model(root: str, overrides: list[str]) -> tuple[str, str, str]:
     config = load_config(f"configs/{MODEL_NAME}.yaml", [
         "train.epochs=1", "train.steps_per_epoch=20", "train.validation_steps=2", *overrides])
     train.train(config, data, model, verbose=0)
-    E.export(model, base, data)
+    export.export(model, base, data)
     no_xla = os.path.join(root, "export_no_xla", MODEL_NAME)
-    E.export(model, no_xla, data, xla=False)
+    export.export(model, no_xla, data, xla=False)
     return base, no_xla, data
 
 
 def newest_version(base: str) -> str:
-    versions = E.existing_versions(base)
+    versions = export.existing_versions(base)
     if not versions:
         raise SystemExit(f"no numbered version under {base}")
     return os.path.join(base, str(versions[-1]))
@@ -126,35 +122,35 @@ def main() -> None:
     loaded = tf.saved_model.load(version_dir)
     schema = S.Schema.load(data)
     score_inputs = {name: [value] for name, value in context.items()}
-    score_inputs.update({E.candidate_input_name(name): [values]
+    score_inputs.update({export.candidate_input_name(name): [values]
                          for name, values in candidates.items()})
-    specs = E.score_candidates_specs(schema)
+    specs = export.score_candidates_specs(schema)
     score_tensors = {name: tf.constant(value, specs[name].dtype)
                      for name, value in score_inputs.items()}
     row_tensors = {name: tf.repeat(value, n, axis=0) for name, value in score_tensors.items()
-                   if not name.startswith(E.CANDIDATE_PREFIX)}
-    row_tensors.update({name.removeprefix(E.CANDIDATE_PREFIX): value[0]
+                   if not name.startswith(export.CANDIDATE_PREFIX)}
+    row_tensors.update({name.removeprefix(export.CANDIDATE_PREFIX): value[0]
                         for name, value in score_tensors.items()
-                        if name.startswith(E.CANDIDATE_PREFIX)})
-    score_fn = loaded.signatures[E.SCORE_CANDIDATES]
-    rows_fn = loaded.signatures[E.SERVING_DEFAULT]
-    by_candidates = score_fn(**score_tensors)[E.OUTPUT_KEY].numpy()[0]
-    by_rows = rows_fn(**row_tensors)[E.OUTPUT_KEY].numpy()
+                        if name.startswith(export.CANDIDATE_PREFIX)})
+    score_fn = loaded.signatures[export.SCORE_CANDIDATES]
+    rows_fn = loaded.signatures[export.SERVING_DEFAULT]
+    by_candidates = score_fn(**score_tensors)[export.OUTPUT_KEY].numpy()[0]
+    by_rows = rows_fn(**row_tensors)[export.OUTPUT_KEY].numpy()
     assert np.allclose(by_candidates, by_rows, atol=1e-5), "the two signatures disagree"
     row_inputs = {name: value.numpy() for name, value in row_tensors.items()}
 
     print(f"model {version_dir}; user {user_id} x {n} candidates; {args.requests} requests per "
           "path, one at a time", flush=True)
     results = {"in-process score_candidates": measure(
-        lambda: score_fn(**score_tensors)[E.OUTPUT_KEY].numpy(), args.in_process_requests)}
+        lambda: score_fn(**score_tensors)[export.OUTPUT_KEY].numpy(), args.in_process_requests)}
     if no_xla:
-        plain_fn = tf.saved_model.load(newest_version(no_xla)).signatures[E.SCORE_CANDIDATES]
-        assert np.allclose(plain_fn(**score_tensors)[E.OUTPUT_KEY].numpy()[0], by_candidates,
+        plain_fn = tf.saved_model.load(newest_version(no_xla)).signatures[export.SCORE_CANDIDATES]
+        assert np.allclose(plain_fn(**score_tensors)[export.OUTPUT_KEY].numpy()[0], by_candidates,
                            atol=1e-5), "the --no-xla export disagrees"
         results["in-process score_candidates, --no-xla"] = measure(
-            lambda: plain_fn(**score_tensors)[E.OUTPUT_KEY].numpy(), args.requests)
+            lambda: plain_fn(**score_tensors)[export.OUTPUT_KEY].numpy(), args.requests)
     results["in-process serving_default (200 rows)"] = measure(
-        lambda: rows_fn(**row_tensors)[E.OUTPUT_KEY].numpy(), args.requests)
+        lambda: rows_fn(**row_tensors)[export.OUTPUT_KEY].numpy(), args.requests)
     rest_port, grpc_port = free_port(), free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "serving.local_server", "--model_name", MODEL_NAME,

@@ -1,6 +1,6 @@
 """The paper's table 4 on generated data: QueryRec against every baseline, several seeds, test AUC.
 
-    python benchmarks/table4.py [--users 2000] [--items 5000] [--seeds 0 1 2] [--epochs 3]
+    python -m benchmarks.table4 [--users 2000] [--items 5000] [--seeds 0 1 2] [--epochs 3]
         [--models din dcn ple sesrec iv4rec din_query queryrec] [--set model.embedding_dim=16 ...]
         [--augment-set train.epochs=20 ...] [--workdir bench_out/table4] [--no-write]
 
@@ -16,13 +16,10 @@ above din; dcn and iv4rec below it.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import ablation  # noqa: E402  (benchmarks/ablation.py: the shared machinery)
+from benchmarks import ablation  # the shared machinery: one log, one Beam run, the seeds
 
 MODELS = ["din", "dcn", "ple", "sesrec", "iv4rec", "din_query", "queryrec"]
 # Table 4 (AUC): KuaiSAR-small, KuaiSAR-large; din_query is table 5's DIN+query (small only).

@@ -1,6 +1,6 @@
 """Training-step cost against vocabulary size, and din / queryrec throughput, in one run.
 
-    python benchmarks/vocab_scaling.py [--steps 30] [--batch-size 1024] [--large 2000000]
+    python -m benchmarks.vocab_scaling [--steps 30] [--batch-size 1024] [--large 2000000]
 
 1. Step time of `din` with a 10k-item vocabulary and with a 2M-item vocabulary (users and
    queries scaled alike), with our LazyAdam + SparseEmbedding, and with Keras' Adam for
@@ -16,23 +16,17 @@ this noisy machine; the figures are median step times.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
+import keras
 import numpy as np
+import tensorflow as tf
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from qrec_tf import schema as S  # noqa: E402
-from qrec_tf.config import load_config  # noqa: E402
-from qrec_tf.models.registry import MODELS  # noqa: E402
-from qrec_tf.optimizers import make_optimizer  # noqa: E402
-from qrec_tf.testing import random_batch, random_vocabularies  # noqa: E402
+from qrec_tf import schema as S
+from qrec_tf.config import load_config
+from qrec_tf.models.registry import MODELS
+from qrec_tf.optimizers import make_optimizer
+from qrec_tf.testing import random_batch, random_vocabularies
 
 
 class Timed:

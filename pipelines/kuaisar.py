@@ -234,7 +234,8 @@ class LineParser:
         if click > 1:
             raise MalformedRow("bad_label:click")
         return to_int(f[i["user_id"]], "user_id"), (
-            to_timestamp_ms(f[i["timestamp"]], "timestamp"), to_int(f[i["item_id"]], "item_id"), click)
+            to_timestamp_ms(f[i["timestamp"]], "timestamp"), to_int(f[i["item_id"]], "item_id"),
+            click)
 
     def _src_inter(self, f: list[str]) -> tuple[int, tuple[int, int, tuple[int, ...], int, int]]:
         """-> (user_id, (timestamp_ms, search_session_id, keyword_word_ids, item_id, clicked))"""
@@ -262,4 +263,5 @@ class LineParser:
 
 def beijing_time(timestamp_ms: int) -> str:
     """KuaiSAR's human-readable `time` column for a ms timestamp."""
-    return datetime.datetime.fromtimestamp(timestamp_ms / 1000, BEIJING).strftime("%Y-%m-%d %H:%M:%S")
+    moment = datetime.datetime.fromtimestamp(timestamp_ms / 1000, BEIJING)
+    return moment.strftime("%Y-%m-%d %H:%M:%S")

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import csv
+import dataclasses
 import gzip as gzip_module
 import io
 import itertools
@@ -41,7 +41,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from pipelines import kuaisar as K
+from pipelines import kuaisar
 
 # --- planted parameters (also written to the manifest) -------------------------------------------
 N_FIRST = 8                    # first-level categories
@@ -132,8 +132,8 @@ MANIFEST = "synthetic_manifest.json"
 BAD_KINDS = ("truncated", "non_numeric_id", "bad_keyword", "nul_byte", "empty_required")
 BAD_KEYWORDS = ("[3, x]", "3, 4", "[]")
 # The required cell blanked by "empty_required": one the parser does not treat as optional.
-EMPTY_REQUIRED_COLUMN = {K.REC_INTER: "timestamp", K.SRC_INTER: "item_id",
-                         K.USER_FEATURES: "user_id", K.ITEM_FEATURES: "item_id"}
+EMPTY_REQUIRED_COLUMN = {kuaisar.REC_INTER: "timestamp", kuaisar.SRC_INTER: "item_id",
+                         kuaisar.USER_FEATURES: "user_id", kuaisar.ITEM_FEATURES: "item_id"}
 
 _DAY_MS = 24 * 3600 * 1000
 # One file's data as columns of cells (str, or int/float that the csv writer formats).
@@ -224,7 +224,8 @@ def _last_before(group: np.ndarray, time: np.ndarray, query_group: np.ndarray,
     (group << 32) + time offset, which orders by group, then time (offsets stay below 2^32 ms).
     """
     if not len(group):
-        return np.zeros(len(query_group), dtype=np.int64), np.zeros(len(query_group), dtype=np.bool_)
+        return (np.zeros(len(query_group), dtype=np.int64),
+                np.zeros(len(query_group), dtype=np.bool_))
     order = np.lexsort((time, group))
     keys = (group[order].astype(np.int64) << 32) + (time[order] - START_MS)
     wanted = (query_group.astype(np.int64) << 32) + (query_time - START_MS)
@@ -469,7 +470,7 @@ def _item_columns(world: _World, rng: np.random.Generator) -> Columns:
 def _corrupt(file: str, row: list[str], kind: str, serial: int) -> list[str]:
     """A malformed copy of a good row; kuaisar.LineParser must reject every kind."""
     row = [str(cell) for cell in row]
-    names = K.COLUMNS[file]
+    names = kuaisar.COLUMNS[file]
     if kind == "truncated":
         return row[: max(1, len(row) // 2)]
     if kind == "non_numeric_id":
@@ -491,10 +492,11 @@ def _plan_bad_rows(rng: np.random.Generator, bad_rows: int, columns: dict[str, C
     Bad lines are *added* copies, so the good lines are the same with or without --bad-rows.
     Kinds cycle; files cycle too, except that a bad keyword can only live in src_inter.
     """
-    chosen: dict[str, list[tuple[list[str], str]]] = {f: [] for f in K.LOG_FILES}
+    chosen: dict[str, list[tuple[list[str], str]]] = {f: [] for f in kuaisar.LOG_FILES}
     for j in range(bad_rows):
         kind = BAD_KINDS[j % len(BAD_KINDS)]
-        file = K.SRC_INTER if kind == "bad_keyword" else K.LOG_FILES[j % len(K.LOG_FILES)]
+        file = (kuaisar.SRC_INTER if kind == "bad_keyword"
+                else kuaisar.LOG_FILES[j % len(kuaisar.LOG_FILES)])
         cols = columns[file]
         source = int(rng.integers(0, len(cols[0])))
         chosen[file].append((_corrupt(file, [c[source] for c in cols], kind, j), kind))
@@ -586,25 +588,25 @@ def generate(output_dir: str, users: int = DEFAULT_USERS, items: int = DEFAULT_I
 
     user_ids = np.arange(1, users + 1)
     columns = {
-        K.REC_INTER: _rec_columns(world, rng, rec, user_ids),
-        K.SRC_INTER: _src_columns(world, rng, search, user_ids),
-        K.USER_FEATURES: _user_columns(rng, user_ids, sessions, recs, sessions_per_user,
-                                       rec_per_user),
-        K.ITEM_FEATURES: _item_columns(world, rng),
+        kuaisar.REC_INTER: _rec_columns(world, rng, rec, user_ids),
+        kuaisar.SRC_INTER: _src_columns(world, rng, search, user_ids),
+        kuaisar.USER_FEATURES: _user_columns(rng, user_ids, sessions, recs, sessions_per_user,
+                                             rec_per_user),
+        kuaisar.ITEM_FEATURES: _item_columns(world, rng),
     }
     plan = _plan_bad_rows(np.random.default_rng(bad_seed), bad_rows, columns)
 
     os.makedirs(output_dir, exist_ok=True)
     suffix = ".csv.gz" if gzip else ".csv"
     files = {}
-    for name in K.LOG_FILES:
+    for name in kuaisar.LOG_FILES:
         files[name] = name + suffix
         # A stale copy in the other format would make the Beam job refuse the directory
         # ("both rec_inter.csv and rec_inter.csv.gz exist").
         stale = os.path.join(output_dir, name + (".csv" if gzip else ".csv.gz"))
         if os.path.exists(stale):
             os.remove(stale)
-        _write_csv(os.path.join(output_dir, files[name]), K.COLUMNS[name], columns[name],
+        _write_csv(os.path.join(output_dir, files[name]), kuaisar.COLUMNS[name], columns[name],
                    plan[name], gzip)
 
     arguments = dict(users=users, items=items, seed=seed, bad_rows=bad_rows,
@@ -623,7 +625,7 @@ def _manifest(arguments: dict[str, Any], rec_only: np.ndarray, src_only: np.ndar
               files: dict[str, str]) -> dict[str, Any]:
     """The manifest: arguments, counts, bad lines and planted parameters (JSON-serialisable)."""
     bad_lines = [{"file": file, "line_number": pos + 2, "kind": kind}  # +1 header, +1 1-based
-                 for file in K.LOG_FILES for pos, _, kind in plan[file]]
+                 for file in kuaisar.LOG_FILES for pos, _, kind in plan[file]]
     sess_clicks = np.bincount(search["row_sess"], weights=search["row_click"],
                               minlength=len(search["sess_user"]))
     on_topic = world.item_sub[search["row_item"]] == search["sess_sub"][search["row_sess"]]
@@ -636,8 +638,8 @@ def _manifest(arguments: dict[str, Any], rec_only: np.ndarray, src_only: np.ndar
         # The output directory is left out so that manifests of equal runs are equal too.
         "arguments": arguments,
         "files": files,
-        "rows": {f: len(columns[f][0]) + len(plan[f]) for f in K.LOG_FILES},
-        "bad_rows": {f: len(plan[f]) for f in K.LOG_FILES},
+        "rows": {f: len(columns[f][0]) + len(plan[f]) for f in kuaisar.LOG_FILES},
+        "bad_rows": {f: len(plan[f]) for f in kuaisar.LOG_FILES},
         "bad_rows_by_kind": {k: sum(1 for b in bad_lines if b["kind"] == k) for k in BAD_KINDS},
         "bad_lines": bad_lines,
         "users": {

@@ -60,7 +60,8 @@ def sessions_of(search_rows: Iterable[SearchRow]) -> list[Session]:
         seen = first.get(row[1])
         if seen is None or row < seen:
             first[row[1]] = row
-    sessions = [Session(ts, sid, words, query_key(words)) for ts, sid, words, _, _ in first.values()]
+    sessions = [Session(ts, sid, words, query_key(words))
+                for ts, sid, words, _, _ in first.values()]
     sessions.sort(key=lambda s: (s.timestamp, s.session_id))
     return sessions
 

@@ -234,16 +234,26 @@ def make_multitask_dataset(
                             supervised, deterministic=seed is not None)
 
 
-def query_items(path: str) -> Iterator[dict]:
-    """The rows of the query -> items table (`<path>/query_items/`), each as {QI_* name: value}:
-    the query key as str, sessions as int, the variable-length features as lists of ints."""
+def query_item_batches(path: str, batch_size: int = 4096
+                       ) -> Iterator[dict[str, tf.Tensor | tf.SparseTensor]]:
+    """The query -> items table (`<path>/query_items/`), parsed with S.QUERY_ITEMS_SPEC in
+    batches of up to `batch_size` rows, shards in file-name order: per batch the query keys
+    (string [B]), sessions (int64 [B]) and the variable-length features (tf.SparseTensor
+    [B, None]). The one reader of that table (`query_items`, `positives.log_positives` and the
+    augment stage use it); a missing table raises FileNotFoundError at the call."""
     pattern = os.path.join(path, S.QUERY_ITEMS_DIR, S.EXAMPLE_FILE_PATTERN)
     files = sorted(tf.io.gfile.glob(pattern))
     if not files:
-        raise FileNotFoundError(f"no query -> items table matches {pattern}: is {path!r} the "
-                                "--output of `python -m pipelines.build_tfrecords`?")
-    records = tf.data.TFRecordDataset(files, compression_type=S.COMPRESSION).batch(4096)
-    for batch in records.map(lambda s: tf.io.parse_example(s, S.QUERY_ITEMS_SPEC)):
+        raise FileNotFoundError(f"no query table at {pattern}: is {path!r} the --output of "
+                                "`python -m pipelines.build_tfrecords`?")
+    records = tf.data.TFRecordDataset(files, compression_type=S.COMPRESSION).batch(batch_size)
+    return iter(records.map(lambda s: tf.io.parse_example(s, S.QUERY_ITEMS_SPEC)))
+
+
+def query_items(path: str) -> Iterator[dict]:
+    """The rows of the query -> items table (`<path>/query_items/`), each as {QI_* name: value}:
+    the query key as str, sessions as int, the variable-length features as lists of ints."""
+    for batch in query_item_batches(path):
         columns = {name: (tf.RaggedTensor.from_sparse(value).to_list()
                           if isinstance(value, tf.SparseTensor) else value.numpy().tolist())
                    for name, value in batch.items()}

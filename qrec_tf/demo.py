@@ -4,9 +4,9 @@
         [--epochs 4] [--candidates 100]
 
 Steps: generate a KuaiSAR-format log (pipelines.synthetic) -> Beam job (pipelines.build_tfrecords)
--> diffusion augmentation (qrec_tf.augment, when that module exists) -> train QueryRec (small
+-> diffusion augmentation (qrec_tf.augment) -> train QueryRec (small
 dimensions, a few epochs) -> evaluate on the test split -> export a SavedModel version ->
-start serving/local_server.py (a subprocess, free local ports) -> score one user's candidates
+start serving.local_server (a subprocess, free local ports) -> score one user's candidates
 over REST and over gRPC with serving/client.py -> print the scores and where everything was
 written, and stop the server.
 """
@@ -14,7 +14,6 @@ written, and stop the server.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
@@ -69,12 +68,8 @@ class Steps:
 
 
 def augment(data_dir: str, steps: Steps) -> None:
-    """--- AUGMENT STEP --- runs `python -m qrec_tf.augment` only when that module exists (it
-    writes <data>/positives/, which training then uses: model.positives=auto)."""
-    if importlib.util.find_spec("qrec_tf.augment") is None:
-        steps.note("qrec_tf/augment.py is not there yet: skipped (training uses the search-log "
-                   "positives)")
-        return
+    """--- AUGMENT STEP --- runs `python -m qrec_tf.augment`, which writes <data>/positives/
+    (training then uses it: model.positives=auto)."""
     command = [sys.executable, "-m", "qrec_tf.augment", "--data", data_dir, "--output", data_dir,
                "--verbose", "0", *[a for o in AUGMENT_OVERRIDES for a in ("--set", o)]]
     steps.note(" ".join(command[1:]))
@@ -170,7 +165,7 @@ def main(argv=None) -> int:
     version_dir = export.export(model_dir, base_path, data_dir)
     steps.note(f"{version_dir} (signatures: {', '.join(export.SIGNATURES)})")
 
-    steps.start("starting the local TF Serving stand-in (serving/local_server.py)")
+    steps.start("starting the local TF Serving stand-in (serving.local_server)")
     from serving.client import ServingClient, ServingError, request_from_data
 
     process, rest_port, grpc_port = start_server(base_path, server_log)

@@ -26,7 +26,7 @@ from typing import Callable
 
 import tensorflow as tf
 
-from qrec_tf import data as D
+from qrec_tf import data
 from qrec_tf import schema as S
 
 LOG = logging.getLogger(__name__)
@@ -180,21 +180,21 @@ def training_input(strategy: tf.distribute.Strategy, data_dir: str, train_config
     steps, valid_steps = tc.steps_per_epoch, tc.validation_steps
     if workers:
         splits = ("train", S.SEARCH_TRAIN) if multitask else ("train",)
-        sizes = [D.split_size(data_dir, split) for split in splits]
+        sizes = [data.split_size(data_dir, split) for split in splits]
         steps = steps or steps_for(None if None in sizes else sum(sizes), tc.batch_size,
                                    "train", "train.steps_per_epoch")
-        valid_steps = valid_steps or steps_for(D.split_size(data_dir, "valid"), tc.batch_size,
+        valid_steps = valid_steps or steps_for(data.split_size(data_dir, "valid"), tc.batch_size,
                                                "valid", "train.validation_steps")
 
     def train_input(batch: int, shard: tuple[int, int] | None) -> tf.data.Dataset:
         options = dict(seed=tc.seed, shuffle_buffer=tc.shuffle_buffer, supervised=True,
                        num_epochs=None if steps else 1, shard=shard)
-        return (D.make_multitask_dataset(data_dir, batch, **options) if multitask
-                else D.make_dataset(data_dir, "train", batch, **options))
+        return (data.make_multitask_dataset(data_dir, batch, **options) if multitask
+                else data.make_dataset(data_dir, "train", batch, **options))
 
     def valid_input(batch: int, shard: tuple[int, int] | None) -> tf.data.Dataset:
-        return D.make_dataset(data_dir, "valid", batch, supervised=True, shard=shard,
-                              num_epochs=None if valid_steps else 1)
+        return data.make_dataset(data_dir, "valid", batch, supervised=True, shard=shard,
+                                 num_epochs=None if valid_steps else 1)
 
     if distributes_input(strategy):
         return (distribute_datasets(strategy, tc.batch_size, train_input),

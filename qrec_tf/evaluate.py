@@ -19,8 +19,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from qrec_tf import data as D
-from qrec_tf import metrics
+from qrec_tf import data, metrics
 from qrec_tf import schema as S
 from qrec_tf.config import load_config
 from qrec_tf.models.registry import build_model
@@ -51,7 +50,7 @@ def predict(model, data_dir: str, split: str, batch_size: int = 4096) -> dict[st
     in the split's file order (the same order for every model)."""
     score = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
     columns: dict[str, list] = {"user_id": [], "item_id": [], "label": [], "probability": []}
-    for batch in D.make_dataset(data_dir, split, batch_size, shuffle=False):
+    for batch in data.make_dataset(data_dir, split, batch_size, shuffle=False):
         columns["probability"].append(score(batch).numpy())
         columns["user_id"].append(batch[S.USER_ID].numpy())
         columns["item_id"].append(batch[S.ITEM_ID].numpy())
@@ -108,7 +107,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--data", required=True, help="output directory of the Beam job")
     parser.add_argument("--split", default="test", choices=S.SPLITS)
-    parser.add_argument("--output", help="metrics JSON file (default: <model-dir>/metrics_<split>.json)")
+    parser.add_argument("--output",
+                        help="metrics JSON file (default: <model-dir>/metrics_<split>.json)")
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--predictions", metavar="FILE",
                         help="also write every example's score to this CSV (row, user_id, "

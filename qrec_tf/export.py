@@ -49,7 +49,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from qrec_tf import data as D
+from qrec_tf import data
 from qrec_tf import schema as S
 from qrec_tf.evaluate import load_trained_model
 from qrec_tf.models.base import CTRModel
@@ -253,11 +253,11 @@ def remove_stale_staging(output: str, min_age_seconds: float = STALE_STAGING_SEC
 def sample_rows(data_dir: str, schema: S.Schema, split: str = "test", rows: int = 64
                 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Up to `rows` examples of a split: (model features {name: [B, *shape]}, serialized [B])."""
-    files = D.shard_files(data_dir, split)
+    files = data.shard_files(data_dir, split)
     serialized = np.array([r.numpy() for r in tf.data.TFRecordDataset(
         files, compression_type=S.COMPRESSION).take(rows)], dtype=object)
-    parsed = D.parse_examples(tf.constant(serialized, tf.string), schema,
-                              example_parse_names(schema))
+    parsed = data.parse_examples(tf.constant(serialized, tf.string), schema,
+                                 example_parse_names(schema))
     return {k: v.numpy() for k, v in parsed.items()}, serialized
 
 
@@ -379,7 +379,7 @@ def export(model_dir: str, output: str, data_dir: str | None = None,
     rows, serialized = sample_rows(data_dir, schema, verify_split)
 
     remove_stale_staging(output)
-    # A hidden, non-numeric name: TF Serving and serving/local_server.py ignore it.
+    # A hidden, non-numeric name: TF Serving and serving.local_server ignore it.
     with staging_directory(output) as staging:
         started = time.perf_counter()
         build_archive(model, schema, xla).write_out(staging, verbose=False)

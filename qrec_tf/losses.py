@@ -2,8 +2,6 @@
 
 Each returns a float32 scalar: the mean over the examples that have something to learn from
 (examples without the targets a loss needs are excluded, not counted as zero), 0.0 when none has.
-With `return_count=True` each also returns that number of examples (float32 scalar), so that
-means over several batches can be weighted correctly.
 """
 
 from __future__ import annotations
@@ -16,12 +14,11 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
 
-def _mean_over_examples(per_example, included, return_count: bool):
+def _mean_over_examples(per_example, included):
     """Mean of per_example [B] over the True entries of included [B]; 0.0 if none."""
     count = ops.sum(ops.cast(included, "float32"))
     total = ops.sum(ops.where(included, per_example, ops.zeros_like(per_example)))
-    loss = total / ops.maximum(count, 1.0)
-    return (loss, count) if return_count else loss
+    return total / ops.maximum(count, 1.0)
 
 
 def _masked_mean(values, mask):
@@ -32,8 +29,7 @@ def _masked_mean(values, mask):
 
 
 def next_item_prediction_loss(query_vec: tf.Tensor, pos_vecs: tf.Tensor, pos_mask: tf.Tensor,
-                              neg_vecs: tf.Tensor, neg_mask: tf.Tensor,
-                              return_count: bool = False):
+                              neg_vecs: tf.Tensor, neg_mask: tf.Tensor) -> tf.Tensor:
     """NIP, eqs 13-14, with a sigmoid on the dot products.
 
     Per example: -(1/n_pos) sum_valid log sigmoid(<q, e_p>) - (1/n_neg) sum_valid
@@ -52,12 +48,12 @@ def next_item_prediction_loss(query_vec: tf.Tensor, pos_vecs: tf.Tensor, pos_mas
     # -log sigmoid(x) = softplus(-x) and -log(1 - sigmoid(x)) = softplus(x), finite for any x.
     pos_term, n_pos = _masked_mean(ops.softplus(-pos_logits), pos_mask)
     neg_term, n_neg = _masked_mean(ops.softplus(neg_logits), neg_mask)
-    return _mean_over_examples(pos_term + neg_term, (n_pos + n_neg) > 0, return_count)
+    return _mean_over_examples(pos_term + neg_term, (n_pos + n_neg) > 0)
 
 
 def query_item_contrastive_loss(pos_scores: tf.Tensor, pos_mask: tf.Tensor,
                                 neg_scores: tf.Tensor, neg_mask: tf.Tensor,
-                                temperature: float, return_count: bool = False):
+                                temperature: float) -> tf.Tensor:
     """Query-item contrastive loss, eq 15, with sampled negatives.
 
     Per example: -(1/|P|) sum_{p valid} log(exp(s_p / beta) / sum_{n valid} exp(s_n / beta)).
@@ -77,7 +73,7 @@ def query_item_contrastive_loss(pos_scores: tf.Tensor, pos_mask: tf.Tensor,
     log_denominator = ops.logsumexp(ops.where(neg_mask, neg, ops.full_like(neg, -1e9)), axis=-1)
     per_example, n_pos = _masked_mean(ops.expand_dims(log_denominator, -1) - pos, pos_mask)
     included = ops.logical_and(n_pos > 0, ops.any(neg_mask, axis=-1))
-    return _mean_over_examples(per_example, included, return_count)
+    return _mean_over_examples(per_example, included)
 
 
 def mini_batch_aware_l2(table: tf.Variable, indices: tf.Tensor,

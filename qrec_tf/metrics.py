@@ -53,7 +53,10 @@ def all_metrics(users, labels, probabilities) -> dict:
     single impression, so GAUC is None there (gauc_users = 0), by construction.
     """
     value, users_counted = gauc(users, labels, probabilities)
-    defined = lambda x: None if np.isnan(x) else x
+
+    def defined(x: float) -> float | None:
+        return None if np.isnan(x) else x
+
     return {"auc": defined(auc(labels, probabilities)), "gauc": defined(value),
             "gauc_users": users_counted,
             "logloss": logloss(labels, probabilities), "n": int(np.asarray(labels).size),

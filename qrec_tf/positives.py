@@ -14,6 +14,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from qrec_tf import data
 from qrec_tf import schema as S
 
 POSITIVES_DIR = "positives"
@@ -31,12 +32,9 @@ def _records(pattern: str):
 def log_positives(data_dir: str) -> dict[str, list[int]]:
     """query key -> clicked item ids, most clicked first (ties: smaller id first)."""
     table = {}
-    for record in _records(os.path.join(data_dir, S.QUERY_ITEMS_DIR, "*.tfrecord.gz")):
-        row = tf.io.parse_single_example(record, S.QUERY_ITEMS_SPEC)
-        items = tf.sparse.to_dense(row[S.QI_CLICKED_ITEM_IDS]).numpy().tolist()
-        counts = tf.sparse.to_dense(row[S.QI_CLICK_COUNTS]).numpy().tolist()
-        table[row[S.QI_QUERY_KEY].numpy().decode()] = [
-            i for _, i in sorted(zip((-c for c in counts), items))]
+    for row in data.query_items(data_dir):
+        items, counts = row[S.QI_CLICKED_ITEM_IDS], row[S.QI_CLICK_COUNTS]
+        table[row[S.QI_QUERY_KEY]] = [i for _, i in sorted(zip((-c for c in counts), items))]
     return table
 
 

@@ -1,4 +1,4 @@
-"""Random vocabularies and raw-feature batches, for tests and benchmarks that need no data directory.
+"""Random vocabularies and raw-feature batches, for tests and benchmarks without a data directory.
 
 Everything follows `qrec_tf.schema`: a batch holds every feature of the schema (raw ids drawn from
 the vocabularies, sequences with left padding), so a model built on these vocabularies accepts it.
@@ -14,7 +14,10 @@ from qrec_tf.models.base import Vocabularies
 
 def random_vocabularies(n_items: int, n_words: int = 1000) -> Vocabularies:
     """Vocabularies for a catalogue of `n_items` items; users, queries and authors scale with it."""
-    ids = lambda n, base=1: list(range(base, base + n))
+
+    def ids(n: int, base: int = 1) -> list[int]:
+        return list(range(base, base + n))
+
     values = {
         S.VOCAB_USERS: ids(max(n_items // 10, 10)), S.VOCAB_ITEMS: ids(n_items, 10**6),
         S.VOCAB_QUERIES: [str(i) for i in range(max(n_items // 10, 10))],

@@ -23,8 +23,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from qrec_tf import schema as S
 from qrec_tf import distribute
+from qrec_tf import schema as S
 from qrec_tf.config import Config, load_config
 from qrec_tf.distribute import STRATEGIES, make_strategy  # noqa: F401 (this module's API)
 from qrec_tf.evaluate import CONFIG_FILE, WEIGHTS_FILE
@@ -162,7 +162,8 @@ def train(config: Config, data_dir: str, model_dir: str, strategy_name: str = "d
         "model": config.model.name,
         "data_dir": os.path.abspath(data_dir),
         "epochs_run": len(val_auc),
-        "best_epoch": int(max(range(len(val_auc)), key=val_auc.__getitem__)) + 1 if val_auc else None,
+        "best_epoch": (int(max(range(len(val_auc)), key=val_auc.__getitem__)) + 1
+                       if val_auc else None),
         "best_val_auc": max(val_auc) if val_auc else None,
         "train_seconds": elapsed,
         "examples_per_second": history.history.get("examples_per_second", throughput.rates),

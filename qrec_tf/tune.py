@@ -33,6 +33,7 @@ import yaml
 from qrec_tf import schema as S
 from qrec_tf.config import Config, load_config
 
+
 @dataclasses.dataclass(frozen=True)
 class Dimension:
     """One searched config key: a float range (optionally log-uniform) or a list of choices."""

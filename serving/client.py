@@ -1,4 +1,4 @@
-"""Scores a user's candidate items against TF Serving or serving/local_server.py (REST or gRPC).
+"""Scores a user's candidate items against TF Serving or serving.local_server (REST or gRPC).
 
     python -m serving.client --server localhost:8501 --model-name queryrec \
         (--request request.json | --data DIR [--user-id ID] [--candidates 200]) \
@@ -38,9 +38,13 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
-                                     model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from qrec_tf import schema as S
 from qrec_tf.export import CANDIDATE_PREFIX, OUTPUT_KEY, SCORE_CANDIDATES, SERVING_DEFAULT
@@ -279,14 +283,13 @@ def request_from_data(data_dir: str, user_id: int | None = None, num_candidates:
     """(user id, context, candidates) for `ServingClient.score_candidates` from a split: the
     user's (first) example gives the context and its own item as the first candidate; the other
     examples of the split add distinct items, with their features, up to `num_candidates`."""
-    from qrec_tf import data as D
-    from qrec_tf import export as E
+    from qrec_tf import data, export
 
     schema = S.Schema.load(data_dir)
-    names = E.example_parse_names(schema)
+    names = export.example_parse_names(schema)
     rows: dict[str, list] = {name: [] for name in names}
-    for batch in D.make_dataset(data_dir, split, 1024, shuffle=False, features=names,
-                                schema=schema):
+    for batch in data.make_dataset(data_dir, split, 1024, shuffle=False, features=names,
+                                   schema=schema):
         for name in names:
             rows[name].append(batch[name].numpy())
     columns = {name: np.concatenate(parts) for name, parts in rows.items()}
@@ -299,7 +302,7 @@ def request_from_data(data_dir: str, user_id: int | None = None, num_candidates:
     row = matches[0]
 
     context = {f.name: _json_value(np.asarray(columns[f.name][row]))
-               for f in E.context_features(schema)}
+               for f in export.context_features(schema)}
     order = [row] + [i for i in range(len(users)) if i != row]
     seen, chosen = set(), []
     for i in order:
@@ -309,7 +312,8 @@ def request_from_data(data_dir: str, user_id: int | None = None, num_candidates:
             chosen.append(i)
         if len(chosen) == num_candidates:
             break
-    candidates = {f.name: columns[f.name][chosen].tolist() for f in E.candidate_features(schema)}
+    candidates = {f.name: columns[f.name][chosen].tolist()
+                  for f in export.candidate_features(schema)}
     return user_id, context, candidates
 
 

@@ -39,7 +39,8 @@ class ExtractionLevel(keras.layers.Layer):
         super().__init__(**kwargs)
         if min(num_tasks, task_experts, shared_experts) < 1 or not units:
             raise ValueError("ExtractionLevel needs >= 1 task, >= 1 expert of each kind and units")
-        self.num_tasks, self.task_experts, self.shared_experts = num_tasks, task_experts, shared_experts
+        self.num_tasks = num_tasks
+        self.task_experts, self.shared_experts = task_experts, shared_experts
         self.units = [int(u) for u in units]
         self.activation, self.dropout, self.shared_output = activation, dropout, shared_output
         self.task_expert_nets = [[self._expert(f"task{k}_expert{i}") for i in range(task_experts)]
@@ -55,7 +56,8 @@ class ExtractionLevel(keras.layers.Layer):
     def _expert(self, name: str) -> keras.Sequential:
         layers = []
         for i, n in enumerate(self.units):
-            layers.append(keras.layers.Dense(n, activation=self.activation, name=f"{name}_dense{i}"))
+            layers.append(keras.layers.Dense(n, activation=self.activation,
+                                             name=f"{name}_dense{i}"))
             if self.dropout:
                 layers.append(keras.layers.Dropout(self.dropout, name=f"{name}_dropout{i}"))
         return keras.Sequential(layers, name=name)

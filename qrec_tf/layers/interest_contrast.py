@@ -108,7 +108,7 @@ def _split(weights: tf.Tensor, mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
 
 
 def _masked_mean(seq: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
-    """Mean of seq [batch, len, dim] over the True positions of mask [batch, len] -> [batch, dim]."""
+    """Mean of seq [batch, len, dim] over the True positions of mask [batch, len]: [batch, dim]."""
     m = ops.expand_dims(ops.cast(mask, seq.dtype), -1)
     return ops.sum(seq * m, axis=1) / ops.maximum(ops.sum(m, axis=1), 1.0)
 

@@ -158,7 +158,8 @@ class CTRModel(keras.Model):
         item_idx = self.lookup(S.ITEM_ID, items)
         rep = tf.concat([self.embed(S.ITEM_ID, item_idx),
                          self.embed(S.CATEGORY_ID, self.lookup(S.CATEGORY_ID, categories)),
-                         self.embed(S.SUBCATEGORY_ID, self.lookup(S.SUBCATEGORY_ID, subcategories))],
+                         self.embed(S.SUBCATEGORY_ID,
+                                    self.lookup(S.SUBCATEGORY_ID, subcategories))],
                         axis=-1)
         return item_idx, rep
 

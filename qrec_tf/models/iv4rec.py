@@ -32,12 +32,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from qrec_tf import data as D
+from qrec_tf import data
 from qrec_tf import schema as S
 from qrec_tf.config import ModelConfig
 from qrec_tf.layers.din_attention import DINAttention
-from qrec_tf.layers.instrumental import InstrumentalDecomposition
 from qrec_tf.layers.id_lookup import OOV_INDEX
+from qrec_tf.layers.instrumental import InstrumentalDecomposition
 from qrec_tf.models.base import CTRModel, Vocabularies, mlp
 from qrec_tf.models.queryrec import SparseQueryEmbedding
 
@@ -107,7 +107,8 @@ class IV4RecModel(CTRModel):
     @classmethod
     def data_constants(cls, config, data_dir, schema, vocabularies):
         item_queries, query_words = instrument_tables(
-            D.query_items(data_dir), vocabularies, config.iv_item_queries, schema.max_query_words)
+            data.query_items(data_dir), vocabularies, config.iv_item_queries,
+            schema.max_query_words)
         with_queries = int((item_queries[2:, 0] != 0).sum())
         LOG.info("iv4rec: %d of %d items have queries as instruments", with_queries,
                  len(item_queries) - 2)

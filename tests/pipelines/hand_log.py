@@ -7,21 +7,22 @@ user 2: two feed impressions at the same time (1000), item 21 shown in train and
 user 3: feed only -> dropped.   user 4: search only -> dropped.   user 5: features only -> dropped.
 """
 
-from pipelines import kuaisar as K
+from pipelines import kuaisar
 
-REC_HEADER = ",".join(K.REC_INTER_COLUMNS)
-SRC_HEADER = ",".join(K.SRC_INTER_COLUMNS)
-USER_HEADER = ",".join(K.USER_FEATURES_COLUMNS)
-ITEM_HEADER = ",".join(K.ITEM_FEATURES_COLUMNS)
+REC_HEADER = ",".join(kuaisar.REC_INTER_COLUMNS)
+SRC_HEADER = ",".join(kuaisar.SRC_INTER_COLUMNS)
+USER_HEADER = ",".join(kuaisar.USER_FEATURES_COLUMNS)
+ITEM_HEADER = ",".join(kuaisar.ITEM_FEATURES_COLUMNS)
 
 
 def rec(user, item, ts, click):
-    return f"{user},{item},1000.0,2000.0,{K.beijing_time(ts)},{float(ts)},{click},0,0,0,0,0"
+    return f"{user},{item},1000.0,2000.0,{kuaisar.beijing_time(ts)},{float(ts)},{click},0,0,0,0,0"
 
 
 def src(user, session, ts, words, item, click):
     keyword = '"[' + ", ".join(str(w) for w in words) + ']"'
-    return f"{user},{session},{K.beijing_time(ts)},{ts},{keyword},USER_INPUT,{item},{click},VIDEO"
+    return (f"{user},{session},{kuaisar.beijing_time(ts)},{ts},{keyword},USER_INPUT,{item},"
+            f"{click},VIDEO")
 
 
 def item(item_id, author, cat, sub):
@@ -51,10 +52,10 @@ ITEM_ROWS = [
     item(205, 7, 3, 31),
 ]
 FILES = {
-    K.REC_INTER: [REC_HEADER, *REC_ROWS],
-    K.SRC_INTER: [SRC_HEADER, *SRC_ROWS],
-    K.USER_FEATURES: [USER_HEADER, *USER_ROWS],
-    K.ITEM_FEATURES: [ITEM_HEADER, *ITEM_ROWS],
+    kuaisar.REC_INTER: [REC_HEADER, *REC_ROWS],
+    kuaisar.SRC_INTER: [SRC_HEADER, *SRC_ROWS],
+    kuaisar.USER_FEATURES: [USER_HEADER, *USER_ROWS],
+    kuaisar.ITEM_FEATURES: [ITEM_HEADER, *ITEM_ROWS],
 }
 
 
@@ -63,5 +64,6 @@ def write(directory, files=FILES, extra=None):
     directory.mkdir(parents=True, exist_ok=True)
     for name, lines in files.items():
         data = "\n".join(lines + list((extra or {}).get(name, []))) + "\n"
-        (directory / f"{name}.csv").write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+        (directory / f"{name}.csv").write_bytes(data.encode("utf-8") if isinstance(data, str)
+                                                else data)
     return directory

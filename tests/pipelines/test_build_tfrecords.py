@@ -3,12 +3,11 @@
 import gzip
 import json
 
-import numpy as np
 import pytest
 import tensorflow as tf
 
 from pipelines import build_tfrecords
-from qrec_tf import data as D
+from qrec_tf import data
 from qrec_tf import schema as S
 from tests.pipelines import hand_log
 
@@ -28,7 +27,7 @@ def run_job(input_dir, output_dir, *extra):
 
 def read_split(output_dir, split):
     rows = []
-    for batch in D.make_dataset(str(output_dir), split, batch_size=64, shuffle=False):
+    for batch in data.make_dataset(str(output_dir), split, batch_size=64, shuffle=False):
         batch = {k: v.numpy() for k, v in batch.items()}
         for i in range(len(batch[S.LABEL])):
             rows.append({k: v[i].tolist() for k, v in batch.items()})
@@ -210,18 +209,18 @@ def test_multitask_dataset_mixes_feed_and_search_examples_once_per_epoch(search_
     def keys(dataset):
         return [(int(u), int(t), int(i), int(d)) for batch in dataset for u, t, i, d in zip(
             batch[S.USER_ID], batch[S.TIMESTAMP], batch[S.ITEM_ID], batch[S.DOMAIN])]
-    mixed = D.make_multitask_dataset(str(out), 4, seed=3, num_epochs=2)
+    mixed = data.make_multitask_dataset(str(out), 4, seed=3, num_epochs=2)
     assert mixed.cardinality().numpy() == 7    # (8 feed + 6 search) * 2 epochs / 4
     got = keys(mixed)
-    assert got == keys(D.make_multitask_dataset(str(out), 4, seed=3, num_epochs=2))
+    assert got == keys(data.make_multitask_dataset(str(out), 4, seed=3, num_epochs=2))
     want = sorted({(u, t, i, S.FEED_DOMAIN) for u, t, i in by_key(read_split(out, "train"))}
                   | {(u, t, i, S.SEARCH_DOMAIN) for u, t, i in EXPECTED_SEARCH})
     assert sorted(got) == sorted(want * 2)
     assert {d for *_, d in got[:14]} == {S.FEED_DOMAIN, S.SEARCH_DOMAIN}
-    x, y = next(iter(D.make_multitask_dataset(str(out), 14, supervised=True)))
+    x, y = next(iter(data.make_multitask_dataset(str(out), 14, supervised=True)))
     assert S.LABEL not in x and y.shape == (14,) and int(y.numpy().sum()) == 6 + 3
     with pytest.raises(ValueError, match="two or more distinct splits"):
-        D.make_multitask_dataset(str(out), 4, splits=["train"])
+        data.make_multitask_dataset(str(out), 4, splits=["train"])
 
 
 def test_without_the_flag_there_are_no_search_examples(hand_output):
@@ -229,7 +228,7 @@ def test_without_the_flag_there_are_no_search_examples(hand_output):
     assert not (out / S.SEARCH_TRAIN).exists()
     assert S.SEARCH_TRAIN not in stats["examples"] and "search_examples" not in stats
     with pytest.raises(FileNotFoundError, match="--search-examples"):
-        D.make_dataset(str(out), S.SEARCH_TRAIN, 4)
+        data.make_dataset(str(out), S.SEARCH_TRAIN, 4)
 
 
 def read_vocab(out, name):
@@ -275,29 +274,29 @@ def test_query_items_table(hand_output):
         "5": {S.QI_WORD_IDS: [5], S.QI_CLICKED_ITEM_IDS: [], S.QI_CLICK_COUNTS: [],
               S.QI_UNCLICKED_ITEM_IDS: [205], S.QI_SESSIONS: 1},
     }
-    assert {row.pop(S.QI_QUERY_KEY): row for row in D.query_items(str(out))} == rows
+    assert {row.pop(S.QI_QUERY_KEY): row for row in data.query_items(str(out))} == rows
 
 
 def test_dataset_shapes_and_dtypes_come_from_the_schema(hand_output):
     out, _ = hand_output
     schema = S.Schema.load(str(out))
     assert schema == S.Schema(3, 2, 2, 2, 2, query_clicked_items=2)
-    batch = next(iter(D.make_dataset(str(out), "train", batch_size=5, shuffle=False)))
+    batch = next(iter(data.make_dataset(str(out), "train", batch_size=5, shuffle=False)))
     assert sorted(batch) == sorted(schema.feature_names)
     for feature in schema.features:
         assert batch[feature.name].dtype == feature.tf_dtype, feature.name
         assert tuple(batch[feature.name].shape) == (5, *feature.shape), feature.name
-    x, y = next(iter(D.make_dataset(str(out), "test", batch_size=8, supervised=True)))
+    x, y = next(iter(data.make_dataset(str(out), "test", batch_size=8, supervised=True)))
     assert S.LABEL not in x and y.shape == (2,)
     assert sorted(y.numpy().tolist()) == [0, 1]
-    element_spec = D.make_dataset(str(out), "valid", 4, drop_remainder=True).element_spec
+    element_spec = data.make_dataset(str(out), "valid", 4, drop_remainder=True).element_spec
     assert element_spec[S.QUERY_WORD_IDS].shape.as_list() == [4, 2, 2]
 
 
 def test_dataset_shuffles_reproducibly_and_repeats(hand_output):
     out, _ = hand_output
     def order(seed):
-        ds = D.make_dataset(str(out), "train", 1, seed=seed, shuffle=True, num_epochs=2)
+        ds = data.make_dataset(str(out), "train", 1, seed=seed, shuffle=True, num_epochs=2)
         return [(int(b[S.USER_ID][0]), int(b[S.TIMESTAMP][0])) for b in ds]
     first = order(7)
     assert first == order(7) and len(first) == 16
@@ -307,11 +306,11 @@ def test_dataset_shuffles_reproducibly_and_repeats(hand_output):
 def test_dataset_errors_are_clear(tmp_path, hand_output):
     out, _ = hand_output
     with pytest.raises(FileNotFoundError, match="schema.json"):
-        D.make_dataset(str(tmp_path), "train", 4)
+        data.make_dataset(str(tmp_path), "train", 4)
     with pytest.raises(ValueError, match="split must be one of"):
-        D.make_dataset(str(out), "training", 4)
+        data.make_dataset(str(out), "training", 4)
     with pytest.raises(ValueError, match="unknown feature"):
-        D.make_dataset(str(out), "train", 4, features=["user_idd"])
+        data.make_dataset(str(out), "train", 4, features=["user_idd"])
 
 
 BAD_LINES = {  # file -> [(line, expected reason)]
@@ -389,7 +388,8 @@ def test_gzip_input_gives_the_same_examples(tmp_path, hand_output):
             f.write("\n".join(lines) + "\n")
     run_job(tmp_path / "in", tmp_path / "out")
     for split in S.SPLITS:
-        assert by_key(read_split(tmp_path / "out", split)) == by_key(read_split(hand_output[0], split))
+        assert (by_key(read_split(tmp_path / "out", split))
+                == by_key(read_split(hand_output[0], split)))
 
 
 def test_user_mistakes_get_a_message_not_a_traceback(tmp_path, capsys, hand_output):

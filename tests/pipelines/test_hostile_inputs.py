@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from pipelines import build_tfrecords
+from pipelines import beam_support, build_tfrecords
 from qrec_tf import positives
 from qrec_tf import schema as S
 from tests.pipelines import hand_log
@@ -140,7 +140,7 @@ def test_move_per_file_moves_a_tree_as_on_an_object_store(tmp_path):
     (tmp_path / "a" / "b").mkdir(parents=True)
     (tmp_path / "a" / "top.txt").write_text("1")
     (tmp_path / "a" / "b" / "deep.txt").write_text("2")
-    build_tfrecords.move(str(tmp_path / "a"), str(tmp_path / "z" / "a2"), per_file=True)
+    beam_support.move(str(tmp_path / "a"), str(tmp_path / "z" / "a2"), per_file=True)
     assert not (tmp_path / "a").exists()
     assert (tmp_path / "z" / "a2" / "top.txt").read_text() == "1"
     assert (tmp_path / "z" / "a2" / "b" / "deep.txt").read_text() == "2"

@@ -6,9 +6,8 @@ import json
 
 import pytest
 
-from pipelines import build_tfrecords, synthetic
-from pipelines import kuaisar as K
-from qrec_tf import data as D
+from pipelines import build_tfrecords, kuaisar, synthetic
+from qrec_tf import data
 from qrec_tf import schema as S
 
 BAD_ROWS = 12
@@ -22,21 +21,21 @@ def generated(tmp_path_factory):
     stats = build_tfrecords.run(["--input", str(root / "log"), "--output", str(root / "out"),
                                  "--max-rejected-fraction", "1.0", "--seed", "3"])
     logs = {}
-    for name in K.LOG_FILES:
+    for name in kuaisar.LOG_FILES:
         lines = (root / "log" / f"{name}.csv").read_bytes().split(b"\n")
-        parse = K.LineParser(K.parse_header(name, lines[0]))
+        parse = kuaisar.LineParser(kuaisar.parse_header(name, lines[0]))
         rows = collections.defaultdict(list)
         for line in lines[1:]:
             if line:
                 try:
                     key, row = parse(line)
-                except K.MalformedRow:
+                except kuaisar.MalformedRow:
                     continue
                 rows[key].append(row)
         logs[name] = rows
     examples = []
     for split in S.SPLITS:
-        for batch in D.make_dataset(str(root / "out"), split, batch_size=256, shuffle=False):
+        for batch in data.make_dataset(str(root / "out"), split, batch_size=256, shuffle=False):
             cols = {k: v.numpy().tolist() for k, v in batch.items()}
             examples += [(split, {k: cols[k][i] for k in cols}) for i in range(len(cols[S.LABEL]))]
     return root, manifest, stats, logs, examples
@@ -47,7 +46,7 @@ def test_counts_balance_against_the_generator_manifest(generated):
     letters = [json.loads(line) for path in (root / "out" / S.DEAD_LETTER_DIR).glob("*.jsonl")
                for line in path.read_text().splitlines()]
     assert len(letters) == BAD_ROWS
-    for name in K.LOG_FILES:
+    for name in kuaisar.LOG_FILES:
         entry = stats[name]
         assert entry["rows_read"] == manifest["rows"][name]
         assert entry["rows_rejected"] == manifest["bad_rows"][name]
@@ -57,14 +56,16 @@ def test_counts_balance_against_the_generator_manifest(generated):
 
 def test_every_kept_feed_row_is_exactly_one_example(generated):
     _, _, stats, logs, examples = generated
-    kept = {u for u in logs[K.REC_INTER] if u in logs[K.SRC_INTER]}
+    kept = {u for u in logs[kuaisar.REC_INTER] if u in logs[kuaisar.SRC_INTER]}
     assert stats["users"]["kept"] == len(kept)
-    want = collections.Counter((u, ts, item) for u in kept for ts, item, _ in logs[K.REC_INTER][u])
+    want = collections.Counter((u, ts, item) for u in kept
+                               for ts, item, _ in logs[kuaisar.REC_INTER][u])
     got = collections.Counter((e[S.USER_ID], e[S.TIMESTAMP], e[S.ITEM_ID]) for _, e in examples)
     assert got == want
     dropped = stats["users"]["dropped"]
-    assert dropped["no_search_history"] == len(set(logs[K.REC_INTER]) - set(logs[K.SRC_INTER]))
-    assert dropped["no_rec_history"] == len(set(logs[K.SRC_INTER]) - set(logs[K.REC_INTER]))
+    feed_users, search_users = set(logs[kuaisar.REC_INTER]), set(logs[kuaisar.SRC_INTER])
+    assert dropped["no_search_history"] == len(feed_users - search_users)
+    assert dropped["no_rec_history"] == len(search_users - feed_users)
 
 
 def test_histories_are_strictly_before_t_and_splits_leave_one_out(generated):
@@ -72,14 +73,14 @@ def test_histories_are_strictly_before_t_and_splits_leave_one_out(generated):
     schema = S.Schema()
     for split, e in examples:
         user, t = e[S.USER_ID], e[S.TIMESTAMP]
-        rec = sorted(logs[K.REC_INTER][user])
+        rec = sorted(logs[kuaisar.REC_INTER][user])
         clicked_before = [item for ts, item, click in rec if click and ts < t]
         hist = [i for i in e[S.HIST_ITEM_IDS] if i != S.PAD_ID]
         assert hist == clicked_before[-schema.history_length:]
         sessions = {}
-        for ts, sid, words, _, _ in logs[K.SRC_INTER][user]:
+        for ts, sid, words, _, _ in logs[kuaisar.SRC_INTER][user]:
             sessions.setdefault(sid, (ts, sid, words))
-        before = [K.query_key(w) for ts, sid, w in sorted(sessions.values()) if ts < t]
+        before = [kuaisar.query_key(w) for ts, sid, w in sorted(sessions.values()) if ts < t]
         assert [q.decode() for q in e[S.QUERY_KEYS] if q] == before[-schema.max_queries:]
         position = rec.index((t, e[S.ITEM_ID], e[S.LABEL]))
         assert split == {len(rec) - 1: "test", len(rec) - 2: "valid"}.get(position, "train")
@@ -94,7 +95,7 @@ def test_nip_targets_come_from_later_train_rows_and_never_held_out_items(generat
         if split != "train":
             assert pos == [] and neg == []
             continue
-        rec = sorted(logs[K.REC_INTER][e[S.USER_ID]])
+        rec = sorted(logs[kuaisar.REC_INTER][e[S.USER_ID]])
         train, held_out = rec[:-2], {item for _, item, _ in rec[-2:]}
         later = [(item, click) for ts, item, click in train
                  if ts > e[S.TIMESTAMP] and item not in held_out]

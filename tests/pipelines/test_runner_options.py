@@ -41,7 +41,7 @@ def test_beam_options_pass_through_and_a_runner_replaces_the_local_defaults():
     assert beam_args == portable
     args, beam_args = analysis.parse_args(["--input", "in", "--output", "out",
                                            "--some_beam_flag=1"])
-    assert beam_args == [*build_tfrecords.LOCAL_DEFAULTS, "--some_beam_flag=1"]
+    assert beam_args == [*beam_support.LOCAL_DEFAULTS, "--some_beam_flag=1"]
     assert PipelineOptions(beam_args).get_all_options()["runner"] == beam_support.LOCAL_RUNNER
     assert isinstance(create_runner(beam_support.LOCAL_RUNNER), beam_support.LocalRunner)
 

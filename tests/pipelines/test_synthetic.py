@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import kuaisar as K
-from pipelines import synthetic
+from pipelines import kuaisar, synthetic
 
 REPO = Path(__file__).resolve().parents[2]
 DAY_MS = 24 * 3600 * 1000
@@ -37,14 +36,14 @@ def parse_all(directory: Path) -> tuple[dict[str, list], dict[str, dict[int, str
     """Per file: the parsed good rows, and {1-based line number: reason} of the rejected ones."""
     good: dict[str, list] = {}
     bad: dict[str, dict[int, str]] = {}
-    for name in K.LOG_FILES:
+    for name in kuaisar.LOG_FILES:
         header, lines = data_lines(directory, name)
-        parse = K.LineParser(K.parse_header(name, header))
+        parse = kuaisar.LineParser(kuaisar.parse_header(name, header))
         good[name], bad[name] = [], {}
         for number, line in enumerate(lines, start=2):
             try:
                 good[name].append(parse(line))
-            except K.MalformedRow as error:
+            except kuaisar.MalformedRow as error:
                 bad[name][number] = error.reason
     return good, bad
 
@@ -91,7 +90,7 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(sample, tmp_pa
     other = synthetic.generate(str(tmp_path / "other"), users=120, items=300, seed=6,
                                bad_rows=BAD, rec_per_user=20, sessions_per_user=5)
     assert again == manifest and other != manifest
-    for file in [f"{name}.csv" for name in K.LOG_FILES] + [synthetic.MANIFEST]:
+    for file in [f"{name}.csv" for name in kuaisar.LOG_FILES] + [synthetic.MANIFEST]:
         assert (tmp_path / "again" / file).read_bytes() == (out / file).read_bytes(), file
         assert (tmp_path / "other" / file).read_bytes() != (out / file).read_bytes(), file
 
@@ -103,7 +102,7 @@ def test_bad_rows_are_added_without_changing_the_good_lines(sample, tmp_path):
     bad_numbers = collections.defaultdict(set)
     for entry in manifest["bad_lines"]:
         bad_numbers[entry["file"]].add(entry["line_number"])
-    for name in K.LOG_FILES:
+    for name in kuaisar.LOG_FILES:
         _, dirty_lines = data_lines(out, name)
         _, clean_lines = data_lines(tmp_path, name)
         kept = [line for n, line in enumerate(dirty_lines, start=2) if n not in bad_numbers[name]]
@@ -117,8 +116,8 @@ def test_gzip_output_decompresses_to_the_plain_bytes(sample, tmp_path):
         synthetic.generate(str(tmp_path / run), users=120, items=300, seed=5, bad_rows=BAD,
                            rec_per_user=20, sessions_per_user=5, gzip=True)
     assert sorted(os.listdir(tmp_path / "a")) == sorted(
-        [f"{name}.csv.gz" for name in K.LOG_FILES] + [synthetic.MANIFEST])
-    for name in K.LOG_FILES:
+        [f"{name}.csv.gz" for name in kuaisar.LOG_FILES] + [synthetic.MANIFEST])
+    for name in kuaisar.LOG_FILES:
         packed = (tmp_path / "a" / f"{name}.csv.gz").read_bytes()
         assert gzip.decompress(packed) == (out / f"{name}.csv").read_bytes(), name
         # No file name or mtime in the gzip header: the compressed bytes are reproducible too.
@@ -128,23 +127,24 @@ def test_gzip_output_decompresses_to_the_plain_bytes(sample, tmp_path):
 # --- format --------------------------------------------------------------------------------------
 def test_headers_are_exactly_kuaisars_columns(sample):
     out, _ = sample
-    for name in K.LOG_FILES:
+    for name in kuaisar.LOG_FILES:
         header, _ = data_lines(out, name)
-        assert header == ",".join(K.COLUMNS[name]).encode(), name
-        assert K.parse_header(name, header).names == K.COLUMNS[name]
+        assert header == ",".join(kuaisar.COLUMNS[name]).encode(), name
+        assert kuaisar.parse_header(name, header).names == kuaisar.COLUMNS[name]
 
 
 def test_exactly_the_manifest_bad_lines_are_rejected(sample):
     out, manifest = sample
     good, bad = parse_all(out)
-    rejected = {(name, n) for name in K.LOG_FILES for n in bad[name]}
+    rejected = {(name, n) for name in kuaisar.LOG_FILES for n in bad[name]}
     listed = {(b["file"], b["line_number"]) for b in manifest["bad_lines"]}
     assert len(manifest["bad_lines"]) == BAD and rejected == listed
-    for name in K.LOG_FILES:
+    for name in kuaisar.LOG_FILES:
         _, lines = data_lines(out, name)
         assert manifest["rows"][name] == len(lines) == len(good[name]) + len(bad[name])
         assert manifest["bad_rows"][name] == len(bad[name])
-    assert all(manifest["bad_rows"][name] > 0 for name in K.LOG_FILES)  # spread over all files
+    # spread over all files
+    assert all(manifest["bad_rows"][name] > 0 for name in kuaisar.LOG_FILES)
     assert sum(manifest["bad_rows_by_kind"].values()) == BAD
     assert set(manifest["bad_rows_by_kind"]) == set(synthetic.BAD_KINDS)
     assert min(manifest["bad_rows_by_kind"].values()) >= 2
@@ -156,33 +156,33 @@ def test_exactly_the_manifest_bad_lines_are_rejected(sample):
         reason = bad[entry["file"]][entry["line_number"]]
         assert reason.startswith(expected[entry["kind"]]), (entry, reason)
         if entry["kind"] == "bad_keyword":
-            assert entry["file"] == K.SRC_INTER
+            assert entry["file"] == kuaisar.SRC_INTER
 
 
 def test_values_follow_kuaisar_conventions(planted):
     out, manifest, good = planted
     # Text columns the parser does not read: rec `time` and src `search_session_time`.
     for name, ts_col, time_col in [
-            (K.REC_INTER, "timestamp", "time"),
-            (K.SRC_INTER, "search_session_timestamp", "search_session_time")]:
+            (kuaisar.REC_INTER, "timestamp", "time"),
+            (kuaisar.SRC_INTER, "search_session_timestamp", "search_session_time")]:
         _, lines = data_lines(out, name)
-        cols = K.COLUMNS[name]
+        cols = kuaisar.COLUMNS[name]
         for line in lines[:3000]:
             fields = next(csv.reader([line.decode()]))
             ts = fields[cols.index(ts_col)]
-            assert ts.endswith(".0") if name == K.REC_INTER else ts.isdigit()
-            assert fields[cols.index(time_col)] == K.beijing_time(int(float(ts)))
+            assert ts.endswith(".0") if name == kuaisar.REC_INTER else ts.isdigit()
+            assert fields[cols.index(time_col)] == kuaisar.beijing_time(int(float(ts)))
     start = synthetic.START_MS
     end = start + synthetic.SPAN_DAYS * DAY_MS
-    rec_users = {u for u, _ in good[K.REC_INTER]}
-    src_users = {u for u, _ in good[K.SRC_INTER]}
-    assert all(start <= ts < end for _, (ts, _, _) in good[K.REC_INTER])
-    assert all(start <= row[0] < end for _, row in good[K.SRC_INTER])
-    assert {c for _, (_, _, c) in good[K.REC_INTER]} == {0, 1}
+    rec_users = {u for u, _ in good[kuaisar.REC_INTER]}
+    src_users = {u for u, _ in good[kuaisar.SRC_INTER]}
+    assert all(start <= ts < end for _, (ts, _, _) in good[kuaisar.REC_INTER])
+    assert all(start <= row[0] < end for _, row in good[kuaisar.SRC_INTER])
+    assert {c for _, (_, _, c) in good[kuaisar.REC_INTER]} == {0, 1}
 
     # Item ids: distinct, sparse (not 0..N); categories: second-level ids unique across first-level.
-    items = dict(good[K.ITEM_FEATURES])
-    assert len(items) == len(good[K.ITEM_FEATURES]) == 2000
+    items = dict(good[kuaisar.ITEM_FEATURES])
+    assert len(items) == len(good[kuaisar.ITEM_FEATURES]) == 2000
     assert min(items) >= synthetic.ITEM_ID_BASE and max(items) - min(items) > 2 * len(items)
     first_of_second: dict[int, set] = collections.defaultdict(set)
     for author, first, second in items.values():
@@ -192,33 +192,33 @@ def test_values_follow_kuaisar_conventions(planted):
     assert all(len(firsts) == 1 for firsts in first_of_second.values())
     assert len({next(iter(f)) for f in first_of_second.values()}) == synthetic.N_FIRST
     # Every item in the logs is described; all users have a features row, in KuaiSAR's ranges.
-    assert {i for _, (_, i, _) in good[K.REC_INTER]} <= set(items)
-    assert {row[3] for _, row in good[K.SRC_INTER]} <= set(items)
-    features = dict(good[K.USER_FEATURES])
+    assert {i for _, (_, i, _) in good[kuaisar.REC_INTER]} <= set(items)
+    assert {row[3] for _, row in good[kuaisar.SRC_INTER]} <= set(items)
+    features = dict(good[kuaisar.USER_FEATURES])
     assert set(features) == set(range(1, 501)) >= rec_users | src_users
     assert {f[2] for f in features.values()} <= {0, 1, 2}  # onehot_feat1
     assert {f[3] for f in features.values()} <= set(range(8))  # onehot_feat2
 
     # Sessions: one user, timestamp and keyword per globally unique session id.
     per_session = {}
-    for user, (ts, session, words, _, _) in good[K.SRC_INTER]:
+    for user, (ts, session, words, _, _) in good[kuaisar.SRC_INTER]:
         assert per_session.setdefault(session, (user, ts, words)) == (user, ts, words)
     assert len(per_session) == manifest["search_sessions"]
-    _, src_lines = data_lines(out, K.SRC_INTER)
+    _, src_lines = data_lines(out, kuaisar.SRC_INTER)
     item_types = collections.Counter(line.rsplit(b",", 1)[1] for line in src_lines)
     assert item_types[b"VIDEO"] > 0.9 * sum(item_types.values())
 
 
 def test_some_users_have_only_one_log_and_rows_are_not_time_sorted(planted):
     _, manifest, good = planted
-    rec_users = {u for u, _ in good[K.REC_INTER]}
-    src_users = {u for u, _ in good[K.SRC_INTER]}
+    rec_users = {u for u, _ in good[kuaisar.REC_INTER]}
+    src_users = {u for u, _ in good[kuaisar.SRC_INTER]}
     assert len(rec_users - src_users) == manifest["users"]["rec_only"] >= 10  # ~5% of 500
     assert len(src_users - rec_users) == manifest["users"]["search_only"] >= 5  # ~2% of 500
     assert len(rec_users & src_users) == manifest["users"]["both"]
     # Consumers must sort: within a user the feed rows are shuffled.
     by_user = collections.defaultdict(list)
-    for user, (ts, _, _) in good[K.REC_INTER]:
+    for user, (ts, _, _) in good[kuaisar.REC_INTER]:
         by_user[user].append(ts)
     unsorted = sum(times != sorted(times) for times in by_user.values())
     assert unsorted > 0.9 * len(by_user)
@@ -229,15 +229,15 @@ def test_some_users_have_only_one_log_and_rows_are_not_time_sorted(planted):
 def world(planted):
     """Topics and sessions as a consumer would reconstruct them from the files."""
     out, _, good = planted
-    item_topic = {item: (first, second) for item, (_, first, second) in good[K.ITEM_FEATURES]}
-    _, lines = data_lines(out, K.ITEM_FEATURES)
+    item_topic = {item: (first, second) for item, (_, first, second) in good[kuaisar.ITEM_FEATURES]}
+    _, lines = data_lines(out, kuaisar.ITEM_FEATURES)
     word_topic: dict[int, set] = collections.defaultdict(set)
-    second_col = K.ITEM_FEATURES_COLUMNS.index("second_level_category_id")
+    second_col = kuaisar.ITEM_FEATURES_COLUMNS.index("second_level_category_id")
     for fields in csv.reader(line.decode() for line in lines):
-        for word in K.parse_id_list(fields[1], "caption"):
+        for word in kuaisar.parse_id_list(fields[1], "caption"):
             word_topic[word].add(int(fields[second_col]))
     sessions: dict[int, dict] = {}
-    for user, (ts, session, words, item, click) in good[K.SRC_INTER]:
+    for user, (ts, session, words, item, click) in good[kuaisar.SRC_INTER]:
         s = sessions.setdefault(session, {"user": user, "ts": ts, "words": words, "rows": []})
         s["rows"].append((item, click))
     return item_topic, word_topic, sessions
@@ -252,7 +252,7 @@ def test_subtopics_own_disjoint_words_and_queries_recur(world):
         assert synthetic.SHOWN_MIN <= len(s["rows"]) <= synthetic.SHOWN_MAX
     users_per_query = collections.defaultdict(set)
     for s in sessions.values():
-        users_per_query[K.query_key(s["words"])].add(s["user"])
+        users_per_query[kuaisar.query_key(s["words"])].add(s["user"])
     assert max(len(u) for u in users_per_query.values()) >= 5  # popular queries are shared
 
 
@@ -280,7 +280,7 @@ def test_feed_ctr_is_higher_after_searching_the_items_subtopic(planted, world):
     for s in sessions.values():
         searched[s["user"]].append((s["ts"], next(iter(word_topic[s["words"][0]]))))
     counts = {True: [0, 0], False: [0, 0]}  # recent? -> [impressions, clicks]
-    for user, (ts, item, click) in good[K.REC_INTER]:
+    for user, (ts, item, click) in good[kuaisar.REC_INTER]:
         sub = item_topic[item][1]
         recent = any(sub == s and 0 < ts - t <= DAY_MS for t, s in searched[user])
         counts[recent][0] += 1
@@ -299,7 +299,7 @@ def test_search_interests_are_shifted_from_feed_interests(planted, world):
     _, _, good = planted
     item_topic, _, sessions = world
     feed = collections.defaultdict(list)
-    for user, (ts, item, click) in sorted(good[K.REC_INTER], key=lambda r: (r[0], r[1][0])):
+    for user, (ts, item, click) in sorted(good[kuaisar.REC_INTER], key=lambda r: (r[0], r[1][0])):
         if click:
             feed[user].append(item_topic[item][0])
     search = collections.defaultdict(collections.Counter)
@@ -334,7 +334,7 @@ def test_cli_writes_the_files_and_manifest(tmp_path):
     assert manifest["arguments"]["users"] == 40 and len(manifest["bad_lines"]) == 5
     assert manifest == synthetic.generate(str(tmp_path / "same"), users=40, items=100, seed=3,
                                           bad_rows=5, rec_per_user=10, sessions_per_user=3)
-    for name in K.LOG_FILES:
+    for name in kuaisar.LOG_FILES:
         file = f"{name}.csv"
         assert (tmp_path / file).read_bytes() == (tmp_path / "same" / file).read_bytes()
 
@@ -363,7 +363,7 @@ def test_larger_query_pools_give_a_longer_tail_of_queries(tmp_path):
     def distinct_queries(pool):
         synthetic.generate(str(tmp_path / str(pool)), users=300, items=200, seed=1,
                            rec_per_user=2, sessions_per_user=8, queries_per_subtopic=pool)
-        with open(tmp_path / str(pool) / f"{K.SRC_INTER}.csv") as f:
+        with open(tmp_path / str(pool) / f"{kuaisar.SRC_INTER}.csv") as f:
             return len({row["keyword"] for row in csv.DictReader(f)})
     assert distinct_queries(2) <= synthetic.N_SUBTOPICS * 2
     assert distinct_queries(300) > 4 * synthetic.N_SUBTOPICS * 2
@@ -375,4 +375,4 @@ def test_switching_format_replaces_the_other_copy(tmp_path):
     synthetic.generate(str(tmp_path), **small)
     synthetic.generate(str(tmp_path), gzip=True, **small)
     assert sorted(p.name for p in tmp_path.glob("*.csv*")) == sorted(
-        f"{name}.csv.gz" for name in K.LOG_FILES)
+        f"{name}.csv.gz" for name in kuaisar.LOG_FILES)

@@ -100,7 +100,10 @@ def dice_step(strategy: tf.distribute.Strategy, masked: bool) -> dict[str, np.nd
 
     out, grad = tf.function(lambda *args: strategy.run(step, args=args))(
         *split(strategy, x, mask))
-    local = lambda v: np.concatenate([t.numpy() for t in strategy.experimental_local_results(v)])
+
+    def local(v):
+        return np.concatenate([t.numpy() for t in strategy.experimental_local_results(v)])
+
     stats = {f"moving_{name}_replica{i}": value.numpy() for name in ("mean", "variance")
              for i, value in enumerate(strategy.experimental_local_results(
                  getattr(dice.batch_norm, f"moving_{name}").value))}

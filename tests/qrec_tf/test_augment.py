@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from qrec_tf import augment as A
-from qrec_tf import positives as P
+from qrec_tf import augment, positives
 from qrec_tf import schema as S
 
 TOPICS, ITEMS_PER_TOPIC, QUERIES_PER_TOPIC = 8, 10, 25
@@ -69,16 +68,16 @@ def planted(tmp_path_factory):
 def augmented(planted, tmp_path_factory):
     data_dir, _ = planted
     out = str(tmp_path_factory.mktemp("augmented"))
-    assert A.main(["--data", data_dir, "--output", out, "--verbose", "0",
-                   *[arg for s in TINY for arg in ("--set", s)]]) == 0
-    with open(os.path.join(out, A.SUMMARY_FILE)) as f:
+    assert augment.main(["--data", data_dir, "--output", out, "--verbose", "0",
+                         *[arg for s in TINY for arg in ("--set", s)]]) == 0
+    with open(os.path.join(out, augment.SUMMARY_FILE)) as f:
         return out, json.load(f)
 
 
 # --- by hand -------------------------------------------------------------------------------------
 def hand_table():
     # a: clicked 10 (x3), 11 (x1), shown 12, 13; b: shown 10, 12, 14; c: clicked 12 (x2), shown 10
-    return A.QueryItems(
+    return augment.QueryItemTable(
         keys=["a", "b", "c"],
         clicked_rows=np.array([0, 0, 2]), clicked_items=np.array([10, 11, 12]),
         click_counts=np.array([3, 1, 2]),
@@ -89,14 +88,14 @@ def hand_table():
 def test_item_space_is_the_most_exposed_vocabulary_items_and_counts_the_rest():
     table, vocabulary = hand_table(), np.array([10, 11, 12, 13])
     # exposure (distinct queries): 10: 3, 12: 3, 11: 1, 13: 1, 14: 1; clicks break ties
-    space = A.choose_item_space(table, vocabulary, max_items=3)
+    space = augment.choose_item_space(table, vocabulary, max_items=3)
     assert space.item_ids.tolist() == [10, 12, 11]
     assert space.report == {
         "search_items": 5, "items_in_space": 3, "items_outside_item_vocabulary": 1,
         "items_outside_cap": 1, "clicked_pairs_outside": 0, "clicks_outside": 0,
         "unclicked_pairs_outside": 2, "share_of_clicks_inside": 1.0}
     assert space.columns(np.array([12, 13, 10, 99])).tolist() == [1, -1, 0, -1]
-    small = A.choose_item_space(table, vocabulary, max_items=1)
+    small = augment.choose_item_space(table, vocabulary, max_items=1)
     assert small.item_ids.tolist() == [10]
     assert small.report["clicked_pairs_outside"] == 2 and small.report["clicks_outside"] == 3
     assert small.report["unclicked_pairs_outside"] == 4
@@ -105,7 +104,8 @@ def test_item_space_is_the_most_exposed_vocabulary_items_and_counts_the_rest():
 
 def test_matrix_rows_by_hand():
     table = hand_table()
-    matrix = A.build_matrix(table, A.choose_item_space(table, np.array([10, 11, 12, 13]), 3))
+    space = augment.choose_item_space(table, np.array([10, 11, 12, 13]), 3)
+    matrix = augment.build_matrix(table, space)
     # columns: 10 -> 0, 12 -> 1, 11 -> 2; 13 and 14 are outside the space
     assert matrix.row_splits.tolist() == [0, 3, 5, 7]
     assert matrix.columns.tolist() == [0, 1, 2, 0, 1, 0, 1]
@@ -119,9 +119,10 @@ def test_matrix_rows_by_hand():
 
 def test_dense_vectors_use_the_configured_values():
     table = hand_table()
-    matrix = A.build_matrix(table, A.choose_item_space(table, np.array([10, 11, 12, 13]), 3))
-    values = A.AugmentDataConfig(positive_value=0.75, negative_value=-0.75, neutral_value=0.1)
-    dense = A._Dense(matrix, 3, values)
+    space = augment.choose_item_space(table, np.array([10, 11, 12, 13]), 3)
+    matrix = augment.build_matrix(table, space)
+    values = augment.AugmentDataConfig(positive_value=0.75, negative_value=-0.75, neutral_value=0.1)
+    dense = augment.DenseRows(matrix, 3, values)
     batch_row, column, positive = dense.entries(tf.constant([2, 0], tf.int64))
     x = dense.scatter(batch_row, column, dense.values(positive), tf.constant(2)).numpy()
     np.testing.assert_allclose(x, [[-0.75, 0.75, 0.1], [0.75, -0.75, 0.75]])
@@ -129,7 +130,7 @@ def test_dense_vectors_use_the_configured_values():
 
 def test_ranking_quality_by_hand():
     ranked = np.array([[3, 1, -1], [5, 6, 7]])
-    quality = A.ranking_quality(ranked, [np.array([1, 7]), np.array([5])], k=3)
+    quality = augment.ranking_quality(ranked, [np.array([1, 7]), np.array([5])], k=3)
     # query 0: hit at rank 1 of 2 targets; query 1: hit at rank 0 of 1 target
     ndcg_0 = (1 / np.log2(3)) / (1 + 1 / np.log2(3))
     assert quality["recall"] == pytest.approx(round((0.5 + 1.0) / 2, 4))
@@ -138,15 +139,17 @@ def test_ranking_quality_by_hand():
 
 def test_popularity_skips_what_the_query_already_shows():
     table = hand_table()
-    matrix = A.build_matrix(table, A.choose_item_space(table, np.array([10, 11, 12, 13]), 3))
+    space = augment.choose_item_space(table, np.array([10, 11, 12, 13]), 3)
+    matrix = augment.build_matrix(table, space)
     # clicks per column: 0 (item 10): 3, 1 (item 12): 2, 2 (item 11): 1
-    ranked = A.popularity_ranking(matrix, np.array([1, 2]), k=2)
+    ranked = augment.popularity_ranking(matrix, np.array([1, 2]), k=2)
     assert ranked.tolist() == [[2, -1], [2, -1]]   # rows b and c show columns 0 and 1
 
 
 def test_positives_table_puts_clicks_first_then_generated_items():
-    table, space = hand_table(), A.ItemSpace(np.array([10, 12, 11]), {})
-    result = A.positives_table(table, space, {1: np.array([2, -1]), 2: np.array([2, 0])}, top_k=2)
+    table, space = hand_table(), augment.ItemSpace(np.array([10, 12, 11]), {})
+    generated = {1: np.array([2, -1]), 2: np.array([2, 0])}
+    result = augment.positives_table(table, space, generated, top_k=2)
     assert result == {"a": [10, 11], "b": [11], "c": [12, 11]}
 
 
@@ -164,7 +167,7 @@ def test_diffusion_recovers_held_out_clicks_better_than_popularity(augmented):
 def test_table_rules_on_the_planted_data(planted, augmented):
     _, rows = planted
     out, summary = augmented
-    table = P.load(out, "diffusion", out)[0]
+    table = positives.load(out, "diffusion", out)[0]
     assert set(table) == {key for key, _, _ in rows}
     space = {i for _, c, u in rows for i in [*c, *u]}
     on_topic = []
@@ -189,15 +192,15 @@ def test_table_rules_on_the_planted_data(planted, augmented):
     assert summary["item_space"]["items_in_space"] == len(space)
     assert summary["memory"]["peak_rss_mb"] > 100
     assert summary["training"]["epochs_run"] == EPOCHS
-    assert not os.path.exists(os.path.join(out, A.CHECKPOINT_DIR))
+    assert not os.path.exists(os.path.join(out, augment.CHECKPOINT_DIR))
 
 
 def test_augment_clicked_fills_sparse_queries_up_to_k(planted, augmented, tmp_path):
     data_dir, rows = planted
-    summary = A.run(A.load_augment_config(None, [*TINY, "train.epochs=1",
-                                                 "output.augment_clicked=true"]),
+    summary = augment.run(augment.load_augment_config(None, [*TINY, "train.epochs=1",
+                                                             "output.augment_clicked=true"]),
                     data_dir, str(tmp_path), verbose=0)
-    table = P.load(data_dir, "diffusion", str(tmp_path))[0]
+    table = positives.load(data_dir, "diffusion", str(tmp_path))[0]
     for key, clicked, unclicked in rows:
         ranked = sorted(clicked, key=lambda i: (-clicked[i], i))
         assert table[key][:len(clicked)] == ranked
@@ -221,20 +224,20 @@ class StopAfterEpoch(keras.callbacks.Callback):
 def test_same_seed_same_run_also_after_a_kill_and_resume(planted, augmented, tmp_path):
     data_dir, _ = planted
     out, summary = augmented
-    config = A.load_augment_config(None, [*TINY, "train.checkpoint_seconds=0"])
+    config = augment.load_augment_config(None, [*TINY, "train.checkpoint_seconds=0"])
     killer = StopAfterEpoch(10)
     with pytest.raises(KeyboardInterrupt):
-        A.run(config, data_dir, str(tmp_path / "killed"), verbose=0, extra_callbacks=[killer])
+        augment.run(config, data_dir, str(tmp_path / "killed"), verbose=0, extra_callbacks=[killer])
     assert killer.losses == summary["training"]["loss"][:11]     # same seed, same steps
-    assert os.path.exists(tmp_path / "killed" / A.CHECKPOINT_DIR)
-    resumed = A.run(config, data_dir, str(tmp_path / "killed"), verbose=0)
+    assert os.path.exists(tmp_path / "killed" / augment.CHECKPOINT_DIR)
+    resumed = augment.run(config, data_dir, str(tmp_path / "killed"), verbose=0)
     assert resumed["training"]["epochs_run"] == EPOCHS - 11
     assert resumed["training"]["loss"] == summary["training"]["loss"][11:]
     assert resumed["quality"] == summary["quality"]
-    assert P.load(data_dir, "diffusion", str(tmp_path / "killed")) == P.load(data_dir,
-                                                                              "diffusion", out)
-    other = A.run(A.load_augment_config(None, [*TINY, "train.seed=1", "train.epochs=2"]),
-                  data_dir, str(tmp_path / "other"), verbose=0)
+    assert (positives.load(data_dir, "diffusion", str(tmp_path / "killed"))
+            == positives.load(data_dir, "diffusion", out))
+    other_config = augment.load_augment_config(None, [*TINY, "train.seed=1", "train.epochs=2"])
+    other = augment.run(other_config, data_dir, str(tmp_path / "other"), verbose=0)
     assert other["training"]["loss"] != summary["training"]["loss"][:2]
 
 
@@ -249,7 +252,7 @@ def test_same_seed_same_run_also_after_a_kill_and_resume(planted, augmented, tmp
 ])
 def test_config_errors_are_usage_errors(args, message, planted, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
-        A.main(["--data", planted[0], "--output", str(tmp_path), *args])
+        augment.main(["--data", planted[0], "--output", str(tmp_path), *args])
     error = capsys.readouterr().err
     assert info.value.code == 2 and f"python -m qrec_tf.augment: error: {message}" in error
     assert "Traceback" not in error
@@ -258,7 +261,7 @@ def test_config_errors_are_usage_errors(args, message, planted, tmp_path, capsys
 def test_data_errors_are_usage_errors(tmp_path, capsys):
     def fails(data_dir, message):
         with pytest.raises(SystemExit) as info:
-            A.main(["--data", str(data_dir), "--output", str(tmp_path / "out")])
+            augment.main(["--data", str(data_dir), "--output", str(tmp_path / "out")])
         assert info.value.code == 2 and message in capsys.readouterr().err
 
     fails(tmp_path / "missing", "no query table at")
@@ -283,18 +286,18 @@ def test_din_con_diffusion_reads_the_table_of_the_pipeline_output(tmp_path):
     build_tfrecords.run(["--input", str(tmp_path / "log"), "--output", data_dir,
                          "--direct_running_mode=in_memory"])
     out = str(tmp_path / "augment")
-    summary = A.run(A.load_augment_config(None, ["model.hidden_units=[16]", "train.epochs=2"]),
-                    data_dir, out, verbose=0)
+    config = augment.load_augment_config(None, ["model.hidden_units=[16]", "train.epochs=2"])
+    summary = augment.run(config, data_dir, out, verbose=0)
     queries = summary["queries"]
     assert queries["clickless"] > 10 and queries["clickless_filled"] == queries["clickless"]
-    assert not os.path.exists(os.path.join(data_dir, P.POSITIVES_DIR))
+    assert not os.path.exists(os.path.join(data_dir, positives.POSITIVES_DIR))
 
     def rows_with_positives(name, *extra):
         config = load_config(f"configs/{name}.yaml", ["model.embedding_dim=4",
                                                       "model.mlp_units=[4]",
                                                       "model.attention_units=[4]", *extra])
-        positives = build_model(config.model, data_dir).query_positives.numpy()
-        return int((positives[2:, 0] != 0).sum())
+        table = build_model(config.model, data_dir).query_positives.numpy()
+        return int((table[2:, 0] != 0).sum())
 
     with_log = rows_with_positives("din_con")
     with_diffusion = rows_with_positives("din_con_diffusion", f"model.positives_dir={out}")
@@ -304,4 +307,4 @@ def test_din_con_diffusion_reads_the_table_of_the_pipeline_output(tmp_path):
 
 
 def test_the_shipped_config_is_the_default():
-    assert A.load_augment_config("configs/augment/default.yaml") == A.AugmentConfig()
+    assert augment.load_augment_config("configs/augment/default.yaml") == augment.AugmentConfig()

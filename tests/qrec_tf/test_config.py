@@ -21,8 +21,9 @@ def test_every_registered_model_has_a_config_but_the_diffusion_variant():
 
 
 def test_overrides_are_typed():
-    config = load_config("configs/queryrec.yaml", ["model.embedding_dim=32", "train.epochs=1",
-                                                    "model.mlp_units=[8, 4]", "train.learning_rate=1"])
+    config = load_config("configs/queryrec.yaml",
+                         ["model.embedding_dim=32", "train.epochs=1", "model.mlp_units=[8, 4]",
+                          "train.learning_rate=1"])
     assert config.model.embedding_dim == 32 and config.train.epochs == 1
     assert config.model.mlp_units == [8, 4] and config.train.learning_rate == 1.0
 

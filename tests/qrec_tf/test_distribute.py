@@ -14,8 +14,7 @@ import pytest
 import tensorflow as tf
 
 from pipelines import build_tfrecords
-from qrec_tf import data as D
-from qrec_tf import distribute, train
+from qrec_tf import data, distribute, train
 from qrec_tf import schema as S
 from qrec_tf.evaluate import WEIGHTS_FILE
 from tests.qrec_tf.conftest import generated_data
@@ -40,32 +39,32 @@ def example_keys(dataset) -> list[tuple]:
 
 @pytest.mark.parametrize("count, by_files", [(2, True), (3, True), (4, False), (5, False)])
 def test_shards_are_disjoint_and_cover_the_split(data_dir, count, by_files):
-    assert len(D.shard_files(data_dir, "train")) == SHARDS
-    everything = example_keys(D.make_dataset(data_dir, "train", 50, shuffle=False))
+    assert len(data.shard_files(data_dir, "train")) == SHARDS
+    everything = example_keys(data.make_dataset(data_dir, "train", 50, shuffle=False))
     assert len(set(everything)) == len(everything)  # the key identifies an example
-    parts = [example_keys(D.make_dataset(data_dir, "train", 50, seed=1, shard=(i, count)))
+    parts = [example_keys(data.make_dataset(data_dir, "train", 50, seed=1, shard=(i, count)))
              for i in range(count)]
     assert sorted(k for part in parts for k in part) == sorted(everything)
     assert all(part for part in parts)
     if not by_files:  # every count-th example: sizes differ by at most one
         assert max(map(len, parts)) - min(map(len, parts)) <= 1
-    assert D.Sharding.choose(SHARDS, (0, count), "train").by_files == by_files
+    assert data.Sharding.choose(SHARDS, (0, count), "train").by_files == by_files
 
 
 def test_the_beam_job_writes_enough_shards_for_several_workers_by_default():
     args, _ = build_tfrecords.parse_args(["--input", "logs", "--output", "data"])
     assert args.num_shards == build_tfrecords.DEFAULT_NUM_SHARDS == 8
-    assert D.Sharding.choose(args.num_shards, (7, 8), "train").by_files
+    assert data.Sharding.choose(args.num_shards, (7, 8), "train").by_files
 
 
 def test_shard_arguments_are_checked(data_dir):
     with pytest.raises(ValueError, match=r"shard index must be in \[0, 2\)"):
-        D.make_dataset(data_dir, "train", 8, shard=(2, 2))
+        data.make_dataset(data_dir, "train", 8, shard=(2, 2))
 
 
 def test_sharded_multitask_data_covers_both_splits_once(data_dir):
-    whole = [D.split_size(data_dir, "train"), D.split_size(data_dir, S.SEARCH_TRAIN)]
-    domains = [np.concatenate([b[S.DOMAIN].numpy() for b in D.make_multitask_dataset(
+    whole = [data.split_size(data_dir, "train"), data.split_size(data_dir, S.SEARCH_TRAIN)]
+    domains = [np.concatenate([b[S.DOMAIN].numpy() for b in data.make_multitask_dataset(
         data_dir, 32, seed=0, shard=(i, 2))]) for i in range(2)]
     assert [sum((d == 0).sum() for d in domains), sum((d == 1).sum() for d in domains)] == whole
     assert all(len(d) for d in domains)
@@ -183,12 +182,14 @@ def h5_arrays(path) -> dict[str, np.ndarray]:
 
 @pytest.mark.slow
 def test_two_worker_processes_train_din_and_agree(data_dir, tmp_path):
-    argv = lambda i: ["nice", "-n", "10", sys.executable, "-m", "qrec_tf.train",
-                      "--config", "configs/din.yaml", "--data", data_dir,
-                      "--model-dir", str(tmp_path / f"model{i}"), "--strategy", "multi_worker",
-                      "--worker-dir", str(tmp_path / f"worker{i}"), "--verbose", "2",
-                      *[a for s in [*TINY, "train.epochs=1", "train.steps_per_epoch=4",
-                                    "train.validation_steps=2"] for a in ("--set", s)]]
+    def argv(i: int) -> list[str]:
+        return ["nice", "-n", "10", sys.executable, "-m", "qrec_tf.train",
+                "--config", "configs/din.yaml", "--data", data_dir,
+                "--model-dir", str(tmp_path / f"model{i}"), "--strategy", "multi_worker",
+                "--worker-dir", str(tmp_path / f"worker{i}"), "--verbose", "2",
+                *[a for s in [*TINY, "train.epochs=1", "train.steps_per_epoch=4",
+                              "train.validation_steps=2"] for a in ("--set", s)]]
+
     codes = distribute.run_local_cluster([argv(0), argv(1)], timeout=420,
                                          log_dir=str(tmp_path / "logs"),
                                          env={"PYTHONPATH": os.getcwd()})

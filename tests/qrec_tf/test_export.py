@@ -13,8 +13,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from qrec_tf import data as D
-from qrec_tf import export as E
+from qrec_tf import data, export
 from qrec_tf import schema as S
 from qrec_tf.config import load_config
 from qrec_tf.evaluate import load_trained_model
@@ -43,7 +42,7 @@ def loaded(tiny):
 @pytest.fixture(scope="module")
 def test_split(tiny, model):
     """The whole test split: (features {name: array}, serialized examples)."""
-    return E.sample_rows(tiny.data_dir, model.schema, "test", rows=10_000)
+    return export.sample_rows(tiny.data_dir, model.schema, "test", rows=10_000)
 
 
 def cli_signatures(text: str) -> dict[str, dict]:
@@ -67,16 +66,17 @@ def test_saved_model_cli_lists_the_three_signatures_with_the_schemas_names_and_d
     signatures = cli_signatures(shown)
     schema = model.schema
     rows = {f.name: (DT[f.dtype], (-1, *f.shape)) for f in schema.model_features}
-    context = {f.name: (DT[f.dtype], (-1, *f.shape)) for f in E.context_features(schema)}
-    candidates = {E.candidate_input_name(f.name): (DT[f.dtype], (-1, -1))
-                  for f in E.candidate_features(schema)}
-    ctr = {E.OUTPUT_KEY: ("DT_FLOAT", (-1,))}
-    assert signatures[E.SERVING_DEFAULT] == {"inputs": rows, "outputs": ctr}
-    assert signatures[E.SCORE_CANDIDATES] == {"inputs": {**context, **candidates},
-                                              "outputs": {E.OUTPUT_KEY: ("DT_FLOAT", (-1, -1))}}
-    assert signatures[E.FROM_EXAMPLES] == {"inputs": {E.EXAMPLES_KEY: ("DT_STRING", (-1,))},
-                                           "outputs": ctr}
-    assert "candidate_item_id" in signatures[E.SCORE_CANDIDATES]["inputs"]
+    context = {f.name: (DT[f.dtype], (-1, *f.shape)) for f in export.context_features(schema)}
+    candidates = {export.candidate_input_name(f.name): (DT[f.dtype], (-1, -1))
+                  for f in export.candidate_features(schema)}
+    ctr = {export.OUTPUT_KEY: ("DT_FLOAT", (-1,))}
+    assert signatures[export.SERVING_DEFAULT] == {"inputs": rows, "outputs": ctr}
+    assert signatures[export.SCORE_CANDIDATES] == {
+        "inputs": {**context, **candidates},
+        "outputs": {export.OUTPUT_KEY: ("DT_FLOAT", (-1, -1))}}
+    assert signatures[export.FROM_EXAMPLES] == {
+        "inputs": {export.EXAMPLES_KEY: ("DT_STRING", (-1,))}, "outputs": ctr}
+    assert "candidate_item_id" in signatures[export.SCORE_CANDIDATES]["inputs"]
     # What a served model must not ask for.
     for name in (S.LABEL, S.TIMESTAMP, S.NIP_POS_ITEM_IDS, S.NIP_NEG_ITEM_IDS):
         assert all(name not in s["inputs"] for s in signatures.values())
@@ -92,9 +92,9 @@ def test_saved_model_cli_run_on_serving_default_gives_the_trained_models_score(
                                  otypes=[object])(array).tolist())
     exprs = ";".join(f"{name}={literal(value)}" for name, value in one.items())
     result = subprocess.run([SAVED_MODEL_CLI, "run", "--dir", tiny.version_dir, "--tag_set",
-                             "serve", "--signature_def", E.SERVING_DEFAULT,
+                             "serve", "--signature_def", export.SERVING_DEFAULT,
                              "--input_exprs", exprs], capture_output=True, text=True, check=True)
-    printed = result.stdout.split(f"Result for output key {E.OUTPUT_KEY}:")[1]
+    printed = result.stdout.split(f"Result for output key {export.OUTPUT_KEY}:")[1]
     scores = np.array([float(v) for v in re.findall(r"[-\d.e]+", printed)])
     expected = model({k: tf.constant(v) for k, v in one.items()}, training=False).numpy()
     assert scores.shape == (1,) and np.isfinite(scores).all()
@@ -106,25 +106,26 @@ def test_every_signature_scores_the_test_split_like_the_trained_model(
     rows, serialized = test_split
     n = len(serialized)
     assert n == sum(1 for _ in tf.data.TFRecordDataset(
-        D.shard_files(tiny.data_dir, "test"), compression_type=S.COMPRESSION))
+        data.shard_files(tiny.data_dir, "test"), compression_type=S.COMPRESSION))
     expected = model({k: tf.constant(v) for k, v in rows.items()}, training=False).numpy()
 
-    served = loaded.signatures[E.SERVING_DEFAULT](**{k: tf.constant(v) for k, v in rows.items()})
-    np.testing.assert_allclose(served[E.OUTPUT_KEY].numpy(), expected, atol=1e-5)
-    parsed = loaded.signatures[E.FROM_EXAMPLES](examples=tf.constant(serialized, tf.string))
-    np.testing.assert_allclose(parsed[E.OUTPUT_KEY].numpy(), expected, atol=1e-5)
+    served = loaded.signatures[export.SERVING_DEFAULT](
+        **{k: tf.constant(v) for k, v in rows.items()})
+    np.testing.assert_allclose(served[export.OUTPUT_KEY].numpy(), expected, atol=1e-5)
+    parsed = loaded.signatures[export.FROM_EXAMPLES](examples=tf.constant(serialized, tf.string))
+    np.testing.assert_allclose(parsed[export.OUTPUT_KEY].numpy(), expected, atol=1e-5)
 
     # Three users, each against every item of the split, in one request (U = 3, N = n).
     users = [0, n // 2, n - 1]
-    request = {f.name: rows[f.name][users] for f in E.context_features(model.schema)}
-    request.update({E.candidate_input_name(f.name): np.tile(rows[f.name], (len(users), 1))
-                    for f in E.candidate_features(model.schema)})
-    scores = loaded.signatures[E.SCORE_CANDIDATES](
-        **{k: tf.constant(v) for k, v in request.items()})[E.OUTPUT_KEY].numpy()
+    request = {f.name: rows[f.name][users] for f in export.context_features(model.schema)}
+    request.update({export.candidate_input_name(f.name): np.tile(rows[f.name], (len(users), 1))
+                    for f in export.candidate_features(model.schema)})
+    scores = loaded.signatures[export.SCORE_CANDIDATES](
+        **{k: tf.constant(v) for k, v in request.items()})[export.OUTPUT_KEY].numpy()
     assert scores.shape == (len(users), n)
     for i, user in enumerate(users):
         want = model({k: tf.constant(v) for k, v in
-                      E.candidate_rows(rows, model.schema, user).items()}, training=False)
+                      export.candidate_rows(rows, model.schema, user).items()}, training=False)
         np.testing.assert_allclose(scores[i], want.numpy(), atol=1e-5)
     # The user's own row is one of its candidates: the same score as serving_default gave.
     assert scores[0, 0] == pytest.approx(expected[0], abs=1e-5)
@@ -145,12 +146,12 @@ def test_unseen_user_item_and_query_ids_score_like_the_trained_model(model, load
         assert str(value) not in {v for v, _ in S.read_vocab(
             tiny.data_dir, model.schema.feature(feature).vocab)}
     tensors = {k: tf.constant(v) for k, v in rows.items()}
-    scores = loaded.signatures[E.SERVING_DEFAULT](**tensors)[E.OUTPUT_KEY].numpy()
+    scores = loaded.signatures[export.SERVING_DEFAULT](**tensors)[export.OUTPUT_KEY].numpy()
     assert scores.shape == (4,) and np.isfinite(scores).all()
     np.testing.assert_allclose(scores, model(tensors, training=False).numpy(), atol=1e-5)
-    request = {k: tf.constant(v) for k, v in E.candidate_request(rows, model.schema).items()}
-    candidates = loaded.signatures[E.SCORE_CANDIDATES](**request)[E.OUTPUT_KEY].numpy()
-    want = model({k: tf.constant(v) for k, v in E.candidate_rows(rows, model.schema).items()},
+    request = {k: tf.constant(v) for k, v in export.candidate_request(rows, model.schema).items()}
+    candidates = loaded.signatures[export.SCORE_CANDIDATES](**request)[export.OUTPUT_KEY].numpy()
+    want = model({k: tf.constant(v) for k, v in export.candidate_rows(rows, model.schema).items()},
                  training=False).numpy()
     assert candidates.shape == (1, 4)
     np.testing.assert_allclose(candidates[0], want, atol=1e-5)
@@ -158,20 +159,21 @@ def test_unseen_user_item_and_query_ids_score_like_the_trained_model(model, load
 
 def test_score_candidates_names_every_input_whose_shape_does_not_fit(model, loaded, test_split):
     rows, _ = test_split
-    request = {k: np.asarray(v) for k, v in E.candidate_request(
+    request = {k: np.asarray(v) for k, v in export.candidate_request(
         {k: v[:3] for k, v in rows.items()}, model.schema).items()}
-    score = loaded.signatures[E.SCORE_CANDIDATES]
-    author, category = E.candidate_input_name(S.AUTHOR_ID), E.candidate_input_name(S.CATEGORY_ID)
+    score = loaded.signatures[export.SCORE_CANDIDATES]
+    author = export.candidate_input_name(S.AUTHOR_ID)
+    category = export.candidate_input_name(S.CATEGORY_ID)
     short = {**request, author: request[author][:, :-1], category: request[category][:, :-1]}
     with pytest.raises(tf.errors.InvalidArgumentError) as info:
         score(**{k: tf.constant(v) for k, v in short.items()})
     message = info.value.message
     assert author in message and category in message and "(users, candidates)" in message
-    assert E.candidate_input_name(S.ITEM_ID) not in message.split("these do not:")[1]
+    assert export.candidate_input_name(S.ITEM_ID) not in message.split("these do not:")[1]
     two_users = {**request, S.USER_ID: np.repeat(request[S.USER_ID], 2, axis=0)}
     with pytest.raises(tf.errors.InvalidArgumentError, match=f"these do not:.*{S.USER_ID}"):
         score(**{k: tf.constant(v) for k, v in two_users.items()})
-    good = score(**{k: tf.constant(v) for k, v in request.items()})[E.OUTPUT_KEY]
+    good = score(**{k: tf.constant(v) for k, v in request.items()})[export.OUTPUT_KEY]
     assert good.shape == (1, 3)  # the same function still scores a good request
 
 
@@ -227,28 +229,28 @@ def test_versions_count_up_and_are_written_atomically(tiny, tmp_path, monkeypatc
     for name in ("3", "10", ".export-leftover", "notes", "7x"):
         (base / name).mkdir()
     (base / "11").write_text("a file, not a version")
-    assert E.existing_versions(str(base)) == [3, 10]
-    assert E.next_version(str(base)) == 12
-    assert E.next_version(str(tmp_path / "absent")) == 1
+    assert export.existing_versions(str(base)) == [3, 10]
+    assert export.next_version(str(base)) == 12
+    assert export.next_version(str(tmp_path / "absent")) == 1
 
     seen = {}
-    real_verify = E.verify
+    real_verify = export.verify
 
     def verify_and_look(path, *args):
         seen["staging"] = path
-        seen["versions_while_writing"] = E.existing_versions(str(base))
+        seen["versions_while_writing"] = export.existing_versions(str(base))
         seen["complete"] = os.path.exists(os.path.join(path, "saved_model.pb"))
         return real_verify(path, *args)
 
-    monkeypatch.setattr(E, "verify", verify_and_look)
-    path = E.export(tiny.model_dir, str(base))
+    monkeypatch.setattr(export, "verify", verify_and_look)
+    path = export.export(tiny.model_dir, str(base))
     assert path == str(base / "12")
     assert os.path.dirname(seen["staging"]) == str(base)
     assert os.path.basename(seen["staging"]).startswith(".")
     assert seen["versions_while_writing"] == [3, 10] and seen["complete"]
     assert not os.path.exists(seen["staging"])
     assert os.path.exists(base / "12" / "saved_model.pb")
-    assert os.path.exists(base / "12" / E.WARMUP_FILE)
+    assert os.path.exists(base / "12" / export.WARMUP_FILE)
 
     class CrashingArchive:  # dies half-way through writing, like a full disk
         def write_out(self, path, **kwargs):
@@ -256,10 +258,10 @@ def test_versions_count_up_and_are_written_atomically(tiny, tmp_path, monkeypatc
                 f.write(b"half")
             raise OSError("No space left on device")
 
-    monkeypatch.setattr(E, "build_archive", lambda *args: CrashingArchive())
+    monkeypatch.setattr(export, "build_archive", lambda *args: CrashingArchive())
     with pytest.raises(OSError, match="No space left"):
-        E.export(tiny.model_dir, str(base))
-    assert E.existing_versions(str(base)) == [3, 10, 12]
+        export.export(tiny.model_dir, str(base))
+    assert export.existing_versions(str(base)) == [3, 10, 12]
     assert sorted(p.name for p in base.iterdir() if p.name.startswith(".export-")) == [
         ".export-leftover"]  # its own staging directory is gone, a stranger's is left alone
 
@@ -280,14 +282,14 @@ def test_every_model_family_exports_with_scores_equal_to_the_model(name, tiny, t
     config = load_config(f"configs/{name}.yaml",
                          [o for o in TINY if o.startswith("model.")])
     model = build_model(config.model, tiny.data_dir)  # untrained: the export must not care
-    rows, serialized = E.sample_rows(tiny.data_dir, model.schema, rows=16)
+    rows, serialized = export.sample_rows(tiny.data_dir, model.schema, rows=16)
     # The export's default path: score_candidates with its XLA part (din and dcn failed here
     # with an 'untracked' StaticHashTable: the query tables din never reads).
-    E.build_archive(model, model.schema).write_out(str(tmp_path), verbose=False)
+    export.build_archive(model, model.schema).write_out(str(tmp_path), verbose=False)
     assert model.compile_scoring
     assert xla_compiled_functions(str(tmp_path)), "score_candidates has no XLA part"
-    assert E.verify(str(tmp_path), model, model.schema, rows, serialized) <= 1e-5
-    assert set(E.SIGNATURES) <= set(tf.saved_model.load(str(tmp_path)).signatures)
+    assert export.verify(str(tmp_path), model, model.schema, rows, serialized) <= 1e-5
+    assert set(export.SIGNATURES) <= set(tf.saved_model.load(str(tmp_path)).signatures)
 
 
 def xla_compiled_functions(version_dir: str) -> list[str]:
@@ -299,22 +301,22 @@ def xla_compiled_functions(version_dir: str) -> list[str]:
 
 def test_cli_errors_are_messages(tiny, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
-        E.main(["--model-dir", str(tmp_path / "none"), "--output", str(tmp_path / "out")])
+        export.main(["--model-dir", str(tmp_path / "none"), "--output", str(tmp_path / "out")])
     assert info.value.code == 2
     assert "error:" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
-        E.main(["--model-dir", tiny.model_dir, "--output", tiny.base_path, "--version", "1"])
+        export.main(["--model-dir", tiny.model_dir, "--output", tiny.base_path, "--version", "1"])
     assert info.value.code == 2 and "never overwritten" in capsys.readouterr().err
     (tmp_path / "file").write_text("x")
     with pytest.raises(SystemExit) as info:
-        E.main(["--model-dir", tiny.model_dir, "--output", str(tmp_path / "file")])
+        export.main(["--model-dir", tiny.model_dir, "--output", str(tmp_path / "file")])
     assert info.value.code == 2 and "not a directory" in capsys.readouterr().err
 
 
 HOLD_STAGING = """
 import sys, time
-from qrec_tf import export as E
-with E.staging_directory(sys.argv[1]) as path:
+from qrec_tf import export
+with export.staging_directory(sys.argv[1]) as path:
     print(path, flush=True)
     time.sleep(600)
 """
@@ -336,14 +338,14 @@ def test_staging_directories_of_killed_exports_are_removed(tmp_path):
         assert os.path.isdir(killed_path) and os.path.isdir(live_path)
         fresh = tmp_path / ".export-just-made"
         fresh.mkdir()
-        old = time.time() - 2 * E.STALE_STAGING_SECONDS
+        old = time.time() - 2 * export.STALE_STAGING_SECONDS
         for path in (killed_path, live_path):
             os.utime(path, (old, old))
-        assert E.remove_stale_staging(str(tmp_path)) == [killed_path]
+        assert export.remove_stale_staging(str(tmp_path)) == [killed_path]
         assert not os.path.exists(killed_path)
         assert os.path.isdir(live_path) and fresh.is_dir()
     finally:
         live.kill()
         live.wait(timeout=60)
-    assert E.remove_stale_staging(str(tmp_path), min_age_seconds=0) == sorted(
+    assert export.remove_stale_staging(str(tmp_path), min_age_seconds=0) == sorted(
         [live_path, str(fresh)])

@@ -34,14 +34,12 @@ def test_nip_single_positive_is_minus_log_sigmoid():
 
 
 def test_nip_by_hand_with_masks():
-    loss, count = losses.next_item_prediction_loss(QUERY, POS, POS_MASK, NEG, NEG_MASK,
-                                                   return_count=True)
+    loss = losses.next_item_prediction_loss(QUERY, POS, POS_MASK, NEG, NEG_MASK)
     example0 = softplus(-2.0) + softplus(1.0)                 # <q,e+> = 2, <q,e-> = 1
     example1 = (softplus(-1.0) + softplus(2.0)) / 2           # negatives only: logits -1, 2
     example2 = (softplus(1.0) + softplus(-1.0)) / 2           # positives only: logits -1, 1
     # example 3 has no valid target: excluded, whatever its (padded) vectors hold.
     assert loss.dtype == tf.float32 and loss.shape == ()
-    assert float(count) == 3.0
     assert float(loss) == pytest.approx((example0 + example1 + example2) / 3, rel=1e-6)
     changed = POS.copy()
     changed[0, 1] = [-50.0, 4.0]
@@ -63,9 +61,9 @@ def test_nip_stable_for_large_logits_and_zero_when_nothing_counts():
     query = tf.constant(QUERY)
     with tf.GradientTape() as tape:
         tape.watch(query)
-        loss, count = losses.next_item_prediction_loss(
-            query, POS, np.zeros_like(POS_MASK), NEG, np.zeros_like(NEG_MASK), return_count=True)
-    assert float(loss) == 0.0 and float(count) == 0.0
+        loss = losses.next_item_prediction_loss(
+            query, POS, np.zeros_like(POS_MASK), NEG, np.zeros_like(NEG_MASK))
+    assert float(loss) == 0.0
     np.testing.assert_array_equal(tape.gradient(loss, query).numpy(), 0.0)
 
 
@@ -79,14 +77,12 @@ C_NEG_MASK = np.array([[True, True, False], [True, False, True], [True, True, Tr
 
 def test_contrastive_by_hand_with_masks():
     beta = 0.5
-    loss, count = losses.query_item_contrastive_loss(POS_SCORES, C_POS_MASK, NEG_SCORES,
-                                                     C_NEG_MASK, beta, return_count=True)
+    loss = losses.query_item_contrastive_loss(POS_SCORES, C_POS_MASK, NEG_SCORES, C_NEG_MASK, beta)
     log_den0 = math.log(math.exp(0.1 / beta) + math.exp(-0.3 / beta))
     example0 = log_den0 - 0.5 / beta
     log_den1 = math.log(math.exp(0.0) + math.exp(0.5 / beta))
     example1 = ((log_den1 - 0.2 / beta) + (log_den1 + 0.4 / beta)) / 2
     # example 2: no positive; example 3: no negative -> both excluded.
-    assert float(count) == 2.0
     assert float(loss) == pytest.approx((example0 + example1) / 2, rel=1e-6)
     # The denominator holds negatives only (not InfoNCE): a positive far above every negative
     # drives the loss below zero.
@@ -120,10 +116,9 @@ def test_contrastive_stable_with_small_temperature_and_finite_gradients():
     np.testing.assert_array_equal(grad_neg.numpy()[[2, 3]], 0.0)
     assert grad_pos.numpy()[0, 1] == 0.0 and grad_neg.numpy()[1, 1] == 0.0
 
-    loss, count = losses.query_item_contrastive_loss(POS_SCORES[2:], C_POS_MASK[2:],
-                                                     NEG_SCORES[2:], C_NEG_MASK[2:], 0.5,
-                                                     return_count=True)
-    assert float(loss) == 0.0 and float(count) == 0.0
+    loss = losses.query_item_contrastive_loss(POS_SCORES[2:], C_POS_MASK[2:],
+                                              NEG_SCORES[2:], C_NEG_MASK[2:], 0.5)
+    assert float(loss) == 0.0
 
 
 def test_mini_batch_aware_l2_by_hand():

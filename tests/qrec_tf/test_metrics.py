@@ -43,6 +43,7 @@ def test_auc_and_gauc_match_brute_force_on_random_data():
 def test_gauc_skips_single_class_users_and_logloss():
     value, n_users = metrics.gauc([1, 1, 2, 2, 2], [1, 1, 0, 1, 1], [0.9, 0.1, 0.3, 0.2, 0.8])
     assert n_users == 1 and value == pytest.approx(0.5)
-    assert metrics.logloss([1, 0], [0.8, 0.4]) == pytest.approx(-(math.log(0.8) + math.log(0.6)) / 2)
+    assert metrics.logloss([1, 0], [0.8, 0.4]) == pytest.approx(
+        -(math.log(0.8) + math.log(0.6)) / 2)
     result = metrics.all_metrics([1, 1], [0, 1], [0.2, 0.7])
     assert result["n"] == 2 and result["positives"] == 1 and result["auc"] == 1.0

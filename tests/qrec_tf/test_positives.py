@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipelines import build_tfrecords
-from qrec_tf import positives as P
+from qrec_tf import positives
 from qrec_tf.config import load_config
 from qrec_tf.layers.id_lookup import make_lookup
 from tests.pipelines import hand_log
@@ -21,28 +21,29 @@ def hand_data(tmp_path_factory):
 
 def test_log_positives_are_clicked_items_most_clicked_first(hand_data):
     # hand_log: after "7_8" item 201 was clicked twice, 204 once; "9_3_4" and "5" never
-    assert P.log_positives(hand_data) == {"7_8": [201, 204], "9_3_4": [], "5": []}
-    table, source = P.load(hand_data, "auto")
+    assert positives.log_positives(hand_data) == {"7_8": [201, 204], "9_3_4": [], "5": []}
+    table, source = positives.load(hand_data, "auto")
     assert source == "log" and table["7_8"] == [201, 204]
     with pytest.raises(FileNotFoundError, match="run `python -m qrec_tf.augment --data"):
-        P.load(hand_data, "diffusion")
+        positives.load(hand_data, "diffusion")
 
 
 def test_written_table_round_trips_and_is_found_by_positives_dir(hand_data, tmp_path):
     table = {"7_8": [201, 204, 999], "5": [], "9_3_4": [11]}
-    path = P.write(table, str(tmp_path))
-    assert path == str(tmp_path / P.POSITIVES_DIR / "positives-00000-of-00001.tfrecord.gz")
-    assert P.load(hand_data, "diffusion", str(tmp_path / P.POSITIVES_DIR)) == (table, "diffusion")
+    path = positives.write(table, str(tmp_path))
+    assert path == str(tmp_path / positives.POSITIVES_DIR / "positives-00000-of-00001.tfrecord.gz")
+    assert positives.load(hand_data, "diffusion", str(tmp_path / positives.POSITIVES_DIR)) == (
+        table, "diffusion")
     # the augment --output directory itself works too; "auto" prefers the table over the log
-    assert P.load(hand_data, "auto", str(tmp_path)) == (table, "diffusion")
-    assert P.load(hand_data, "log", str(tmp_path))[1] == "log"
+    assert positives.load(hand_data, "auto", str(tmp_path)) == (table, "diffusion")
+    assert positives.load(hand_data, "log", str(tmp_path))[1] == "log"
     # writing again replaces the table and leaves one shard, no temporary file
-    P.write({"5": [3]}, str(tmp_path))
-    assert P.diffusion_positives(hand_data, str(tmp_path)) == {"5": [3]}
-    assert sorted(p.name for p in (tmp_path / P.POSITIVES_DIR).iterdir()) == [
+    positives.write({"5": [3]}, str(tmp_path))
+    assert positives.diffusion_positives(hand_data, str(tmp_path)) == {"5": [3]}
+    assert sorted(p.name for p in (tmp_path / positives.POSITIVES_DIR).iterdir()) == [
         "positives-00000-of-00001.tfrecord.gz"]
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "elsewhere")):
-        P.load(hand_data, "diffusion", str(tmp_path / "elsewhere"))
+        positives.load(hand_data, "diffusion", str(tmp_path / "elsewhere"))
 
 
 def test_positives_dir_is_validated():
@@ -57,7 +58,7 @@ def test_positives_dir_is_validated():
 
 def test_matrix_rows_follow_the_query_lookup_and_items_the_item_lookup():
     queries, items = ["7_8", "5"], [204, 201, 11]
-    matrix = P.positives_matrix({"7_8": [201, 204, 999], "5": []}, queries, items, k=3)
+    matrix = positives.positives_matrix({"7_8": [201, 204, 999], "5": []}, queries, items, k=3)
     query_lookup = make_lookup(queries, "string", "q")
     item_lookup = make_lookup(items, "int64", "i")
     row = int(query_lookup(np.array(["7_8"]))[0])

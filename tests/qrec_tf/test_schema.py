@@ -1,6 +1,7 @@
 """The schema: feature specs, serialization round trip, persistence, clear errors."""
 
 import json
+
 import pytest
 import tensorflow as tf
 

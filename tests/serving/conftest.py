@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from qrec_tf import export as E
+from qrec_tf import export
 from qrec_tf.evaluate import load_trained_model
 from serving.local_server import LocalServer
 from tests.serving.tiny_model import MODEL_NAME, tiny_model
@@ -43,7 +43,7 @@ def model(tiny):
 @pytest.fixture(scope="session")
 def rows(tiny, model):
     """The first 8 test examples: (features {name: array [8, ...]}, serialized [8])."""
-    return E.sample_rows(tiny.data_dir, model.schema, "test", rows=8)
+    return export.sample_rows(tiny.data_dir, model.schema, "test", rows=8)
 
 
 def in_process(model, features) -> np.ndarray:

@@ -76,7 +76,8 @@ def test_stages_and_base_images_match_setup_py():
     assert found["trainer"]["from"] == f"tensorflow/tensorflow:{version}"
     assert found["serving"]["from"] == f"tensorflow/serving:{version}"
     # The Beam workers' SDK image is Beam's own, of the Beam version setup.py pins.
-    assert re.fullmatch(rf"apache/beam_python3\.\d+_sdk:{re.escape(pinned('apache-beam[tfrecord]'))}",
+    beam = re.escape(pinned('apache-beam[tfrecord]'))
+    assert re.fullmatch(rf"apache/beam_python3\.\d+_sdk:{beam}",
                         found["beam-worker"]["from"]), found["beam-worker"]["from"]
     entrypoint = [args for keyword, args in found["trainer"]["steps"] if keyword == "ENTRYPOINT"]
     assert entrypoint == ['["python3", "-m", "qrec_tf.train"]']

@@ -19,15 +19,19 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
-                                     model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
-from qrec_tf import export as E
+from qrec_tf import export
 from qrec_tf import schema as S
 from serving import local_server
 from serving.local_server import LocalServer
-from tests.serving.conftest import MAX_CANDIDATES, MAX_REQUEST_BYTES, TIMEOUT, in_process
+from tests.serving.conftest import MAX_REQUEST_BYTES, TIMEOUT, in_process
 from tests.serving.tiny_model import MODEL_NAME
 
 
@@ -71,7 +75,7 @@ def grpc_stubs(server):
     channel.close()
 
 
-def grpc_request(features, signature=E.SERVING_DEFAULT, model_name=MODEL_NAME):
+def grpc_request(features, signature=export.SERVING_DEFAULT, model_name=MODEL_NAME):
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model_name
     request.model_spec.signature_name = signature
@@ -92,7 +96,7 @@ def test_rest_scores_equal_in_process_scores_in_every_format(server, rows, model
     features, serialized = rows
     expected = in_process(model, features)
     for body in ({"instances": instances(features)},
-                 {"signature_name": E.SERVING_DEFAULT, "inputs": columnar(features)}):
+                 {"signature_name": export.SERVING_DEFAULT, "inputs": columnar(features)}):
         status, answer = rest(server, "POST", predict_path(), body)
         assert status == 200, answer
         scores = answer.get("predictions", answer.get("outputs"))
@@ -100,17 +104,18 @@ def test_rest_scores_equal_in_process_scores_in_every_format(server, rows, model
         assert len(scores) == len(expected)
 
     examples = [{"b64": base64.b64encode(s).decode()} for s in serialized]
-    for body in ({"signature_name": E.FROM_EXAMPLES, "instances": examples},
-                 {"signature_name": E.FROM_EXAMPLES, "inputs": {E.EXAMPLES_KEY: examples}}):
+    for body in ({"signature_name": export.FROM_EXAMPLES, "instances": examples},
+                 {"signature_name": export.FROM_EXAMPLES,
+                  "inputs": {export.EXAMPLES_KEY: examples}}):
         status, answer = rest(server, "POST", predict_path(1), body)
         assert status == 200, answer
         np.testing.assert_allclose(answer.get("predictions", answer.get("outputs")), expected,
                                    atol=1e-5)
 
-    request = E.candidate_request(features, model.schema)
-    want = in_process(model, E.candidate_rows(features, model.schema))
-    for body in ({"signature_name": E.SCORE_CANDIDATES, "inputs": columnar(request)},
-                 {"signature_name": E.SCORE_CANDIDATES, "instances": instances(request)}):
+    request = export.candidate_request(features, model.schema)
+    want = in_process(model, export.candidate_rows(features, model.schema))
+    for body in ({"signature_name": export.SCORE_CANDIDATES, "inputs": columnar(request)},
+                 {"signature_name": export.SCORE_CANDIDATES, "instances": instances(request)}):
         status, answer = rest(server, "POST", predict_path(), body)
         assert status == 200, answer
         scores = np.array(answer.get("predictions", answer.get("outputs")))
@@ -124,17 +129,17 @@ def test_grpc_scores_equal_in_process_scores(server, grpc_stubs, rows, model):
     expected = in_process(model, features)
     response = predict.Predict(grpc_request(features), timeout=TIMEOUT)
     assert response.model_spec.version.value == 1
-    assert response.model_spec.signature_name == E.SERVING_DEFAULT
-    np.testing.assert_allclose(tf.make_ndarray(response.outputs[E.OUTPUT_KEY]), expected,
+    assert response.model_spec.signature_name == export.SERVING_DEFAULT
+    np.testing.assert_allclose(tf.make_ndarray(response.outputs[export.OUTPUT_KEY]), expected,
                                atol=1e-5)
-    response = predict.Predict(grpc_request({E.EXAMPLES_KEY: serialized}, E.FROM_EXAMPLES),
-                               timeout=TIMEOUT)
-    np.testing.assert_allclose(tf.make_ndarray(response.outputs[E.OUTPUT_KEY]), expected,
+    request = grpc_request({export.EXAMPLES_KEY: serialized}, export.FROM_EXAMPLES)
+    response = predict.Predict(request, timeout=TIMEOUT)
+    np.testing.assert_allclose(tf.make_ndarray(response.outputs[export.OUTPUT_KEY]), expected,
                                atol=1e-5)
-    response = predict.Predict(grpc_request(E.candidate_request(features, model.schema),
-                                            E.SCORE_CANDIDATES), timeout=TIMEOUT)
-    np.testing.assert_allclose(tf.make_ndarray(response.outputs[E.OUTPUT_KEY])[0],
-                               in_process(model, E.candidate_rows(features, model.schema)),
+    response = predict.Predict(grpc_request(export.candidate_request(features, model.schema),
+                                            export.SCORE_CANDIDATES), timeout=TIMEOUT)
+    np.testing.assert_allclose(tf.make_ndarray(response.outputs[export.OUTPUT_KEY])[0],
+                               in_process(model, export.candidate_rows(features, model.schema)),
                                atol=1e-5)
 
 
@@ -150,8 +155,8 @@ def test_status_and_metadata_over_rest_and_grpc(server, grpc_stubs, model):
     status, body = rest(server, "GET", f"/v1/models/{MODEL_NAME}/metadata")
     assert status == 200 and body["model_spec"]["version"] == "1"
     defs = body["metadata"]["signature_def"]["signature_def"]
-    assert set(E.SIGNATURES) <= set(defs)
-    inputs = defs[E.SERVING_DEFAULT]["inputs"]
+    assert set(export.SIGNATURES) <= set(defs)
+    inputs = defs[export.SERVING_DEFAULT]["inputs"]
     assert {name: spec["dtype"] for name, spec in inputs.items()} == {
         f.name: "DT_INT64" if f.dtype == "int64" else "DT_STRING"
         for f in model.schema.model_features}
@@ -162,8 +167,8 @@ def test_status_and_metadata_over_rest_and_grpc(server, grpc_stubs, model):
     response = predict.GetModelMetadata(request, timeout=TIMEOUT)
     signature_defs = get_model_metadata_pb2.SignatureDefMap()
     response.metadata["signature_def"].Unpack(signature_defs)
-    assert set(signature_defs.signature_def[E.SCORE_CANDIDATES].inputs) == (
-        set(E.score_candidates_specs(model.schema)))
+    assert set(signature_defs.signature_def[export.SCORE_CANDIDATES].inputs) == (
+        set(export.score_candidates_specs(model.schema)))
     status_request = get_model_status_pb2.GetModelStatusRequest()
     status_request.model_spec.name = MODEL_NAME
     statuses = models.GetModelStatus(status_request, timeout=TIMEOUT).model_version_status
@@ -190,8 +195,8 @@ def _rest_cases(features, request):
     numbers_for_strings = columnar(features)
     numbers_for_strings[S.QUERY_KEYS] = [[7] * len(r) for r in numbers_for_strings[S.QUERY_KEYS]]
     bad_candidates = columnar(request)
-    bad_candidates[E.candidate_input_name(S.AUTHOR_ID)] = [
-        bad_candidates[E.candidate_input_name(S.AUTHOR_ID)][0][:-1]]
+    bad_candidates[export.candidate_input_name(S.AUTHOR_ID)] = [
+        bad_candidates[export.candidate_input_name(S.AUTHOR_ID)][0][:-1]]
     rows_mixed = instances(features)
     del rows_mixed[1][S.USER_ID]
     return [
@@ -209,12 +214,12 @@ def _rest_cases(features, request):
         ("batch sizes differ", 400, predict_path(), {"inputs": uneven}, ["axis 0"]),
         ("instances differ", 400, predict_path(), {"instances": rows_mixed}, ["same named"]),
         ("candidate shapes differ", 400, predict_path(),
-         {"signature_name": E.SCORE_CANDIDATES, "inputs": bad_candidates},
-         [E.candidate_input_name(S.AUTHOR_ID)]),
+         {"signature_name": export.SCORE_CANDIDATES, "inputs": bad_candidates},
+         [export.candidate_input_name(S.AUTHOR_ID)]),
         ("both formats", 400, predict_path(), {"inputs": {}, "instances": []}, ["exactly one"]),
         ("unknown signature", 400, predict_path(),
          {"signature_name": "nope", "inputs": columnar(features)}, ["nope", "signature"]),
-        ("unknown model", 404, f"/v1/models/nope:predict", {"inputs": columnar(features)},
+        ("unknown model", 404, "/v1/models/nope:predict", {"inputs": columnar(features)},
          ["nope"]),
         ("unknown version", 404, predict_path(7), {"inputs": columnar(features)}, ["7"]),
         ("unknown url", 404, "/v2/whatever", {}, ["Malformed request"]),
@@ -223,7 +228,7 @@ def _rest_cases(features, request):
 
 def test_malformed_rest_requests_get_a_clear_error_and_the_server_goes_on(server, rows, model):
     features, _ = rows
-    cases = _rest_cases(features, E.candidate_request(features, model.schema))
+    cases = _rest_cases(features, export.candidate_request(features, model.schema))
     for label, want_status, path, body, words in cases:
         status, answer = rest(server, "POST", path, body)
         assert status == want_status, (label, answer)
@@ -272,7 +277,7 @@ def test_malformed_grpc_requests_get_a_clear_error_and_the_server_goes_on(
         for word in words:
             assert word in info.value.details(), (label, info.value.details())
         response = predict.Predict(good, timeout=TIMEOUT)
-        np.testing.assert_allclose(tf.make_ndarray(response.outputs[E.OUTPUT_KEY]), expected,
+        np.testing.assert_allclose(tf.make_ndarray(response.outputs[export.OUTPUT_KEY]), expected,
                                    atol=1e-5)
 
 
@@ -397,7 +402,7 @@ def test_cli_serves_with_tf_servings_flags_and_stops_on_sigterm(tiny, rows, mode
         response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
             grpc_request(rows[0]), timeout=TIMEOUT)
         channel.close()
-        assert tf.make_ndarray(response.outputs[E.OUTPUT_KEY]).shape == (len(rows[1]),)
+        assert tf.make_ndarray(response.outputs[export.OUTPUT_KEY]).shape == (len(rows[1]),)
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)

@@ -4,7 +4,6 @@ limit allows, malformed JSON in any shape is a 400 with a message, a broken vers
 once its files change, and requests over the candidate cap are refused with a clear error."""
 
 import json
-import os
 import shutil
 import socket
 
@@ -12,15 +11,22 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from qrec_tf import export as E
+from qrec_tf import export
 from qrec_tf import schema as S
 from serving import local_server
 from serving.local_server import LocalServer
 from tests.serving.conftest import MAX_CANDIDATES, MAX_REQUEST_BYTES, TIMEOUT
-from tests.serving.test_local_server import (columnar, good_rest_request, grpc_request,
-                                             predict_path, rest, served_version, wait_for)
+from tests.serving.test_local_server import (
+    columnar,
+    good_rest_request,
+    grpc_request,
+    predict_path,
+    rest,
+    served_version,
+    wait_for,
+)
 from tests.serving.tiny_model import MODEL_NAME
 
 
@@ -100,7 +106,7 @@ def declared(dims: list[int], values: list[int]):
 
 def test_a_declared_shape_larger_than_the_content_or_the_limit_is_refused_unmaterialised(
         server, rows, monkeypatch):
-    signature = server.repository.current.signature(E.SERVING_DEFAULT)
+    signature = server.repository.current.signature(export.SERVING_DEFAULT)
     made = []
     real = tf.make_ndarray
     monkeypatch.setattr(tf, "make_ndarray", lambda proto: made.append(proto) or real(proto))
@@ -131,7 +137,7 @@ def test_a_declared_shape_larger_than_the_content_or_the_limit_is_refused_unmate
 
     channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
     try:
-        stub = local_server.prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         request = grpc_request(rows[0])
         request.inputs[S.USER_ID].CopyFrom(huge[S.USER_ID])
         with pytest.raises(grpc.RpcError) as info:
@@ -190,27 +196,28 @@ def test_values_of_the_wrong_json_kind_and_a_non_string_signature_name_are_400(s
 
 def test_requests_over_the_candidate_cap_are_refused_with_a_clear_error(server, rows, model):
     features, _ = rows
-    request = E.candidate_request(features, model.schema)
+    request = export.candidate_request(features, model.schema)
     n = MAX_CANDIDATES + 1
-    request = {name: (np.resize(value, (1, n)) if name.startswith(E.CANDIDATE_PREFIX) else value)
+    request = {name: (np.resize(value, (1, n)) if name.startswith(export.CANDIDATE_PREFIX)
+                      else value)
                for name, value in request.items()}
     status, answer = rest(server, "POST", predict_path(),
-                          {"signature_name": E.SCORE_CANDIDATES, "inputs": columnar(request)})
+                          {"signature_name": export.SCORE_CANDIDATES, "inputs": columnar(request)})
     assert status == 400, answer
     for words in (f"{n} rows (or users x candidates)", f"at most {MAX_CANDIDATES}",
                   "--max_candidates_per_request"):
         assert words in answer["error"], answer["error"]
     channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
     try:
-        stub = local_server.prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         with pytest.raises(grpc.RpcError) as info:
-            stub.Predict(grpc_request(request, E.SCORE_CANDIDATES), timeout=TIMEOUT)
+            stub.Predict(grpc_request(request, export.SCORE_CANDIDATES), timeout=TIMEOUT)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "--max_candidates_per_request" in info.value.details()
-        at_cap = {name: value[:, :MAX_CANDIDATES] if name.startswith(E.CANDIDATE_PREFIX)
+        at_cap = {name: value[:, :MAX_CANDIDATES] if name.startswith(export.CANDIDATE_PREFIX)
                   else value for name, value in request.items()}
-        response = stub.Predict(grpc_request(at_cap, E.SCORE_CANDIDATES), timeout=TIMEOUT)
-        assert tf.make_ndarray(response.outputs[E.OUTPUT_KEY]).shape == (1, MAX_CANDIDATES)
+        response = stub.Predict(grpc_request(at_cap, export.SCORE_CANDIDATES), timeout=TIMEOUT)
+        assert tf.make_ndarray(response.outputs[export.OUTPUT_KEY]).shape == (1, MAX_CANDIDATES)
     finally:
         channel.close()
 

@@ -15,7 +15,7 @@ import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qrec_tf import export as E
+from qrec_tf import export
 from serving import local_server
 from tests.serving.conftest import MAX_CANDIDATES, TIMEOUT
 from tests.serving.test_local_server import predict_path
@@ -74,7 +74,7 @@ def near_valid_bodies(draw, signatures: dict) -> dict:
     body = {}
     if draw(st.booleans()):
         body["signature_name"] = draw(st.sampled_from([name, name, "", "nope", 0, None]))
-    elif name != E.SERVING_DEFAULT:
+    elif name != export.SERVING_DEFAULT:
         body["signature_name"] = name
     if batch and draw(st.booleans()) and all(
             isinstance(v, list) and len(v) == batch for v in columns.values()):

@@ -1,4 +1,4 @@
-"""SparseEmbedding: same values as keras' Embedding, gradients that stay sparse, config round trip."""
+"""SparseEmbedding: keras' Embedding's values, gradients that stay sparse, config round trip."""
 
 import keras
 import numpy as np

@@ -11,8 +11,15 @@ from qrec_tf.models.base import Vocabularies
 from qrec_tf.models.iv4rec import IV4RecModel, instrument_tables
 from qrec_tf.models.ple import PLEModel
 from qrec_tf.models.sesrec import SESRecModel
-from tests.qrec_tf.models.test_queryrec import (SCHEMA, TINY, VOCABS, assert_compiled_scoring_matches,
-                                                batch, score, with_other)
+from tests.qrec_tf.models.test_queryrec import (
+    SCHEMA,
+    TINY,
+    VOCABS,
+    assert_compiled_scoring_matches,
+    batch,
+    score,
+    with_other,
+)
 
 # The schema, vocabularies, random batches and helpers of the other models' tests.
 TINY = [*TINY, "model.ple_expert_units=[8]", "model.iv_units=[8]"]

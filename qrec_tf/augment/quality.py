@@ -1,0 +1,58 @@
+"""The quality check, independent of the CTR model: Recall@K and NDCG@K on held-out clicks,
+for the diffusion model and for global click popularity."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from qrec_tf.augment.config import AugmentConfig
+from qrec_tf.augment.generation import rank_items
+from qrec_tf.augment.vectors import DenseRows, QueryItemMatrix
+from qrec_tf.layers.diffusion import GaussianDiffusion
+
+
+def ranking_quality(ranked: np.ndarray, targets: Sequence[np.ndarray], k: int) -> dict:
+    """Mean Recall@k (hits / |targets|) and NDCG@k (binary gains) over queries.
+
+    ranked: int [queries, >= k] item columns, best first (-1 = none); targets: per query the
+    held-out item columns.
+    """
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    recalls, ndcgs = [], []
+    for row, target in zip(ranked[:, :k], targets):
+        hits = np.isin(row, target) & (row >= 0)
+        recalls.append(hits.sum() / len(target))
+        ndcgs.append((hits * discounts).sum() / discounts[:min(len(target), k)].sum())
+    return {"recall": round(float(np.mean(recalls)), 4) if recalls else None,
+            "ndcg": round(float(np.mean(ndcgs)), 4) if ndcgs else None}
+
+
+def popularity_ranking(matrix: QueryItemMatrix, rows: np.ndarray, k: int) -> np.ndarray:
+    """Items by total clicks in `matrix` (ties: column order), without each row's own entries."""
+    clicks = np.bincount(matrix.columns, weights=matrix.click_counts, minlength=0)
+    order = np.lexsort((np.arange(len(clicks)), -clicks))
+    out = np.full((len(rows), k), -1, np.int32)
+    for i, row in enumerate(rows):
+        seen = matrix.columns[matrix.row_splits[row]:matrix.row_splits[row + 1]]
+        ranked = order[~np.isin(order, seen)][:k]
+        out[i, :len(ranked)] = ranked
+    return out
+
+
+def quality_check(diffusion: GaussianDiffusion, train_dense: DenseRows,
+                  train_matrix: QueryItemMatrix, full: QueryItemMatrix, held_rows: np.ndarray,
+                  held: np.ndarray, config: AugmentConfig) -> dict:
+    """Recall@K / NDCG@K of diffusion and popularity on the held-out clicks."""
+    k = config.output.quality_k
+    entry_rows = full.row_of_entries()
+    targets = [full.columns[held & (entry_rows == row)] for row in held_rows]
+    result = {"k": k, "queries": int(len(held_rows)), "held_out_clicks": int(held.sum())}
+    if not len(held_rows):
+        return {**result, "diffusion": None, "popularity": None}
+    ranked = rank_items(diffusion, train_dense, held_rows, k, True, config.output.batch_size,
+                        config.train.seed + 1)
+    return {**result, "diffusion": ranking_quality(ranked, targets, k),
+            "popularity": ranking_quality(popularity_ranking(train_matrix, held_rows, k),
+                                          targets, k)}

@@ -1,0 +1,195 @@
+"""The server: the REST and gRPC front ends on one ModelRepository, the polling thread, and
+`python -m serving.local_server`'s command line (TF Serving's flag names)."""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import logging
+import os
+import signal
+import threading
+
+import grpc
+from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+from serving.local_server.grpc_api import ModelService, PredictionService
+from serving.local_server.rest import RestServer
+from serving.local_server.validation import (
+    DEFAULT_BODY_TIMEOUT_SECONDS,
+    DEFAULT_IDLE_TIMEOUT_SECONDS,
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_SCORED_ROWS,
+    Limits,
+)
+from serving.local_server.versions import ModelRepository
+
+LOG = logging.getLogger("serving.local_server")
+
+
+class LocalServer:
+    """The REST and gRPC front ends on one ModelRepository, plus the polling thread.
+
+    Port 0 picks a free port (read `rest_port` / `grpc_port` after `start()`); None disables that
+    front end. Use as a context manager, or call `start()` and `stop()`.
+    """
+
+    def __init__(self, model_name: str, model_base_path: str, *, host: str = "127.0.0.1",
+                 rest_api_port: int | None = 8501, grpc_port: int | None = 8500,
+                 poll_seconds: float = 1.0, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+                 rest_api_num_threads: int = 8, grpc_max_threads: int = 8,
+                 max_candidates_per_request: int = DEFAULT_MAX_SCORED_ROWS,
+                 idle_timeout_seconds: float = DEFAULT_IDLE_TIMEOUT_SECONDS,
+                 body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS):
+        if rest_api_port is None and grpc_port is None:
+            raise ValueError("at least one of the REST and gRPC ports must be set")
+        self.repository = ModelRepository(model_name, model_base_path)
+        self.host = host
+        self.poll_seconds = poll_seconds
+        self._stop = threading.Event()
+        self._rest = None
+        self._grpc = None
+        self.rest_port = self.grpc_port = None
+        self._requested = (rest_api_port, grpc_port)
+        self.limits = Limits(max_request_bytes, max_candidates_per_request,
+                             idle_timeout_seconds, body_timeout_seconds)
+        self._threads_per_front_end = (rest_api_num_threads, grpc_max_threads)
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> "LocalServer":
+        rest_api_port, grpc_port = self._requested
+        rest_threads, grpc_threads = self._threads_per_front_end
+        max_request_bytes = self.limits.max_request_bytes
+        self.repository.poll()  # serve a version from the first request on, when there is one
+        try:
+            if rest_api_port is not None:
+                self._rest = RestServer((self.host, rest_api_port), self.repository,
+                                        self.limits, rest_threads)
+                self.rest_port = self._rest.server_address[1]
+                self._spawn(self._rest.serve_forever, "rest")
+            if grpc_port is not None:
+                self._grpc = grpc.server(
+                    concurrent.futures.ThreadPoolExecutor(grpc_threads, "grpc"),
+                    options=[("grpc.max_receive_message_length", max_request_bytes),
+                             ("grpc.so_reuseport", 0)])  # a port in use is an error
+                prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+                    PredictionService(self.repository, self.limits), self._grpc)
+                model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+                    ModelService(self.repository), self._grpc)
+                self.grpc_port = self._grpc.add_insecure_port(f"{self.host}:{grpc_port}")
+                if not self.grpc_port:
+                    raise OSError(f"could not listen for gRPC on {self.host}:{grpc_port}")
+                self._grpc.start()
+        except BaseException:
+            self.stop()  # the REST front end may already be listening
+            raise
+        self._spawn(self._poll_forever, "poll")
+        return self
+
+    def _spawn(self, target, name):
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _poll_forever(self):
+        while not self._stop.wait(self.poll_seconds):
+            self.repository.poll()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._rest is not None:
+            self._rest.shutdown()
+            self._rest.server_close()
+        if self._grpc is not None:
+            self._grpc.stop(grace=1).wait()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> "LocalServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.local_server",
+        description="Development stand-in for TF Serving (NOT for production: use the "
+                    "tensorflow/serving image). Serves the newest version under "
+                    "--model_base_path over REST and gRPC with TF Serving's API.")
+    parser.add_argument("--model_name", required=True, help="name in request URLs / model_spec")
+    parser.add_argument("--model_base_path", required=True,
+                        help="directory of numbered version directories, e.g. export/queryrec")
+    parser.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500)")
+    parser.add_argument("--rest_api_port", type=int, default=8501,
+                        help="REST port (default 8501); 0 disables REST, as in TF Serving")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only; not a "
+                             "TF Serving flag)")
+    parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
+                        help="how often to look for a new version (default 1)")
+    parser.add_argument("--max_request_bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
+                        help=f"largest request accepted (default {DEFAULT_MAX_REQUEST_BYTES})")
+    parser.add_argument("--rest_api_num_threads", type=int, default=8,
+                        help="REST requests that run the model at once (default 8); every "
+                             "connection has its own thread")
+    parser.add_argument("--grpc_max_threads", type=int, default=8)
+    parser.add_argument("--max_candidates_per_request", type=int,
+                        default=DEFAULT_MAX_SCORED_ROWS,
+                        help="most rows one request may score: users x candidates for "
+                             "score_candidates, the batch for the others (default "
+                             f"{DEFAULT_MAX_SCORED_ROWS}; not a TF Serving flag)")
+    parser.add_argument("--rest_api_idle_timeout_seconds", type=float,
+                        default=DEFAULT_IDLE_TIMEOUT_SECONDS,
+                        help="a kept-alive REST connection without a request for this long is "
+                             f"closed (default {DEFAULT_IDLE_TIMEOUT_SECONDS:g})")
+    parser.add_argument("--rest_api_body_timeout_seconds", type=float,
+                        default=DEFAULT_BODY_TIMEOUT_SECONDS,
+                        help="a request body that stops arriving for this long is answered 400 "
+                             f"(default {DEFAULT_BODY_TIMEOUT_SECONDS:g})")
+    args = parser.parse_args(argv)
+    for flag in ("port", "rest_api_port"):
+        if not 0 <= getattr(args, flag) < 65536:
+            parser.error(f"--{flag} must be a port number in [0, 65535]")
+    if args.port == 0:
+        parser.error("--port must be a port number (gRPC cannot be disabled)")
+    if args.port == args.rest_api_port:
+        parser.error("--port and --rest_api_port must differ")
+    for flag in ("file_system_poll_wait_seconds", "max_request_bytes", "rest_api_num_threads",
+                 "grpc_max_threads", "max_candidates_per_request",
+                 "rest_api_idle_timeout_seconds", "rest_api_body_timeout_seconds"):
+        if not getattr(args, flag) > 0:
+            parser.error(f"--{flag} must be positive")
+    if not os.path.isdir(args.model_base_path):
+        parser.error(f"--model_base_path {args.model_base_path!r} is not a directory (export a "
+                     "model with `python -m qrec_tf.export --output DIR`)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    LOG.warning("development stand-in for TF Serving; use the tensorflow/serving image in "
+                "production")
+    server = LocalServer(args.model_name, args.model_base_path, host=args.host,
+                         rest_api_port=args.rest_api_port or None, grpc_port=args.port,
+                         poll_seconds=args.file_system_poll_wait_seconds,
+                         max_request_bytes=args.max_request_bytes,
+                         rest_api_num_threads=args.rest_api_num_threads,
+                         grpc_max_threads=args.grpc_max_threads,
+                         max_candidates_per_request=args.max_candidates_per_request,
+                         idle_timeout_seconds=args.rest_api_idle_timeout_seconds,
+                         body_timeout_seconds=args.rest_api_body_timeout_seconds)
+    try:
+        server.start()
+    except (OSError, RuntimeError) as error:  # grpc raises RuntimeError when it cannot bind
+        parser.error(f"cannot listen: {error}")
+    if server.repository.current is None:
+        LOG.warning("no version under %s yet; waiting for one", args.model_base_path)
+    if server.rest_port:
+        LOG.info("REST on http://%s:%d/v1/models/%s", args.host, server.rest_port,
+                 args.model_name)
+    LOG.info("gRPC on %s:%d", args.host, server.grpc_port)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    LOG.info("stopping")
+    server.stop()
+    return 0
