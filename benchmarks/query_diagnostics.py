@@ -22,6 +22,7 @@ import csv
 import glob
 import json
 import os
+
 import numpy as np
 
 from pipelines import kuaisar

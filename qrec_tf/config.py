@@ -1,5 +1,6 @@
 """Experiment configuration: dataclasses loaded from YAML (configs/<name>.yaml), overridable from
-the command line with `--set section.key=value` (values parsed as YAML: 32, 1e-3, true, [64, 32])."""
+the command line with `--set section.key=value` (values parsed as YAML: 32, 1e-3, true,
+[64, 32])."""
 
 from __future__ import annotations
 
