@@ -1,6 +1,6 @@
 """The paper's table 5 ablation on generated data: every model, several seeds, test AUC.
 
-    python benchmarks/ablation.py [--regime default|sparse_feed|no_signal] [--users 4000]
+    python -m benchmarks.ablation [--regime default|sparse_feed|no_signal] [--users 4000]
         [--queries-per-subtopic 300] [--seeds 0 1 2]
         [--epochs 3] [--models din din_query din_nip din_con din_con_diffusion queryrec dcn]
         [--augment-set train.epochs=20 ...] [--workdir bench_out/ablation] [--reuse]
