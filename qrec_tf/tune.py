@@ -11,8 +11,8 @@ pruned. The test split is never read. Writes into --output:
 - `best.yaml`: the config with the best trial's values (train with it, evaluate on test once);
 - `study.json`: the search space, the best trial and the counts of finished and pruned trials.
 
-The default space: `model.nip_weight` in [0, 1] (models with the query encoder; [0.05, 1] when
-`model.query_encoder_ctr_gradient` is false, as NIP alone then trains the encoder),
+The default space: `model.nip_weight` in [0.05, 1] and `model.query_encoder_ctr_gradient` true
+or false (models with the query encoder; NIP alone trains the encoder when it is false),
 `model.contrastive_weight` in [0, 0.5] (models with the contrastive loss), `model.embedding_l2`
 log-uniform in [1e-3, 10] or 0, and `train.learning_rate` log-uniform in [3e-4, 3e-3].
 `--space KEY=LOW:HIGH`, `KEY=log:LOW:HIGH` or `KEY=choice:A,B,C` replaces or adds a dimension.
@@ -60,9 +60,11 @@ def default_space(config: Config) -> list[Dimension]:
     model = config.model
     space = []
     if model.query_encoder:
-        # With the click loss kept out of the encoder, NIP is all that trains it: never 0.
-        space.append(Dimension("model.nip_weight",
-                               0.0 if model.query_encoder_ctr_gradient else 0.05, 1.0))
+        # Whether the click loss trains the SAS encoder decides between the regimes of
+        # docs/RESULTS.md (issue 20); when it does not, NIP is all that trains it, so its weight
+        # is searched from 0.05, never 0.
+        space += [Dimension("model.nip_weight", 0.05, 1.0),
+                  Dimension("model.query_encoder_ctr_gradient", choices=(False, True))]
     if model.contrastive_weight:
         space.append(Dimension("model.contrastive_weight", 0.0, 0.5))
     space += [Dimension("model.embedding_l2", choices=(0.0, 0.001, 0.01, 0.1, 1.0, 10.0)),

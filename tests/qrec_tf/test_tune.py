@@ -42,6 +42,8 @@ def test_a_tiny_search_writes_its_trials_and_the_best_config_without_the_test_sp
     assert study["best"]["val_auc"] == pytest.approx(float(best_row["val_auc"]))
     best = load_config(os.path.join(output, "best.yaml"))
     assert best.model.nip_weight == pytest.approx(float(best_row["model.nip_weight"]))
+    assert str(best.model.query_encoder_ctr_gradient) == \
+        best_row["model.query_encoder_ctr_gradient"]
     assert best.train.learning_rate == pytest.approx(float(best_row["train.learning_rate"]))
     assert best.train.steps_per_epoch == 3          # the fixed --set values are kept
     assert "best of 3 trials" in capsys.readouterr().out
@@ -59,12 +61,12 @@ def test_space_parser_and_default_space():
     din = [d.key for d in tune.default_space(load_config("configs/din.yaml"))]
     assert din == ["model.embedding_l2", "train.learning_rate"]
     queryrec = tune.default_space(load_config("configs/queryrec.yaml"))
-    assert [d.key for d in queryrec[:2]] == ["model.nip_weight", "model.contrastive_weight"]
-    # NIP alone trains the encoder in the committed config: its weight is never searched at 0.
+    assert [d.key for d in queryrec[:3]] == ["model.nip_weight",
+                                             "model.query_encoder_ctr_gradient",
+                                             "model.contrastive_weight"]
+    # NIP may be all that trains the encoder: its weight is never searched at 0.
     assert (queryrec[0].low, queryrec[0].high) == (0.05, 1.0)
-    joint = tune.default_space(load_config("configs/queryrec.yaml",
-                                           ["model.query_encoder_ctr_gradient=true"]))
-    assert (joint[0].low, joint[0].high) == (0.0, 1.0)
+    assert queryrec[1].choices == (False, True)
 
 
 def test_cli_errors_are_messages(data_dir, tmp_path, capsys):
