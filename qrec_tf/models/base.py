@@ -285,7 +285,14 @@ class CTRModel(keras.Model):
         with tf.GradientTape() as tape:
             terms, labels, probabilities = self._loss_terms(features, labels, training=True)
             # Gradients are summed over replicas: each replica contributes its share of the mean.
-            loss = terms["loss"] / tf.distribute.get_strategy().num_replicas_in_sync
+            # The MBA penalty is a sum over the rows a batch touches, not a mean over examples:
+            # each replica adds its local batch's rows in full, so that the replicas together
+            # penalise the global batch's rows (an id in several replicas' examples counts once
+            # per replica) instead of 1/replicas of them.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            penalty = (self.config.embedding_l2 * terms["embedding_l2"]
+                       if "embedding_l2" in terms else 0.0)
+            loss = (terms["loss"] - penalty) / replicas + penalty
             loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(loss, self.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
