@@ -114,9 +114,10 @@ def examples_spec() -> tf.TensorSpec:
 
 
 # --- the serving functions ---------------------------------------------------------------------
-def serving_functions(model: CTRModel, schema: S.Schema
+def serving_functions(model: CTRModel, schema: S.Schema, xla: bool = True
                       ) -> dict[str, tuple[Callable, tf.TensorSpec | dict]]:
-    """name -> (python function, input signature) of the three signatures."""
+    """name -> (python function, input signature) of the three signatures; `xla`: score_candidates
+    with its XLA part (`CTRModel.score_candidates(compiled=True)`)."""
     candidates = candidate_features(schema)
     context = context_features(schema)
     parse_spec = schema.parse_spec(example_parse_names(schema))
@@ -144,7 +145,7 @@ def serving_functions(model: CTRModel, schema: S.Schema
             items = {f.name: tf.identity(inputs[n])                         # [U, N]
                      for f, n in zip(candidates, candidate_names)}
             users = {n: tf.identity(inputs[n]) for n in context_names}      # [U, *shape]
-        return {OUTPUT_KEY: model.score_candidates(users, items)}
+        return {OUTPUT_KEY: model.score_candidates(users, items, compiled=xla)}
 
     def from_examples(examples):
         return {OUTPUT_KEY: model(tf.io.parse_example(examples, parse_spec), training=False)}
@@ -165,15 +166,14 @@ def build_archive(model: CTRModel, schema: S.Schema, xla: bool = True
     functions read, which leaves out the training-only ones. The lookup layers the model uses are
     tracked for their hash tables (the vocabularies), which are resources, not variables.
     """
-    model.compile_scoring = xla
     archive = keras.export.ExportArchive()
     for lookup in model.lookups.values():
-        # Every table is tracked: score_candidates' XLA path (model.compile_scoring) looks up
+        # Every table is tracked: score_candidates' XLA path (compiled=True) looks up
         # every context feature before the compiled part, also those the model never reads (din:
         # the queries). The lookup layer of such a feature was never called, so it is not built
         # and ExportArchive refuses the layer: its table, a plain resource, is tracked instead.
         archive.track(lookup if lookup.built else lookup.lookup_table)
-    for name, (fn, spec) in serving_functions(model, schema).items():
+    for name, (fn, spec) in serving_functions(model, schema, xla).items():
         archive.add_endpoint(name, fn, input_signature=[spec])
     return archive
 
@@ -361,7 +361,7 @@ def export(model_dir: str, output: str, data_dir: str | None = None,
         never overwritten.
       verify_split: the split whose first examples check the export against the trained model.
       xla: `score_candidates` runs everything after the vocabulary lookups as one XLA
-        computation (CTRModel.compile_scoring; TF Serving then needs
+        computation (CTRModel.score_candidates(compiled=True); TF Serving then needs
         --xla_cpu_compilation_enabled=true). serving_default and from_examples never use XLA.
     """
     data_dir = resolve_data_dir(model_dir, data_dir)

@@ -28,18 +28,17 @@ import collections
 import logging
 from typing import Mapping
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from qrec_tf import data
 from qrec_tf import schema as S
 from qrec_tf.config import ModelConfig
-from qrec_tf.layers.din_attention import DINAttention
+from qrec_tf.layers.dense_stack import masked_mean
 from qrec_tf.layers.id_lookup import OOV_INDEX
 from qrec_tf.layers.instrumental import InstrumentalDecomposition
-from qrec_tf.models.base import CTRModel, Vocabularies, mlp
-from qrec_tf.models.queryrec import SparseQueryEmbedding
+from qrec_tf.layers.query_embedding import SparseQueryEmbedding
+from qrec_tf.models.base import CTRModel, Vocabularies
 
 LOG = logging.getLogger(__name__)
 
@@ -82,27 +81,21 @@ class IV4RecModel(CTRModel):
     def __init__(self, config: ModelConfig, schema: S.Schema, vocabularies: Vocabularies,
                  item_queries: np.ndarray, query_words: np.ndarray, **kwargs):
         """`item_queries`, `query_words`: `instrument_tables`' output."""
-        kwargs.pop("query_positives", None)
         super().__init__(config, schema, vocabularies, **kwargs)
         d = config.embedding_dim
         self.item_queries = tf.constant(item_queries, tf.int32)
         self.query_words = tf.constant(query_words, tf.int32)
-        self.history_attention = DINAttention(
-            config.attention_units, config.attention_activation, config.attention_softmax,
-            name="history_attention")
+        self.history_attention = self.din_attention("history_attention")
         self.query_embedding = SparseQueryEmbedding(
             vocabularies.size(S.VOCAB_QUERIES), vocabularies.size(S.VOCAB_WORDS), d,
             name="query_embedding")
-        self.query_attention = DINAttention(
-            config.attention_units, config.attention_activation, config.attention_softmax,
-            name="query_attention")
+        self.query_attention = self.din_attention("query_attention")
         # Treatments are item representations [item || category || subcategory]: 3 * d wide.
         self.item_decomposition = InstrumentalDecomposition(3 * d, config.iv_units,
                                                             name="item_decomposition")
         self.user_decomposition = InstrumentalDecomposition(3 * d, config.iv_units,
                                                             name="user_decomposition")
-        self.ctr_mlp = mlp(config.mlp_units, config.mlp_activation, config.dropout, "ctr_mlp")
-        self.ctr_logit = keras.layers.Dense(1, dtype="float32", name="ctr_logit")
+        self.make_ctr_head()
 
     @classmethod
     def data_constants(cls, config, data_dir, schema, vocabularies):
@@ -126,9 +119,7 @@ class IV4RecModel(CTRModel):
         # The item's instruments: the mean embedding of its queries from the table.
         iv_keys = tf.gather(self.item_queries, item_idx)                        # [B, K]
         iv_queries = self.query_embedding(iv_keys, tf.gather(self.query_words, iv_keys))
-        iv_mask = tf.cast(iv_keys != 0, iv_queries.dtype)[..., None]
-        item_iv = tf.reduce_sum(iv_queries * iv_mask, 1) / tf.maximum(
-            tf.reduce_sum(iv_mask, 1), 1.0)                                     # [B, d]
+        item_iv = masked_mean(iv_queries, iv_keys != 0, 1)                      # [B, d]
         item = self.item_decomposition(target, item_iv, tf.reduce_any(iv_keys != 0, -1))
 
         # The user's instruments: the query list pooled by target attention.
@@ -140,11 +131,11 @@ class IV4RecModel(CTRModel):
                                        queries, query_mask, training=training)
         user = self.user_decomposition(v_b, user_iv, tf.reduce_any(query_mask, -1))
 
-        hidden = self.ctr_mlp(tf.concat([*self.context_embeddings(features), item["output"],
-                                         user["output"]], axis=-1), training=training)
+        logits = self.ctr_logits(tf.concat([*self.context_embeddings(features), item["output"],
+                                            user["output"]], axis=-1), training)
         aux = {}
         if training and cfg.iv_item_weight:
             aux["iv_item_loss"] = (cfg.iv_item_weight, item["first_stage_loss"])
         if training and cfg.iv_user_weight:
             aux["iv_user_loss"] = (cfg.iv_user_weight, user["first_stage_loss"])
-        return {"logits": tf.squeeze(self.ctr_logit(hidden), -1), "aux_losses": aux}
+        return {"logits": logits, "aux_losses": aux}

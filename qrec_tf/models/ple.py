@@ -22,9 +22,9 @@ import tensorflow as tf
 
 from qrec_tf import schema as S
 from qrec_tf.config import ModelConfig
-from qrec_tf.layers.din_attention import DINAttention
+from qrec_tf.layers.dense_stack import mlp
 from qrec_tf.layers.extraction import ExtractionLevel
-from qrec_tf.models.base import CTRModel, Vocabularies, mlp
+from qrec_tf.models.base import CTRModel, Vocabularies
 
 TASKS = ("feed", "search")
 
@@ -34,11 +34,8 @@ class PLEModel(CTRModel):
 
     def __init__(self, config: ModelConfig, schema: S.Schema, vocabularies: Vocabularies,
                  **kwargs):
-        kwargs.pop("query_positives", None)
         super().__init__(config, schema, vocabularies, **kwargs)
-        self.history_attention = DINAttention(
-            config.attention_units, config.attention_activation, config.attention_softmax,
-            name="history_attention")
+        self.history_attention = self.din_attention("history_attention")
         self.levels = [ExtractionLevel(len(TASKS), config.ple_task_experts,
                                        config.ple_shared_experts, config.ple_expert_units,
                                        dropout=config.dropout,
@@ -64,7 +61,7 @@ class PLEModel(CTRModel):
                         for h, tower, logit in zip(task_inputs, self.towers, self.task_logits))
         return {"logits": feed, "search_logits": search}
 
-    def _loss_terms(self, features, labels, training):
+    def compute_loss_terms(self, features, labels, training):
         """Each task's loss over its own examples; metrics see the feed examples only."""
         out = self.forward(features, training=training)
         labels = tf.cast(tf.reshape(labels, [-1]), tf.float32)

@@ -3,9 +3,6 @@ hyper-parameters come from the config (configs/<name>.yaml)."""
 
 from __future__ import annotations
 
-import logging
-
-from qrec_tf import positives as P
 from qrec_tf import schema as S
 from qrec_tf.config import ModelConfig
 from qrec_tf.data import make_dataset
@@ -15,8 +12,6 @@ from qrec_tf.models.iv4rec import IV4RecModel
 from qrec_tf.models.ple import PLEModel
 from qrec_tf.models.queryrec import QueryRecModel
 from qrec_tf.models.sesrec import SESRecModel
-
-LOG = logging.getLogger(__name__)
 
 # name -> (class, the config flags the name implies; None = free)
 MODELS = {
@@ -69,17 +64,8 @@ def build_model(config: ModelConfig, data_dir: str) -> CTRModel:
     check_name(config)
     schema = S.Schema.load(data_dir)
     vocabularies = load_vocabularies(data_dir, schema)
-    query_positives = None
-    if config.contrastive_weight:
-        table, source = P.load(data_dir, config.positives, config.positives_dir)
-        query_positives = P.positives_matrix(table, vocabularies.values[S.VOCAB_QUERIES],
-                                             vocabularies.values[S.VOCAB_ITEMS],
-                                             config.contrastive_positives)
-        with_positives = int((query_positives[2:, 0] != 0).sum())
-        LOG.info("contrastive positives from the %s table: %d of %d queries have some", source,
-                 with_positives, len(query_positives) - 2)
     cls = MODELS[config.name][0]
-    model = cls(config, schema, vocabularies, query_positives=query_positives,
+    model = cls(config, schema, vocabularies,
                 **cls.data_constants(config, data_dir, schema, vocabularies), name=config.name)
     sample = next(iter(make_dataset(data_dir, "valid", 2, shuffle=False, schema=schema)))
     model(sample, training=False)
