@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 from pipelines import build_tfrecords, synthetic
-from qrec_tf import evaluate, export, train
+from qrec_tf import evaluate, export, model_layout, train
 from qrec_tf import schema as S
 from qrec_tf.config import load_config
 
@@ -213,7 +213,8 @@ def main(argv=None) -> int:
           f"  KuaiSAR-format log   {log_dir}/\n"
           f"  TFRecords            {data_dir}/{{train,valid,test}}/ (+ vocab/, query_items/, "
           f"stats.json)\n"
-          f"  trained model        {model_dir}/ (config.yaml, model.weights.h5, tensorboard/)\n"
+          f"  trained model        {model_dir}/ ({model_layout.CONFIG_FILE}, "
+          f"{model_layout.WEIGHTS_FILE}, {model_layout.TENSORBOARD_DIR}/)\n"
           f"  test metrics         {metrics_path}\n"
           f"  SavedModel           {version_dir}/\n"
           f"  server log           {server_log}\n"

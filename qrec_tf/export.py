@@ -49,7 +49,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from qrec_tf import data
+from qrec_tf import data, model_layout
 from qrec_tf import schema as S
 from qrec_tf.evaluate import load_trained_model
 from qrec_tf.models.base import CTRModel
@@ -65,7 +65,6 @@ EXAMPLES_KEY = "examples"
 CANDIDATE_PREFIX = "candidate_"
 CANDIDATE_GROUP = "item"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-RUN_FILE = "run.json"
 VERSION_PATTERN = re.compile(r"^\d+$")
 TOLERANCE = 1e-5
 STAGING_PREFIX = ".export-"
@@ -336,7 +335,7 @@ def resolve_data_dir(model_dir: str, data_dir: str | None) -> str:
     """--data, or the data directory the model was trained on (run.json)."""
     if data_dir:
         return data_dir
-    run_file = os.path.join(model_dir, RUN_FILE)
+    run_file = model_layout.run_path(model_dir)
     if not os.path.exists(run_file):
         raise FileNotFoundError(f"{run_file} not found: pass --data (the Beam job's output the "
                                 "model was trained on)")
