@@ -12,27 +12,26 @@ from qrec_tf.models.ple import PLEModel
 from qrec_tf.models.queryrec import QueryRecModel
 from qrec_tf.models.sesrec import SESRecModel
 
-# name -> (class, the config flags the name implies; None = free)
+# What a name implies about QueryRec's parts: a model without any of them (DIN, the other
+# baselines of table 4) and QueryRec's ablations of table 5.
+NO_QUERY_SIDE = dict(query_pooling=False, query_encoder=False, nip_weight=0.0,
+                     contrastive_weight=0.0)
+POOLING_ONLY = dict(query_pooling=True, query_encoder=False, nip_weight=0.0)
+
+# name -> (class, the config flags the name implies; the others are free)
 MODELS = {
-    "din": (QueryRecModel, dict(query_pooling=False, query_encoder=False, nip_weight=0.0,
-                                contrastive_weight=0.0)),
-    "din_query": (QueryRecModel, dict(query_pooling=True, query_encoder=False, nip_weight=0.0,
-                                      contrastive_weight=0.0)),
+    "din": (QueryRecModel, NO_QUERY_SIDE),
+    "din_query": (QueryRecModel, {**POOLING_ONLY, "contrastive_weight": 0.0}),
     "din_nip": (QueryRecModel, dict(query_pooling=False, query_encoder=True,
                                     contrastive_weight=0.0)),
-    "din_con": (QueryRecModel, dict(query_pooling=True, query_encoder=False, nip_weight=0.0,
-                                    positives="log")),
-    "din_con_diffusion": (QueryRecModel, dict(query_pooling=True, query_encoder=False,
-                                              nip_weight=0.0, positives="diffusion")),
+    "din_con": (QueryRecModel, {**POOLING_ONLY, "positives": "log"}),
+    "din_con_diffusion": (QueryRecModel, {**POOLING_ONLY, "positives": "diffusion"}),
     "queryrec": (QueryRecModel, {}),
     "dcn": (DCNModel, {}),
     # The other baselines of table 4; QueryRec's query flags and losses do not apply to them.
-    "ple": (PLEModel, dict(query_pooling=False, query_encoder=False, nip_weight=0.0,
-                           contrastive_weight=0.0)),
-    "sesrec": (SESRecModel, dict(query_pooling=False, query_encoder=False, nip_weight=0.0,
-                                 contrastive_weight=0.0)),
-    "iv4rec": (IV4RecModel, dict(query_pooling=False, query_encoder=False, nip_weight=0.0,
-                                 contrastive_weight=0.0)),
+    "ple": (PLEModel, NO_QUERY_SIDE),
+    "sesrec": (SESRecModel, NO_QUERY_SIDE),
+    "iv4rec": (IV4RecModel, NO_QUERY_SIDE),
 }
 
 
