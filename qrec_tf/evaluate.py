@@ -55,6 +55,13 @@ def predict(model, data_dir: str, split: str, batch_size: int = 4096) -> dict[st
     return {name: np.concatenate(values) for name, values in columns.items()}
 
 
+def item_popularity(data_dir: str, item_ids: np.ndarray) -> np.ndarray:
+    """float64 [rows]: how often each item occurs in the training data (the Beam job's
+    vocab/items.txt counts; 0 for an item outside it): the popularity baseline's score."""
+    counts = {int(value): count for value, count in S.read_vocab(data_dir, S.VOCAB_ITEMS)}
+    return np.array([counts.get(int(item), 0) for item in np.ravel(item_ids)], np.float64)
+
+
 def write_predictions(path: str, predictions: dict[str, np.ndarray]) -> None:
     """The per-example scores as CSV (PREDICTION_COLUMNS; probabilities to 9 digits)."""
     with open(path, "w", newline="") as f:

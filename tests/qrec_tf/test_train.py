@@ -183,3 +183,14 @@ def test_build_model_creates_every_variable_without_reading_a_split(name, data_d
     assert len(created) > 10
     model(next(iter(make_dataset(data_dir, "valid", 4, shuffle=False))), training=False)
     assert [v.path for v in model.weights] == created
+
+
+def test_item_popularity_is_the_training_count_of_each_row_item(data_dir):
+    from qrec_tf import schema as S
+
+    rows = S.read_vocab(data_dir, S.VOCAB_ITEMS)
+    (top, top_count), (last, last_count) = rows[0], rows[-1]
+    unseen = max(int(value) for value, _ in rows) + 1
+    scores = evaluate.item_popularity(data_dir, np.array([int(last), unseen, int(top)]))
+    np.testing.assert_array_equal(scores, [last_count, 0, top_count])
+    assert top_count > 0
