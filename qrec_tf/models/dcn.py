@@ -17,7 +17,7 @@ class DCNModel(CTRModel):
                  **kwargs):
         super().__init__(config, schema, vocabularies, **kwargs)
         self.crosses = [keras_rs.layers.FeatureCross(name=f"cross{i}")
-                        for i in range(config.cross_layers)]
+                        for i in range(config.dcn.cross_layers)]
         self.make_ctr_head("deep")
 
     def forward(self, features, training=False):

@@ -12,11 +12,11 @@ part (the residual), recombined by a learned gate (`InstrumentalDecomposition`):
   before t pooled by target attention with the target item as the (gradient-stopped) query, as in
   the reference code.
 [e_u || e_xu || author || item output || user output] -> MLP -> logit;
-L = L_ctr + iv_item_weight * L_stage1(item) + iv_user_weight * L_stage1(user).
+L = L_ctr + item_weight * L_stage1(item) + user_weight * L_stage1(user) (model.iv4rec).
 
 The item's queries are a property of the item, not of the impression, so they are an in-model
 constant table (like the contrastive positives) built from the query -> items table of the Beam
-job: up to `iv_item_queries` queries per item, first those after which it was clicked (most
+job: up to `iv4rec.item_queries` queries per item, first those after which it was clicked (most
 clicks first), then those after which it was shown without a click (most sessions first); ties
 by query key. A served model therefore needs nothing beyond the shared serving inputs, and an item
 the search log never showed keeps its plain embedding (its gate is 0).
@@ -91,16 +91,16 @@ class IV4RecModel(CTRModel):
             name="query_embedding")
         self.query_attention = self.din_attention("query_attention")
         # Treatments are item representations [item || category || subcategory]: 3 * d wide.
-        self.item_decomposition = InstrumentalDecomposition(3 * d, config.iv_units,
+        self.item_decomposition = InstrumentalDecomposition(3 * d, config.iv4rec.units,
                                                             name="item_decomposition")
-        self.user_decomposition = InstrumentalDecomposition(3 * d, config.iv_units,
+        self.user_decomposition = InstrumentalDecomposition(3 * d, config.iv4rec.units,
                                                             name="user_decomposition")
         self.make_ctr_head()
 
     @classmethod
     def data_constants(cls, config, data_dir, schema, vocabularies):
         item_queries, query_words = instrument_tables(
-            data.query_items(data_dir), vocabularies, config.iv_item_queries,
+            data.query_items(data_dir), vocabularies, config.iv4rec.item_queries,
             schema.max_query_words)
         with_queries = int((item_queries[2:, 0] != 0).sum())
         LOG.info("iv4rec: %d of %d items have queries as instruments", with_queries,
@@ -108,8 +108,8 @@ class IV4RecModel(CTRModel):
         return {"item_queries": item_queries, "query_words": query_words}
 
     def aux_loss_names(self):
-        return (*(["iv_item_loss"] if self.config.iv_item_weight else []),
-                *(["iv_user_loss"] if self.config.iv_user_weight else []))
+        return (*(["iv_item_loss"] if self.config.iv4rec.item_weight else []),
+                *(["iv_user_loss"] if self.config.iv4rec.user_weight else []))
 
     def forward(self, features: Mapping[str, tf.Tensor], training: bool = False) -> dict:
         cfg = self.config
@@ -134,8 +134,8 @@ class IV4RecModel(CTRModel):
         logits = self.ctr_logits(tf.concat([*self.context_embeddings(features), item["output"],
                                             user["output"]], axis=-1), training)
         aux = {}
-        if training and cfg.iv_item_weight:
-            aux["iv_item_loss"] = (cfg.iv_item_weight, item["first_stage_loss"])
-        if training and cfg.iv_user_weight:
-            aux["iv_user_loss"] = (cfg.iv_user_weight, user["first_stage_loss"])
+        if training and cfg.iv4rec.item_weight:
+            aux["iv_item_loss"] = (cfg.iv4rec.item_weight, item["first_stage_loss"])
+        if training and cfg.iv4rec.user_weight:
+            aux["iv_user_loss"] = (cfg.iv4rec.user_weight, user["first_stage_loss"])
         return {"logits": logits, "aux_losses": aux}

@@ -17,7 +17,7 @@ Representation for Recommendation", SIGIR 2023) baseline of table 4.
 - Prediction: each sequence pooled by target attention (softmax over the positions) three times:
   over all its positions, its similar ones and its dissimilar ones; [e_u || e_xu || author ||
   target item || the six pooled vectors] -> MLP -> logit.
-L = L_ctr + sesrec_alignment_weight * L_align + sesrec_triplet_weight * L_triplet.
+L = L_ctr + alignment_weight * L_align + triplet_weight * L_triplet (model.sesrec).
 
 Differences from the reference code, all to fit this project's pieces: the encoders are causal
 (`SASEncoder`, as QueryRec's), target attention is DIN's activation unit instead of a bilinear
@@ -57,7 +57,7 @@ class SESRecModel(CTRModel):
         # [item || category || sub-category] -> dim: the feed sequence and the attention's target
         # see an item's categories, as DIN's history does (clicks follow categories).
         self.item_projection = keras.layers.Dense(d, name="item_projection")
-        self.interests = InterestContrast(d, margin=config.sesrec_triplet_margin, name="interests")
+        self.interests = InterestContrast(d, margin=config.sesrec.triplet_margin, name="interests")
         # configs/sesrec.yaml: softmax weights, so the pooled similar and dissimilar parts are
         # comparable averages (as in SESRec).
         self.feed_attention, self.search_attention = (
@@ -68,8 +68,8 @@ class SESRecModel(CTRModel):
         self.make_ctr_head()
 
     def aux_loss_names(self):
-        return (*(["alignment_loss"] if self.config.sesrec_alignment_weight else []),
-                *(["triplet_loss"] if self.config.sesrec_triplet_weight else []))
+        return (*(["alignment_loss"] if self.config.sesrec.alignment_weight else []),
+                *(["triplet_loss"] if self.config.sesrec.triplet_weight else []))
 
     def forward(self, features: Mapping[str, tf.Tensor], training: bool = False) -> dict:
         cfg = self.config
@@ -104,10 +104,10 @@ class SESRecModel(CTRModel):
         logits = self.ctr_logits(tf.concat([*self.context_embeddings(features), target, *pooled],
                                            axis=-1), training)
         aux = {}
-        if training and cfg.sesrec_triplet_weight:
-            aux["triplet_loss"] = (cfg.sesrec_triplet_weight, split["loss"])
-        if training and cfg.sesrec_alignment_weight:
-            aux["alignment_loss"] = (cfg.sesrec_alignment_weight, self._alignment_loss(
+        if training and cfg.sesrec.triplet_weight:
+            aux["triplet_loss"] = (cfg.sesrec.triplet_weight, split["loss"])
+        if training and cfg.sesrec.alignment_weight:
+            aux["alignment_loss"] = (cfg.sesrec.alignment_weight, self._alignment_loss(
                 queries, key_idx, clicked, clicked_idx, clicked_mask))
         return {"logits": logits, "aux_losses": aux}
 

@@ -22,7 +22,7 @@ from tests.qrec_tf.models.test_queryrec import (
 )
 
 # The schema, vocabularies, random batches and helpers of the other models' tests.
-TINY = [*TINY, "model.ple_expert_units=[8]", "model.iv_units=[8]"]
+TINY = [*TINY, "model.ple.expert_units=[8]", "model.iv4rec.units=[8]"]
 QUERY_FEATURES = (S.QUERY_KEYS, S.QUERY_WORD_IDS, S.QUERY_CLICKED_ITEM_IDS)
 NIP_FEATURES = (S.NIP_POS_ITEM_IDS, S.NIP_NEG_ITEM_IDS)
 
@@ -104,8 +104,8 @@ def test_auxiliary_losses_only_in_training(cls, name, expected):
     for _, (weight, value) in out.get("aux_losses", {}).items():
         assert weight > 0 and np.isfinite(float(value)) and float(value) > 0
     assert not model.forward(features, training=False).get("aux_losses")
-    assert not build(cls, name, "model.sesrec_alignment_weight=0", "model.sesrec_triplet_weight=0",
-                     "model.iv_user_weight=0", "model.iv_item_weight=0").forward(
+    assert not build(cls, name, "model.sesrec.alignment_weight=0", "model.sesrec.triplet_weight=0",
+                     "model.iv4rec.user_weight=0", "model.iv4rec.item_weight=0").forward(
         features, training=True).get("aux_losses")
 
 
@@ -114,7 +114,7 @@ def bce(labels, logits):
 
 
 def test_ple_each_task_loss_is_over_its_own_examples():
-    model, features = build(PLEModel, "ple", "model.search_task_weight=0.5"), batch(size=6)
+    model, features = build(PLEModel, "ple", "model.ple.search_task_weight=0.5"), batch(size=6)
     features[S.DOMAIN] = np.array([S.FEED_DOMAIN, S.SEARCH_DOMAIN] * 3)
     labels = np.array([1, 0, 0, 1, 1, 1])
     out = model.forward(features, training=True)
