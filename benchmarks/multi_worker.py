@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from qrec_tf import distribute, evaluate
+from qrec_tf import distribute, evaluate, model_layout
 
 
 def trainer(data: str, model_dir: str, sets: list[str], *extra: str) -> list[str]:
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
         if codes != [0] * workers:
             print(f"{workers} worker(s) failed: {codes}; logs in {model_dir}/logs")
             return 1
-        run = json.load(open(os.path.join(model_dir, "run.json")))
+        run = model_layout.read_run(model_dir)
         out = os.path.join(model_dir, "test.json")
         evaluate.main(["--model-dir", model_dir, "--data", args.data, "--split", "test",
                        "--output", out])

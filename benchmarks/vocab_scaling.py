@@ -16,6 +16,7 @@ this noisy machine; the figures are median step times.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import keras
@@ -37,13 +38,13 @@ class Timed:
         config = load_config(f"configs/{name}.yaml")
         schema = S.Schema()
         vocabs = random_vocabularies(n_items, n_words=80_000)
-        positives = None
+        constants = {}
         if config.model.contrastive_weight:
             rows = vocabs.size(S.VOCAB_QUERIES)
-            positives = np.random.default_rng(0).integers(
+            constants["query_positives"] = np.random.default_rng(0).integers(
                 2, vocabs.size(S.VOCAB_ITEMS), (rows, config.model.contrastive_positives))
         keras.utils.set_random_seed(0)
-        self.model = MODELS[name][0](config.model, schema, vocabs, query_positives=positives)
+        self.model = MODELS[name][0](config.model, schema, vocabs, **constants)
         self.model.compile(optimizer=make_optimizer(optimizer, 1e-3), jit_compile=jit_compile)
         rng = np.random.default_rng(0)
         batches = [random_batch(schema, vocabs, batch, rng) for _ in range(4)]
@@ -53,12 +54,13 @@ class Timed:
             # XLA cannot compile the vocabularies' hash tables: the batches hold indices (as
             # score_candidates' compiled part takes them), looked up before the step.
             x = {k: np.asarray(v) for k, v in self.model.index_features(x).items()}
-            self.model._inputs_are_indices = True
             # Keras turns jit_compile off for models with lookup layers (supports_jit False),
             # which the step no longer runs.
             self.model._jit_compile = True
         dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache().repeat()
-        self.model.fit(dataset, steps_per_epoch=5, epochs=1, verbose=0)  # trace + warm up
+        # Traced inside indexed_inputs (with jit_compile), the step keeps reading indices.
+        with (self.model.indexed_inputs() if jit_compile else contextlib.nullcontext()):
+            self.model.fit(dataset, steps_per_epoch=5, epochs=1, verbose=0)  # trace + warm up
         self.step = self.model.make_train_function()
         self.batches = iter(dataset)
         self.times: list[float] = []

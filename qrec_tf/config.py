@@ -11,6 +11,101 @@ from typing import Any, Iterable
 import yaml
 
 
+def _check(section: object, name: str, at_least_one: tuple[str, ...] = (),
+           non_negative: tuple[str, ...] = ()) -> None:
+    for key in at_least_one:
+        if getattr(section, key) < 1:
+            raise ValueError(f"model.{name}.{key} must be >= 1")
+    for key in non_negative:
+        if getattr(section, key) < 0:
+            raise ValueError(f"model.{name}.{key} must be >= 0")
+
+
+@dataclasses.dataclass
+class DCNConfig:
+    """model.dcn: cross layers (keras-rs FeatureCross) beside the deep MLP (mlp_units)."""
+
+    cross_layers: int = 2
+
+    def validate(self) -> None:
+        _check(self, "dcn", at_least_one=("cross_layers",))
+
+
+@dataclasses.dataclass
+class PLEConfig:
+    """model.ple: extraction levels, experts per task and shared, each expert's Dense units; the
+    search click task's loss weight (the feed click task has weight 1; towers are mlp_units)."""
+
+    levels: int = 2
+    task_experts: int = 1
+    shared_experts: int = 1
+    expert_units: list[int] = dataclasses.field(default_factory=lambda: [64])
+    search_task_weight: float = 1.0
+
+    def validate(self) -> None:
+        _check(self, "ple", ("levels", "task_experts", "shared_experts"), ("search_task_weight",))
+
+
+@dataclasses.dataclass
+class SESRecConfig:
+    """model.sesrec: weights of the query-item alignment (InfoNCE; its temperature and sampled
+    negatives are model.contrastive_temperature and contrastive_negatives) and of the interest
+    triplet loss, and the triplet margin; the encoders use model.sas_blocks / sas_heads /
+    sas_dropout."""
+
+    alignment_weight: float = 0.1
+    triplet_weight: float = 0.1
+    triplet_margin: float = 1.0
+
+    def validate(self) -> None:
+        _check(self, "sesrec", non_negative=("alignment_weight", "triplet_weight",
+                                             "triplet_margin"))
+
+
+@dataclasses.dataclass
+class IV4RecConfig:
+    """model.iv4rec: queries per item (the item's instrumental variables), the first-stage
+    regression MLP's hidden units, and the weights of the user and item first-stage losses."""
+
+    item_queries: int = 5
+    units: list[int] = dataclasses.field(default_factory=lambda: [64])
+    user_weight: float = 0.9
+    item_weight: float = 0.9
+
+    def validate(self) -> None:
+        _check(self, "iv4rec", ("item_queries",), ("user_weight", "item_weight"))
+
+
+# The flat keys of the config before the per-model sections -> (section, key): a config.yaml
+# written by an older train run still loads.
+LEGACY_KEYS = {
+    "cross_layers": ("dcn", "cross_layers"),
+    "ple_levels": ("ple", "levels"), "ple_task_experts": ("ple", "task_experts"),
+    "ple_shared_experts": ("ple", "shared_experts"), "ple_expert_units": ("ple", "expert_units"),
+    "search_task_weight": ("ple", "search_task_weight"),
+    "sesrec_alignment_weight": ("sesrec", "alignment_weight"),
+    "sesrec_triplet_weight": ("sesrec", "triplet_weight"),
+    "sesrec_triplet_margin": ("sesrec", "triplet_margin"),
+    "iv_item_queries": ("iv4rec", "item_queries"), "iv_units": ("iv4rec", "units"),
+    "iv_user_weight": ("iv4rec", "user_weight"), "iv_item_weight": ("iv4rec", "item_weight"),
+}
+
+
+def _nest_legacy_keys(values: dict) -> dict:
+    """A model mapping with LEGACY_KEYS moved into their sections (a key given both ways is an
+    error)."""
+    values = dict(values)
+    for old, (section, key) in LEGACY_KEYS.items():
+        if old in values:
+            nested = dict(values.get(section) or {})
+            if key in nested:
+                raise ValueError(f"model.{old} and model.{section}.{key} are the same setting; "
+                                 f"give model.{section}.{key} only")
+            nested[key] = values.pop(old)
+            values[section] = nested
+    return values
+
+
 @dataclasses.dataclass
 class ModelConfig:
     """What the model is. The registry name picks the builder; the flags pick the paper's parts."""
@@ -67,27 +162,12 @@ class ModelConfig:
     # DIN's mini-batch aware L2 on the embedding rows a batch touches, each weighted by the
     # inverse of its id's frequency (Zhou et al. KDD'18); 0 = off. docs/PAPER.md, "MBA".
     embedding_l2: float = 0.0
-    cross_layers: int = 2               # dcn only
-    # --- baselines of table 4 (README "Baselines of table 4") ---
-    # ple: extraction levels, experts per task and shared, each expert's Dense units; the search
-    # click task's loss weight (the feed click task has weight 1; towers are mlp_units).
-    ple_levels: int = 2
-    ple_task_experts: int = 1
-    ple_shared_experts: int = 1
-    ple_expert_units: list[int] = dataclasses.field(default_factory=lambda: [64])
-    search_task_weight: float = 1.0
-    # sesrec: weights of the query-item alignment (InfoNCE; its temperature and sampled negatives
-    # are contrastive_temperature and contrastive_negatives) and of the interest triplet loss;
-    # the encoders use sas_blocks / sas_heads / sas_dropout.
-    sesrec_alignment_weight: float = 0.1
-    sesrec_triplet_weight: float = 0.1
-    sesrec_triplet_margin: float = 1.0
-    # iv4rec: queries per item (the item's instrumental variables), the first-stage regression
-    # MLP's hidden units, and the weights of the user and item first-stage losses.
-    iv_item_queries: int = 5
-    iv_units: list[int] = dataclasses.field(default_factory=lambda: [64])
-    iv_user_weight: float = 0.9
-    iv_item_weight: float = 0.9
+    # Each model's own hyper-parameters, in its section (YAML `model.ple: {levels: 3}`,
+    # `--set model.ple.levels=3`); a model reads only its own section.
+    dcn: DCNConfig = dataclasses.field(default_factory=lambda: DCNConfig())
+    ple: PLEConfig = dataclasses.field(default_factory=lambda: PLEConfig())
+    sesrec: SESRecConfig = dataclasses.field(default_factory=lambda: SESRecConfig())
+    iv4rec: IV4RecConfig = dataclasses.field(default_factory=lambda: IV4RecConfig())
 
     def validate(self) -> None:
         if self.embedding_dim < 1:
@@ -117,13 +197,8 @@ class ModelConfig:
             raise ValueError("model.contrastive_temperature must be > 0")
         if self.query_encoder and self.embedding_dim % self.sas_heads:
             raise ValueError("model.embedding_dim must be divisible by model.sas_heads")
-        for key in ("ple_levels", "ple_task_experts", "ple_shared_experts", "iv_item_queries"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"model.{key} must be >= 1")
-        for key in ("search_task_weight", "sesrec_alignment_weight", "sesrec_triplet_weight",
-                    "sesrec_triplet_margin", "iv_user_weight", "iv_item_weight"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"model.{key} must be >= 0")
+        for section in (self.dcn, self.ple, self.sesrec, self.iv4rec):
+            section.validate()
 
 
 @dataclasses.dataclass
@@ -167,7 +242,8 @@ class Config:
         unknown = set(values) - {"model", "train"}
         if unknown:
             raise ValueError(f"unknown config section(s) {sorted(unknown)}; use model: and train:")
-        return cls(model=_build(ModelConfig, values.get("model") or {}, "model"),
+        return cls(model=_build(ModelConfig, _nest_legacy_keys(values.get("model") or {}),
+                                "model"),
                    train=_build(TrainConfig, values.get("train") or {}, "train")).validate()
 
 
@@ -180,8 +256,16 @@ def _build(kind, values: dict, section: str):
     return kind(**{k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()})
 
 
+def _is_section(hint) -> bool:
+    return dataclasses.is_dataclass(hint) and isinstance(hint, type)
+
+
 def _coerce(value: Any, hint, key: str):
     """Checks a YAML value against the field's type (ints are accepted where floats are)."""
+    if _is_section(hint):
+        if not isinstance(value, dict):
+            raise ValueError(f"{key} must be a mapping of its keys, got {value!r}")
+        return _build(hint, value, key)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if value is None and type(None) in args:
         return None
@@ -204,17 +288,24 @@ def _coerce(value: Any, hint, key: str):
 
 
 def apply_overrides(values: dict, overrides: Iterable[str]) -> dict:
-    """Applies `section.key=value` strings to a config dict (values parsed as YAML)."""
+    """Applies `section.key=value` strings (`model.ple.levels=3` in a model's own section) to a
+    config dict (values parsed as YAML)."""
     for item in overrides:
         if "=" not in item or "." not in item.split("=", 1)[0]:
             raise ValueError(f"--set expects section.key=value (e.g. model.embedding_dim=32), "
                              f"got {item!r}")
         path, raw = item.split("=", 1)
-        section, key = path.split(".", 1)
-        values.setdefault(section, {})
-        if not isinstance(values[section], dict):
-            raise ValueError(f"config section {section!r} is not a mapping")
-        values[section][key] = yaml.safe_load(raw)
+        *sections, key = path.split(".")
+        if sections == ["model"] and key in LEGACY_KEYS:   # model.ple_levels: model.ple.levels
+            sections = ["model", LEGACY_KEYS[key][0]]
+            key = LEGACY_KEYS[key][1]
+        target = values
+        for depth, section in enumerate(sections):
+            target = target.setdefault(section, {})
+            if not isinstance(target, dict):
+                raise ValueError(f"config section {'.'.join(sections[:depth + 1])!r} is not a "
+                                 "mapping")
+        target[key] = yaml.safe_load(raw)
     return values
 
 
@@ -237,4 +328,6 @@ def read_yaml_mapping(path: str | None, sections: str) -> dict:
 
 def load_config(path: str | None, overrides: Iterable[str] = ()) -> Config:
     values = read_yaml_mapping(path, "model, train; see configs/*.yaml")
+    if isinstance(values.get("model"), dict):   # an older file's flat keys, before the overrides
+        values["model"] = _nest_legacy_keys(values["model"])
     return Config.from_dict(apply_overrides(values, overrides))

@@ -26,9 +26,10 @@ import time
 import numpy as np
 
 from pipelines import build_tfrecords, synthetic
-from qrec_tf import evaluate, export, train
+from qrec_tf import evaluate, export, model_layout, train
 from qrec_tf import schema as S
 from qrec_tf.config import load_config
+from qrec_tf.metrics import auc, auc_standard_error
 
 MODEL_NAME = "queryrec"
 # Small and quick; the paper-sized model is configs/queryrec.yaml as it is.
@@ -155,11 +156,22 @@ def main(argv=None) -> int:
                f"{summary['best_epoch']})")
 
     steps.start("evaluating on the test split")
-    metrics = evaluate.evaluate(model_dir, data_dir, "test")
+    predictions_path = os.path.join(model_dir, "predictions_test.csv")
+    metrics = evaluate.evaluate(model_dir, data_dir, "test", predictions_path=predictions_path)
+    predictions = evaluate.read_predictions(predictions_path)
+    # The AUC's standard error (DeLong), and a popularity baseline on the same rows: what the
+    # model's AUC is to be read against.
+    metrics["auc_standard_error"] = auc_standard_error(predictions["label"],
+                                                       predictions["probability"])
+    popularity = evaluate.item_popularity(data_dir, predictions["item_id"])
+    metrics["popularity_auc"] = auc(predictions["label"], popularity)
     metrics_path = os.path.join(model_dir, "metrics_test.json")
     with open(metrics_path, "w") as f:
         json.dump(metrics, f, indent=2)
-    steps.note(f"AUC {metrics['auc']:.4f}, logloss {metrics['logloss']:.4f} (n = {metrics['n']})")
+    steps.note(f"AUC {metrics['auc']:.4f} +- {metrics['auc_standard_error']:.4f} (standard "
+               f"error), logloss {metrics['logloss']:.4f} (n = {metrics['n']})")
+    steps.note(f"popularity baseline (items by training count) on the same rows: AUC "
+               f"{metrics['popularity_auc']:.4f}")
 
     steps.start(f"exporting a SavedModel version -> {base_path}/")
     version_dir = export.export(model_dir, base_path, data_dir)
@@ -213,7 +225,8 @@ def main(argv=None) -> int:
           f"  KuaiSAR-format log   {log_dir}/\n"
           f"  TFRecords            {data_dir}/{{train,valid,test}}/ (+ vocab/, query_items/, "
           f"stats.json)\n"
-          f"  trained model        {model_dir}/ (config.yaml, model.weights.h5, tensorboard/)\n"
+          f"  trained model        {model_dir}/ ({model_layout.CONFIG_FILE}, "
+          f"{model_layout.WEIGHTS_FILE}, {model_layout.TENSORBOARD_DIR}/)\n"
           f"  test metrics         {metrics_path}\n"
           f"  SavedModel           {version_dir}/\n"
           f"  server log           {server_log}\n"

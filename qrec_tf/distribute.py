@@ -26,12 +26,11 @@ from typing import Callable
 
 import tensorflow as tf
 
-from qrec_tf import data
+from qrec_tf import data, model_layout
 from qrec_tf import schema as S
 
 LOG = logging.getLogger(__name__)
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
-BACKUP_DIR = "backup"  # in a worker's directory: keras.callbacks.BackupAndRestore's
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -109,13 +108,13 @@ class WorkerDirs:
         os.makedirs(root, exist_ok=True)
         if not is_chief:
             LOG.info("%s is not the chief: it writes to %s, not to %s", task, root, model_dir)
-            chief_backup = os.path.join(model_dir, BACKUP_DIR)
+            chief_backup = model_layout.backup_dir(model_dir)
             if os.path.isdir(chief_backup):
                 # A shared --model-dir: resume from the chief's backup (the workers' variables
                 # are equal), so that every worker restarts from the same epoch even when this
                 # one lost its own (a new machine) or died while writing it.
-                shutil.rmtree(os.path.join(root, BACKUP_DIR), ignore_errors=True)
-                shutil.copytree(chief_backup, os.path.join(root, BACKUP_DIR))
+                shutil.rmtree(model_layout.backup_dir(root), ignore_errors=True)
+                shutil.copytree(chief_backup, model_layout.backup_dir(root))
                 LOG.info("%s resumes from the chief's backup %s", task, chief_backup)
         return cls(model_dir, root, is_chief, task, keep=is_chief or bool(worker_dir))
 

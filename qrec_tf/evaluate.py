@@ -19,19 +19,16 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from qrec_tf import data, metrics
+from qrec_tf import data, metrics, model_layout
 from qrec_tf import schema as S
 from qrec_tf.config import load_config
 from qrec_tf.models.registry import build_model
 
-CONFIG_FILE = "config.yaml"
-WEIGHTS_FILE = "model.weights.h5"
-
 
 def load_trained_model(model_dir: str, data_dir: str):
     """Rebuilds the model from <model_dir>/config.yaml and loads its trained weights."""
-    config_path = os.path.join(model_dir, CONFIG_FILE)
-    weights = os.path.join(model_dir, WEIGHTS_FILE)
+    config_path = model_layout.config_path(model_dir)
+    weights = model_layout.weights_path(model_dir)
     for path in (config_path, weights):
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} not found: is {model_dir!r} the --model-dir of a "
@@ -56,6 +53,13 @@ def predict(model, data_dir: str, split: str, batch_size: int = 4096) -> dict[st
         columns["item_id"].append(batch[S.ITEM_ID].numpy())
         columns["label"].append(batch[S.LABEL].numpy())
     return {name: np.concatenate(values) for name, values in columns.items()}
+
+
+def item_popularity(data_dir: str, item_ids: np.ndarray) -> np.ndarray:
+    """float64 [rows]: how often each item occurs in the training data (the Beam job's
+    vocab/items.txt counts; 0 for an item outside it): the popularity baseline's score."""
+    counts = {int(value): count for value, count in S.read_vocab(data_dir, S.VOCAB_ITEMS)}
+    return np.array([counts.get(int(item), 0) for item in np.ravel(item_ids)], np.float64)
 
 
 def write_predictions(path: str, predictions: dict[str, np.ndarray]) -> None:

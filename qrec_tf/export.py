@@ -49,7 +49,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from qrec_tf import data
+from qrec_tf import data, model_layout
 from qrec_tf import schema as S
 from qrec_tf.evaluate import load_trained_model
 from qrec_tf.models.base import CTRModel
@@ -65,7 +65,6 @@ EXAMPLES_KEY = "examples"
 CANDIDATE_PREFIX = "candidate_"
 CANDIDATE_GROUP = "item"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-RUN_FILE = "run.json"
 VERSION_PATTERN = re.compile(r"^\d+$")
 TOLERANCE = 1e-5
 STAGING_PREFIX = ".export-"
@@ -114,9 +113,10 @@ def examples_spec() -> tf.TensorSpec:
 
 
 # --- the serving functions ---------------------------------------------------------------------
-def serving_functions(model: CTRModel, schema: S.Schema
+def serving_functions(model: CTRModel, schema: S.Schema, xla: bool = True
                       ) -> dict[str, tuple[Callable, tf.TensorSpec | dict]]:
-    """name -> (python function, input signature) of the three signatures."""
+    """name -> (python function, input signature) of the three signatures; `xla`: score_candidates
+    with its XLA part (`CTRModel.score_candidates(compiled=True)`)."""
     candidates = candidate_features(schema)
     context = context_features(schema)
     parse_spec = schema.parse_spec(example_parse_names(schema))
@@ -144,7 +144,7 @@ def serving_functions(model: CTRModel, schema: S.Schema
             items = {f.name: tf.identity(inputs[n])                         # [U, N]
                      for f, n in zip(candidates, candidate_names)}
             users = {n: tf.identity(inputs[n]) for n in context_names}      # [U, *shape]
-        return {OUTPUT_KEY: model.score_candidates(users, items)}
+        return {OUTPUT_KEY: model.score_candidates(users, items, compiled=xla)}
 
     def from_examples(examples):
         return {OUTPUT_KEY: model(tf.io.parse_example(examples, parse_spec), training=False)}
@@ -165,15 +165,14 @@ def build_archive(model: CTRModel, schema: S.Schema, xla: bool = True
     functions read, which leaves out the training-only ones. The lookup layers the model uses are
     tracked for their hash tables (the vocabularies), which are resources, not variables.
     """
-    model.compile_scoring = xla
     archive = keras.export.ExportArchive()
     for lookup in model.lookups.values():
-        # Every table is tracked: score_candidates' XLA path (model.compile_scoring) looks up
+        # Every table is tracked: score_candidates' XLA path (compiled=True) looks up
         # every context feature before the compiled part, also those the model never reads (din:
         # the queries). The lookup layer of such a feature was never called, so it is not built
         # and ExportArchive refuses the layer: its table, a plain resource, is tracked instead.
         archive.track(lookup if lookup.built else lookup.lookup_table)
-    for name, (fn, spec) in serving_functions(model, schema).items():
+    for name, (fn, spec) in serving_functions(model, schema, xla).items():
         archive.add_endpoint(name, fn, input_signature=[spec])
     return archive
 
@@ -336,7 +335,7 @@ def resolve_data_dir(model_dir: str, data_dir: str | None) -> str:
     """--data, or the data directory the model was trained on (run.json)."""
     if data_dir:
         return data_dir
-    run_file = os.path.join(model_dir, RUN_FILE)
+    run_file = model_layout.run_path(model_dir)
     if not os.path.exists(run_file):
         raise FileNotFoundError(f"{run_file} not found: pass --data (the Beam job's output the "
                                 "model was trained on)")
@@ -361,7 +360,7 @@ def export(model_dir: str, output: str, data_dir: str | None = None,
         never overwritten.
       verify_split: the split whose first examples check the export against the trained model.
       xla: `score_candidates` runs everything after the vocabulary lookups as one XLA
-        computation (CTRModel.compile_scoring; TF Serving then needs
+        computation (CTRModel.score_candidates(compiled=True); TF Serving then needs
         --xla_cpu_compilation_enabled=true). serving_default and from_examples never use XLA.
     """
     data_dir = resolve_data_dir(model_dir, data_dir)

@@ -113,6 +113,37 @@ def _midranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def _delong_components(labels: np.ndarray, scores: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """labels bool [rows], scores [k, rows] (k scorings) -> (AUCs [k], per positive the share of
+    negatives it outranks [k, positives], per negative the share of positives above it [k,
+    negatives]): DeLong's structural components (rank formulation of Sun and Xu 2014)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    m, n = int(labels.sum()), int((~labels).sum())
+    if m < 2 or n < 2:
+        raise ValueError("DeLong's variance needs at least two rows of each class")
+    positives, negatives = scores[:, labels], scores[:, ~labels]
+    k = scores.shape[0]
+    aucs, v10, v01 = np.empty(k), np.empty((k, m)), np.empty((k, n))
+    for i in range(k):
+        within_pos, within_neg = _midranks(positives[i]), _midranks(negatives[i])
+        overall = _midranks(scores[i])
+        pos_ranks, neg_ranks = overall[labels], overall[~labels]
+        aucs[i] = (pos_ranks.sum() - m * (m + 1) / 2.0) / (m * n)
+        v10[i] = (pos_ranks - within_pos) / n          # per positive: negatives it outranks
+        v01[i] = 1.0 - (neg_ranks - within_neg) / m    # per negative: positives above it
+    return aucs, v10, v01
+
+
+def auc_standard_error(labels: np.ndarray, scores: np.ndarray) -> float:
+    """DeLong's standard error of one AUC: sqrt(var(per-positive components) / positives +
+    var(per-negative components) / negatives)."""
+    labels = np.asarray(labels).astype(bool).ravel()
+    _, v10, v01 = _delong_components(labels, np.ravel(scores)[None, :])
+    return float(math.sqrt(np.var(v10[0], ddof=1) / v10.shape[1]
+                           + np.var(v01[0], ddof=1) / v01.shape[1]))
+
+
 def delong_test(labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray) -> dict:
     """DeLong's test of AUC(a) = AUC(b) for two scorings of the same rows (DeLong, DeLong and
     Clarke-Pearson 1988), with the rank formulation of Sun and Xu (2014).
@@ -123,19 +154,9 @@ def delong_test(labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray) 
     {"auc_a", "auc_b", "difference", "z", "p_value" (two-sided), "sd"}.
     """
     labels = np.asarray(labels).astype(bool).ravel()
-    scores = np.stack([np.ravel(scores_a), np.ravel(scores_b)]).astype(np.float64)
-    m, n = int(labels.sum()), int((~labels).sum())
-    if m < 2 or n < 2:
-        raise ValueError("DeLong's test needs at least two rows of each class")
-    positives, negatives = scores[:, labels], scores[:, ~labels]
-    aucs, v10, v01 = np.empty(2), np.empty((2, m)), np.empty((2, n))
-    for k in range(2):
-        within_pos, within_neg = _midranks(positives[k]), _midranks(negatives[k])
-        overall = _midranks(scores[k])
-        pos_ranks, neg_ranks = overall[labels], overall[~labels]
-        aucs[k] = (pos_ranks.sum() - m * (m + 1) / 2.0) / (m * n)
-        v10[k] = (pos_ranks - within_pos) / n          # per positive: negatives it outranks
-        v01[k] = 1.0 - (neg_ranks - within_neg) / m    # per negative: positives above it
+    aucs, v10, v01 = _delong_components(labels, np.stack([np.ravel(scores_a),
+                                                          np.ravel(scores_b)]))
+    m, n = v10.shape[1], v01.shape[1]
     covariance = np.cov(v10) / m + np.cov(v01) / n
     variance = covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1]
     difference = float(aucs[0] - aucs[1])

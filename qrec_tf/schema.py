@@ -217,6 +217,14 @@ class Schema:
         return {f.name: tf.TensorSpec((batch_size, *f.shape), f.tf_dtype, name=f.name)
                 for f in chosen}
 
+    def padding_batch(self, rows: int = 1, features: Iterable[Feature] | None = None
+                      ) -> dict[str, tf.Tensor]:
+        """Each feature (default: the model features) [rows, *shape] filled with its padding
+        value: what builds a model's variables without reading any data."""
+        chosen = self.model_features if features is None else tuple(features)
+        return {f.name: tf.fill((rows, *f.shape), tf.constant(f.pad, f.tf_dtype))
+                for f in chosen}
+
     def to_example(self, values: Mapping[str, Any]) -> bytes:
         """Serializes one example; `values` must hold every feature at its exact size.
 

@@ -23,11 +23,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from qrec_tf import distribute
+from qrec_tf import distribute, model_layout
 from qrec_tf import schema as S
 from qrec_tf.config import Config, load_config
 from qrec_tf.distribute import STRATEGIES, make_strategy  # noqa: F401 (this module's API)
-from qrec_tf.evaluate import CONFIG_FILE, WEIGHTS_FILE
 from qrec_tf.models.registry import build_model
 from qrec_tf.optimizers import make_optimizer
 
@@ -116,7 +115,7 @@ def train(config: Config, data_dir: str, model_dir: str, strategy_name: str = "d
     strategy = make_strategy(strategy_name)
     dirs = distribute.WorkerDirs.for_strategy(strategy, model_dir, worker_dir)
     model_dir = dirs.root
-    with open(os.path.join(model_dir, CONFIG_FILE), "w") as f:
+    with open(model_layout.config_path(model_dir), "w") as f:
         f.write(config.to_yaml())
     keras.utils.set_random_seed(config.train.seed)
     if mixed_precision:
@@ -131,16 +130,16 @@ def train(config: Config, data_dir: str, model_dir: str, strategy_name: str = "d
 
     train_data, valid_data, steps_per_epoch, validation_steps = distribute.training_input(
         strategy, data_dir, tc, model.trains_on_search_examples)
-    best_weights = os.path.join(model_dir, "best.weights.h5")
-    throughput = ThroughputLogger(os.path.join(model_dir, "tensorboard"), tc.batch_size)
+    best_weights = model_layout.best_weights_path(model_dir)
+    throughput = ThroughputLogger(model_layout.tensorboard_dir(model_dir), tc.batch_size)
     checkpoint = keras.callbacks.ModelCheckpoint(best_weights, monitor="val_auc", mode="max",
                                                  save_best_only=True, save_weights_only=True)
     early_stopping = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
                                                    patience=tc.early_stopping_patience)
-    backup_dir = os.path.join(model_dir, distribute.BACKUP_DIR)
+    backup_dir = model_layout.backup_dir(model_dir)
     history = ResumableHistory(backup_dir, checkpoint, early_stopping)
     callbacks = [
-        keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard")),
+        keras.callbacks.TensorBoard(model_layout.tensorboard_dir(model_dir)),
         throughput,
         history,  # after throughput (its examples/s), before the backup (written first)
         keras.callbacks.BackupAndRestore(backup_dir),
@@ -156,7 +155,7 @@ def train(config: Config, data_dir: str, model_dir: str, strategy_name: str = "d
     # The served and evaluated weights are those of the best validation AUC.
     if os.path.exists(best_weights):
         model.load_weights(best_weights)
-    model.save_weights(os.path.join(model_dir, WEIGHTS_FILE))
+    model.save_weights(model_layout.weights_path(model_dir))
     val_auc = history.history.get("val_auc", [])  # every epoch, those before a resume too
     summary = {
         "model": config.model.name,
@@ -169,8 +168,7 @@ def train(config: Config, data_dir: str, model_dir: str, strategy_name: str = "d
         "examples_per_second": history.history.get("examples_per_second", throughput.rates),
         "history": history.history,
     }
-    with open(os.path.join(model_dir, "run.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    model_layout.write_run(model_dir, summary)
     dirs.finish()
     return summary
 
@@ -211,7 +209,7 @@ def main(argv=None) -> int:
               "start every worker again with the same command; training resumes from the last "
               "finished epoch", file=sys.stderr)
         return 1
-    written = (args.model_dir if os.path.exists(os.path.join(args.model_dir, WEIGHTS_FILE))
+    written = (args.model_dir if os.path.exists(model_layout.weights_path(args.model_dir))
                else "the chief's --model-dir (this worker is not the chief)")
     print(f"best val AUC {summary['best_val_auc']:.4f} at epoch {summary['best_epoch']}; "
           f"weights and config in {written}")

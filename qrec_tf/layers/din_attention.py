@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import keras
 from keras import ops
 
+from qrec_tf.layers.dense_stack import dense_layers
 from qrec_tf.layers.dice import Dice
 
 if TYPE_CHECKING:
@@ -37,13 +38,9 @@ class DINAttention(keras.layers.Layer):
         self.hidden_units = [int(units) for units in hidden_units]
         self.activation = activation
         self.use_softmax = use_softmax
-        use_dice = activation == "dice"
-        self.dense_layers = [
-            keras.layers.Dense(units, activation=None if use_dice else activation,
-                               name=f"dense{i}")
-            for i, units in enumerate(self.hidden_units)]
-        self.dice_layers = ([Dice(name=f"dice{i}") for i in range(len(self.hidden_units))]
-                            if use_dice else [])
+        layers = dense_layers(self.hidden_units, activation)
+        self.dense_layers = [layer for layer in layers if isinstance(layer, keras.layers.Dense)]
+        self.dice_layers = [layer for layer in layers if isinstance(layer, Dice)]
         self.score_dense = keras.layers.Dense(1, name="score")
 
     def build(self, query_shape: tuple, keys_shape: tuple | None = None,

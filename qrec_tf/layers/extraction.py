@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import keras
 from keras import ops
 
+from qrec_tf.layers.dense_stack import mlp
+
 if TYPE_CHECKING:
     import tensorflow as tf
 
@@ -54,13 +56,7 @@ class ExtractionLevel(keras.layers.Layer):
                             if shared_output else None)
 
     def _expert(self, name: str) -> keras.Sequential:
-        layers = []
-        for i, n in enumerate(self.units):
-            layers.append(keras.layers.Dense(n, activation=self.activation,
-                                             name=f"{name}_dense{i}"))
-            if self.dropout:
-                layers.append(keras.layers.Dropout(self.dropout, name=f"{name}_dropout{i}"))
-        return keras.Sequential(layers, name=name)
+        return mlp(self.units, self.activation, self.dropout, name)
 
     def build(self, task_inputs_shape: Sequence[tuple], shared_input_shape: tuple | None = None
               ) -> None:

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 import keras
 from keras import ops
 
+from qrec_tf.layers.dense_stack import masked_mean
+
 if TYPE_CHECKING:
     import tensorflow as tf
 
@@ -71,8 +73,8 @@ class InterestContrast(keras.layers.Layer):
             weights = _masked_softmax(scores, mask)
             similar, dissimilar = _split(weights, mask)
             anchor = ops.einsum("bt,btd->bd", weights, seq)
-            gap = (_distance(anchor, _masked_mean(seq, similar))
-                   - _distance(anchor, _masked_mean(seq, dissimilar)))
+            gap = (_distance(anchor, masked_mean(seq, similar, 1))
+                   - _distance(anchor, masked_mean(seq, dissimilar, 1)))
             per_row = ops.relu(gap + self.margin)
             has_any = ops.cast(ops.any(mask, axis=-1), "float32")
             loss = loss + ops.sum(per_row * has_any) / ops.maximum(ops.sum(has_any), 1.0)
@@ -105,12 +107,6 @@ def _split(weights: tf.Tensor, mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     similar = ops.where(ops.any(similar, axis=-1, keepdims=True), similar, mask)
     dissimilar = ops.where(ops.any(dissimilar, axis=-1, keepdims=True), dissimilar, mask)
     return similar, dissimilar
-
-
-def _masked_mean(seq: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
-    """Mean of seq [batch, len, dim] over the True positions of mask [batch, len]: [batch, dim]."""
-    m = ops.expand_dims(ops.cast(mask, seq.dtype), -1)
-    return ops.sum(seq * m, axis=1) / ops.maximum(ops.sum(m, axis=1), 1.0)
 
 
 def _distance(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 import keras
 from keras import ops
 
+from qrec_tf.layers.embedding import SparseEmbedding
+
 if TYPE_CHECKING:
     import tensorflow as tf
 
@@ -70,3 +72,10 @@ class QueryEmbedding(keras.layers.Layer):
                 "num_words": self.num_words, "dim": self.dim,
                 "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
                 "embeddings_regularizer": keras.regularizers.serialize(self.embeddings_regularizer)}
+
+
+class SparseQueryEmbedding(QueryEmbedding):
+    """QueryEmbedding whose tables read only the looked-up rows (see SparseEmbedding)."""
+
+    def _make_embedding(self, input_dim, name):
+        return SparseEmbedding(input_dim, self.dim, name=name)

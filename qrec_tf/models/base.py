@@ -8,8 +8,9 @@ model serves raw ids. Output of `call`: click probability, float32 [batch].
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import keras
 import numpy as np
@@ -18,6 +19,8 @@ import tensorflow as tf
 from qrec_tf import losses
 from qrec_tf import schema as S
 from qrec_tf.config import ModelConfig
+from qrec_tf.layers.dense_stack import mlp
+from qrec_tf.layers.din_attention import DINAttention
 from qrec_tf.layers.embedding import SparseEmbedding
 from qrec_tf.layers.id_lookup import lookup_size, make_lookup
 
@@ -74,7 +77,8 @@ class CTRModel(keras.Model):
     may return "aux_losses": {name: (weight, scalar)} that the train step adds to the click loss.
     A model that trains on more than the feed train examples sets `trains_on_search_examples`
     (train.py then reads `data.make_multitask_dataset`), and one that needs tables derived from
-    the data directory returns them as constructor arguments from `data_constants`.
+    the data directory returns them as constructor arguments from `data_constants`
+    (`registry.build_model` passes them; e.g. QueryRec's contrastive positives).
     """
 
     trains_on_search_examples: bool = False
@@ -104,10 +108,8 @@ class CTRModel(keras.Model):
         self.auc = keras.metrics.AUC(num_thresholds=2000, name="auc")
         self.bce = keras.losses.BinaryCrossentropy(from_logits=True,
                                                    reduction="sum_over_batch_size")
-        # Deployment switches, not hyper-parameters: qrec_tf.export sets compile_scoring.
-        self.compile_scoring = False
-        self._compiled_scoring = None
-        self._inputs_are_indices = False
+        self._compiled_scoring = None   # score_candidates(compiled=True)'s XLA function
+        self._inputs_are_indices = False  # only inside `indexed_inputs()`
 
     @classmethod
     def data_constants(cls, config: ModelConfig, data_dir: str, schema: S.Schema,
@@ -116,14 +118,45 @@ class CTRModel(keras.Model):
         return {}
 
     # --- pieces subclasses use -----------------------------------------------------------------
+    def din_attention(self, name: str) -> DINAttention:
+        """DIN's target attention (eqs 1-2) as the config sets it (model.attention_*)."""
+        cfg = self.config
+        return DINAttention(cfg.attention_units, cfg.attention_activation, cfg.attention_softmax,
+                            name=name)
+
+    def make_ctr_head(self, mlp_name: str = "ctr_mlp") -> None:
+        """The CTR head (eq 4): `ctr_mlp` (model.mlp_*) then `ctr_logit`, a float32 Dense(1);
+        `ctr_logits` applies it. Created in that order (it fixes the initial weights)."""
+        cfg = self.config
+        self.ctr_mlp = mlp(cfg.mlp_units, cfg.mlp_activation, cfg.dropout, mlp_name)
+        self.ctr_logit = keras.layers.Dense(1, dtype="float32", name="ctr_logit")
+
+    def ctr_logits(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """The CTR head on its input [batch, in]: logits [batch]."""
+        return tf.squeeze(self.ctr_logit(self.ctr_mlp(x, training=training)), -1)
+
     def aux_loss_names(self) -> tuple[str, ...]:
         return ()
 
     def lookup(self, feature: str, values: tf.Tensor) -> tf.Tensor:
-        """Raw values of a schema feature -> indices (0 pad, 1 OOV)."""
-        if self._inputs_are_indices:   # inside score_candidates' XLA part: looked up already
+        """Raw values of a schema feature -> indices (0 pad, 1 OOV); the values as they are
+        inside `indexed_inputs()`."""
+        if self._inputs_are_indices:
             return values
         return self.lookups[self.schema.feature(feature).vocab](values)
+
+    @contextlib.contextmanager
+    def indexed_inputs(self) -> Iterator[None]:
+        """Within it, the model's inputs are vocabulary indices (`index_features`' output), not
+        raw ids: `lookup` passes them through. For code that XLA compiles, which cannot run the
+        vocabularies' hash tables: `score_candidates(compiled=True)`, a jit-compiled train step
+        on indexed batches (benchmarks.vocab_scaling). It must hold while such a function
+        traces; a function traced inside it keeps reading indices afterwards."""
+        previous, self._inputs_are_indices = self._inputs_are_indices, True
+        try:
+            yield
+        finally:
+            self._inputs_are_indices = previous
 
     def embedding_tables(self) -> dict[str, tf.Variable]:
         """Every embedding table of the model by vocabulary name ([rows, dim] variables),
@@ -189,17 +222,18 @@ class CTRModel(keras.Model):
         return [*self.user_embeddings(features), *self.item_embeddings(features)]
 
     def score_candidates(self, context: Mapping[str, tf.Tensor],
-                         candidates: Mapping[str, tf.Tensor]) -> tf.Tensor:
+                         candidates: Mapping[str, tf.Tensor], compiled: bool = False
+                         ) -> tf.Tensor:
         """Click probabilities of each user's candidate items, float32 [users, N] (the
         `score_candidates` serving signature).
 
         `context`: every non-item model feature, [users, *shape]; `candidates`: the item features
-        (schema group "item"), [users, N]. With `compile_scoring` set (the export sets it), the
+        (schema group "item"), [users, N]. With `compiled` (the export's default), the
         vocabulary lookups run first and everything after them runs as one XLA computation, with
         the users padded to a power of two and N to a bucket (MIN_CANDIDATE_STEP) so that XLA
         compiles once per bucket rather than once per request shape.
         """
-        if not self.compile_scoring:
+        if not compiled:
             return self.score_candidate_features(context, candidates)
         index = self.index_features
         context, candidates = index(context), index(candidates)
@@ -216,11 +250,8 @@ class CTRModel(keras.Model):
         if self._compiled_scoring is None:
             self._compiled_scoring = tf.function(self.score_candidate_features,
                                                  jit_compile=True)
-        self._inputs_are_indices = True   # read while the compiled function traces
-        try:
+        with self.indexed_inputs():   # read while the compiled function traces
             scores = self._compiled_scoring(context, candidates)
-        finally:
-            self._inputs_are_indices = False
         return scores[:users, :n]
 
     def index_features(self, features: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -255,7 +286,13 @@ class CTRModel(keras.Model):
     def metrics(self):
         return [*self.loss_trackers.values(), self.auc]
 
-    def _loss_terms(self, features, labels, training):
+    def compute_loss_terms(self, features: Mapping[str, tf.Tensor], labels: tf.Tensor,
+                           training: bool) -> tuple[dict, tf.Tensor, tf.Tensor]:
+        """The loss hook (cf. TFRS `Model.compute_loss`): ({term name: scalar, "loss": the total
+        to minimise}, labels the metrics see [n], their click probabilities [n]). This default:
+        the click loss plus each weighted auxiliary loss of `forward`, plus the embedding L2 in
+        training. The train step adds the Keras layer losses (`self.losses`, e.g. a layer's
+        kernel_regularizer) to "loss"."""
         out = self.forward(features, training=training)
         logits = tf.cast(out["logits"], tf.float32)
         labels = tf.cast(tf.reshape(labels, [-1]), tf.float32)
@@ -283,7 +320,10 @@ class CTRModel(keras.Model):
     def train_step(self, data):
         features, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
-            terms, labels, probabilities = self._loss_terms(features, labels, training=True)
+            terms, labels, probabilities = self.compute_loss_terms(features, labels,
+                                                                   training=True)
+            if self.losses:   # Keras layer losses (regularisers); none in the shipped models
+                terms["loss"] = terms["loss"] + tf.add_n(self.losses)
             # Gradients are summed over replicas: each replica contributes its share of the mean.
             # The MBA penalty is a sum over the rows a batch touches, not a mean over examples:
             # each replica adds its local batch's rows in full, so that the replicas together
@@ -300,7 +340,7 @@ class CTRModel(keras.Model):
 
     def test_step(self, data):
         features, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
-        terms, labels, probabilities = self._loss_terms(features, labels, training=False)
+        terms, labels, probabilities = self.compute_loss_terms(features, labels, training=False)
         return self._update_metrics(terms, labels, probabilities)
 
     # --- Keras 3.15 workarounds for several replicas ------------------------------------------
@@ -347,18 +387,3 @@ def _logs_as_vectors(step):
         return {name: tf.reshape(value, [1]) for name, value in step(data).items()}
 
     return wrapped
-
-
-def mlp(units, activation: str, dropout: float, name: str) -> keras.Sequential:
-    """Dense layers with DIN's Dice (a layer) or any Keras activation, each followed by dropout."""
-    from qrec_tf.layers.dice import Dice
-
-    layers = []
-    for i, n in enumerate(units):
-        layers.append(keras.layers.Dense(n, name=f"{name}_dense{i}",
-                                         activation=None if activation == "dice" else activation))
-        if activation == "dice":
-            layers.append(Dice(name=f"{name}_dice{i}"))
-        if dropout:
-            layers.append(keras.layers.Dropout(dropout, name=f"{name}_dropout{i}"))
-    return keras.Sequential(layers, name=name)

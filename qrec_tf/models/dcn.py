@@ -3,32 +3,29 @@ and a deep MLP in parallel over [e_u || e_i || e_xu || e_xi || mean of the histo
 
 from __future__ import annotations
 
-import keras
 import keras_rs
 import tensorflow as tf
 
 from qrec_tf import schema as S
 from qrec_tf.config import ModelConfig
-from qrec_tf.models.base import CTRModel, Vocabularies, mlp
+from qrec_tf.layers.dense_stack import masked_mean
+from qrec_tf.models.base import CTRModel, Vocabularies
 
 
 class DCNModel(CTRModel):
     def __init__(self, config: ModelConfig, schema: S.Schema, vocabularies: Vocabularies,
                  **kwargs):
-        kwargs.pop("query_positives", None)
         super().__init__(config, schema, vocabularies, **kwargs)
         self.crosses = [keras_rs.layers.FeatureCross(name=f"cross{i}")
-                        for i in range(config.cross_layers)]
-        self.deep = mlp(config.mlp_units, config.mlp_activation, config.dropout, "deep")
-        self.ctr_logit = keras.layers.Dense(1, dtype="float32", name="ctr_logit")
+                        for i in range(config.dcn.cross_layers)]
+        self.make_ctr_head("deep")
 
     def forward(self, features, training=False):
         _, target, hist_idx, history = self.target_and_history(features)
-        mask = tf.cast(hist_idx != 0, history.dtype)[..., None]
-        history_mean = tf.reduce_sum(history * mask, 1) / tf.maximum(tf.reduce_sum(mask, 1), 1.0)
+        history_mean = masked_mean(history, hist_idx != 0, 1)
         x0 = tf.concat([*self.context_embeddings(features), target, history_mean], axis=-1)
         x = x0
         for cross in self.crosses:
             x = cross(x0, x)
-        hidden = tf.concat([x, self.deep(x0, training=training)], axis=-1)
+        hidden = tf.concat([x, self.ctr_mlp(x0, training=training)], axis=-1)
         return {"logits": tf.squeeze(self.ctr_logit(hidden), -1)}

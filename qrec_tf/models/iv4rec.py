@@ -12,11 +12,11 @@ part (the residual), recombined by a learned gate (`InstrumentalDecomposition`):
   before t pooled by target attention with the target item as the (gradient-stopped) query, as in
   the reference code.
 [e_u || e_xu || author || item output || user output] -> MLP -> logit;
-L = L_ctr + iv_item_weight * L_stage1(item) + iv_user_weight * L_stage1(user).
+L = L_ctr + item_weight * L_stage1(item) + user_weight * L_stage1(user) (model.iv4rec).
 
 The item's queries are a property of the item, not of the impression, so they are an in-model
 constant table (like the contrastive positives) built from the query -> items table of the Beam
-job: up to `iv_item_queries` queries per item, first those after which it was clicked (most
+job: up to `iv4rec.item_queries` queries per item, first those after which it was clicked (most
 clicks first), then those after which it was shown without a click (most sessions first); ties
 by query key. A served model therefore needs nothing beyond the shared serving inputs, and an item
 the search log never showed keeps its plain embedding (its gate is 0).
@@ -28,18 +28,17 @@ import collections
 import logging
 from typing import Mapping
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from qrec_tf import data
 from qrec_tf import schema as S
 from qrec_tf.config import ModelConfig
-from qrec_tf.layers.din_attention import DINAttention
+from qrec_tf.layers.dense_stack import masked_mean
 from qrec_tf.layers.id_lookup import OOV_INDEX
 from qrec_tf.layers.instrumental import InstrumentalDecomposition
-from qrec_tf.models.base import CTRModel, Vocabularies, mlp
-from qrec_tf.models.queryrec import SparseQueryEmbedding
+from qrec_tf.layers.query_embedding import SparseQueryEmbedding
+from qrec_tf.models.base import CTRModel, Vocabularies
 
 LOG = logging.getLogger(__name__)
 
@@ -82,32 +81,26 @@ class IV4RecModel(CTRModel):
     def __init__(self, config: ModelConfig, schema: S.Schema, vocabularies: Vocabularies,
                  item_queries: np.ndarray, query_words: np.ndarray, **kwargs):
         """`item_queries`, `query_words`: `instrument_tables`' output."""
-        kwargs.pop("query_positives", None)
         super().__init__(config, schema, vocabularies, **kwargs)
         d = config.embedding_dim
         self.item_queries = tf.constant(item_queries, tf.int32)
         self.query_words = tf.constant(query_words, tf.int32)
-        self.history_attention = DINAttention(
-            config.attention_units, config.attention_activation, config.attention_softmax,
-            name="history_attention")
+        self.history_attention = self.din_attention("history_attention")
         self.query_embedding = SparseQueryEmbedding(
             vocabularies.size(S.VOCAB_QUERIES), vocabularies.size(S.VOCAB_WORDS), d,
             name="query_embedding")
-        self.query_attention = DINAttention(
-            config.attention_units, config.attention_activation, config.attention_softmax,
-            name="query_attention")
+        self.query_attention = self.din_attention("query_attention")
         # Treatments are item representations [item || category || subcategory]: 3 * d wide.
-        self.item_decomposition = InstrumentalDecomposition(3 * d, config.iv_units,
+        self.item_decomposition = InstrumentalDecomposition(3 * d, config.iv4rec.units,
                                                             name="item_decomposition")
-        self.user_decomposition = InstrumentalDecomposition(3 * d, config.iv_units,
+        self.user_decomposition = InstrumentalDecomposition(3 * d, config.iv4rec.units,
                                                             name="user_decomposition")
-        self.ctr_mlp = mlp(config.mlp_units, config.mlp_activation, config.dropout, "ctr_mlp")
-        self.ctr_logit = keras.layers.Dense(1, dtype="float32", name="ctr_logit")
+        self.make_ctr_head()
 
     @classmethod
     def data_constants(cls, config, data_dir, schema, vocabularies):
         item_queries, query_words = instrument_tables(
-            data.query_items(data_dir), vocabularies, config.iv_item_queries,
+            data.query_items(data_dir), vocabularies, config.iv4rec.item_queries,
             schema.max_query_words)
         with_queries = int((item_queries[2:, 0] != 0).sum())
         LOG.info("iv4rec: %d of %d items have queries as instruments", with_queries,
@@ -115,8 +108,8 @@ class IV4RecModel(CTRModel):
         return {"item_queries": item_queries, "query_words": query_words}
 
     def aux_loss_names(self):
-        return (*(["iv_item_loss"] if self.config.iv_item_weight else []),
-                *(["iv_user_loss"] if self.config.iv_user_weight else []))
+        return (*(["iv_item_loss"] if self.config.iv4rec.item_weight else []),
+                *(["iv_user_loss"] if self.config.iv4rec.user_weight else []))
 
     def forward(self, features: Mapping[str, tf.Tensor], training: bool = False) -> dict:
         cfg = self.config
@@ -126,9 +119,7 @@ class IV4RecModel(CTRModel):
         # The item's instruments: the mean embedding of its queries from the table.
         iv_keys = tf.gather(self.item_queries, item_idx)                        # [B, K]
         iv_queries = self.query_embedding(iv_keys, tf.gather(self.query_words, iv_keys))
-        iv_mask = tf.cast(iv_keys != 0, iv_queries.dtype)[..., None]
-        item_iv = tf.reduce_sum(iv_queries * iv_mask, 1) / tf.maximum(
-            tf.reduce_sum(iv_mask, 1), 1.0)                                     # [B, d]
+        item_iv = masked_mean(iv_queries, iv_keys != 0, 1)                      # [B, d]
         item = self.item_decomposition(target, item_iv, tf.reduce_any(iv_keys != 0, -1))
 
         # The user's instruments: the query list pooled by target attention.
@@ -140,11 +131,11 @@ class IV4RecModel(CTRModel):
                                        queries, query_mask, training=training)
         user = self.user_decomposition(v_b, user_iv, tf.reduce_any(query_mask, -1))
 
-        hidden = self.ctr_mlp(tf.concat([*self.context_embeddings(features), item["output"],
-                                         user["output"]], axis=-1), training=training)
+        logits = self.ctr_logits(tf.concat([*self.context_embeddings(features), item["output"],
+                                            user["output"]], axis=-1), training)
         aux = {}
-        if training and cfg.iv_item_weight:
-            aux["iv_item_loss"] = (cfg.iv_item_weight, item["first_stage_loss"])
-        if training and cfg.iv_user_weight:
-            aux["iv_user_loss"] = (cfg.iv_user_weight, user["first_stage_loss"])
-        return {"logits": tf.squeeze(self.ctr_logit(hidden), -1), "aux_losses": aux}
+        if training and cfg.iv4rec.item_weight:
+            aux["iv_item_loss"] = (cfg.iv4rec.item_weight, item["first_stage_loss"])
+        if training and cfg.iv4rec.user_weight:
+            aux["iv_user_loss"] = (cfg.iv4rec.user_weight, user["first_stage_loss"])
+        return {"logits": logits, "aux_losses": aux}

@@ -2,14 +2,14 @@
 tasks sharing experts.
 
 Input of both tasks, as DIN's without the queries: [e_u || e_xu || author || target item ||
-v_b] with v_b the feed history pooled by target attention (eq 1). `ple_levels` extraction levels
-(`ExtractionLevel`: per task `ple_task_experts` experts, `ple_shared_experts` shared ones, gates)
+v_b] with v_b the feed history pooled by target attention (eq 1). `model.ple.levels` extraction
+levels (`ExtractionLevel`: per task `task_experts` experts, `shared_experts` shared ones, gates)
 feed one tower per task (`mlp_units` -> Dense(1)).
 
 Training reads the feed train examples mixed with the search examples of the users' training
 periods (`build_tfrecords --search-examples`, `data.make_multitask_dataset`); the `domain`
 feature says which task an example belongs to, and each task's loss is the mean binary
-cross-entropy over its own examples only: L = L_feed + search_task_weight * L_search. AUC,
+cross-entropy over its own examples only: L = L_feed + ple.search_task_weight * L_search. AUC,
 validation, evaluation and serving use the feed tower only.
 """
 
@@ -22,9 +22,9 @@ import tensorflow as tf
 
 from qrec_tf import schema as S
 from qrec_tf.config import ModelConfig
-from qrec_tf.layers.din_attention import DINAttention
+from qrec_tf.layers.dense_stack import mlp
 from qrec_tf.layers.extraction import ExtractionLevel
-from qrec_tf.models.base import CTRModel, Vocabularies, mlp
+from qrec_tf.models.base import CTRModel, Vocabularies
 
 TASKS = ("feed", "search")
 
@@ -34,17 +34,14 @@ class PLEModel(CTRModel):
 
     def __init__(self, config: ModelConfig, schema: S.Schema, vocabularies: Vocabularies,
                  **kwargs):
-        kwargs.pop("query_positives", None)
         super().__init__(config, schema, vocabularies, **kwargs)
-        self.history_attention = DINAttention(
-            config.attention_units, config.attention_activation, config.attention_softmax,
-            name="history_attention")
-        self.levels = [ExtractionLevel(len(TASKS), config.ple_task_experts,
-                                       config.ple_shared_experts, config.ple_expert_units,
+        self.history_attention = self.din_attention("history_attention")
+        self.levels = [ExtractionLevel(len(TASKS), config.ple.task_experts,
+                                       config.ple.shared_experts, config.ple.expert_units,
                                        dropout=config.dropout,
-                                       shared_output=level < config.ple_levels - 1,
+                                       shared_output=level < config.ple.levels - 1,
                                        name=f"extraction{level}")
-                       for level in range(config.ple_levels)]
+                       for level in range(config.ple.levels)]
         self.towers = [mlp(config.mlp_units, config.mlp_activation, config.dropout,
                            f"{task}_tower") for task in TASKS]
         self.task_logits = [keras.layers.Dense(1, dtype="float32", name=f"{task}_logit")
@@ -64,7 +61,7 @@ class PLEModel(CTRModel):
                         for h, tower, logit in zip(task_inputs, self.towers, self.task_logits))
         return {"logits": feed, "search_logits": search}
 
-    def _loss_terms(self, features, labels, training):
+    def compute_loss_terms(self, features, labels, training):
         """Each task's loss over its own examples; metrics see the feed examples only."""
         out = self.forward(features, training=training)
         labels = tf.cast(tf.reshape(labels, [-1]), tf.float32)
@@ -81,7 +78,7 @@ class PLEModel(CTRModel):
             terms["search_ctr_loss"] = self._mean_bce(
                 tf.boolean_mask(labels, is_search),
                 tf.boolean_mask(tf.cast(out["search_logits"], tf.float32), is_search))
-            terms["loss"] = terms["loss"] + self.config.search_task_weight * terms[
+            terms["loss"] = terms["loss"] + self.config.ple.search_task_weight * terms[
                 "search_ctr_loss"]
         return terms, feed_labels, tf.sigmoid(feed_logits)
 

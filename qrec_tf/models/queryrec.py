@@ -14,6 +14,7 @@ An item is represented by [item || first-level category || second-level category
 
 from __future__ import annotations
 
+import logging
 from typing import Mapping
 
 import keras
@@ -24,21 +25,15 @@ from qrec_tf import losses
 from qrec_tf import schema as S
 from qrec_tf.config import ModelConfig
 from qrec_tf.layers.contrastive import BilinearSimilarity
-from qrec_tf.layers.din_attention import DINAttention
-from qrec_tf.layers.embedding import SparseEmbedding
 from qrec_tf.layers.id_lookup import OOV_INDEX
 from qrec_tf.layers.layer_scale import LayerScale
-from qrec_tf.layers.query_embedding import QueryEmbedding
+from qrec_tf.layers.query_embedding import SparseQueryEmbedding
 from qrec_tf.layers.sas_encoder import SASEncoder
-from qrec_tf.models.base import CTRModel, Vocabularies, mlp
+from qrec_tf.models.base import CTRModel, Vocabularies
+from qrec_tf.positives import load as load_positives
+from qrec_tf.positives import positives_matrix
 
-
-class SparseQueryEmbedding(QueryEmbedding):
-    """QueryEmbedding whose tables read only the looked-up rows (see SparseEmbedding)."""
-
-    def _make_embedding(self, input_dim, name):
-        return SparseEmbedding(input_dim, self.dim, name=name)
-
+LOG = logging.getLogger(__name__)
 
 class QueryRecModel(CTRModel):
     """DIN backbone + query list pooling / SAS encoder + NIP and contrastive losses."""
@@ -52,17 +47,13 @@ class QueryRecModel(CTRModel):
         d = config.embedding_dim
         self.uses_queries = config.query_pooling or config.query_encoder or bool(
             config.contrastive_weight)
-        self.history_attention = DINAttention(
-            config.attention_units, config.attention_activation, config.attention_softmax,
-            name="history_attention")
+        self.history_attention = self.din_attention("history_attention")
         if self.uses_queries:
             self.query_embedding = SparseQueryEmbedding(
                 vocabularies.size(S.VOCAB_QUERIES), vocabularies.size(S.VOCAB_WORDS), d,
                 name="query_embedding")
         if config.query_pooling:
-            self.query_attention = DINAttention(
-                config.attention_units, config.attention_activation, config.attention_softmax,
-                name="query_attention")
+            self.query_attention = self.din_attention("query_attention")
         if config.query_encoder:
             self.query_encoder = SASEncoder(schema.max_queries, d, num_blocks=config.sas_blocks,
                                             num_heads=config.sas_heads, dropout=config.sas_dropout,
@@ -96,8 +87,22 @@ class QueryRecModel(CTRModel):
             self.query_target_score = BilinearSimilarity(
                 query_dim, "zeros", b_dim=3 * d, squash=False, name="query_target_score")
             self.query_target_score.build((None, query_dim))
-        self.ctr_mlp = mlp(config.mlp_units, config.mlp_activation, config.dropout, "ctr_mlp")
-        self.ctr_logit = keras.layers.Dense(1, dtype="float32", name="ctr_logit")
+        self.make_ctr_head()
+
+    @classmethod
+    def data_constants(cls, config, data_dir, schema, vocabularies):
+        """{"query_positives": the contrastive loss's table (`positives_matrix`)} when the
+        config has a contrastive loss, else {}."""
+        if not config.contrastive_weight:
+            return {}
+        table, source = load_positives(data_dir, config.positives, config.positives_dir)
+        query_positives = positives_matrix(
+            table, vocabularies.values[S.VOCAB_QUERIES], vocabularies.values[S.VOCAB_ITEMS],
+            config.contrastive_positives)
+        with_positives = int((query_positives[2:, 0] != 0).sum())
+        LOG.info("contrastive positives from the %s table: %d of %d queries have some", source,
+                 with_positives, len(query_positives) - 2)
+        return {"query_positives": query_positives}
 
     def aux_loss_names(self):
         return (*(["nip_loss"] if self.config.nip_weight else []),
@@ -191,8 +196,7 @@ class QueryRecModel(CTRModel):
             query_score = self.query_target_score(tf.concat(query_parts, axis=-1), target)
             return {"logits": tf.squeeze(self.ctr_logit(hidden), -1)
                     + tf.cast(query_score, tf.float32)}
-        hidden = self.ctr_mlp(tf.concat(parts + query_parts, axis=-1), training=training)
-        return {"logits": tf.squeeze(self.ctr_logit(hidden), -1)}
+        return {"logits": self.ctr_logits(tf.concat(parts + query_parts, axis=-1), training)}
 
     def query_input(self, name: str, x: tf.Tensor, training: bool = False) -> tf.Tensor:
         """A query-side CTR input [rows, dim] ("pooled" v_q or "encoded" e_qt) as the MLP reads

@@ -3,12 +3,8 @@ hyper-parameters come from the config (configs/<name>.yaml)."""
 
 from __future__ import annotations
 
-import logging
-
-from qrec_tf import positives as P
 from qrec_tf import schema as S
 from qrec_tf.config import ModelConfig
-from qrec_tf.data import make_dataset
 from qrec_tf.models.base import CTRModel, Vocabularies
 from qrec_tf.models.dcn import DCNModel
 from qrec_tf.models.iv4rec import IV4RecModel
@@ -16,29 +12,26 @@ from qrec_tf.models.ple import PLEModel
 from qrec_tf.models.queryrec import QueryRecModel
 from qrec_tf.models.sesrec import SESRecModel
 
-LOG = logging.getLogger(__name__)
+# What a name implies about QueryRec's parts: a model without any of them (DIN, the other
+# baselines of table 4) and QueryRec's ablations of table 5.
+NO_QUERY_SIDE = dict(query_pooling=False, query_encoder=False, nip_weight=0.0,
+                     contrastive_weight=0.0)
+POOLING_ONLY = dict(query_pooling=True, query_encoder=False, nip_weight=0.0)
 
-# name -> (class, the config flags the name implies; None = free)
+# name -> (class, the config flags the name implies; the others are free)
 MODELS = {
-    "din": (QueryRecModel, dict(query_pooling=False, query_encoder=False, nip_weight=0.0,
-                                contrastive_weight=0.0)),
-    "din_query": (QueryRecModel, dict(query_pooling=True, query_encoder=False, nip_weight=0.0,
-                                      contrastive_weight=0.0)),
+    "din": (QueryRecModel, NO_QUERY_SIDE),
+    "din_query": (QueryRecModel, {**POOLING_ONLY, "contrastive_weight": 0.0}),
     "din_nip": (QueryRecModel, dict(query_pooling=False, query_encoder=True,
                                     contrastive_weight=0.0)),
-    "din_con": (QueryRecModel, dict(query_pooling=True, query_encoder=False, nip_weight=0.0,
-                                    positives="log")),
-    "din_con_diffusion": (QueryRecModel, dict(query_pooling=True, query_encoder=False,
-                                              nip_weight=0.0, positives="diffusion")),
+    "din_con": (QueryRecModel, {**POOLING_ONLY, "positives": "log"}),
+    "din_con_diffusion": (QueryRecModel, {**POOLING_ONLY, "positives": "diffusion"}),
     "queryrec": (QueryRecModel, {}),
     "dcn": (DCNModel, {}),
     # The other baselines of table 4; QueryRec's query flags and losses do not apply to them.
-    "ple": (PLEModel, dict(query_pooling=False, query_encoder=False, nip_weight=0.0,
-                           contrastive_weight=0.0)),
-    "sesrec": (SESRecModel, dict(query_pooling=False, query_encoder=False, nip_weight=0.0,
-                                 contrastive_weight=0.0)),
-    "iv4rec": (IV4RecModel, dict(query_pooling=False, query_encoder=False, nip_weight=0.0,
-                                 contrastive_weight=0.0)),
+    "ple": (PLEModel, NO_QUERY_SIDE),
+    "sesrec": (SESRecModel, NO_QUERY_SIDE),
+    "iv4rec": (IV4RecModel, NO_QUERY_SIDE),
 }
 
 
@@ -65,22 +58,13 @@ def load_vocabularies(data_dir: str, schema: S.Schema) -> Vocabularies:
 
 def build_model(config: ModelConfig, data_dir: str) -> CTRModel:
     """The registered model for `config`, with lookups from <data_dir>/vocab/, and its variables
-    created (on two validation examples): checkpoint restores need them."""
+    created (on one row of padding built from the schema's specs, so no split is read):
+    checkpoint restores need them."""
     check_name(config)
     schema = S.Schema.load(data_dir)
     vocabularies = load_vocabularies(data_dir, schema)
-    query_positives = None
-    if config.contrastive_weight:
-        table, source = P.load(data_dir, config.positives, config.positives_dir)
-        query_positives = P.positives_matrix(table, vocabularies.values[S.VOCAB_QUERIES],
-                                             vocabularies.values[S.VOCAB_ITEMS],
-                                             config.contrastive_positives)
-        with_positives = int((query_positives[2:, 0] != 0).sum())
-        LOG.info("contrastive positives from the %s table: %d of %d queries have some", source,
-                 with_positives, len(query_positives) - 2)
     cls = MODELS[config.name][0]
-    model = cls(config, schema, vocabularies, query_positives=query_positives,
+    model = cls(config, schema, vocabularies,
                 **cls.data_constants(config, data_dir, schema, vocabularies), name=config.name)
-    sample = next(iter(make_dataset(data_dir, "valid", 2, shuffle=False, schema=schema)))
-    model(sample, training=False)
+    model(schema.padding_batch(), training=False)
     return model

@@ -17,7 +17,7 @@ Representation for Recommendation", SIGIR 2023) baseline of table 4.
 - Prediction: each sequence pooled by target attention (softmax over the positions) three times:
   over all its positions, its similar ones and its dissimilar ones; [e_u || e_xu || author ||
   target item || the six pooled vectors] -> MLP -> logit.
-L = L_ctr + sesrec_alignment_weight * L_align + sesrec_triplet_weight * L_triplet.
+L = L_ctr + alignment_weight * L_align + triplet_weight * L_triplet (model.sesrec).
 
 Differences from the reference code, all to fit this project's pieces: the encoders are causal
 (`SASEncoder`, as QueryRec's), target attention is DIN's activation unit instead of a bilinear
@@ -35,17 +35,16 @@ from qrec_tf import losses
 from qrec_tf import schema as S
 from qrec_tf.config import ModelConfig
 from qrec_tf.layers.contrastive import BilinearSimilarity
-from qrec_tf.layers.din_attention import DINAttention
+from qrec_tf.layers.dense_stack import masked_mean
 from qrec_tf.layers.interest_contrast import InterestContrast
+from qrec_tf.layers.query_embedding import SparseQueryEmbedding
 from qrec_tf.layers.sas_encoder import SASEncoder
-from qrec_tf.models.base import CTRModel, Vocabularies, mlp
-from qrec_tf.models.queryrec import SparseQueryEmbedding
+from qrec_tf.models.base import CTRModel, Vocabularies
 
 
 class SESRecModel(CTRModel):
     def __init__(self, config: ModelConfig, schema: S.Schema, vocabularies: Vocabularies,
                  **kwargs):
-        kwargs.pop("query_positives", None)
         super().__init__(config, schema, vocabularies, **kwargs)
         d = config.embedding_dim
         self.query_embedding = SparseQueryEmbedding(
@@ -58,22 +57,19 @@ class SESRecModel(CTRModel):
         # [item || category || sub-category] -> dim: the feed sequence and the attention's target
         # see an item's categories, as DIN's history does (clicks follow categories).
         self.item_projection = keras.layers.Dense(d, name="item_projection")
-        self.interests = InterestContrast(d, margin=config.sesrec_triplet_margin, name="interests")
+        self.interests = InterestContrast(d, margin=config.sesrec.triplet_margin, name="interests")
         # configs/sesrec.yaml: softmax weights, so the pooled similar and dissimilar parts are
         # comparable averages (as in SESRec).
         self.feed_attention, self.search_attention = (
-            DINAttention(config.attention_units, config.attention_activation,
-                         config.attention_softmax, name=f"{name}_attention")
-            for name in ("feed", "search"))
+            self.din_attention(f"{name}_attention") for name in ("feed", "search"))
         self.similarity = BilinearSimilarity(d, name="query_item_similarity")
         self.similarity.build((None, d))   # training-only: build before the optimizer is
         self.item_rows = vocabularies.size(S.VOCAB_ITEMS)
-        self.ctr_mlp = mlp(config.mlp_units, config.mlp_activation, config.dropout, "ctr_mlp")
-        self.ctr_logit = keras.layers.Dense(1, dtype="float32", name="ctr_logit")
+        self.make_ctr_head()
 
     def aux_loss_names(self):
-        return (*(["alignment_loss"] if self.config.sesrec_alignment_weight else []),
-                *(["triplet_loss"] if self.config.sesrec_triplet_weight else []))
+        return (*(["alignment_loss"] if self.config.sesrec.alignment_weight else []),
+                *(["triplet_loss"] if self.config.sesrec.triplet_weight else []))
 
     def forward(self, features: Mapping[str, tf.Tensor], training: bool = False) -> dict:
         cfg = self.config
@@ -91,9 +87,7 @@ class SESRecModel(CTRModel):
         clicked_idx = self.lookup(S.QUERY_CLICKED_ITEM_IDS, features[S.QUERY_CLICKED_ITEM_IDS])
         clicked = self.embed(S.ITEM_ID, clicked_idx)                               # [B, Q, C, d]
         clicked_mask = tf.logical_and(clicked_idx != 0, query_mask[..., None])
-        weight = tf.cast(clicked_mask, clicked.dtype)[..., None]
-        clicked_mean = tf.reduce_sum(clicked * weight, 2) / tf.maximum(
-            tf.reduce_sum(weight, 2), 1.0)                                         # [B, Q, d]
+        clicked_mean = masked_mean(clicked, clicked_mask, 2)                      # [B, Q, d]
 
         feed_seq = self.feed_encoder(self.item_projection(history), feed_mask,
                                      training=training, return_sequences=True)
@@ -107,15 +101,15 @@ class SESRecModel(CTRModel):
                       (self.search_attention, search_seq,
                        (query_mask, split["src_similar"], split["src_dissimilar"])))
                   for mask in masks]
-        hidden = self.ctr_mlp(tf.concat([*self.context_embeddings(features), target, *pooled],
-                                        axis=-1), training=training)
+        logits = self.ctr_logits(tf.concat([*self.context_embeddings(features), target, *pooled],
+                                           axis=-1), training)
         aux = {}
-        if training and cfg.sesrec_triplet_weight:
-            aux["triplet_loss"] = (cfg.sesrec_triplet_weight, split["loss"])
-        if training and cfg.sesrec_alignment_weight:
-            aux["alignment_loss"] = (cfg.sesrec_alignment_weight, self._alignment_loss(
+        if training and cfg.sesrec.triplet_weight:
+            aux["triplet_loss"] = (cfg.sesrec.triplet_weight, split["loss"])
+        if training and cfg.sesrec.alignment_weight:
+            aux["alignment_loss"] = (cfg.sesrec.alignment_weight, self._alignment_loss(
                 queries, key_idx, clicked, clicked_idx, clicked_mask))
-        return {"logits": tf.squeeze(self.ctr_logit(hidden), -1), "aux_losses": aux}
+        return {"logits": logits, "aux_losses": aux}
 
     def _alignment_loss(self, queries, key_idx, clicked, clicked_idx, pair_mask):
         """Symmetric InfoNCE over the (query, clicked item) pairs of the search histories."""
@@ -152,8 +146,7 @@ class SESRecModel(CTRModel):
         anchors, positives, negatives = (tf.cast(t, tf.float32)
                                          for t in (anchors, positives, negatives))
         pos = self.similarity(anchors, positives)[:, None]                        # [P, 1]
-        kernel = tf.cast(self.similarity.kernel, tf.float32)
-        neg = tf.tanh(tf.matmul(tf.matmul(anchors, kernel), negatives, transpose_b=True))
+        neg = self.similarity.pairwise(anchors, negatives)                        # [P, n]
         has_pos = tf.ones_like(pos, tf.bool)
         # The positive joins its own denominator: query_item_contrastive_loss's denominator holds
         # only what it is given as negatives.

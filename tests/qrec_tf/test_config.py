@@ -47,3 +47,38 @@ def test_registry_rejects_flags_that_contradict_the_name(tmp_path):
         check_name(config.model)
     with pytest.raises(ValueError, match="not found"):
         load_config(str(tmp_path / "missing.yaml"))
+
+
+def test_a_model_section_is_set_in_yaml_and_with_nested_overrides(tmp_path):
+    config = load_config("configs/ple.yaml", ["model.ple.levels=3",
+                                              "model.ple.expert_units=[8, 4]"]).model
+    assert config.ple.levels == 3 and config.ple.expert_units == [8, 4]
+    assert config.ple.task_experts == 1 and config.ple.search_task_weight == 1.0   # the YAML's
+    assert load_config("configs/dcn.yaml").model.dcn.cross_layers == 2
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.ple.level=3", r"unknown model.ple key\(s\) \['level'\]"),
+    ("model.ple.levels=two", "model.ple.levels must be an integer"),
+    ("model.ple.levels=0", "model.ple.levels must be >= 1"),
+    ("model.iv4rec.user_weight=-1", "model.iv4rec.user_weight must be >= 0"),
+    ("model.sesrec=3", "model.sesrec must be a mapping"),
+])
+def test_a_model_section_is_as_strict_as_the_common_keys(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config("configs/ple.yaml", [override])
+
+
+def test_the_flat_keys_of_an_older_config_yaml_still_load(tmp_path):
+    old = tmp_path / "config.yaml"
+    old.write_text("model:\n  name: iv4rec\n  iv_units: [16]\n  ple_levels: 3\n"
+                   "  cross_layers: 4\n")
+    config = load_config(str(old)).model
+    assert config.iv4rec.units == [16] and config.ple.levels == 3 and config.dcn.cross_layers == 4
+    assert load_config(str(old)).to_dict()["model"]["ple"]["levels"] == 3
+    # a flat key given with --set is the section's key (the YAML's nested value is overridden)
+    assert load_config("configs/ple.yaml", ["model.ple_levels=4"]).model.ple.levels == 4
+    assert load_config(str(old), ["model.ple.levels=2"]).model.ple.levels == 2
+    old.write_text("model:\n  name: ple\n  ple_levels: 3\n  ple: {levels: 2}\n")
+    with pytest.raises(ValueError, match="same setting"):
+        load_config(str(old))

@@ -16,7 +16,7 @@ import tensorflow as tf
 from pipelines import build_tfrecords
 from qrec_tf import data, distribute, train
 from qrec_tf import schema as S
-from qrec_tf.evaluate import WEIGHTS_FILE
+from qrec_tf.model_layout import WEIGHTS_FILE
 from tests.qrec_tf.conftest import generated_data
 
 SHARDS = 3

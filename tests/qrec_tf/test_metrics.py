@@ -47,3 +47,24 @@ def test_gauc_skips_single_class_users_and_logloss():
         -(math.log(0.8) + math.log(0.6)) / 2)
     result = metrics.all_metrics([1, 1], [0, 1], [0.2, 0.7])
     assert result["n"] == 2 and result["positives"] == 1 and result["auc"] == 1.0
+
+
+def test_auc_standard_error_by_hand():
+    """labels 1 1 0 0, scores .9 .4 .6 .1: per-positive components (1, .5), per-negative
+    (.5, 1), each with variance .125: SE = sqrt(.125 / 2 + .125 / 2)."""
+    from qrec_tf.metrics import auc_standard_error
+
+    labels, scores = np.array([1, 1, 0, 0]), np.array([0.9, 0.4, 0.6, 0.1])
+    assert auc_standard_error(labels, scores) == pytest.approx(np.sqrt(0.125), rel=1e-12)
+
+
+def test_auc_standard_error_is_delongs_sd_against_a_constant_scoring():
+    """A constant scoring's components have no variance: the sd of the difference is then the
+    standard error of the other AUC."""
+    from qrec_tf.metrics import auc_standard_error, delong_test
+
+    rng = np.random.default_rng(0)
+    labels = rng.random(300) < 0.4
+    scores = labels + rng.normal(0, 1.5, 300)
+    expected = delong_test(labels, scores, np.zeros(300))["sd"]
+    assert auc_standard_error(labels, scores) == pytest.approx(expected, rel=1e-12)

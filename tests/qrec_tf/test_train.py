@@ -163,3 +163,34 @@ def test_cli_errors_are_messages(data_dir, tmp_path, capsys):
     assert "schema.json" in capsys.readouterr().err
     assert evaluate.main(["--model-dir", str(tmp_path / "none"), "--data", data_dir]) == 2
     assert "finished `python -m qrec_tf.train` run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["queryrec", "iv4rec"])
+def test_build_model_creates_every_variable_without_reading_a_split(name, data_dir, tmp_path):
+    """build_model creates the variables from the schema's specs: a data directory without its
+    splits (vocabularies, query_items and schema only) is enough, and a real batch afterwards
+    creates no further variable."""
+    import shutil
+
+    from qrec_tf.data import make_dataset
+    from qrec_tf.models.registry import build_model
+
+    bare = tmp_path / "bare"
+    shutil.copytree(data_dir, bare, ignore=shutil.ignore_patterns(
+        "train", "valid", "test", "search_train"))
+    model = build_model(config(name).model, str(bare))
+    created = [v.path for v in model.weights]
+    assert len(created) > 10
+    model(next(iter(make_dataset(data_dir, "valid", 4, shuffle=False))), training=False)
+    assert [v.path for v in model.weights] == created
+
+
+def test_item_popularity_is_the_training_count_of_each_row_item(data_dir):
+    from qrec_tf import schema as S
+
+    rows = S.read_vocab(data_dir, S.VOCAB_ITEMS)
+    (top, top_count), (last, last_count) = rows[0], rows[-1]
+    unseen = max(int(value) for value, _ in rows) + 1
+    scores = evaluate.item_popularity(data_dir, np.array([int(last), unseen, int(top)]))
+    np.testing.assert_array_equal(scores, [last_count, 0, top_count])
+    assert top_count > 0

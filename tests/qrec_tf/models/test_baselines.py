@@ -22,7 +22,7 @@ from tests.qrec_tf.models.test_queryrec import (
 )
 
 # The schema, vocabularies, random batches and helpers of the other models' tests.
-TINY = [*TINY, "model.ple_expert_units=[8]", "model.iv_units=[8]"]
+TINY = [*TINY, "model.ple.expert_units=[8]", "model.iv4rec.units=[8]"]
 QUERY_FEATURES = (S.QUERY_KEYS, S.QUERY_WORD_IDS, S.QUERY_CLICKED_ITEM_IDS)
 NIP_FEATURES = (S.NIP_POS_ITEM_IDS, S.NIP_NEG_ITEM_IDS)
 
@@ -104,8 +104,8 @@ def test_auxiliary_losses_only_in_training(cls, name, expected):
     for _, (weight, value) in out.get("aux_losses", {}).items():
         assert weight > 0 and np.isfinite(float(value)) and float(value) > 0
     assert not model.forward(features, training=False).get("aux_losses")
-    assert not build(cls, name, "model.sesrec_alignment_weight=0", "model.sesrec_triplet_weight=0",
-                     "model.iv_user_weight=0", "model.iv_item_weight=0").forward(
+    assert not build(cls, name, "model.sesrec.alignment_weight=0", "model.sesrec.triplet_weight=0",
+                     "model.iv4rec.user_weight=0", "model.iv4rec.item_weight=0").forward(
         features, training=True).get("aux_losses")
 
 
@@ -114,13 +114,13 @@ def bce(labels, logits):
 
 
 def test_ple_each_task_loss_is_over_its_own_examples():
-    model, features = build(PLEModel, "ple", "model.search_task_weight=0.5"), batch(size=6)
+    model, features = build(PLEModel, "ple", "model.ple.search_task_weight=0.5"), batch(size=6)
     features[S.DOMAIN] = np.array([S.FEED_DOMAIN, S.SEARCH_DOMAIN] * 3)
     labels = np.array([1, 0, 0, 1, 1, 1])
     out = model.forward(features, training=True)
     feed, search = np.arange(6) % 2 == 0, np.arange(6) % 2 == 1
     logits, search_logits = out["logits"].numpy(), out["search_logits"].numpy()
-    terms, metric_labels, probabilities = model._loss_terms(features, labels, training=True)
+    terms, metric_labels, probabilities = model.compute_loss_terms(features, labels, training=True)
     np.testing.assert_allclose(terms["ctr_loss"], bce(labels[feed], logits[feed]), rtol=1e-5)
     np.testing.assert_allclose(terms["search_ctr_loss"],
                                bce(labels[search], search_logits[search]), rtol=1e-5)
@@ -129,11 +129,12 @@ def test_ple_each_task_loss_is_over_its_own_examples():
     # AUC sees the feed examples only
     assert metric_labels.numpy().tolist() == [1, 0, 1]
     np.testing.assert_allclose(probabilities, 1 / (1 + np.exp(-logits[feed])), rtol=1e-5)
-    evaluation, _, _ = model._loss_terms(features, labels, training=False)
+    evaluation, _, _ = model.compute_loss_terms(features, labels, training=False)
     assert set(evaluation) == {"ctr_loss", "loss"}
     # a batch of one task only: the other task's loss is 0, not nan
     features[S.DOMAIN] = np.full(6, S.FEED_DOMAIN)
-    assert float(model._loss_terms(features, labels, training=True)[0]["search_ctr_loss"]) == 0.0
+    terms = model.compute_loss_terms(features, labels, training=True)[0]
+    assert float(terms["search_ctr_loss"]) == 0.0
 
 
 def test_iv4rec_item_without_queries_keeps_its_embedding_and_the_table_is_read():
@@ -176,3 +177,13 @@ def test_instrument_table_by_hand():
 @pytest.mark.parametrize("cls, name", MODELS)
 def test_compiled_scoring_equals_the_plain_one(cls, name):
     assert_compiled_scoring_matches(built(cls, name))
+
+
+@pytest.mark.parametrize("cls, name", [(PLEModel, "ple"), (SESRecModel, "sesrec")])
+def test_a_model_takes_only_its_own_data_constants(cls, name):
+    """One constructor shape: `build_model` passes exactly what the class's `data_constants`
+    returns, so a baseline neither needs nor silently swallows the contrastive positives."""
+    assert cls.data_constants(load_config(f"configs/{name}.yaml", TINY).model, "/nonexistent",
+                              SCHEMA, VOCABS) == {}
+    with pytest.raises((TypeError, ValueError), match="query_positives"):
+        build(cls, name, query_positives=np.zeros((3, 1), np.int64))

@@ -25,8 +25,9 @@ def build(name, positives=None, *extra):
     if config.contrastive_weight and positives is None:
         rows, k = VOCABS.size(S.VOCAB_QUERIES), config.contrastive_positives
         positives = np.random.default_rng(0).integers(2, VOCABS.size(S.VOCAB_ITEMS), (rows, k))
+    constants = {} if positives is None else {"query_positives": positives}
     tf.keras.utils.set_random_seed(0)
-    model = MODELS[name][0](config, SCHEMA, VOCABS, query_positives=positives, name=name)
+    model = MODELS[name][0](config, SCHEMA, VOCABS, name=name, **constants)
     model(batch(), training=False)
     return model
 
@@ -210,7 +211,7 @@ def test_score_candidates_equals_scoring_every_row(name):
 
 
 def assert_compiled_scoring_matches(model, candidates_per_user=37, n_users=3):
-    """compile_scoring (what the export sets): lookups, then one XLA computation over the
+    """compiled=True (the export's default): lookups, then one XLA computation over the
     users and candidates padded to buckets; the scores of the uncompiled path, in the request's
     shape."""
     users = batch(seed=3, size=n_users)
@@ -219,11 +220,7 @@ def assert_compiled_scoring_matches(model, candidates_per_user=37, n_users=3):
     context = {n: v for n, v in users.items() if n not in item_names}
     grid = {n: candidates[n].reshape(n_users, candidates_per_user) for n in item_names}
     plain = model.score_candidates(context, grid).numpy()
-    model.compile_scoring = True
-    try:
-        compiled = model.score_candidates(context, grid).numpy()
-    finally:
-        model.compile_scoring = False
+    compiled = model.score_candidates(context, grid, compiled=True).numpy()
     assert compiled.shape == plain.shape == (n_users, candidates_per_user)
     np.testing.assert_allclose(compiled, plain, rtol=1e-5, atol=1e-6)
 
@@ -260,7 +257,7 @@ def test_embedding_l2_is_the_mini_batch_aware_penalty_of_the_rows_a_batch_touche
     model = MODELS["queryrec"][0](config, SCHEMA, vocabs, name="queryrec")
     features = batch()
     model(features, training=False)
-    terms, _, _ = model._loss_terms(features, np.zeros(5), training=True)
+    terms, _, _ = model.compute_loss_terms(features, np.zeros(5), training=True)
     expected = 0.0
     for vocab, table in model.embedding_tables().items():
         names = [f.name for f in SCHEMA.features
@@ -276,7 +273,7 @@ def test_embedding_l2_is_the_mini_batch_aware_penalty_of_the_rows_a_batch_touche
     assert float(terms["loss"]) == pytest.approx(
         sum(float(v) * (config.nip_weight if k == "nip_loss" else 1.0)
             for k, v in without.items()) + 0.5 * expected, rel=1e-5)
-    assert "embedding_l2" not in model._loss_terms(features, np.zeros(5), training=False)[0]
+    assert "embedding_l2" not in model.compute_loss_terms(features, np.zeros(5), training=False)[0]
 
 
 @pytest.mark.parametrize("name", ["din_query", "din_nip", "queryrec"])
@@ -349,3 +346,32 @@ def test_query_encoder_ctr_gradient_false_needs_nip():
     with pytest.raises(ValueError, match="needs model.nip_weight"):
         load_config("configs/queryrec.yaml", ["model.query_encoder_ctr_gradient=false",
                                               "model.nip_weight=0"])
+
+
+def test_positives_come_from_data_constants_only_with_a_contrastive_loss():
+    """A model without the contrastive loss reads no positives table (no data directory
+    needed); with it, `data_constants` is what passes the table to the constructor."""
+    config = load_config("configs/din.yaml", TINY).model
+    assert MODELS["din"][0].data_constants(config, "/nonexistent", SCHEMA, VOCABS) == {}
+    config = load_config("configs/din_con.yaml", TINY).model
+    with pytest.raises(Exception, match="nonexistent"):
+        MODELS["din_con"][0].data_constants(config, "/nonexistent", SCHEMA, VOCABS)
+
+
+def test_a_layer_regulariser_adds_exactly_its_penalty_to_the_trained_loss():
+    """The train step minimises compute_loss_terms' loss plus the Keras layer losses: a
+    kernel_regularizer on the CTR logit adds 0.5 * sum(kernel ** 2), no more, no less."""
+    import keras
+
+    features, labels = random_batch(SCHEMA, VOCABS, 6, np.random.default_rng(1))
+    model = build("din", None, "model.dropout=0.0")
+    model.compile(optimizer=keras.optimizers.SGD(0.0))   # no update: the same weights twice
+    plain = model.train_on_batch(features, labels, return_dict=True)["loss"]
+    expected = float(model.compute_loss_terms(features, labels, training=True)[0]["loss"])
+    assert float(plain) == pytest.approx(expected, rel=1e-6)
+    model.ctr_logit.kernel.regularizer = keras.regularizers.L2(0.5)
+    penalty = 0.5 * float(np.sum(model.ctr_logit.kernel.numpy() ** 2))
+    assert penalty > 1e-3
+    model.compile(optimizer=keras.optimizers.SGD(0.0))   # retrace with the regulariser
+    regularised = model.train_on_batch(features, labels, return_dict=True)["loss"]
+    assert float(regularised) == pytest.approx(expected + penalty, rel=1e-6)

@@ -1,0 +1,58 @@
+"""The model directory: what `qrec_tf.train` writes and evaluate, export, compare, tune and
+distribute read. Its file names live here only.
+
+    <model_dir>/
+      config.yaml        CONFIG_FILE      the resolved config (`qrec_tf.config`)
+      model.weights.h5   WEIGHTS_FILE     the weights of the best validation AUC
+      best.weights.h5    BEST_WEIGHTS_FILE  ModelCheckpoint's copy while training
+      run.json           RUN_FILE         data dir, best epoch, history, throughput
+      tensorboard/       TENSORBOARD_DIR  every loss term, AUC, learning rate, examples/s
+      backup/            BACKUP_DIR       BackupAndRestore's state while running (a killed run
+                                          resumes from it; removed when the run ends)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+CONFIG_FILE = "config.yaml"
+WEIGHTS_FILE = "model.weights.h5"
+BEST_WEIGHTS_FILE = "best.weights.h5"
+RUN_FILE = "run.json"
+TENSORBOARD_DIR = "tensorboard"
+BACKUP_DIR = "backup"
+
+
+def config_path(model_dir: str) -> str:
+    return os.path.join(model_dir, CONFIG_FILE)
+
+
+def weights_path(model_dir: str) -> str:
+    return os.path.join(model_dir, WEIGHTS_FILE)
+
+
+def best_weights_path(model_dir: str) -> str:
+    return os.path.join(model_dir, BEST_WEIGHTS_FILE)
+
+
+def run_path(model_dir: str) -> str:
+    return os.path.join(model_dir, RUN_FILE)
+
+
+def tensorboard_dir(model_dir: str) -> str:
+    return os.path.join(model_dir, TENSORBOARD_DIR)
+
+
+def backup_dir(model_dir: str) -> str:
+    return os.path.join(model_dir, BACKUP_DIR)
+
+
+def write_run(model_dir: str, run: dict) -> None:
+    with open(run_path(model_dir), "w") as f:
+        json.dump(run, f, indent=2)
+
+
+def read_run(model_dir: str) -> dict:
+    with open(run_path(model_dir)) as f:
+        return json.load(f)
