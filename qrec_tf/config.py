@@ -159,6 +159,15 @@ class ModelConfig:
     # a stop_gradient), so NIP alone shapes e_qt and the click loss can only learn how to read
     # it. docs/ARCHITECTURE.md, "The query branch".
     query_encoder_ctr_gradient: bool = True
+    # What the query attention (eq 2) compares each query with: "item_id" (the target's item-id
+    # embedding) or "item" (the target's whole representation [item || category || sub-category]
+    # projected to embedding_dim by a learned matrix, so a query can match the target's
+    # categories, which every impression trains, and not only its id, which few do).
+    # docs/ARCHITECTURE.md, "The query branch".
+    query_attention_target: str = "item_id"
+    # True: a learned vector per position of the query list (zero at the start) is added to the
+    # queries the query attention reads, so it can weigh recent queries above old ones.
+    query_attention_positions: bool = False
     # DIN's mini-batch aware L2 on the embedding rows a batch touches, each weighted by the
     # inverse of its id's frequency (Zhou et al. KDD'18); 0 = off. docs/PAPER.md, "MBA".
     embedding_l2: float = 0.0
@@ -186,6 +195,8 @@ class ModelConfig:
             raise ValueError("model.query_fusion must be concat or bilinear")
         if self.query_fusion == "bilinear" and not (self.query_pooling or self.query_encoder):
             raise ValueError("model.query_fusion bilinear needs query_pooling or query_encoder")
+        if self.query_attention_target not in ("item_id", "item"):
+            raise ValueError("model.query_attention_target must be item_id or item")
         if self.embedding_l2 < 0:
             raise ValueError("model.embedding_l2 must be >= 0")
         if self.query_encoder and not self.query_encoder_ctr_gradient and not self.nip_weight:

@@ -54,6 +54,15 @@ class QueryRecModel(CTRModel):
                 name="query_embedding")
         if config.query_pooling:
             self.query_attention = self.din_attention("query_attention")
+            self.query_target_projection = None
+            if config.query_attention_target == "item":
+                self.query_target_projection = keras.layers.Dense(
+                    d, use_bias=False, name="query_target_projection")
+                self.query_target_projection.build((None, 3 * d))
+            self.query_positions = None
+            if config.query_attention_positions:
+                self.query_positions = self.add_weight(
+                    shape=(schema.max_queries, d), initializer="zeros", name="query_positions")
         if config.query_encoder:
             self.query_encoder = SASEncoder(schema.max_queries, d, num_blocks=config.sas_blocks,
                                             num_heads=config.sas_heads, dropout=config.sas_dropout,
@@ -180,9 +189,8 @@ class QueryRecModel(CTRModel):
         parts = [*per_row[:len(user["user"])], *self.item_embeddings(features), target, v_b]
         query_parts = []
         if self.config.query_pooling:
-            query_parts.append(self.query_input("pooled", self.query_attention(
-                self.embed(S.ITEM_ID, item_idx), user["queries"], user["query_idx"] != 0,
-                training=training, queries_per_key_row=items_per_user), training))
+            query_parts.append(self.query_input("pooled", self.pool_queries(
+                user, item_idx, target, training, items_per_user), training))
         if self.config.query_encoder:
             e_qt = per_row[len(user["user"])]
             if not self.config.query_encoder_ctr_gradient:
@@ -197,6 +205,21 @@ class QueryRecModel(CTRModel):
             return {"logits": tf.squeeze(self.ctr_logit(hidden), -1)
                     + tf.cast(query_score, tf.float32)}
         return {"logits": self.ctr_logits(tf.concat(parts + query_parts, axis=-1), training)}
+
+    def pool_queries(self, user: dict, item_idx: tf.Tensor, target: tf.Tensor,
+                     training: bool = False, items_per_user: tf.Tensor | None = None
+                     ) -> tf.Tensor:
+        """v_q [rows, dim] (eq 2): the user's queries [users, Q, dim] weighted by their
+        attention to the target (its item-id embedding, or its whole representation [rows, 3d]
+        projected, model.query_attention_target), plus position vectors when configured."""
+        query_target = (self.query_target_projection(target)
+                        if self.query_target_projection is not None
+                        else self.embed(S.ITEM_ID, item_idx))
+        queries = user["queries"]
+        if self.query_positions is not None:
+            queries = queries + tf.cast(self.query_positions, queries.dtype)
+        return self.query_attention(query_target, queries, user["query_idx"] != 0,
+                                    training=training, queries_per_key_row=items_per_user)
 
     def query_input(self, name: str, x: tf.Tensor, training: bool = False) -> tf.Tensor:
         """A query-side CTR input [rows, dim] ("pooled" v_q or "encoded" e_qt) as the MLP reads

@@ -375,3 +375,58 @@ def test_a_layer_regulariser_adds_exactly_its_penalty_to_the_trained_loss():
     model.compile(optimizer=keras.optimizers.SGD(0.0))   # retrace with the regulariser
     regularised = model.train_on_batch(features, labels, return_dict=True)["loss"]
     assert float(regularised) == pytest.approx(expected + penalty, rel=1e-6)
+
+
+CATEGORY_FEATURES = (S.CATEGORY_ID, S.SUBCATEGORY_ID)
+
+
+@pytest.mark.parametrize("target", ["item_id", "item"])
+def test_query_attention_target_item_reads_the_target_categories(target):
+    """query_attention_target item: v_q attends with the target's whole representation
+    projected to d (W [item || category || sub-category]), so the target's categories change
+    v_q; item_id: only the target's item-id embedding does."""
+    model = build("din_query", None, f"model.query_attention_target={target}")
+    features = batch()
+    user = model.encode_user(features)
+
+    def pooled(feats):
+        item_idx, rep = model.item_representation(feats[S.ITEM_ID], feats[S.CATEGORY_ID],
+                                                  feats[S.SUBCATEGORY_ID])
+        return model.pool_queries(user, item_idx, rep).numpy(), item_idx, rep
+
+    v_q, item_idx, rep = pooled(features)
+    other = with_other(features, CATEGORY_FEATURES, seed=4)
+    moved = np.abs(v_q - pooled(other)[0]).max()
+    if target == "item_id":
+        assert model.query_target_projection is None and moved == 0.0
+        return
+    assert tuple(model.query_target_projection.kernel.shape) == (3 * 8, 8)
+    assert moved > 1e-6
+    kernel = model.query_target_projection.kernel.numpy()
+    expected = model.query_attention(tf.constant(rep.numpy() @ kernel), user["queries"],
+                                     user["query_idx"] != 0).numpy()
+    np.testing.assert_allclose(v_q, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_query_attention_positions_start_at_zero_and_shift_each_slot():
+    """query_attention_positions: the position vectors start at 0 (v_q as without them); set
+    to P, v_q is the attention over queries + P, slot by slot."""
+    model = build("din_query", None, "model.query_attention_positions=true")
+    features = batch()
+    user = model.encode_user(features)
+    item_idx = model.lookup(S.ITEM_ID, features[S.ITEM_ID])
+    target = model.embed(S.ITEM_ID, item_idx)
+    mask = user["query_idx"] != 0
+    plain = model.query_attention(target, user["queries"], mask).numpy()
+    np.testing.assert_array_equal(model.pool_queries(user, item_idx, None).numpy(), plain)
+    positions = np.random.default_rng(5).normal(size=(SCHEMA.max_queries, 8)).astype("float32")
+    model.query_positions.assign(positions)
+    expected = model.query_attention(target, user["queries"] + positions, mask).numpy()
+    got = model.pool_queries(user, item_idx, None).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert np.abs(got - plain).max() > 1e-6
+
+
+def test_query_attention_target_is_checked():
+    with pytest.raises(ValueError, match="query_attention_target must be"):
+        load_config("configs/queryrec.yaml", ["model.query_attention_target=category"])
