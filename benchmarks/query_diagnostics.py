@@ -1,6 +1,7 @@
 """How much a log's queries can say about its feed clicks, and how much they identify a user.
 
-    python -m benchmarks.query_diagnostics --log LOG_DIR [--data DATA_DIR] [--window-hours 48]
+    python -m benchmarks.query_diagnostics --log LOG_DIR [--data DATA_DIR [--model-dir M ...]]
+        [--window-hours 48]
 
 From the KuaiSAR-format log (LOG_DIR: the CSVs of pipelines.synthetic or of KuaiSAR):
 - the signal: each query is given the sub-category most of its results belong to; a feed
@@ -10,6 +11,8 @@ From the KuaiSAR-format log (LOG_DIR: the CSVs of pipelines.synthetic or of Kuai
 From the Beam job's output (DATA_DIR, optional):
 - the fingerprint: how many training rows share each distinct query list (what the SAS encoder
   reads) and how many of those lists belong to one user only; the same for the feed history.
+With trained models (--model-dir, optional): the ceiling (signal_ceiling), what the
+after-search flag still adds to each model's scores on the test split.
 
 docs/RESULTS.md, "QueryRec on logs it was not developed on", has the numbers of the regimes.
 """
@@ -40,8 +43,9 @@ def _rows(log_dir: str, name: str):
         yield from csv.DictReader(f)
 
 
-def search_signal(log_dir: str, window_hours: float = 48.0) -> dict:
-    """{"impressions", "ctr", "after_search": {"rows", "share", "ctr"}, "other_ctr"}."""
+def search_history(log_dir: str) -> tuple[dict[str, str], dict[tuple[str, str], list[int]]]:
+    """(item -> sub-category, (user, sub-category) -> the times the user searched it), a
+    query's sub-category being the one most of its results belong to."""
     subcategory = {row["item_id"]: row["second_level_category_id"]
                    for row in _rows(log_dir, kuaisar.ITEM_FEATURES)}
     votes: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -54,17 +58,80 @@ def search_signal(log_dir: str, window_hours: float = 48.0) -> dict:
     searched: dict[tuple[str, str], list[int]] = collections.defaultdict(list)
     for user, timestamp, keyword in sessions:
         searched[(user, query_subcategory[keyword])].append(timestamp)
-    window = window_hours * _HOUR_MS
+    return subcategory, searched
+
+
+def after_search(history, user, item, timestamp, window_hours: float = 48.0) -> bool:
+    """Whether `user` searched `item`'s sub-category in the window before `timestamp` (ms);
+    `history` is search_history's result, ids as the log's strings."""
+    subcategory, searched = history
+    times = searched.get((user, subcategory.get(item)), ())
+    return any(0 < timestamp - s <= window_hours * _HOUR_MS for s in times)
+
+
+def search_signal(log_dir: str, window_hours: float = 48.0) -> dict:
+    """{"impressions", "ctr", "after_search": {"rows", "share", "ctr"}, "other_ctr"}."""
+    history = search_history(log_dir)
     clicks = {True: [], False: []}
     for row in _rows(log_dir, kuaisar.REC_INTER):
-        t = float(row["timestamp"])
-        times = searched.get((row["user_id"], subcategory.get(row["item_id"])), ())
-        clicks[any(0 < t - s <= window for s in times)].append(int(row["click"]))
+        flag = after_search(history, row["user_id"], row["item_id"], float(row["timestamp"]),
+                            window_hours)
+        clicks[flag].append(int(row["click"]))
     n = len(clicks[True]) + len(clicks[False])
     return {"impressions": n, "ctr": round(float(np.mean(clicks[True] + clicks[False])), 4),
             "after_search": {"rows": len(clicks[True]), "share": round(len(clicks[True]) / n, 4),
                              "ctr": round(float(np.mean(clicks[True] or [np.nan])), 4)},
             "other_ctr": round(float(np.mean(clicks[False] or [np.nan])), 4)}
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, iterations: int = 50) -> np.ndarray:
+    """Maximum-likelihood logistic regression by Newton's method: x [rows, k], y [rows] in
+    {0, 1} -> weights [k + 1] (the last is the intercept). A 1e-6 ridge keeps the Hessian
+    invertible when a column separates the classes."""
+    x = np.hstack([np.asarray(x, np.float64), np.ones((len(x), 1))])
+    y = np.asarray(y, np.float64)
+    w = np.zeros(x.shape[1])
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-x @ w))
+        hessian = (x * (p * (1.0 - p))[:, None]).T @ x + 1e-6 * np.eye(len(w))
+        w += np.linalg.solve(hessian, x.T @ (y - p))
+    return w
+
+
+def signal_ceiling(log_dir: str, data_dir: str, model_dir: str, window_hours: float = 48.0,
+                   resamples: int = 1000) -> dict:
+    """How much of the search signal a trained model leaves out.
+
+    Each validation and test row gets the after-search flag (after_search); a logistic
+    regression of the click on [logit of the model's score, flag] is fitted on validation and
+    scored on test. `flag_weight` is the flag's logit coefficient: what the flag still adds once
+    the model's score is known (a model that had learnt the search signal leaves ~0), and the
+    interval is of the test AUC of the combination minus the model's own (paired bootstrap).
+    """
+    from qrec_tf import data, evaluate, metrics
+    from qrec_tf import schema as S
+
+    history = search_history(log_dir)
+    model = evaluate.load_trained_model(model_dir, data_dir)[1]
+    rows = {}
+    for split in ("valid", "test"):
+        scored = evaluate.predict(model, data_dir, split)
+        times = np.concatenate([batch[S.TIMESTAMP].numpy() for batch in
+                                data.make_dataset(data_dir, split, 4096, shuffle=False)])
+        flags = np.array([after_search(history, str(u), str(i), float(t), window_hours)
+                          for u, i, t in zip(scored["user_id"], scored["item_id"], times)])
+        p = np.clip(scored["probability"].astype(np.float64), 1e-7, 1 - 1e-7)
+        rows[split] = (np.stack([np.log(p / (1 - p)), flags], 1), scored["label"], p)
+    weights = fit_logistic(*rows["valid"][:2])
+    x, labels, p = rows["test"]
+    combined = 1.0 / (1.0 + np.exp(-(x @ weights[:-1] + weights[-1])))
+    return {"test_rows": int(labels.size), "flag_share": round(float(x[:, 1].mean()), 4),
+            "score_weight": round(float(weights[0]), 4),
+            "flag_weight": round(float(weights[1]), 4),
+            "auc_model": round(metrics.auc(labels, p), 4),
+            "auc_model_and_flag": round(metrics.auc(labels, combined), 4),
+            "difference": metrics.paired_bootstrap_auc_difference(labels, combined, p,
+                                                                   resamples)}
 
 
 def fingerprint(data_dir: str) -> dict:
@@ -98,11 +165,19 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--log", required=True, help="a KuaiSAR-format log directory")
     parser.add_argument("--data", help="the Beam job's output for that log (the fingerprint)")
+    parser.add_argument("--model-dir", action="append", default=[],
+                        help="a model trained on --data: how much the after-search flag still "
+                             "adds to its scores (repeat for several models)")
     parser.add_argument("--window-hours", type=float, default=48.0)
     args = parser.parse_args(argv)
+    if args.model_dir and not args.data:
+        parser.error("--model-dir needs --data (the data the model was trained on)")
     result = {"signal": search_signal(args.log, args.window_hours)}
     if args.data:
         result["fingerprint"] = fingerprint(args.data)
+    for model_dir in args.model_dir:
+        result.setdefault("ceiling", {})[model_dir] = signal_ceiling(
+            args.log, args.data, model_dir, args.window_hours)
     print(json.dumps(result, indent=1))
 
 

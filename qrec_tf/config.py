@@ -168,6 +168,12 @@ class ModelConfig:
     # True: a learned vector per position of the query list (zero at the start) is added to the
     # queries the query attention reads, so it can weigh recent queries above old ones.
     query_attention_positions: bool = False
+    # True: each query's vector also holds the items clicked in its search session
+    # (query_clicked_item_ids), as the target is represented ([item || category ||
+    # sub-category], categories from the training data) and projected by the same matrix as the
+    # target (needs query_attention_target: item), so the query attention can match a query with
+    # a target of the same sub-category even when the query's words are rare.
+    query_clicked_items: bool = False
     # DIN's mini-batch aware L2 on the embedding rows a batch touches, each weighted by the
     # inverse of its id's frequency (Zhou et al. KDD'18); 0 = off. docs/PAPER.md, "MBA".
     embedding_l2: float = 0.0
@@ -197,6 +203,11 @@ class ModelConfig:
             raise ValueError("model.query_fusion bilinear needs query_pooling or query_encoder")
         if self.query_attention_target not in ("item_id", "item"):
             raise ValueError("model.query_attention_target must be item_id or item")
+        if self.query_clicked_items and not (self.query_pooling
+                                             and self.query_attention_target == "item"):
+            raise ValueError("model.query_clicked_items needs model.query_pooling and "
+                             "model.query_attention_target: item (the clicked items and the "
+                             "target share one projection)")
         if self.embedding_l2 < 0:
             raise ValueError("model.embedding_l2 must be >= 0")
         if self.query_encoder and not self.query_encoder_ctr_gradient and not self.nip_weight:

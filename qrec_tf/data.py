@@ -16,6 +16,7 @@ import math
 import os
 from typing import Iterable, Iterator, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from qrec_tf import schema as S
@@ -260,3 +261,29 @@ def query_items(path: str) -> Iterator[dict]:
         for i, key in enumerate(columns[S.QI_QUERY_KEY]):
             yield {**{name: values[i] for name, values in columns.items()},
                    S.QI_QUERY_KEY: key.decode("utf-8")}
+
+
+def item_categories(path: str, item_values: Sequence) -> np.ndarray:
+    """int64 [len(item_values) + 2, 2]: the raw (category, sub-category) ids of each item row of
+    the item vocabulary (row 0 padding, 1 OOV, then `item_values` in order), read from the
+    training split's targets and feed histories; PAD_ID where an item never occurs there.
+
+    Lets a model place an item it knows only by id (a query's clicked item) in the categories
+    its targets are represented with."""
+    names = [S.ITEM_ID, S.CATEGORY_ID, S.SUBCATEGORY_ID, S.HIST_ITEM_IDS, S.HIST_CATEGORY_IDS,
+             S.HIST_SUBCATEGORY_IDS]
+    row_of = {int(value): row for row, value in enumerate(item_values, start=2)}
+    table = np.full((len(item_values) + 2, 2), S.PAD_ID, np.int64)
+    items, categories = [], []
+    for batch in make_dataset(path, "train", 4096, shuffle=False, features=names):
+        columns = [batch[name].numpy().reshape(-1) for name in names]
+        items += [columns[0], columns[3]]
+        categories += [np.stack(columns[1:3], 1), np.stack(columns[4:6], 1)]
+    if items:
+        items, categories = np.concatenate(items), np.concatenate(categories)
+        distinct, first = np.unique(items, return_index=True)    # an item's first occurrence
+        for item, at in zip(distinct.tolist(), first.tolist()):
+            row = row_of.get(item)
+            if row is not None:
+                table[row] = categories[at]
+    return table

@@ -21,10 +21,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from qrec_tf import losses
+from qrec_tf import data, losses
 from qrec_tf import schema as S
 from qrec_tf.config import ModelConfig
 from qrec_tf.layers.contrastive import BilinearSimilarity
+from qrec_tf.layers.dense_stack import masked_mean
 from qrec_tf.layers.id_lookup import OOV_INDEX
 from qrec_tf.layers.layer_scale import LayerScale
 from qrec_tf.layers.query_embedding import SparseQueryEmbedding
@@ -39,10 +40,13 @@ class QueryRecModel(CTRModel):
     """DIN backbone + query list pooling / SAS encoder + NIP and contrastive losses."""
 
     def __init__(self, config: ModelConfig, schema: S.Schema, vocabularies: Vocabularies,
-                 query_positives: np.ndarray | None = None, **kwargs):
+                 query_positives: np.ndarray | None = None,
+                 item_categories: np.ndarray | None = None, **kwargs):
         """`query_positives`: int [query vocabulary rows, P] item *indices* (0 = none) of the
         positives of each query index (the contrastive loss's I+_q); needed when
-        config.contrastive_weight > 0."""
+        config.contrastive_weight > 0. `item_categories`: int [item vocabulary rows, 2] raw
+        (category, sub-category) ids of each item row (`data.item_categories`); needed when
+        config.query_clicked_items."""
         super().__init__(config, schema, vocabularies, **kwargs)
         d = config.embedding_dim
         self.uses_queries = config.query_pooling or config.query_encoder or bool(
@@ -63,6 +67,10 @@ class QueryRecModel(CTRModel):
             if config.query_attention_positions:
                 self.query_positions = self.add_weight(
                     shape=(schema.max_queries, d), initializer="zeros", name="query_positions")
+        if config.query_clicked_items:
+            if item_categories is None:
+                raise ValueError("model.query_clicked_items needs the item categories table")
+            self.item_categories = tf.constant(item_categories, tf.int64)
         if config.query_encoder:
             self.query_encoder = SASEncoder(schema.max_queries, d, num_blocks=config.sas_blocks,
                                             num_heads=config.sas_heads, dropout=config.sas_dropout,
@@ -101,9 +109,13 @@ class QueryRecModel(CTRModel):
     @classmethod
     def data_constants(cls, config, data_dir, schema, vocabularies):
         """{"query_positives": the contrastive loss's table (`positives_matrix`)} when the
-        config has a contrastive loss, else {}."""
+        config has a contrastive loss, {"item_categories": ...} with query_clicked_items."""
+        constants = {}
+        if config.query_clicked_items:
+            constants["item_categories"] = data.item_categories(
+                data_dir, vocabularies.values[S.VOCAB_ITEMS])
         if not config.contrastive_weight:
-            return {}
+            return constants
         table, source = load_positives(data_dir, config.positives, config.positives_dir)
         query_positives = positives_matrix(
             table, vocabularies.values[S.VOCAB_QUERIES], vocabularies.values[S.VOCAB_ITEMS],
@@ -111,7 +123,7 @@ class QueryRecModel(CTRModel):
         with_positives = int((query_positives[2:, 0] != 0).sum())
         LOG.info("contrastive positives from the %s table: %d of %d queries have some", source,
                  with_positives, len(query_positives) - 2)
-        return {"query_positives": query_positives}
+        return {**constants, "query_positives": query_positives}
 
     def aux_loss_names(self):
         return (*(["nip_loss"] if self.config.nip_weight else []),
@@ -125,7 +137,7 @@ class QueryRecModel(CTRModel):
             aux["nip_loss"] = (cfg.nip_weight, self._nip_loss(features, user["e_qt"]))
         if cfg.contrastive_weight and training:
             aux["contrastive_loss"] = (cfg.contrastive_weight, self._contrastive_loss(
-                user["query_idx"], user["queries"][:, -1]))
+                user["query_idx"], user["query_text"][:, -1]))
         return {**out, "aux_losses": aux}
 
     def encode_user(self, features: Mapping[str, tf.Tensor], training: bool = False) -> dict:
@@ -144,11 +156,27 @@ class QueryRecModel(CTRModel):
             query_idx = self.lookup(S.QUERY_KEYS, features[S.QUERY_KEYS])
             word_idx = self.lookup(S.QUERY_WORD_IDS, features[S.QUERY_WORD_IDS])
             user["query_idx"] = query_idx
-            user["queries"] = self.embed_queries(query_idx, word_idx, training)  # [rows, Q, d]
+            user["query_text"] = self.embed_queries(query_idx, word_idx, training)  # [rows, Q, d]
+            user["queries"] = user["query_text"]
+            if self.config.query_clicked_items:
+                user["queries"] = user["queries"] + self.clicked_items_context(features)
         if self.config.query_encoder:
             user["e_qt"] = self.query_encoder(user["queries"], user["query_idx"] != 0,
                                               training=training)               # [rows, d]
         return user
+
+    def clicked_items_context(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        """[rows, Q, dim]: per query slot, the mean representation [item || category ||
+        sub-category] of the items clicked in its session, through the query attention's target
+        projection (0 for a slot without clicks)."""
+        clicked = self.lookup(S.QUERY_CLICKED_ITEM_IDS, features[S.QUERY_CLICKED_ITEM_IDS])
+        categories = tf.gather(self.item_categories, clicked)              # [rows, Q, C, 2]
+        rep = tf.concat([
+            self.embed(S.ITEM_ID, clicked),
+            self.embed(S.CATEGORY_ID, self.lookup(S.CATEGORY_ID, categories[..., 0])),
+            self.embed(S.SUBCATEGORY_ID, self.lookup(S.SUBCATEGORY_ID, categories[..., 1]))],
+            axis=-1)                                                       # [rows, Q, C, 3d]
+        return self.query_target_projection(masked_mean(rep, clicked != 0, 2))
 
     def embed_queries(self, query_idx: tf.Tensor, word_idx: tf.Tensor,
                       training: bool = False) -> tf.Tensor:

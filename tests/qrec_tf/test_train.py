@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 
+from benchmarks import query_diagnostics
 from qrec_tf import evaluate, metrics, train
 from qrec_tf.config import load_config
 from qrec_tf.models.registry import MODELS
@@ -147,6 +148,15 @@ def test_evaluate_matches_brute_force_metrics(split, data_dir, tmp_path):
     assert result["auc"] == pytest.approx(brute, abs=1e-9)
     if split == "test":  # leave-one-out: one impression per user, so no user has both classes
         assert result["gauc"] is None and result["gauc_users"] == 0
+        # The search-signal ceiling scores the same test rows in the same order.
+        ceiling = query_diagnostics.signal_ceiling(
+            os.path.join(os.path.dirname(data_dir), "log"), data_dir, str(tmp_path),
+            resamples=50)
+        assert ceiling["test_rows"] == result["n"]
+        assert ceiling["auc_model"] == round(result["auc"], 4)
+        assert ceiling["difference"]["difference"] == pytest.approx(
+            ceiling["auc_model_and_flag"] - ceiling["auc_model"], abs=2e-4)
+        assert 0 < ceiling["flag_share"] < 1
     else:
         assert result["gauc_users"] > 100
         assert result["gauc"] == pytest.approx(metrics.gauc(users, labels, probs)[0])

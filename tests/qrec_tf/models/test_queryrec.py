@@ -430,3 +430,72 @@ def test_query_attention_positions_start_at_zero_and_shift_each_slot():
 def test_query_attention_target_is_checked():
     with pytest.raises(ValueError, match="query_attention_target must be"):
         load_config("configs/queryrec.yaml", ["model.query_attention_target=category"])
+
+
+def _item_categories(seed=6):
+    """A random (category, sub-category) per item row (raw ids of the random vocabularies)."""
+    rng = np.random.default_rng(seed)
+    rows = VOCABS.size(S.VOCAB_ITEMS)
+    return np.stack([rng.choice(VOCABS.values[S.VOCAB_CATEGORIES], rows),
+                     rng.choice(VOCABS.values[S.VOCAB_SUBCATEGORIES], rows)], 1).astype(np.int64)
+
+
+def test_query_clicked_items_add_the_projected_mean_of_the_clicked_items_to_each_query():
+    """query_clicked_items: a query slot's vector is its text embedding plus W times the mean
+    [item || category || sub-category] of its clicked items (W: the target projection), with
+    the categories from the item table; a slot without clicks gets its text embedding only."""
+    config = load_config("configs/din_query.yaml",
+                         [*TINY, "model.query_attention_target=item",
+                          "model.query_clicked_items=true"]).model
+    table = _item_categories()
+    model = MODELS["din_query"][0](config, SCHEMA, VOCABS, name="m", item_categories=table)
+    features = batch()
+    clicked = features[S.QUERY_CLICKED_ITEM_IDS].copy()
+    clicked[0, 0] = S.PAD_ID                                     # slot (0, 0): no clicks
+    features = {**features, S.QUERY_CLICKED_ITEM_IDS: clicked}
+    model(features, training=False)
+    user = model.encode_user(features)
+    embed = {v: model.embeddings[v].embeddings.numpy()
+             for v in (S.VOCAB_ITEMS, S.VOCAB_CATEGORIES, S.VOCAB_SUBCATEGORIES)}
+    kernel = model.query_target_projection.kernel.numpy()
+    item_idx = model.lookup(S.QUERY_CLICKED_ITEM_IDS, clicked).numpy()
+    for r, q in [(0, 0), (1, 2), (3, SCHEMA.max_queries - 1)]:
+        reps = []
+        for idx in item_idx[r, q]:
+            if idx == 0:
+                continue
+            category, subcategory = table[idx]
+            reps.append(np.concatenate([
+                embed[S.VOCAB_ITEMS][idx],
+                embed[S.VOCAB_CATEGORIES][model.lookup(S.CATEGORY_ID, [category]).numpy()[0]],
+                embed[S.VOCAB_SUBCATEGORIES][
+                    model.lookup(S.SUBCATEGORY_ID, [subcategory]).numpy()[0]]]))
+        context = np.mean(reps, 0) @ kernel if reps else 0.0
+        np.testing.assert_allclose(user["queries"][r, q].numpy(),
+                                   user["query_text"][r, q].numpy() + context,
+                                   rtol=1e-5, atol=1e-6)
+    assert not any(item_idx[0, 0])
+
+
+def test_query_clicked_items_need_the_item_projection():
+    with pytest.raises(ValueError, match="query_clicked_items needs"):
+        load_config("configs/queryrec.yaml", ["model.query_clicked_items=true"])
+
+
+def test_item_categories_come_from_the_training_split(data_dir):
+    """data.item_categories: each training target's row holds its (category, sub-category);
+    the padding and OOV rows hold PAD_ID."""
+    from qrec_tf import data as qdata
+
+    items = [value for value, _ in S.read_vocab(data_dir, S.VOCAB_ITEMS)]
+    table = qdata.item_categories(data_dir, items)
+    assert table.shape == (len(items) + 2, 2) and (table[:2] == S.PAD_ID).all()
+    row_of = {int(v): r for r, v in enumerate(items, start=2)}
+    seen = 0
+    for batch in qdata.make_dataset(data_dir, "train", 512, shuffle=False):
+        for item, category, subcategory in zip(batch[S.ITEM_ID].numpy(),
+                                               batch[S.CATEGORY_ID].numpy(),
+                                               batch[S.SUBCATEGORY_ID].numpy()):
+            assert tuple(table[row_of[int(item)]]) == (category, subcategory)
+            seen += 1
+    assert seen > 1000
