@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from qrec_tf.augment.config import AugmentConfig, AugmentModelConfig
+from qrec_tf.augment.generation import generation_batch_size
 from qrec_tf.augment.vectors import DenseRows
 from qrec_tf.layers.denoiser import Denoiser
 from qrec_tf.layers.diffusion import GaussianDiffusion
@@ -131,5 +132,7 @@ def memory_estimate_mb(config: AugmentConfig, items: int, entries: int, queries:
             "training_state_mb": round(16 * params / mib, 1),
             "per_step_mb": round(8 * config.train.batch_size * items * 4 / mib, 1),
             "data_mb": round((13 * entries + 8 * queries) / mib, 1),
+            "generation_batch": generation_batch_size(config.output, config.model.steps, items),
             "generation_batch_mb": round(
-                (4 + config.model.steps) * config.output.batch_size * items * 4 / mib, 1)}
+                (4 + config.model.steps) * items * 4 / mib
+                * generation_batch_size(config.output, config.model.steps, items), 1)}
