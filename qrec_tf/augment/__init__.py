@@ -97,6 +97,7 @@ from qrec_tf.augment.training import (
     DiffusionTrainer,
     SparseBackup,
     build_diffusion,
+    build_trainer,
     memory_estimate_mb,
     parameter_count,
 )
@@ -116,7 +117,8 @@ __all__ = [
     "AugmentOutputConfig", "AugmentTrainConfig", "load_augment_config",
     "QueryItemTable", "read_query_items", "ItemSpace", "choose_item_space", "QueryItemMatrix",
     "build_matrix", "hold_out", "DenseRows",
-    "DiffusionTrainer", "SparseBackup", "build_diffusion", "parameter_count", "memory_estimate_mb",
+    "DiffusionTrainer", "SparseBackup", "build_diffusion", "build_trainer",
+    "parameter_count", "memory_estimate_mb",
     "top_k_in_batches", "generation_batch_size", "rank_items", "positives_table",
     "ranking_quality", "popularity_ranking", "quality_check",
     "SUMMARY_FILE", "CONFIG_FILE", "WEIGHTS_FILE", "CHECKPOINT_DIR", "queries_to_fill", "run",

@@ -23,12 +23,7 @@ from qrec_tf.augment.generation import (
     rank_items,
 )
 from qrec_tf.augment.quality import quality_check
-from qrec_tf.augment.training import (
-    DiffusionTrainer,
-    SparseBackup,
-    build_diffusion,
-    memory_estimate_mb,
-)
+from qrec_tf.augment.training import SparseBackup, build_trainer, memory_estimate_mb
 from qrec_tf.augment.vectors import (
     DenseRows,
     ItemSpace,
@@ -151,15 +146,9 @@ def run(config: AugmentConfig, data_dir: str, output_dir: str, verbose="auto",
              items, space.report["search_items"], len(train_rows), len(held_rows))
 
     _write_config(config, output_dir)
-    keras.utils.set_random_seed(config.train.seed)
-    diffusion = build_diffusion(config.model, items, config.train.seed)
     train_dense = DenseRows(train_matrix, items, config.data)
-    trainer = DiffusionTrainer(diffusion, train_dense, train_rows, config.train.batch_size,
-                               config.train.positive_mask_rate, config.train.seed)
-    trainer.build((None, items))
-    trainer.compile(optimizer=keras.optimizers.Adam(
-        config.train.learning_rate, weight_decay=config.train.weight_decay or None),
-        jit_compile=False)
+    trainer = build_trainer(config, items, train_dense, train_rows)
+    diffusion = trainer.diffusion
     trained = time.perf_counter()
     history = trainer.fit(
         tf.data.Dataset.range(trainer.steps_per_epoch), epochs=config.train.epochs,
