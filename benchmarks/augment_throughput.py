@@ -42,6 +42,9 @@ profile tab).
 from __future__ import annotations
 
 import argparse
+import collections
+import glob
+import os
 import time
 from typing import Callable
 
@@ -203,6 +206,33 @@ def fit_traces(trainer: augment.DiffusionTrainer) -> int:
     return traces[0]
 
 
+PROFILED_STEPS = 3
+
+
+def op_profile(logdir: str) -> list[tuple[str, float, int]]:
+    """(op type, seconds, calls) of the TensorFlow ops in the newest tf.profiler trace under
+    logdir, most time first, read from its XPlane (the host plane's tf_Compute lines)."""
+    try:
+        from tsl.profiler.protobuf import xplane_pb2
+    except ImportError:  # older layouts
+        from tensorflow.tsl.profiler.protobuf import xplane_pb2
+    path = sorted(glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb")))[-1]
+    space = xplane_pb2.XSpace()
+    with open(path, "rb") as f:
+        space.ParseFromString(f.read())
+    seconds, calls = collections.Counter(), collections.Counter()
+    for plane in space.planes:
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):
+                continue
+            for event in line.events:
+                op = plane.event_metadata[event.metadata_id].name.split(":")[-1]
+                if op not in ("Process", "ParallelFor"):
+                    seconds[op] += event.duration_ps * 1e-12
+                    calls[op] += 1
+    return [(op, value, calls[op]) for op, value in seconds.most_common()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=20_000)
@@ -262,10 +292,15 @@ def main() -> None:
               f"train step over 2 epochs of fit: {fit_traces(stage)}")
         if args.profile:
             tf.profiler.experimental.start(args.profile)
-            for _ in range(3):
+            for _ in range(PROFILED_STEPS):
                 timers["after"]["train step"].call()
             tf.profiler.experimental.stop()
-            print(f"profile of 3 steps in {args.profile}")
+            print(f"\ntf.profiler trace of {PROFILED_STEPS} steps in {args.profile}; op types by "
+                  "time (inclusive, per step; the executor's Process/ParallelFor wrappers left "
+                  "out):\n\n| op | ms per step | calls per step |\n|---|---|---|")
+            for op, seconds, calls in op_profile(args.profile)[:12]:
+                print(f"| {op} | {seconds * 1e3 / PROFILED_STEPS:.1f} | "
+                      f"{calls / PROFILED_STEPS:g} |")
 
 
 if __name__ == "__main__":

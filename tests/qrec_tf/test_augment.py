@@ -4,6 +4,7 @@ resume after a kill, CLI errors, and the trained table feeding din_con_diffusion
 
 import dataclasses
 import json
+import logging
 import os
 
 import keras
@@ -325,7 +326,7 @@ def test_queries_to_fill_by_hand():
     assert augment.queries_to_fill(np.array([3, 4]), output).tolist() == []
 
 
-def test_no_query_to_fill_writes_the_log_positives_without_training(tmp_path, capsys):
+def test_no_query_to_fill_writes_the_log_positives_without_training(tmp_path, capsys, caplog):
     """A generated log in which every search session has a click, so every query has one."""
     from pipelines import build_tfrecords, synthetic
 
@@ -341,8 +342,10 @@ def test_no_query_to_fill_writes_the_log_positives_without_training(tmp_path, ca
             for arg in ("--set", s)]
 
     out = str(tmp_path / "out")
+    caplog.set_level(logging.INFO, "qrec_tf.augment")
     assert augment.main(["--data", data_dir, "--output", out, "--verbose", "0", *tiny]) == 0
     assert "no query needs filling" in capsys.readouterr().out
+    assert f"0 of {len(log)} queries to fill: 0 click-less" in caplog.text
     with open(os.path.join(out, augment.SUMMARY_FILE)) as f:
         summary = json.load(f)
     assert summary["trained"] is False and summary["training"] is None
