@@ -326,6 +326,21 @@ def test_queries_to_fill_by_hand():
     assert augment.queries_to_fill(np.array([3, 4]), output).tolist() == []
 
 
+def test_no_query_to_fill_by_hand_trains_nothing(tmp_path, capsys):
+    data_dir = write_data(tmp_path / "data", [("1_1", {5: 1, 6: 2}, [7]), ("2_1", {7: 1}, [5]),
+                                              ("2_2", {8: 1}, [])], [5, 6, 7])
+    out = str(tmp_path / "out")
+    assert augment.main(["--data", data_dir, "--output", out, "--verbose", "0"]) == 0
+    assert "no query needs filling (no click-less query, output.augment_clicked off)" in \
+        capsys.readouterr().out
+    # most clicked first; item 8 is outside the item vocabulary and stays, as in the log
+    assert positives.load(data_dir, "diffusion", out)[0] == {"1_1": [6, 5], "2_1": [7],
+                                                             "2_2": [8]}
+    assert sorted(os.listdir(out)) == sorted([augment.CONFIG_FILE, augment.SUMMARY_FILE,
+                                              positives.POSITIVES_DIR])
+
+
+@pytest.mark.slow
 def test_no_query_to_fill_writes_the_log_positives_without_training(tmp_path, capsys, caplog):
     """A generated log in which every search session has a click, so every query has one."""
     from pipelines import build_tfrecords, synthetic
