@@ -196,8 +196,10 @@ def positives_sets(args: argparse.Namespace, data_dir: str) -> dict[str, list[st
     else:
         summary = augment.run(augment_config, data_dir, augment_dir, verbose=0)
     quality = summary["quality"]
-    print(f"augment stage for {with_table}: Recall@{quality['k']} diffusion "
-          f"{quality['diffusion']['recall']} vs popularity {quality['popularity']['recall']}; "
+    checked = (f"Recall@{quality['k']} diffusion {quality['diffusion']['recall']} vs popularity "
+               f"{quality['popularity']['recall']}" if quality and quality["diffusion"] else
+               "no query to fill, not trained")
+    print(f"augment stage for {with_table}: {checked}; "
           f"{summary['queries']['clickless_filled']} click-less queries filled "
           f"({time.perf_counter() - started:.0f} s)", flush=True)
     return {name: [f"model.positives_dir={augment_dir}"] for name in with_table}

@@ -59,24 +59,31 @@ def clickless_last_query_share(data_dir: str) -> tuple[int, int]:
     return affected, total
 
 
+def augment_line(summary: dict, overrides: str) -> str:
+    """The augment stage's counts and quality check in one sentence."""
+    quality, queries = summary["quality"], summary["queries"]
+    head = (f"Augment stage (configs/augment/default.yaml{overrides}): {queries['total']} "
+            f"queries, {queries['clickless']} without a click")
+    if not summary.get("trained", True):
+        return (f"{head}: nothing to fill, so the stage wrote the log's positives untrained and "
+                "both arms read the same table.")
+    return (f"{head} ({queries['clickless_filled']} filled); held-out clicks of "
+            f"{quality['queries']} queries: Recall@{quality['k']} "
+            f"{quality['diffusion']['recall']:.4f} / NDCG@{quality['k']} "
+            f"{quality['diffusion']['ndcg']:.4f} (popularity {quality['popularity']['recall']:.4f}"
+            f" / {quality['popularity']['ndcg']:.4f}); {summary['training']['seconds']:.0f} s "
+            f"training, peak memory {summary['memory']['peak_rss_mb']:.0f} MiB.")
+
+
 def section(args, aucs: dict[str, list[float]], stats: dict, summary: dict, affected: tuple,
             seconds: float) -> str:
-    quality, queries = summary["quality"], summary["queries"]
     overrides = "".join(f", {override}" for override in args.augment_set)
     differences = np.array(aucs[ARMS[1]]) - np.array(aucs[ARMS[0]])
     lines = [BEGIN, "", "## Diffusion positives vs masking click-less queries "
              "(`benchmarks/diffusion_vs_mask.py`, paper sec 5.6)", "",
              f"{ablation.describe_run(args)}; {seconds / 60:.1f} min in all.",
              "",
-             f"Augment stage (configs/augment/default.yaml{overrides}): "
-             f"{queries['total']} queries, {queries['clickless']} without a click "
-             f"({queries['clickless_filled']} filled); held-out clicks of {quality['queries']} "
-             f"queries: Recall@{quality['k']} {quality['diffusion']['recall']:.4f} / "
-             f"NDCG@{quality['k']} {quality['diffusion']['ndcg']:.4f} "
-             f"(popularity {quality['popularity']['recall']:.4f} / "
-             f"{quality['popularity']['ndcg']:.4f}); "
-             f"{summary['training']['seconds']:.0f} s training, peak memory "
-             f"{summary['memory']['peak_rss_mb']:.0f} MiB.", "",
+             augment_line(summary, overrides), "",
              f"Training examples whose last query is click-less (where the two arms differ): "
              f"{affected[0]:,} of {affected[1]:,} ({affected[0] / max(1, affected[1]):.2%}).", "",
              "| seed | din_con (mask) | din_con_diffusion | difference |", "|---|---|---|---|"]

@@ -47,6 +47,35 @@ class LazyAdam(keras.optimizers.Adam):
             m_rows * alpha / (tf.sqrt(v_rows) + self.epsilon), indices))
 
 
+@keras.saving.register_keras_serializable(package="qrec_tf")
+class FusedAdam(keras.optimizers.Adam):
+    """Keras' Adam with the dense update in one fused kernel (tf.raw_ops.ResourceApplyAdam).
+
+    Keras 3's Adam updates a dense variable with about ten separate element-wise ops, each a
+    pass over the variable, m and v; for the diffusion denoiser's [40,010, 256] first layer that
+    was most of the optimizer's time (docs/RESULTS.md, "Training step throughput"). The fused
+    kernel reads and writes each element once. Same arithmetic as Keras' Adam:
+    m += (g - m)(1 - b1), v += (g^2 - v)(1 - b2),
+    var -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps). Sparse gradients, amsgrad and
+    non-float32 variables take Keras' own update.
+    """
+
+    def update_step(self, gradient, variable, learning_rate):
+        if (isinstance(gradient, tf.IndexedSlices) or self.amsgrad
+                or variable.dtype != "float32"):
+            return super().update_step(gradient, variable, learning_rate)
+        step = tf.cast(self.iterations + 1, tf.float32)
+        index = self._get_variable_index(variable)
+        tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle, m=self._momentums[index].handle,
+            v=self._velocities[index].handle,
+            beta1_power=tf.pow(tf.cast(self.beta_1, tf.float32), step),
+            beta2_power=tf.pow(tf.cast(self.beta_2, tf.float32), step),
+            lr=tf.cast(learning_rate, tf.float32), beta1=tf.cast(self.beta_1, tf.float32),
+            beta2=tf.cast(self.beta_2, tf.float32), epsilon=tf.cast(self.epsilon, tf.float32),
+            grad=tf.cast(gradient, tf.float32))
+
+
 OPTIMIZERS = {"lazy_adam": LazyAdam, "adam": keras.optimizers.Adam,
               "adagrad": keras.optimizers.Adagrad, "sgd": keras.optimizers.SGD}
 

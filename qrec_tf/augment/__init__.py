@@ -2,7 +2,7 @@
 
     python -m qrec_tf.augment --data DIR --output DIR
         [--config configs/augment/default.yaml] [--verbose auto|0|1|2]
-        [--set train.epochs=50 --set data.max_items=20000 ...]
+        [--set train.epochs=50 --set data.max_items=20000 ...] [--force]
 
 docs/PAPER.md "Diffusion augmentation". Reads `<data>/query_items/` (the Beam job's table), builds
 one vector per query over an item space of N items:
@@ -14,7 +14,9 @@ is trained to predict the full x_q from a noised copy in which some positives we
 (train.positive_mask_rate), so it learns to fill in missing positives. Then every query gets a row
 in the positives table: click-less queries the top-K generated items (output.top_k) excluding
 their known negatives; the others their clicks, most clicked first, and with
-output.augment_clicked also generated items up to K.
+output.augment_clicked also generated items up to K. When no query needs filling (none is
+click-less and output.augment_clicked is off, or no query is below K clicks), the stage writes
+the log's clicks as the table and trains nothing, unless --force (train.force).
 
 Departures from DiffRec's DNN, measured with the quality check below (docs/RESULTS.md): the
 denoiser adds a learned per-item skip of x_t (model.residual: without it the MLP spends itself
@@ -48,8 +50,8 @@ Q = queries, T = model.steps, S = 2 with model.split_signs (else 1):
   training     16 P bytes (weights, gradients, Adam's two moments; float32)
                + ~8 B N float32 per step (target, input, noise, x_t, prediction, gradients)
   data         ~13 Z + 8 Q bytes (column int32, value float32, click count int32, flag) in RAM
-  generation   ~(4 + T) B' N float32 per batch of B' = output.batch_size queries; only the top-K
-               indices of each query are kept
+  generation   ~(4 + T) B' N float32 per batch of B' queries: output.batch_size, lowered to fit
+               output.batch_memory_mb (1 GiB); only the top-K indices of each query are kept
 With N = 20,000, H = [256], split signs: P = 15.4M -> 0.25 GB, + 0.08 GB per step (B = 128).
 The summary holds this estimate and the measured peak resident memory (getrusage ru_maxrss) of
 the process, which includes TensorFlow's own ~0.6 GB.
@@ -76,13 +78,26 @@ from qrec_tf.augment.config import (
     AugmentTrainConfig,
     load_augment_config,
 )
-from qrec_tf.augment.generation import positives_table, rank_items
+from qrec_tf.augment.generation import (
+    generation_batch_size,
+    positives_table,
+    rank_items,
+    top_k_in_batches,
+)
 from qrec_tf.augment.quality import popularity_ranking, quality_check, ranking_quality
-from qrec_tf.augment.stage import CHECKPOINT_DIR, CONFIG_FILE, SUMMARY_FILE, WEIGHTS_FILE, run
+from qrec_tf.augment.stage import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    SUMMARY_FILE,
+    WEIGHTS_FILE,
+    queries_to_fill,
+    run,
+)
 from qrec_tf.augment.training import (
     DiffusionTrainer,
     SparseBackup,
     build_diffusion,
+    build_trainer,
     memory_estimate_mb,
     parameter_count,
 )
@@ -102,7 +117,10 @@ __all__ = [
     "AugmentOutputConfig", "AugmentTrainConfig", "load_augment_config",
     "QueryItemTable", "read_query_items", "ItemSpace", "choose_item_space", "QueryItemMatrix",
     "build_matrix", "hold_out", "DenseRows",
-    "DiffusionTrainer", "SparseBackup", "build_diffusion", "parameter_count", "memory_estimate_mb",
-    "rank_items", "positives_table", "ranking_quality", "popularity_ranking", "quality_check",
-    "SUMMARY_FILE", "CONFIG_FILE", "WEIGHTS_FILE", "CHECKPOINT_DIR", "run", "main",
+    "DiffusionTrainer", "SparseBackup", "build_diffusion", "build_trainer",
+    "parameter_count", "memory_estimate_mb",
+    "top_k_in_batches", "generation_batch_size", "rank_items", "positives_table",
+    "ranking_quality", "popularity_ranking", "quality_check",
+    "SUMMARY_FILE", "CONFIG_FILE", "WEIGHTS_FILE", "CHECKPOINT_DIR", "queries_to_fill", "run",
+    "main",
 ]

@@ -67,6 +67,9 @@ class AugmentTrainConfig:
     positive_mask_rate: float = 0.5     # share of a query's positives hidden from the input
     seed: int = 0
     checkpoint_seconds: float = 60.0    # least time between two checkpoints (0: every epoch)
+    # Train and run the quality check even when no query needs filling (no click-less query and
+    # output.augment_clicked off); otherwise such a run writes the log's positives untrained.
+    force: bool = False
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -85,11 +88,15 @@ class AugmentOutputConfig:
     augment_clicked: bool = False       # fill queries with fewer than top_k clicks up to top_k
     holdout_fraction: float = 0.1       # queries with clicks used by the quality check
     quality_k: int = 10                 # K of Recall@K / NDCG@K
-    batch_size: int = 1024              # queries per generation batch
+    batch_size: int = 1024              # queries per generation batch, at most
+    batch_memory_mb: float = 1024.0     # ... and fewer when its [batch, N] buffers need more
+
 
     def validate(self) -> None:
         if min(self.top_k, self.quality_k, self.batch_size) < 1:
             raise ValueError("output.top_k, output.quality_k and output.batch_size must be >= 1")
+        if self.batch_memory_mb <= 0:
+            raise ValueError("output.batch_memory_mb must be > 0")
         if not 0 <= self.holdout_fraction < 1:
             raise ValueError("output.holdout_fraction must be in [0, 1)")
 

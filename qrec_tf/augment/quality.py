@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from qrec_tf.augment.config import AugmentConfig
-from qrec_tf.augment.generation import rank_items
+from qrec_tf.augment.generation import generation_batch_size, rank_items
 from qrec_tf.augment.vectors import DenseRows, QueryItemMatrix
 from qrec_tf.layers.diffusion import GaussianDiffusion
 
@@ -51,8 +51,9 @@ def quality_check(diffusion: GaussianDiffusion, train_dense: DenseRows,
     result = {"k": k, "queries": int(len(held_rows)), "held_out_clicks": int(held.sum())}
     if not len(held_rows):
         return {**result, "diffusion": None, "popularity": None}
-    ranked = rank_items(diffusion, train_dense, held_rows, k, True, config.output.batch_size,
-                        config.train.seed + 1)
+    ranked = rank_items(diffusion, train_dense, held_rows, k, True,
+                        generation_batch_size(config.output, config.model.steps,
+                                              train_dense.items), config.train.seed + 1)
     return {**result, "diffusion": ranking_quality(ranked, targets, k),
             "popularity": ranking_quality(popularity_ranking(train_matrix, held_rows, k),
                                           targets, k)}

@@ -16,17 +16,18 @@ import yaml
 
 from qrec_tf import positives
 from qrec_tf import schema as S
-from qrec_tf.augment.config import AugmentConfig
-from qrec_tf.augment.generation import positives_table, rank_items
-from qrec_tf.augment.quality import quality_check
-from qrec_tf.augment.training import (
-    DiffusionTrainer,
-    SparseBackup,
-    build_diffusion,
-    memory_estimate_mb,
+from qrec_tf.augment.config import AugmentConfig, AugmentOutputConfig
+from qrec_tf.augment.generation import (
+    generation_batch_size,
+    positives_table,
+    rank_items,
 )
+from qrec_tf.augment.quality import quality_check
+from qrec_tf.augment.training import SparseBackup, build_trainer, memory_estimate_mb
 from qrec_tf.augment.vectors import (
     DenseRows,
+    ItemSpace,
+    QueryItemTable,
     build_matrix,
     choose_item_space,
     hold_out,
@@ -46,6 +47,62 @@ def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
 
+def queries_to_fill(clicks_per_query: np.ndarray, output: AugmentOutputConfig) -> np.ndarray:
+    """Rows of the queries the stage fills with generated items: the click-less ones and, with
+    output.augment_clicked, those with fewer than output.top_k clicked items.
+
+    clicks_per_query: int [Q] distinct clicked items per query -> int64 [F] rows, ascending.
+    """
+    fill = clicks_per_query == 0
+    if output.augment_clicked:
+        fill |= clicks_per_query < output.top_k
+    return np.flatnonzero(fill)
+
+
+def _positives_summary(table_sizes: np.ndarray) -> dict:
+    return {"mean": round(float(table_sizes.mean()), 3) if len(table_sizes) else 0,
+            "empty": int((table_sizes == 0).sum())}
+
+
+def _write_config(config: AugmentConfig, output_dir: str) -> None:
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, CONFIG_FILE), "w") as f:
+        yaml.safe_dump(config.to_dict(), f, sort_keys=False)
+
+
+def _write_summary(summary: dict, output_dir: str) -> dict:
+    with open(os.path.join(output_dir, SUMMARY_FILE), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def _log_positives_only(config: AugmentConfig, table: QueryItemTable, has_clicks: np.ndarray,
+                        data_dir: str, output_dir: str, started: float) -> dict:
+    """The no-work path: no query needs filling, so the table is the log's clicks (most clicked
+    first, as positives.log_positives orders them) and nothing is trained or checked."""
+    _write_config(config, output_dir)
+    filled = positives_table(table, ItemSpace(np.zeros(0, np.int64), {}), {},
+                             config.output.top_k)
+    positives.write(filled, output_dir)
+    return _write_summary({
+        "data_dir": os.path.abspath(data_dir),
+        "positives_dir": os.path.abspath(os.path.join(output_dir, positives.POSITIVES_DIR)),
+        "trained": False,
+        "queries": {
+            "total": len(table.keys),
+            "with_clicks": int(has_clicks.sum()),
+            "clickless": int((~has_clicks).sum()),
+            "to_fill": 0, "clickless_filled": 0, "clicked_augmented": 0,
+            "positives_per_query": _positives_summary(np.array([len(v) for v in
+                                                                filled.values()])),
+        },
+        "item_space": None, "quality": None, "training": None, "generation_seconds": 0.0,
+        "total_seconds": round(time.perf_counter() - started, 2),
+        "memory": {"estimate": None, "peak_rss_mb": _peak_rss_mb()},
+        "config": config.to_dict(),
+    }, output_dir)
+
+
 def run(config: AugmentConfig, data_dir: str, output_dir: str, verbose="auto",
         extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict:
     """Runs the stage; returns what augment_summary.json holds."""
@@ -53,6 +110,17 @@ def run(config: AugmentConfig, data_dir: str, output_dir: str, verbose="auto",
     table = read_query_items(data_dir)
     vocabulary = np.array([int(value) for value, _ in S.read_vocab(data_dir, S.VOCAB_ITEMS)],
                           np.int64)
+    clicks_per_query = np.bincount(table.clicked_rows, minlength=len(table.keys))
+    has_clicks = clicks_per_query > 0
+    to_generate = queries_to_fill(clicks_per_query, config.output)
+    LOG.info("%d of %d queries to fill: %d click-less, %d with fewer than %d clicks "
+             "(output.augment_clicked %s)", len(to_generate), len(table.keys),
+             int((~has_clicks).sum()), int(has_clicks[to_generate].sum()), config.output.top_k,
+             "on" if config.output.augment_clicked else "off")
+    if not len(to_generate) and not config.train.force:
+        LOG.info("no query needs filling: writing the log's positives without training "
+                 "(--force or train.force=true trains and runs the quality check anyway)")
+        return _log_positives_only(config, table, has_clicks, data_dir, output_dir, started)
     space = choose_item_space(table, vocabulary, config.data.max_items)
     if not len(space.item_ids):
         raise ValueError(f"no item of {data_dir}/{S.QUERY_ITEMS_DIR}/ is in the item vocabulary: "
@@ -60,7 +128,6 @@ def run(config: AugmentConfig, data_dir: str, output_dir: str, verbose="auto",
     items = len(space.item_ids)
     full = build_matrix(table, space)
     clicked = full.positives_per_row() > 0
-    has_clicks = np.bincount(table.clicked_rows, minlength=len(table.keys)) > 0
     rng = np.random.default_rng(config.train.seed)
     held_rows, held = hold_out(full, config.output.holdout_fraction, rng)
     train_matrix = full.without(held)
@@ -78,18 +145,10 @@ def run(config: AugmentConfig, data_dir: str, output_dir: str, verbose="auto",
              "queries, %d held out for the quality check", len(table.keys), int(has_clicks.sum()),
              items, space.report["search_items"], len(train_rows), len(held_rows))
 
-    os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, CONFIG_FILE), "w") as f:
-        yaml.safe_dump(config.to_dict(), f, sort_keys=False)
-    keras.utils.set_random_seed(config.train.seed)
-    diffusion = build_diffusion(config.model, items, config.train.seed)
+    _write_config(config, output_dir)
     train_dense = DenseRows(train_matrix, items, config.data)
-    trainer = DiffusionTrainer(diffusion, train_dense, train_rows, config.train.batch_size,
-                               config.train.positive_mask_rate, config.train.seed)
-    trainer.build((None, items))
-    trainer.compile(optimizer=keras.optimizers.Adam(
-        config.train.learning_rate, weight_decay=config.train.weight_decay or None),
-        jit_compile=False)
+    trainer = build_trainer(config, items, train_dense, train_rows)
+    diffusion = trainer.diffusion
     trained = time.perf_counter()
     history = trainer.fit(
         tf.data.Dataset.range(trainer.steps_per_epoch), epochs=config.train.epochs,
@@ -103,15 +162,13 @@ def run(config: AugmentConfig, data_dir: str, output_dir: str, verbose="auto",
     LOG.info("quality check on %d held-out queries: diffusion %s, popularity %s",
              quality["queries"], quality["diffusion"], quality["popularity"])
 
-    to_generate = np.flatnonzero(~has_clicks | (config.output.augment_clicked & has_clicks
-                                                & (np.bincount(table.clicked_rows,
-                                                               minlength=len(table.keys))
-                                                   < config.output.top_k)))
     generating = time.perf_counter()
     progress = keras.utils.Progbar(len(to_generate), unit_name="query",
                                    verbose=0 if verbose == 0 else 1)
     ranked = rank_items(diffusion, DenseRows(full, items, config.data), to_generate,
-                        config.output.top_k, True, config.output.batch_size, config.train.seed,
+                        config.output.top_k, True,
+                        generation_batch_size(config.output, config.model.steps, items),
+                        config.train.seed,
                         progress if len(to_generate) else None)
     generate_seconds = time.perf_counter() - generating
     generated = dict(zip(to_generate.tolist(), ranked))
@@ -123,10 +180,12 @@ def run(config: AugmentConfig, data_dir: str, output_dir: str, verbose="auto",
     summary = {
         "data_dir": os.path.abspath(data_dir),
         "positives_dir": os.path.abspath(os.path.join(output_dir, positives.POSITIVES_DIR)),
+        "trained": True,
         "queries": {
             "total": len(table.keys),
             "with_clicks": int(has_clicks.sum()),
             "clickless": int((~has_clicks).sum()),
+            "to_fill": int(len(to_generate)),
             "clickless_filled": int(sum(1 for r in to_generate if not has_clicks[r]
                                         and (generated[r] >= 0).any())),
             "clickless_without_items_in_space": int((~has_clicks & empty_input).sum()),
@@ -134,8 +193,7 @@ def run(config: AugmentConfig, data_dir: str, output_dir: str, verbose="auto",
             "with_clicks_only_outside_space": int((has_clicks & ~clicked).sum()),
             "trained_on": int(len(train_rows)),
             "held_out": int(len(held_rows)),
-            "positives_per_query": {"mean": round(float(sizes.mean()), 3) if len(sizes) else 0,
-                                    "empty": int((sizes == 0).sum())},
+            "positives_per_query": _positives_summary(sizes),
         },
         "item_space": space.report,
         "quality": quality,
@@ -150,6 +208,4 @@ def run(config: AugmentConfig, data_dir: str, output_dir: str, verbose="auto",
                    "peak_rss_mb": _peak_rss_mb()},
         "config": config.to_dict(),
     }
-    with open(os.path.join(output_dir, SUMMARY_FILE), "w") as f:
-        json.dump(summary, f, indent=2)
-    return summary
+    return _write_summary(summary, output_dir)

@@ -10,9 +10,11 @@ import numpy as np
 import tensorflow as tf
 
 from qrec_tf.augment.config import AugmentConfig, AugmentModelConfig
+from qrec_tf.augment.generation import generation_batch_size
 from qrec_tf.augment.vectors import DenseRows
 from qrec_tf.layers.denoiser import Denoiser
 from qrec_tf.layers.diffusion import GaussianDiffusion
+from qrec_tf.optimizers import FusedAdam
 
 
 class DiffusionTrainer(keras.Model):
@@ -102,8 +104,9 @@ class SparseBackup(keras.callbacks.BackupAndRestore):
             self._saved_at = time.monotonic()
 
 
-def build_diffusion(model: AugmentModelConfig, items: int, seed: int) -> GaussianDiffusion:
-    denoiser = Denoiser(model.hidden_units, model.step_embedding_dim, model.dropout,
+def build_diffusion(model: AugmentModelConfig, items: int, seed: int,
+                    denoiser_class: type[Denoiser] = Denoiser) -> GaussianDiffusion:
+    denoiser = denoiser_class(model.hidden_units, model.step_embedding_dim, model.dropout,
                         model.normalize_input, residual=model.residual,
                         split_signs=model.split_signs, name="denoiser")
     diffusion = GaussianDiffusion(
@@ -112,6 +115,23 @@ def build_diffusion(model: AugmentModelConfig, items: int, seed: int) -> Gaussia
         sampling_steps=model.sampling_steps, seed=seed, name="diffusion")
     diffusion.build((None, items))
     return diffusion
+
+
+def build_trainer(config: AugmentConfig, items: int, dense: DenseRows, rows: np.ndarray,
+                  denoiser_class: type[Denoiser] = Denoiser,
+                  optimizer_class: type[keras.optimizers.Adam] = FusedAdam) -> DiffusionTrainer:
+    """The stage's seeded, built and compiled trainer of a diffusion over `items` columns, fit
+    on `rows` of `dense`. The classes are there for benchmarks/augment_throughput.py, which
+    times the step against the versions without its speed-ups."""
+    keras.utils.set_random_seed(config.train.seed)
+    diffusion = build_diffusion(config.model, items, config.train.seed, denoiser_class)
+    trainer = DiffusionTrainer(diffusion, dense, rows, config.train.batch_size,
+                               config.train.positive_mask_rate, config.train.seed)
+    trainer.build((None, items))
+    trainer.compile(optimizer=optimizer_class(
+        config.train.learning_rate, weight_decay=config.train.weight_decay or None),
+        jit_compile=False)
+    return trainer
 
 
 def parameter_count(model: AugmentModelConfig, items: int) -> int:
@@ -131,5 +151,7 @@ def memory_estimate_mb(config: AugmentConfig, items: int, entries: int, queries:
             "training_state_mb": round(16 * params / mib, 1),
             "per_step_mb": round(8 * config.train.batch_size * items * 4 / mib, 1),
             "data_mb": round((13 * entries + 8 * queries) / mib, 1),
+            "generation_batch": generation_batch_size(config.output, config.model.steps, items),
             "generation_batch_mb": round(
-                (4 + config.model.steps) * config.output.batch_size * items * 4 / mib, 1)}
+                (4 + config.model.steps) * items * 4 / mib
+                * generation_batch_size(config.output, config.model.steps, items), 1)}

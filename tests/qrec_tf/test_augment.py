@@ -2,7 +2,9 @@
 planted query-item structure recovered better than popularity, the table's rules, determinism,
 resume after a kill, CLI errors, and the trained table feeding din_con_diffusion."""
 
+import dataclasses
 import json
+import logging
 import os
 
 import keras
@@ -153,6 +155,45 @@ def test_positives_table_puts_clicks_first_then_generated_items():
     assert result == {"a": [10, 11], "b": [11], "c": [12, 11]}
 
 
+def dense_top_k(scores, k):
+    """The reference: a stable sort of every row at once (ties: lower column first)."""
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.where(np.isinf(np.take_along_axis(scores, order, 1)), -1, order)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 7, 100])
+def test_batched_top_k_equals_a_dense_top_k_with_ties(batch_size):
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, (11, 9)).astype(np.float32)   # many ties
+    scores[2, :] = 1.0                                         # a row of nothing but ties
+    scores[5, 3:] = -np.inf                                    # only 3 items may be picked
+    rows = np.array([5, 0, 2, 10, 2, 7, 1, 3, 4, 6, 8, 9])     # any order, repeats
+    table = tf.constant(scores)
+    starts = []
+
+    def lookup(batch_rows, start):
+        starts.append(start)
+        return tf.gather(table, batch_rows)
+
+    ranked = augment.top_k_in_batches(lookup, rows, 4, batch_size)
+    np.testing.assert_array_equal(ranked, dense_top_k(scores[rows], 4))
+    assert ranked[rows.tolist().index(2)].tolist() == [0, 1, 2, 3]
+    assert ranked[0].tolist() == [*np.argsort(-scores[5, :3], kind="stable"), -1]
+    # k beyond the item count: every column once, then nothing
+    np.testing.assert_array_equal(augment.top_k_in_batches(lookup, rows, 20, batch_size),
+                                  dense_top_k(scores[rows], 9))
+    assert augment.top_k_in_batches(lookup, rows[:0], 4, batch_size).shape == (0, 4)
+
+
+def test_generation_batch_fits_its_memory_budget():
+    output = augment.AugmentOutputConfig(batch_size=1024, batch_memory_mb=1024)
+    # (4 + 5) x 20,000 float32 = 703 KiB a query: 1,491 fit, so the configured 1,024 stays
+    assert augment.generation_batch_size(output, 5, 20_000) == 1024
+    # at 2M items 70.3 MiB a query: 14 fit in 1 GiB
+    assert augment.generation_batch_size(output, 5, 2_000_000) == 1024 * 2**20 // (9 * 8_000_000)
+    assert augment.generation_batch_size(output, 5, 10**9) == 1        # never below one query
+
+
 # --- the planted structure -----------------------------------------------------------------------
 def test_diffusion_recovers_held_out_clicks_better_than_popularity(augmented):
     _, summary = augmented
@@ -259,9 +300,9 @@ def test_config_errors_are_usage_errors(args, message, planted, tmp_path, capsys
 
 
 def test_data_errors_are_usage_errors(tmp_path, capsys):
-    def fails(data_dir, message):
+    def fails(data_dir, message, *extra):
         with pytest.raises(SystemExit) as info:
-            augment.main(["--data", str(data_dir), "--output", str(tmp_path / "out")])
+            augment.main(["--data", str(data_dir), "--output", str(tmp_path / "out"), *extra])
         assert info.value.code == 2 and message in capsys.readouterr().err
 
     fails(tmp_path / "missing", "no query table at")
@@ -270,8 +311,73 @@ def test_data_errors_are_usage_errors(tmp_path, capsys):
     fails(no_vocab, "vocab/items.txt not found")
     fails(write_data(tmp_path / "no_clicks", [("1", {}, [5, 6]), ("2", {}, [6])], [5, 6]),
           "no query has a clicked item inside the item space")
+    # Every query has a click: only a forced run trains (and needs items in the vocabulary).
     fails(write_data(tmp_path / "unknown_items", [("1", {5: 1}, [6])], [7]),
-          "is in the item vocabulary")
+          "is in the item vocabulary", "--force")
+
+
+# --- only useful work ---------------------------------------------------------------------------
+def test_queries_to_fill_by_hand():
+    clicks = np.array([0, 3, 1, 0, 12])
+    output = augment.AugmentOutputConfig(top_k=3)
+    assert augment.queries_to_fill(clicks, output).tolist() == [0, 3]
+    output.augment_clicked = True            # also those with fewer than top_k = 3 clicks
+    assert augment.queries_to_fill(clicks, output).tolist() == [0, 2, 3]
+    assert augment.queries_to_fill(np.array([3, 4]), output).tolist() == []
+
+
+def test_no_query_to_fill_by_hand_trains_nothing(tmp_path, capsys):
+    data_dir = write_data(tmp_path / "data", [("1_1", {5: 1, 6: 2}, [7]), ("2_1", {7: 1}, [5]),
+                                              ("2_2", {8: 1}, [])], [5, 6, 7])
+    out = str(tmp_path / "out")
+    assert augment.main(["--data", data_dir, "--output", out, "--verbose", "0"]) == 0
+    assert "no query needs filling (no click-less query, output.augment_clicked off)" in \
+        capsys.readouterr().out
+    # most clicked first; item 8 is outside the item vocabulary and stays, as in the log
+    assert positives.load(data_dir, "diffusion", out)[0] == {"1_1": [6, 5], "2_1": [7],
+                                                             "2_2": [8]}
+    assert sorted(os.listdir(out)) == sorted([augment.CONFIG_FILE, augment.SUMMARY_FILE,
+                                              positives.POSITIVES_DIR])
+
+
+@pytest.mark.slow
+def test_no_query_to_fill_writes_the_log_positives_without_training(tmp_path, capsys, caplog):
+    """A generated log in which every search session has a click, so every query has one."""
+    from pipelines import build_tfrecords, synthetic
+
+    regime = dataclasses.replace(synthetic.REGIMES["default"], no_click_session_prob=0.0)
+    synthetic.generate(str(tmp_path / "log"), users=40, items=300, seed=5, rec_per_user=4,
+                       sessions_per_user=3, regime=regime)
+    data_dir = str(tmp_path / "data")
+    build_tfrecords.run(["--input", str(tmp_path / "log"), "--output", data_dir,
+                         "--direct_running_mode=in_memory"])
+    log = positives.log_positives(data_dir)
+    assert len(log) > 20 and all(log.values())         # every query has a click
+    tiny = [arg for s in ["model.hidden_units=[8]", "train.epochs=1", "train.batch_size=16"]
+            for arg in ("--set", s)]
+
+    out = str(tmp_path / "out")
+    caplog.set_level(logging.INFO, "qrec_tf.augment")
+    assert augment.main(["--data", data_dir, "--output", out, "--verbose", "0", *tiny]) == 0
+    assert "no query needs filling" in capsys.readouterr().out
+    assert f"0 of {len(log)} queries to fill: 0 click-less" in caplog.text
+    with open(os.path.join(out, augment.SUMMARY_FILE)) as f:
+        summary = json.load(f)
+    assert summary["trained"] is False and summary["training"] is None
+    assert summary["queries"]["total"] == len(log) and summary["queries"]["to_fill"] == 0
+    assert positives.load(data_dir, "diffusion", out)[0] == log
+    for trained_output in (augment.WEIGHTS_FILE, augment.CHECKPOINT_DIR):
+        assert not os.path.exists(os.path.join(out, trained_output))
+
+    forced = str(tmp_path / "forced")
+    assert augment.main(["--data", data_dir, "--output", forced, "--verbose", "0", "--force",
+                         *tiny]) == 0
+    with open(os.path.join(forced, augment.SUMMARY_FILE)) as f:
+        summary = json.load(f)
+    assert summary["trained"] is True and summary["training"]["epochs_run"] == 1
+    assert summary["quality"]["queries"] > 0 and summary["quality"]["diffusion"] is not None
+    assert os.path.exists(os.path.join(forced, augment.WEIGHTS_FILE))
+    assert positives.load(data_dir, "diffusion", forced)[0] == log   # nothing to fill
 
 
 # --- end to end ----------------------------------------------------------------------------------

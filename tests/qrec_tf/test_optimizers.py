@@ -1,4 +1,5 @@
-"""LazyAdam: dense Adam on touched rows (duplicates summed first), untouched rows left alone."""
+"""LazyAdam: dense Adam on touched rows (duplicates summed first), untouched rows left alone;
+FusedAdam: Keras' Adam in one kernel, to float rounding."""
 
 import keras
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from qrec_tf.layers.embedding import SparseEmbedding
-from qrec_tf.optimizers import LazyAdam, make_optimizer
+from qrec_tf.optimizers import FusedAdam, LazyAdam, make_optimizer
 
 
 def run(optimizer, ids, densify, steps=3):
@@ -45,3 +46,20 @@ def test_make_optimizer_names():
     assert isinstance(make_optimizer("lazy_adam", 0.01), LazyAdam)
     with pytest.raises(ValueError, match="unknown optimizer"):
         make_optimizer("adamw2", 0.01)
+
+
+@pytest.mark.parametrize("weight_decay", [None, 0.01])
+def test_fused_adam_equals_keras_adam_on_dense_gradients(weight_decay):
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(50, 7)).astype("float32")
+    gradients = [rng.normal(size=(50, 7)).astype("float32") for _ in range(5)]
+    results = []
+    for kind in (keras.optimizers.Adam, FusedAdam):
+        variable = keras.Variable(start)
+        optimizer = kind(learning_rate=0.01, weight_decay=weight_decay)
+        step = tf.function(lambda g: optimizer.apply_gradients([(g, variable)]))
+        for gradient in gradients:
+            step(tf.constant(gradient))
+        results.append(variable.numpy())
+    assert np.abs(results[1] - start).max() > 0.04          # five steps of about lr each
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-5, atol=1e-6)

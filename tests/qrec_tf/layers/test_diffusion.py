@@ -160,6 +160,66 @@ def test_denoiser_shapes_and_that_the_step_matters():
         Denoiser(dropout=1.0)
 
 
+@pytest.mark.parametrize("split_signs", [False, True])
+def test_denoiser_equals_its_mlp_over_the_concatenated_input(split_signs):
+    """The first layer runs over slices of its kernel; result and weight gradients are those of
+    the product of the concatenation [inputs || steps] it stands for."""
+    import tensorflow as tf
+
+    denoiser = Denoiser([6, 5], step_embedding_dim=4, residual=True, split_signs=split_signs)
+    x = np.random.default_rng(2).normal(size=(3, 7)).astype("float32")
+    x[:, :2] = 0.0
+    t = np.array([0, 2, 4])
+    denoiser(x, t)
+
+    def by_hand():
+        steps = denoiser.step_projection(step_embedding(t, 4))
+        inputs = tf.concat([tf.nn.relu(x), tf.nn.relu(-x)], 1) if split_signs else x
+        h = tf.concat([inputs, steps], 1)
+        for layer in denoiser.hidden:
+            h = tf.tanh(h @ layer.kernel + layer.bias)
+        return (h @ denoiser.output_layer.kernel + denoiser.output_layer.bias
+                + denoiser.skip[0] * tf.nn.relu(x) - denoiser.skip[1] * tf.nn.relu(-x))
+
+    results = []
+    for function in (lambda: denoiser(x, t, training=True), by_hand):
+        with tf.GradientTape() as tape:
+            out = function()
+            loss = tf.reduce_sum(out * np.arange(7, dtype="float32"))
+        results.append((out, tape.gradient(loss, denoiser.trainable_variables)))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
+    assert len(results[0][1]) == len(denoiser.trainable_variables) == 9
+    for ours, theirs in zip(results[0][1], results[1][1]):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_denoiser_dropout_drops_both_signs_of_an_item_together():
+    """One mask per item before the sign split: the first layer sees an item's click or
+    non-click whole (times 1 / (1 - rate)) or not at all."""
+    import tensorflow as tf
+
+    denoiser = Denoiser([3], step_embedding_dim=2, dropout=0.5, split_signs=True)
+    x = np.array([[1.0, -2.0, 0.5, -0.25] * 50], "float32")
+    denoiser(x, np.array([0]))
+    seen = []
+    original = tf.matmul
+
+    def spy(a, b, *args, **kwargs):
+        seen.append(a)
+        return original(a, b, *args, **kwargs)
+
+    tf.matmul = spy
+    try:
+        denoiser(x, np.array([0]), training=True)
+    finally:
+        tf.matmul = original
+    positive, negative = [keras.ops.convert_to_numpy(a)[0] for a in seen if a.shape[-1] == 200]
+    kept = (positive + negative) != 0
+    np.testing.assert_allclose(positive, np.where(kept, 2 * np.maximum(x[0], 0), 0))
+    np.testing.assert_allclose(negative, np.where(kept, 2 * np.maximum(-x[0], 0), 0))
+    assert 60 < kept.sum() < 140                  # about half of the 200 items
+
+
 def test_config_round_trip_and_serialization():
     x = np.random.default_rng(1).normal(size=(2, 5)).astype("float32")
     layer = GaussianDiffusion(Denoiser([6], step_embedding_dim=3, name="mlp"), steps=4,
