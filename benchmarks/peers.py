@@ -2,7 +2,7 @@
 
     python -m benchmarks.peers [--data DIR] [--users 2000] [--repetitions 3] [--steps 40]
         [--config configs/din.yaml ...] [--epochs 4] [--patience 2] [--no-fit]
-    python -m benchmarks.peers --profile [--data DIR] [--steps 20]     # where a din step goes
+    python -m benchmarks.peers --profile [--data DIR] [--calls 8]     # where a din step goes
     (make bench-peers runs the first)
 
 1. A side venv (`--side-venv`, default bench_out/peers_venv) with PyPI's deepctr, tf-keras and
@@ -406,6 +406,8 @@ def main(argv=None) -> None:
     parser.add_argument("--no-fit", action="store_true", help="throughput only, no AUC runs")
     parser.add_argument("--profile", action="store_true",
                         help="profile our din's step instead (benchmarks.peers_profile)")
+    parser.add_argument("--calls", type=int, default=8,
+                        help="with --profile: timed calls per part")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-mode", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
@@ -417,7 +419,7 @@ def main(argv=None) -> None:
         from benchmarks import peers_profile
 
         peers_profile.profile(ensure_data(args.data, Path(args.work), args.users),
-                              args.config[0], args.batch_size, args.steps)
+                              args.config[0], args.batch_size, args.calls)
     else:
         compare(args)
 
