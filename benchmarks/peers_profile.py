@@ -170,8 +170,9 @@ def step_parts(model, x: dict, y: tf.Tensor) -> list[Part]:
         return model.embedding_penalty(x)
 
     def run(fn, *args):
+        # To the host, IndexedSlices gradients as their component tensors.
         return lambda: tf.nest.map_structure(lambda t: t.numpy() if t is not None else t,
-                                             fn(*args))
+                                             fn(*args), expand_composites=True)
 
     return [Part("step: lookups", run(lookups)),
             Part("step: forward", run(forward)),
