@@ -200,7 +200,8 @@ def profile(data_dir: str, config_path: str, batch: int, calls: int) -> None:
                                        shuffle_buffer=10_000, supervised=True, schema=schema)))
     x = {name: x[name] for name in din_feature_names(schema)}
     model.train_step((x, y))   # builds the optimizer's variables (eagerly, once)
-    fit_step = model.make_train_function()
+    model.make_train_function()
+    fit_step = model.train_function
     every, only_read = iter(real), iter(data.make_dataset(
         data_dir, "train", batch, seed=tc.seed, num_epochs=None, shuffle_buffer=tc.shuffle_buffer,
         supervised=True, schema=schema, features=din_feature_names(schema)))
