@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: venv lint test test-fast demo bench clean
+.PHONY: venv lint test test-fast demo bench bench-peers clean
 
 venv: $(STAMP)
 
@@ -35,6 +35,11 @@ bench: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m benchmarks.pipeline_throughput
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m benchmarks.vocab_scaling
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m benchmarks.serving_latency
+
+# Our din against DeepCTR's DIN on the same TFRecords (benchmarks/peers.py); installs DeepCTR into
+# its own venv, bench_out/peers_venv, once.
+bench-peers: $(STAMP)
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m benchmarks.peers
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) bench_out .pytest_cache

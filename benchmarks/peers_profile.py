@@ -1,0 +1,234 @@
+"""Where a training step of our din goes: the input pipeline alone, then the step's parts.
+
+    python -m benchmarks.peers --profile [--data DIR] [--calls 8] [--config configs/din.yaml]
+
+Each part is timed in wall time and in this process's CPU time (user + system, all threads),
+median per batch over `calls` calls, the parts taking turns call by call so that a busy spell of
+this shared machine falls on all of them. CPU time is what the input pipeline takes away from the
+step on a 2-core machine (tf.data runs on the same cores, in parallel to it).
+
+Input pipeline (batches of the train split, as `qrec_tf.train` reads it):
+  records      GZIP TFRecords read, interleaved, shuffled and batched (no parsing)
+  records_mem  the same serialized records from memory (no GZIP, no file reads)
+  parse_all    + parse_example of every schema feature (what `qrec_tf.train` parsed before
+               issue 21)
+  parse_din    + parse_example of the features din reads (user, item, history, label)
+  lookups      + the vocabulary lookups, in tf.data
+Step parts, on one parsed batch held in memory (tf.function each):
+  lookups, forward (loss terms, training mode), forward + backward (gradients of every
+  variable), train_step (+ optimizer, metrics); per layer: the history attention forward
+  (training and inference mode: Dice's batch statistics), forward + backward, the CTR MLP,
+  the embedding gathers and the mini-batch aware L2. The optimizer is train_step minus
+  forward + backward.
+The whole step as `fit` runs it on the real input: parsing every feature, and parsing only din's.
+An input pipeline keeps working in the background until its prefetch buffers are full: an input
+part or a whole step is therefore timed over `BATCHES_PER_CALL` consecutive batches per call
+(steady state), and the next part waits `SETTLE_SECONDS` before it starts, so that the refill
+is not counted in it (the first batches of a call still come from the filled buffers: the input
+parts' times are lower bounds, by up to a few batches in `BATCHES_PER_CALL`).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import tensorflow as tf
+
+from benchmarks import peers
+from qrec_tf import data
+from qrec_tf import schema as S
+from qrec_tf.config import load_config
+from qrec_tf.models.registry import build_model
+from qrec_tf.optimizers import make_optimizer
+
+BATCHES_PER_CALL = 8
+SETTLE_SECONDS = 0.5
+
+
+class Part:
+    """A callable timed call by call: wall and process CPU seconds per batch of each call, which
+    runs it `batches` times (`BATCHES_PER_CALL` for what reads an input pipeline)."""
+
+    def __init__(self, name: str, call: Callable[[], object], batches: int = 1):
+        self.name, self.call, self.batches = name, call, batches
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def run(self) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(self.batches):
+            self.call()
+        self.wall.append((time.perf_counter() - wall) / self.batches)
+        self.cpu.append((time.process_time() - cpu) / self.batches)
+        if self.batches > 1:
+            time.sleep(SETTLE_SECONDS)   # the pipeline's background refill, before the next part
+
+
+def take_turns(parts: list[Part], calls: int, warmup: int = 1) -> None:
+    """`warmup` untimed and `calls` timed calls of every part, the parts taking turns."""
+    for _ in range(warmup):
+        for part in parts:
+            part.call()
+    for _ in range(calls):
+        for part in parts:
+            part.run()
+
+
+def batches(dataset: tf.data.Dataset) -> Callable[[], object]:
+    """A call that takes the next batch of `dataset` (repeated) to the host."""
+    iterator = iter(dataset.repeat())
+
+    def call():
+        return tf.nest.map_structure(lambda t: t.numpy(), next(iterator))
+
+    return call
+
+
+def din_feature_names(schema: S.Schema) -> list[str]:
+    return [f.name for f in schema.group("user", "item", "history")]
+
+
+def input_parts(data_dir: str, schema: S.Schema, model, batch: int, seed: int,
+                shuffle_buffer: int) -> list[Part]:
+    def records() -> tf.data.Dataset:
+        return data._records(data_dir, "train", True, shuffle_buffer, seed)
+
+    in_memory = tf.data.Dataset.from_tensor_slices(
+        list(data._records(data_dir, "train", False, 1, seed).as_numpy_iterator()))
+    in_memory = in_memory.shuffle(shuffle_buffer, seed=seed)
+    real = data.make_dataset(data_dir, "train", batch, seed=seed, shuffle_buffer=shuffle_buffer,
+                             num_epochs=None, supervised=True, schema=schema)
+    din = data.make_dataset(data_dir, "train", batch, seed=seed, shuffle_buffer=shuffle_buffer,
+                            num_epochs=None, supervised=True, schema=schema,
+                            features=din_feature_names(schema))
+    looked_up = din.map(lambda x, y: (model.index_features(x), y),
+                        num_parallel_calls=tf.data.AUTOTUNE)
+    n = BATCHES_PER_CALL
+    return [Part("input: records (GZIP read, shuffle, batch)",
+                 batches(records().batch(batch).prefetch(tf.data.AUTOTUNE)), n),
+            Part("input: records_mem (no GZIP)",
+                 batches(in_memory.batch(batch).prefetch(tf.data.AUTOTUNE)), n),
+            Part("input: parse_all (every feature)", batches(real), n),
+            Part("input: parse_din (din's features only)", batches(din), n),
+            Part("input: parse_din + lookups in tf.data", batches(looked_up), n)]
+
+
+def step_parts(model, x: dict, y: tf.Tensor) -> list[Part]:
+    variables = model.trainable_variables
+    attention = model.history_attention
+
+    @tf.function
+    def lookups():
+        return model.index_features(x)
+
+    @tf.function
+    def forward():
+        return model.compute_loss_terms(x, y, training=True)[0]["loss"]
+
+    @tf.function
+    def forward_backward():
+        with tf.GradientTape() as tape:
+            loss = model.compute_loss_terms(x, y, training=True)[0]["loss"]
+        return tape.gradient(loss, variables)
+
+    @tf.function
+    def train_step():
+        return model.train_step((x, y))["loss"]
+
+    _, target, hist_idx, history = model.target_and_history(x)
+    mask = hist_idx != 0
+
+    @tf.function
+    def attention_forward(training):
+        return attention(target, history, mask, training=training)
+
+    @tf.function
+    def attention_forward_backward():
+        with tf.GradientTape() as tape:
+            tape.watch([target, history])
+            out = attention(target, history, mask, training=True)
+        return tape.gradient(out, [target, history, *attention.trainable_variables])
+
+    mlp_in = tf.random.normal([target.shape[0], model.ctr_mlp.layers[0].kernel.shape[0]])
+
+    @tf.function
+    def mlp_forward_backward():
+        with tf.GradientTape() as tape:
+            tape.watch(mlp_in)
+            out = model.ctr_logits(mlp_in, training=True)
+        return tape.gradient(out, [mlp_in, *model.ctr_mlp.trainable_variables,
+                                   *model.ctr_logit.trainable_variables])
+
+    @tf.function
+    def embeddings():
+        return model.target_and_history(x)[3]
+
+    @tf.function
+    def embedding_l2():
+        return model.embedding_penalty(x)
+
+    def run(fn, *args):
+        # To the host, IndexedSlices gradients as their component tensors.
+        return lambda: tf.nest.map_structure(lambda t: t.numpy() if t is not None else t,
+                                             fn(*args), expand_composites=True)
+
+    return [Part("step: lookups", run(lookups)),
+            Part("step: forward", run(forward)),
+            Part("step: forward + backward", run(forward_backward)),
+            Part("step: train_step (+ optimizer, metrics)", run(train_step)),
+            Part("layer: embedding gathers (target, history)", run(embeddings)),
+            Part("layer: mini-batch aware L2", run(embedding_l2)),
+            Part("layer: attention forward, training (Dice batch stats)",
+                 run(attention_forward, True)),
+            Part("layer: attention forward, inference (Dice moving stats)",
+                 run(attention_forward, False)),
+            Part("layer: attention forward + backward", run(attention_forward_backward)),
+            Part("layer: CTR MLP forward + backward", run(mlp_forward_backward))]
+
+
+def profile(data_dir: str, config_path: str, batch: int, calls: int) -> None:
+    config = load_config(config_path, [f"train.batch_size={batch}"])
+    tc = config.train
+    schema = S.Schema.load(data_dir)
+    model = build_model(config.model, data_dir)
+    model.compile(optimizer=make_optimizer(tc.optimizer, tc.learning_rate))
+    real = data.make_dataset(data_dir, "train", batch, seed=tc.seed, num_epochs=None,
+                             shuffle_buffer=tc.shuffle_buffer, supervised=True, schema=schema)
+    x, y = next(iter(data.make_dataset(data_dir, "train", batch, seed=tc.seed,
+                                       shuffle_buffer=10_000, supervised=True, schema=schema)))
+    x = {name: x[name] for name in din_feature_names(schema)}
+    model.train_step((x, y))   # builds the optimizer's variables (eagerly, once)
+    model.make_train_function()
+    fit_step = model.train_function
+    every, only_read = iter(real), iter(data.make_dataset(
+        data_dir, "train", batch, seed=tc.seed, num_epochs=None, shuffle_buffer=tc.shuffle_buffer,
+        supervised=True, schema=schema, features=din_feature_names(schema)))
+    full = [Part("full step: fit's train function, input parsing every feature",
+                 lambda: float(fit_step(every)["loss"]), BATCHES_PER_CALL),
+            Part("full step: the same, input parsing din's features only",
+                 lambda: float(fit_step(only_read)["loss"]), BATCHES_PER_CALL)]
+    parts = [*input_parts(data_dir, schema, model, batch, tc.seed, tc.shuffle_buffer),
+             *step_parts(model, x, y), *full]
+    print(f"profiling {config.model.name} at batch {batch}: {calls} calls per part, the parts "
+          f"taking turns ({BATCHES_PER_CALL} batches per call of an input or whole step) ...",
+          flush=True)
+    take_turns(parts, calls)
+    matmul = peers.matmul_gflops()
+    shape = peers.din_shape(config.model, schema, batch)
+    narrow = peers.matmul_gflops(batch * schema.history_length, shape.item_dim,
+                                 shape.attention_units[0])
+    flops = peers.din_step_flops(shape) / 1e9
+    print(f"{'part':58s} {'wall ms':>8s} {'CPU ms':>8s}")
+    for part in parts:
+        print(f"{part.name:58s} {statistics.median(part.wall) * 1e3:8.1f} "
+              f"{statistics.median(part.cpu) * 1e3:8.1f}")
+    print(f"float32 matmul: {matmul:.1f} GFLOP/s at 1024 x 1024 x 1024; {narrow:.1f} GFLOP/s at "
+          f"the attention's first layer's shape ({batch * schema.history_length} x "
+          f"{shape.item_dim} x {shape.attention_units[0]})")
+    for part in parts:
+        if part.name.startswith(("step: train_step", "full step")):
+            t = statistics.median(part.wall)
+            print(f"{part.name}: {flops:.2f} GFLOP in {t * 1e3:.0f} ms = {flops / t:.1f} GFLOP/s, "
+                  f"{flops / t / matmul:.0%} of the square matmul's")
