@@ -106,9 +106,46 @@ def _nest_legacy_keys(values: dict) -> dict:
     return values
 
 
+# What a model name implies: the parts of QueryRec it has (docs/PAPER.md tables 4, 5). Loading a
+# config fills in what the file leaves out and rejects a value that differs, so configs/*.yaml do
+# not restate them; the other keys are free. qrec_tf.models.registry maps the same names to
+# their classes.
+NO_QUERY_SIDE = dict(query_pooling=False, query_encoder=False, nip_weight=0.0,
+                     contrastive_weight=0.0)     # DIN and the other baselines of table 4
+POOLING_ONLY = dict(query_pooling=True, query_encoder=False, nip_weight=0.0)
+IMPLIED_BY_NAME: dict[str, dict[str, Any]] = {
+    "din": NO_QUERY_SIDE,
+    "din_query": {**POOLING_ONLY, "contrastive_weight": 0.0},
+    "din_nip": dict(query_pooling=False, query_encoder=True, contrastive_weight=0.0),
+    "din_con": {**POOLING_ONLY, "positives": "log"},
+    "din_con_diffusion": {**POOLING_ONLY, "positives": "diffusion"},
+    "queryrec": dict(query_pooling=True, query_encoder=True),
+    "dcn": NO_QUERY_SIDE,
+    "ple": NO_QUERY_SIDE,
+    "sesrec": NO_QUERY_SIDE,
+    "iv4rec": NO_QUERY_SIDE,
+}
+
+
+def implied_values(name: str) -> dict[str, Any]:
+    """The config values that the model name `name` fixes; ValueError for an unknown name."""
+    if name not in IMPLIED_BY_NAME:
+        raise ValueError(f"unknown model {name!r}; registered: {sorted(IMPLIED_BY_NAME)}")
+    return IMPLIED_BY_NAME[name]
+
+
+def check_implied(model: "ModelConfig") -> None:
+    """Raises ValueError, naming the key, when a value differs from what model.name implies."""
+    for key, value in implied_values(model.name).items():
+        if getattr(model, key) != value:
+            raise ValueError(f"model.{key} is {getattr(model, key)!r}, but model {model.name!r} "
+                             f"implies {value!r}: leave model.{key} out (the name sets it)")
+
+
 @dataclasses.dataclass
 class ModelConfig:
-    """What the model is. The registry name picks the builder; the flags pick the paper's parts."""
+    """What the model is. The name picks the builder (qrec_tf.models.registry) and fixes the
+    values in IMPLIED_BY_NAME; the other fields are its hyper-parameters."""
 
     name: str = "din"
     embedding_dim: int = 16
@@ -119,7 +156,8 @@ class ModelConfig:
     attention_activation: str = "dice"
     attention_softmax: bool = False
     # Query side (docs/PAPER.md): eq 2 target-attention pooling of the query list, and the SASRec
-    # encoder whose output joins the CTR input and is trained by the NIP loss (eqs 13-14).
+    # encoder whose output joins the CTR input and is trained by the NIP loss (eqs 13-14). Both
+    # are implied by the name (IMPLIED_BY_NAME); the defaults here are din's.
     query_pooling: bool = False
     query_encoder: bool = False
     sas_blocks: int = 2
@@ -264,8 +302,11 @@ class Config:
         unknown = set(values) - {"model", "train"}
         if unknown:
             raise ValueError(f"unknown config section(s) {sorted(unknown)}; use model: and train:")
-        return cls(model=_build(ModelConfig, _nest_legacy_keys(values.get("model") or {}),
-                                "model"),
+        model_values = _nest_legacy_keys(values.get("model") or {})
+        implied = implied_values(model_values.get("name", ModelConfig.name))
+        model = _build(ModelConfig, {**implied, **model_values}, "model")
+        check_implied(model)   # a value the file gives that the name contradicts
+        return cls(model=model,
                    train=_build(TrainConfig, values.get("train") or {}, "train")).validate()
 
 

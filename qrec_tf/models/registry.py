@@ -4,7 +4,7 @@ hyper-parameters come from the config (configs/<name>.yaml)."""
 from __future__ import annotations
 
 from qrec_tf import schema as S
-from qrec_tf.config import ModelConfig
+from qrec_tf.config import IMPLIED_BY_NAME, ModelConfig, check_implied
 from qrec_tf.models.base import CTRModel, Vocabularies
 from qrec_tf.models.dcn import DCNModel
 from qrec_tf.models.iv4rec import IV4RecModel
@@ -12,37 +12,28 @@ from qrec_tf.models.ple import PLEModel
 from qrec_tf.models.queryrec import QueryRecModel
 from qrec_tf.models.sesrec import SESRecModel
 
-# What a name implies about QueryRec's parts: a model without any of them (DIN, the other
-# baselines of table 4) and QueryRec's ablations of table 5.
-NO_QUERY_SIDE = dict(query_pooling=False, query_encoder=False, nip_weight=0.0,
-                     contrastive_weight=0.0)
-POOLING_ONLY = dict(query_pooling=True, query_encoder=False, nip_weight=0.0)
-
-# name -> (class, the config flags the name implies; the others are free)
-MODELS = {
-    "din": (QueryRecModel, NO_QUERY_SIDE),
-    "din_query": (QueryRecModel, {**POOLING_ONLY, "contrastive_weight": 0.0}),
-    "din_nip": (QueryRecModel, dict(query_pooling=False, query_encoder=True,
-                                    contrastive_weight=0.0)),
-    "din_con": (QueryRecModel, {**POOLING_ONLY, "positives": "log"}),
-    "din_con_diffusion": (QueryRecModel, {**POOLING_ONLY, "positives": "diffusion"}),
-    "queryrec": (QueryRecModel, {}),
-    "dcn": (DCNModel, {}),
+# name -> (class, the config values the name implies: qrec_tf.config.IMPLIED_BY_NAME)
+MODELS = {name: (cls, IMPLIED_BY_NAME[name]) for name, cls in {
+    "din": QueryRecModel,
+    "din_query": QueryRecModel,
+    "din_nip": QueryRecModel,
+    "din_con": QueryRecModel,
+    "din_con_diffusion": QueryRecModel,
+    "queryrec": QueryRecModel,
+    "dcn": DCNModel,
     # The other baselines of table 4; QueryRec's query flags and losses do not apply to them.
-    "ple": (PLEModel, NO_QUERY_SIDE),
-    "sesrec": (SESRecModel, NO_QUERY_SIDE),
-    "iv4rec": (IV4RecModel, NO_QUERY_SIDE),
-}
+    "ple": PLEModel,
+    "sesrec": SESRecModel,
+    "iv4rec": IV4RecModel,
+}.items()}
 
 
 def check_name(config: ModelConfig) -> None:
+    """ValueError for a name without a class, or a value that the name contradicts (a config
+    changed after loading: loading checks it already)."""
     if config.name not in MODELS:
         raise ValueError(f"unknown model {config.name!r}; registered: {sorted(MODELS)}")
-    for key, value in MODELS[config.name][1].items():
-        if getattr(config, key) != value:
-            raise ValueError(f"model {config.name!r} requires model.{key}={value!r}, the config "
-                             f"has {getattr(config, key)!r} (use model name queryrec for free "
-                             "combinations)")
+    check_implied(config)
 
 
 def load_vocabularies(data_dir: str, schema: S.Schema) -> Vocabularies:

@@ -4,7 +4,7 @@ import glob
 
 import pytest
 
-from qrec_tf.config import load_config
+from qrec_tf.config import IMPLIED_BY_NAME, load_config
 from qrec_tf.models.registry import MODELS, check_name
 
 
@@ -41,12 +41,45 @@ def test_mistakes_get_clear_messages(override, message):
         load_config("configs/queryrec.yaml", [override])
 
 
-def test_registry_rejects_flags_that_contradict_the_name(tmp_path):
-    config = load_config("configs/din.yaml", ["model.query_pooling=true"])
-    with pytest.raises(ValueError, match="requires model.query_pooling=False"):
-        check_name(config.model)
+def test_the_name_implies_its_query_flags_and_a_contradiction_names_the_key(tmp_path):
+    assert all("query_pooling" not in open(p).read() and "query_encoder:" not in open(p).read()
+               for p in glob.glob("configs/*.yaml"))      # the YAMLs do not restate them
+    expected = {"din": (False, False), "din_query": (True, False), "din_nip": (False, True),
+                "din_con": (True, False), "queryrec": (True, True), "dcn": (False, False),
+                "ple": (False, False), "sesrec": (False, False), "iv4rec": (False, False)}
+    for name, flags in expected.items():
+        model = load_config(f"configs/{name}.yaml").model
+        assert (model.query_pooling, model.query_encoder) == flags, name
+    minimal = tmp_path / "din_con_diffusion.yaml"
+    minimal.write_text("model:\n  name: din_con_diffusion\n")
+    model = load_config(str(minimal)).model
+    assert (model.query_pooling, model.query_encoder, model.positives) == (True, False,
+                                                                           "diffusion")
+    # Giving the implied value is allowed; a contradicting one fails at load, in one line.
+    minimal.write_text("model:\n  name: din_query\n  query_pooling: true\n")
+    assert load_config(str(minimal)).model.query_pooling
+    minimal.write_text("model:\n  name: din_query\n  query_pooling: false\n")
+    with pytest.raises(ValueError, match=r"^model.query_pooling is False, but model 'din_query' "
+                                         r"implies True: leave model.query_pooling out"):
+        load_config(str(minimal))
+    with pytest.raises(ValueError, match="model.query_encoder is False, but model 'queryrec'"):
+        load_config("configs/queryrec.yaml", ["model.query_encoder=false"])
+    with pytest.raises(ValueError, match="model.contrastive_weight is 0.1, but model 'dcn'"):
+        load_config("configs/dcn.yaml", ["model.contrastive_weight=0.1"])
+    with pytest.raises(ValueError, match="unknown model 'dinn'; registered"):
+        load_config("configs/din.yaml", ["model.name=dinn"])
+    # A config changed after loading is still checked before a model is built.
+    config = load_config("configs/din.yaml").model
+    config.query_pooling = True
+    with pytest.raises(ValueError, match="model.query_pooling is True, but model 'din'"):
+        check_name(config)
     with pytest.raises(ValueError, match="not found"):
         load_config(str(tmp_path / "missing.yaml"))
+
+
+def test_the_registry_and_the_implied_values_name_the_same_models():
+    assert set(MODELS) == set(IMPLIED_BY_NAME)
+    assert all(MODELS[name][1] is IMPLIED_BY_NAME[name] for name in MODELS)
 
 
 def test_a_model_section_is_set_in_yaml_and_with_nested_overrides(tmp_path):

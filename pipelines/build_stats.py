@@ -1,0 +1,80 @@
+"""stats.json of pipelines.build_tfrecords: its derived rates, the checks that fail a build, and
+the summary the job logs: plain Python on the stats dict, run after the pipeline (nest_stats
+also inside it, by WriteJson)."""
+
+from __future__ import annotations
+
+from pipelines import kuaisar
+from pipelines.log_reading import nest_keys
+from qrec_tf import schema as S
+
+
+def nest_stats(flat: dict[str, int]) -> dict:
+    """nest_keys(flat) plus derived rates."""
+    nested = nest_keys(flat)
+    examples = nested.setdefault("examples", {})
+    for split in (*S.SPLITS, *([S.SEARCH_TRAIN] if S.SEARCH_TRAIN in examples else [])):
+        entry = examples.setdefault(split, {})
+        if not isinstance(entry, dict):
+            continue
+        n = entry.get("count", 0)
+        entry["ctr"] = entry.get("clicks", 0) / n if n else None
+    qi = nested.get("query_items", {})
+    if qi.get("queries"):
+        qi["share_with_click"] = qi.get("queries_with_click", 0) / qi["queries"]
+    return nested
+
+
+def check_input_errors(stats: dict, inputs: dict[str, tuple[str, kuaisar.Header]]) -> list[str]:
+    """A compressed input that is cut or corrupt: this run did not read all of it."""
+    problems = []
+    for name, (path, _) in inputs.items():
+        for reason in stats.get(name, {}).get("input_errors", {}):
+            what = ("is cut short (the gzip stream ends early)" if reason == "gzip_truncated"
+                    else "is corrupt (not a valid gzip stream)")
+            problems.append(f"{name}: {path} {what}; {stats[name].get('rows_read', 0):,} rows "
+                            "were read before the error")
+    return problems
+
+
+def check_examples(stats: dict) -> list[str]:
+    """A build without training examples is no training data."""
+    if stats.get("examples", {}).get(S.SPLITS[0], {}).get("count", 0):
+        return []
+    users = stats.get("users", {})
+    return [f"no training examples: {users.get('kept', 0):,} users kept (a user needs search "
+            f"and feed history, and 3 feed interactions for a train one); dropped "
+            f"{users.get('dropped', {})}"]
+
+
+def check_rejections(stats: dict, max_fraction: float) -> list[str]:
+    problems = []
+    for name in kuaisar.LOG_FILES:
+        entry = stats.get(name, {})
+        read, rejected = entry.get("rows_read", 0), entry.get("rows_rejected", 0)
+        if read and rejected / read > max_fraction:
+            problems.append(f"{name}: {rejected:,} of {read:,} rows rejected "
+                            f"({rejected / read:.2%} > {max_fraction:.2%}); reasons: "
+                            f"{entry.get('rejected_by_reason', {})}")
+    return problems
+
+
+def summary(stats: dict) -> str:
+    lines = []
+    for name in kuaisar.LOG_FILES:
+        e = stats.get(name, {})
+        lines.append(f"  {name:14s} read {e.get('rows_read', 0):>11,}"
+                     f"  used {e.get('rows_used', 0):>11,}"
+                     f"  rejected {e.get('rows_rejected', 0):>7,}")
+    users = stats.get("users", {})
+    lines.append(f"  users kept {users.get('kept', 0):,}; dropped {users.get('dropped', {})}")
+    for split in (*S.SPLITS, *([S.SEARCH_TRAIN] if S.SEARCH_TRAIN in stats.get("examples", {})
+                               else [])):
+        e = stats.get("examples", {}).get(split, {})
+        ctr = e.get("ctr")
+        lines.append(f"  {split:5s} examples {e.get('count', 0):>10,}  ctr "
+                     + (f"{ctr:.4f}" if ctr is not None else "n/a"))
+    qi = stats.get("query_items", {})
+    lines.append(f"  queries {qi.get('queries', 0):,}, share with a click "
+                 f"{qi.get('share_with_click', 0):.3f}")
+    return "\n".join(lines)
