@@ -52,8 +52,8 @@ How this job reads docs/PAPER.md "Data analysis" (every symbol):
   the `--users` (`--samples`) smallest keys are kept (Beam's Top.Smallest). The same seed and
   input give the same draw on any runner and any sharding, and a larger n keeps a smaller n's draw.
 
-Runs locally like pipelines.build_tfrecords (pipelines.beam_support.LocalRunner, one worker
-process per core; --direct_running_mode=in_memory for one process); other Beam options
+Runs locally like pipelines.build_tfrecords (pipelines.beam_support.LocalRunner, one process:
+Beam's multi-process mode loses elements, README "Running on a cluster"); other Beam options
 (--runner=DataflowRunner --project ... / PortableRunner) pass through unchanged.
 """
 

@@ -33,11 +33,14 @@ from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
 # The qualified name that --runner takes (Beam imports the class by it).
 LOCAL_RUNNER = f"{__name__}.LocalRunner"
-# Locally: Beam's FnApiRunner with one worker process per core. On the 1M-row benchmark this ran
-# 1.7x faster than the single-process in_memory mode on 2 cores (benchmarks/pipeline_throughput.py).
+# Locally: Beam's FnApiRunner in one process. Its multi_processing mode (one worker process per
+# core, 1.7x faster on 2 cores) loses elements where a Flatten merges branches that several
+# workers produce (Beam 2.77; docs/RESULTS.md, "Examples lost by the multi-process local
+# runner"): a 6,000-user build wrote 124,463 of its 212,308 training examples. It stays
+# available as an explicit option; every build checks the examples it wrote
+# (build_stats.check_written).
 # The runner is named explicitly: Beam's DirectRunner would first try to download Prism.
-LOCAL_DEFAULTS = [f"--runner={LOCAL_RUNNER}", "--direct_running_mode=multi_processing",
-                  f"--direct_num_workers={os.cpu_count() or 1}",
+LOCAL_DEFAULTS = [f"--runner={LOCAL_RUNNER}", "--direct_running_mode=in_memory",
                   "--default_sdk_harness_log_level=WARNING",
                   '--sdk_harness_log_level_overrides={"pipelines": "INFO"}']
 
@@ -130,11 +133,7 @@ def with_local_defaults(beam_args: list[str]) -> list[str]:
     given = {a.split("=", 1)[0] for a in beam_args if a.startswith("--")}
     if "--runner" in given:
         return beam_args
-    defaults = [d for d in LOCAL_DEFAULTS if d.split("=", 1)[0] not in given]
-    if any(a.startswith("--direct_running_mode=") and not a.endswith("multi_processing")
-           for a in beam_args):  # one process: a worker count would only draw a warning
-        defaults = [d for d in defaults if not d.startswith("--direct_num_workers")]
-    return defaults + beam_args
+    return [d for d in LOCAL_DEFAULTS if d.split("=", 1)[0] not in given] + beam_args
 
 
 def configure_logging() -> None:

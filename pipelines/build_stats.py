@@ -4,6 +4,8 @@ also inside it, by WriteJson)."""
 
 from __future__ import annotations
 
+from typing import Iterable
+
 from pipelines import kuaisar
 from pipelines.log_reading import nest_keys
 from qrec_tf import schema as S
@@ -45,6 +47,34 @@ def check_examples(stats: dict) -> list[str]:
     return [f"no training examples: {users.get('kept', 0):,} users kept (a user needs search "
             f"and feed history, and 3 feed interactions for a train one); dropped "
             f"{users.get('dropped', {})}"]
+
+
+def count_records(pattern: str) -> int:
+    """Records in the gzip TFRecord files matching `pattern` (any Beam filesystem)."""
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.io.tfrecordio import _TFRecordUtil
+
+    count = 0
+    for match in FileSystems.match([pattern])[0].metadata_list:
+        with FileSystems.open(match.path) as f:
+            while _TFRecordUtil.read_record(f) is not None:
+                count += 1
+    return count
+
+
+def check_written(stats: dict, output: str, splits: Iterable[str]) -> list[str]:
+    """Each split's example files under `output` hold as many records as the job built (its
+    stats); a runner that dropped some fails the build instead of publishing a partial split."""
+    from apache_beam.io.filesystems import FileSystems
+
+    problems = []
+    for split in splits:
+        built = stats.get("examples", {}).get(split, {}).get("count", 0)
+        written = count_records(FileSystems.join(output, split, "*"))
+        if written != built:
+            problems.append(f"{split}: {written:,} examples written of {built:,} built (the "
+                            "runner lost some; rerun with --direct_running_mode=in_memory)")
+    return problems
 
 
 def check_rejections(stats: dict, max_fraction: float) -> list[str]:

@@ -35,8 +35,8 @@ plus search impressions; queries = search sessions; words = word occurrences in 
 categories/subcategories/authors = rows of item_features; user-feature vocabularies = kept users.
 
 Runs locally on pipelines.beam_support.LocalRunner (the DirectRunner's FnApiRunner without its
-Prism attempt; one worker process per core; --direct_running_mode=in_memory for a single process)
-unless --runner is given; all other Beam options (--runner=DataflowRunner --project ... /
+Prism attempt; one process: Beam's multi-process mode loses elements, README "Running on a
+cluster") unless --runner is given; all other Beam options (--runner=DataflowRunner --project ... /
 PortableRunner / FlinkRunner / SparkRunner) pass through unchanged (README, "Running on a
 cluster"). With --num-shards N the example shards are byte-identical across runs and runners.
 """
@@ -70,6 +70,7 @@ from pipelines.build_stats import (
     check_examples,
     check_input_errors,
     check_rejections,
+    check_written,
     nest_stats,
     summary,
 )
@@ -370,7 +371,9 @@ def run(argv: Sequence[str] | None = None) -> dict:
     LOG.info("done in %.1f s (%s input rows, %.0f rows/s)\n%s", elapsed, f"{stats_rows:,}",
              stats_rows / max(elapsed, 1e-9), summary(stats))
     problems = (check_input_errors(stats, inputs)
-                + check_rejections(stats, args.max_rejected_fraction) + check_examples(stats))
+                + check_rejections(stats, args.max_rejected_fraction) + check_examples(stats)
+                + check_written(stats, out.staging, (*S.SPLITS, *([S.SEARCH_TRAIN]
+                                                                 if args.search_examples else []))))
     if problems:
         failed = out.fail()
         raise SystemExit(f"build_tfrecords FAILED; this run's outputs are in {failed} for "

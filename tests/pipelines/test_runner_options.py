@@ -28,7 +28,7 @@ def test_help_lists_the_jobs_flags_and_names_the_local_runner(job, capsys):
     out = capsys.readouterr().out
     assert "--input INPUT" in out and "--output OUTPUT" in out and "--overwrite" in out
     assert "Unrecognised flags are Beam pipeline options" in out
-    assert ("--runner=pipelines.beam_support.LocalRunner --direct_running_mode=multi_processing"
+    assert ("--runner=pipelines.beam_support.LocalRunner --direct_running_mode=in_memory"
             in out)
 
 
