@@ -27,7 +27,7 @@ from qrec_tf import schema as S
 from qrec_tf.config import load_config
 from qrec_tf.models.registry import MODELS
 from qrec_tf.optimizers import make_optimizer
-from qrec_tf.testing import random_batch, random_vocabularies
+from qrec_tf.testing import random_batch, random_data_constants, random_vocabularies
 
 
 class Timed:
@@ -38,11 +38,7 @@ class Timed:
         config = load_config(f"configs/{name}.yaml")
         schema = S.Schema()
         vocabs = random_vocabularies(n_items, n_words=80_000)
-        constants = {}
-        if config.model.contrastive_weight:
-            rows = vocabs.size(S.VOCAB_QUERIES)
-            constants["query_positives"] = np.random.default_rng(0).integers(
-                2, vocabs.size(S.VOCAB_ITEMS), (rows, config.model.contrastive_positives))
+        constants = random_data_constants(config.model, vocabs)
         keras.utils.set_random_seed(0)
         self.model = MODELS[name][0](config.model, schema, vocabs, **constants)
         self.model.compile(optimizer=make_optimizer(optimizer, 1e-3), jit_compile=jit_compile)

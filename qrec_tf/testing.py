@@ -71,3 +71,21 @@ def _words_follow_keys(features: dict, vocabularies: Vocabularies, n_words: int)
     row = {key.encode(): i for i, key in enumerate(vocab)}
     for index in zip(*np.nonzero(keys != S.PAD_KEY)):
         features[S.QUERY_WORD_IDS][index] = table[row[keys[index]]]
+
+
+def random_data_constants(config, vocabularies: Vocabularies, seed: int = 0) -> dict:
+    """What a model's `data_constants` would read from a data directory, drawn at random for
+    `config` (a ModelConfig): the contrastive positives (item indices per query row) and the
+    items' categories (raw ids per item row), each only when the config uses it."""
+    rng = np.random.default_rng(seed)
+    constants = {}
+    if getattr(config, "contrastive_weight", 0):
+        rows = vocabularies.size(S.VOCAB_QUERIES)
+        constants["query_positives"] = rng.integers(
+            2, vocabularies.size(S.VOCAB_ITEMS), (rows, config.contrastive_positives))
+    if getattr(config, "query_clicked_items", False):
+        rows = vocabularies.size(S.VOCAB_ITEMS)
+        constants["item_categories"] = np.stack(
+            [rng.choice(vocabularies.values[S.VOCAB_CATEGORIES], rows),
+             rng.choice(vocabularies.values[S.VOCAB_SUBCATEGORIES], rows)], 1).astype(np.int64)
+    return constants

@@ -36,6 +36,14 @@ from qrec_tf.positives import positives_matrix
 
 LOG = logging.getLogger(__name__)
 
+def _vocabulary_indices(raw: np.ndarray, values: list) -> np.ndarray:
+    """Raw ids -> vocabulary indices as the model's lookups give them (0 for PAD_ID, 1 for an
+    id outside `values`, 2 + its position otherwise)."""
+    position = {int(v): i + 2 for i, v in enumerate(values)}
+    return np.array([0 if r == S.PAD_ID else position.get(int(r), OOV_INDEX) for r in raw],
+                    np.int64)
+
+
 class QueryRecModel(CTRModel):
     """DIN backbone + query list pooling / SAS encoder + NIP and contrastive losses."""
 
@@ -70,7 +78,12 @@ class QueryRecModel(CTRModel):
         if config.query_clicked_items:
             if item_categories is None:
                 raise ValueError("model.query_clicked_items needs the item categories table")
-            self.item_categories = tf.constant(item_categories, tf.int64)
+            # As vocabulary indices (0 padding, 1 OOV): the table is read inside
+            # `indexed_inputs()` too, where `lookup` passes its input through.
+            self.item_category_indices = tf.constant(np.stack([
+                _vocabulary_indices(item_categories[:, column], vocabularies.values[vocab])
+                for column, vocab in enumerate((S.VOCAB_CATEGORIES, S.VOCAB_SUBCATEGORIES))],
+                1), tf.int64)
         if config.query_encoder:
             self.query_encoder = SASEncoder(schema.max_queries, d, num_blocks=config.sas_blocks,
                                             num_heads=config.sas_heads, dropout=config.sas_dropout,
@@ -170,12 +183,11 @@ class QueryRecModel(CTRModel):
         sub-category] of the items clicked in its session, through the query attention's target
         projection (0 for a slot without clicks)."""
         clicked = self.lookup(S.QUERY_CLICKED_ITEM_IDS, features[S.QUERY_CLICKED_ITEM_IDS])
-        categories = tf.gather(self.item_categories, clicked)              # [rows, Q, C, 2]
-        rep = tf.concat([
-            self.embed(S.ITEM_ID, clicked),
-            self.embed(S.CATEGORY_ID, self.lookup(S.CATEGORY_ID, categories[..., 0])),
-            self.embed(S.SUBCATEGORY_ID, self.lookup(S.SUBCATEGORY_ID, categories[..., 1]))],
-            axis=-1)                                                       # [rows, Q, C, 3d]
+        categories = tf.gather(self.item_category_indices, clicked)       # [rows, Q, C, 2]
+        rep = tf.concat([self.embed(S.ITEM_ID, clicked),
+                         self.embed(S.CATEGORY_ID, categories[..., 0]),
+                         self.embed(S.SUBCATEGORY_ID, categories[..., 1])],
+                        axis=-1)                                           # [rows, Q, C, 3d]
         return self.query_target_projection(masked_mean(rep, clicked != 0, 2))
 
     def embed_queries(self, query_idx: tf.Tensor, word_idx: tf.Tensor,

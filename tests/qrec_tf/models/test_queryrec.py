@@ -8,7 +8,7 @@ import tensorflow as tf
 from qrec_tf import schema as S
 from qrec_tf.config import load_config
 from qrec_tf.models.registry import MODELS
-from qrec_tf.testing import random_batch, random_vocabularies
+from qrec_tf.testing import random_batch, random_data_constants, random_vocabularies
 
 SCHEMA = S.Schema(history_length=6, max_queries=4, max_query_words=3, nip_positives=2,
                   nip_negatives=2)
@@ -22,10 +22,9 @@ TINY = ["model.embedding_dim=8", "model.mlp_units=[8]", "model.attention_units=[
 
 def build(name, positives=None, *extra):
     config = load_config(f"configs/{name}.yaml", [*TINY, *extra]).model
-    if config.contrastive_weight and positives is None:
-        rows, k = VOCABS.size(S.VOCAB_QUERIES), config.contrastive_positives
-        positives = np.random.default_rng(0).integers(2, VOCABS.size(S.VOCAB_ITEMS), (rows, k))
-    constants = {} if positives is None else {"query_positives": positives}
+    constants = random_data_constants(config, VOCABS)
+    if positives is not None:
+        constants["query_positives"] = positives
     tf.keras.utils.set_random_seed(0)
     model = MODELS[name][0](config, SCHEMA, VOCABS, name=name, **constants)
     model(batch(), training=False)
@@ -254,7 +253,8 @@ def test_embedding_l2_is_the_mini_batch_aware_penalty_of_the_rows_a_batch_touche
     vocabs = type(VOCABS)(VOCABS.values, counts)
     config = load_config("configs/queryrec.yaml", [*TINY, "model.embedding_l2=0.5",
                                                    "model.contrastive_weight=0"]).model
-    model = MODELS["queryrec"][0](config, SCHEMA, vocabs, name="queryrec")
+    model = MODELS["queryrec"][0](config, SCHEMA, vocabs, name="queryrec",
+                                  **random_data_constants(config, vocabs))
     features = batch()
     model(features, training=False)
     terms, _, _ = model.compute_loss_terms(features, np.zeros(5), training=True)
@@ -309,9 +309,8 @@ def test_bilinear_fusion_adds_query_dot_w_dot_target_to_the_din_logit(name):
                                           features[S.SUBCATEGORY_ID])
     query = []
     if model.config.query_pooling:
-        query.append(model.query_attention(
-            model.embed(S.ITEM_ID, model.lookup(S.ITEM_ID, features[S.ITEM_ID])),
-            user["queries"], user["query_idx"] != 0).numpy())
+        query.append(model.pool_queries(
+            user, model.lookup(S.ITEM_ID, features[S.ITEM_ID]), target).numpy())
     if model.config.query_encoder:
         query.append(user["e_qt"].numpy())
     expected = base_logits + np.einsum("bi,ij,bj->b", np.concatenate(query, -1), kernel,
@@ -432,14 +431,6 @@ def test_query_attention_target_is_checked():
         load_config("configs/queryrec.yaml", ["model.query_attention_target=category"])
 
 
-def _item_categories(seed=6):
-    """A random (category, sub-category) per item row (raw ids of the random vocabularies)."""
-    rng = np.random.default_rng(seed)
-    rows = VOCABS.size(S.VOCAB_ITEMS)
-    return np.stack([rng.choice(VOCABS.values[S.VOCAB_CATEGORIES], rows),
-                     rng.choice(VOCABS.values[S.VOCAB_SUBCATEGORIES], rows)], 1).astype(np.int64)
-
-
 def test_query_clicked_items_add_the_projected_mean_of_the_clicked_items_to_each_query():
     """query_clicked_items: a query slot's vector is its text embedding plus W times the mean
     [item || category || sub-category] of its clicked items (W: the target projection), with
@@ -447,7 +438,7 @@ def test_query_clicked_items_add_the_projected_mean_of_the_clicked_items_to_each
     config = load_config("configs/din_query.yaml",
                          [*TINY, "model.query_attention_target=item",
                           "model.query_clicked_items=true"]).model
-    table = _item_categories()
+    table = random_data_constants(config, VOCABS, seed=6)["item_categories"]
     model = MODELS["din_query"][0](config, SCHEMA, VOCABS, name="m", item_categories=table)
     features = batch()
     clicked = features[S.QUERY_CLICKED_ITEM_IDS].copy()
@@ -479,7 +470,7 @@ def test_query_clicked_items_add_the_projected_mean_of_the_clicked_items_to_each
 
 def test_query_clicked_items_need_the_item_projection():
     with pytest.raises(ValueError, match="query_clicked_items needs"):
-        load_config("configs/queryrec.yaml", ["model.query_clicked_items=true"])
+        load_config("configs/queryrec.yaml", ["model.query_attention_target=item_id"])
 
 
 def test_item_categories_come_from_the_training_split(data_dir):
