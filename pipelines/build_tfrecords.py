@@ -259,6 +259,9 @@ def build_pipeline(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, kuaisar
              FileSystems.join(output, S.QUERY_ITEMS_DIR, "query_items"),
              file_name_suffix=".tfrecord.gz", compression_type=CompressionTypes.GZIP))
 
+    _ = (items | "Item categories" >> beam.Map(lambda kv: f"{kv[0]}\t{kv[1][1]}\t{kv[1][2]}")
+         | "Write item categories" >> beam.io.WriteToText(
+             FileSystems.join(output, S.ITEM_CATEGORIES_FILE), shard_name_template=""))
     item_vocab_counts = items | "Item feature vocab" >> beam.FlatMap(lambda kv: [
         ((vocab, str(value)), 1)
         for vocab, value in zip((S.VOCAB_AUTHORS, S.VOCAB_CATEGORIES, S.VOCAB_SUBCATEGORIES), kv[1])
@@ -349,7 +352,8 @@ def run(argv: Sequence[str] | None = None) -> dict:
     """Runs the job; returns stats.json's content. Raises InputError / SystemExit on failure."""
     args, beam_args = parse_args(argv)
     inputs = {name: find_input(args.input, name) for name in kuaisar.LOG_FILES}
-    out = StagedOutput(args.output, (*OUTPUT_DIRS, S.STATS_FILE, S.SCHEMA_FILE),
+    out = StagedOutput(args.output, (*OUTPUT_DIRS, S.STATS_FILE, S.SCHEMA_FILE,
+                                     S.ITEM_CATEGORIES_FILE),
                        overwrite=args.overwrite, stale=augment_outputs())
     try:
         with FileSystems.create(out.staged(S.SCHEMA_FILE)) as f:

@@ -265,25 +265,22 @@ def query_items(path: str) -> Iterator[dict]:
 
 def item_categories(path: str, item_values: Sequence) -> np.ndarray:
     """int64 [len(item_values) + 2, 2]: the raw (category, sub-category) ids of each item row of
-    the item vocabulary (row 0 padding, 1 OOV, then `item_values` in order), read from the
-    training split's targets and feed histories; PAD_ID where an item never occurs there.
+    the item vocabulary (row 0 padding, 1 OOV, then `item_values` in order), from the Beam job's
+    `<path>/item_categories.tsv` (its item_features rows); PAD_ID for an item without a row.
 
     Lets a model place an item it knows only by id (a query's clicked item) in the categories
-    its targets are represented with."""
-    names = [S.ITEM_ID, S.CATEGORY_ID, S.SUBCATEGORY_ID, S.HIST_ITEM_IDS, S.HIST_CATEGORY_IDS,
-             S.HIST_SUBCATEGORY_IDS]
+    its targets are represented with, without reading a split."""
+    file = os.path.join(path, S.ITEM_CATEGORIES_FILE)
+    if not tf.io.gfile.exists(file):
+        raise FileNotFoundError(f"{file} not found: rebuild {path!r} with this version of "
+                                "`python -m pipelines.build_tfrecords` (model.query_clicked_items "
+                                "reads it)")
     row_of = {int(value): row for row, value in enumerate(item_values, start=2)}
     table = np.full((len(item_values) + 2, 2), S.PAD_ID, np.int64)
-    items, categories = [], []
-    for batch in make_dataset(path, "train", 4096, shuffle=False, features=names):
-        columns = [batch[name].numpy().reshape(-1) for name in names]
-        items += [columns[0], columns[3]]
-        categories += [np.stack(columns[1:3], 1), np.stack(columns[4:6], 1)]
-    if items:
-        items, categories = np.concatenate(items), np.concatenate(categories)
-        distinct, first = np.unique(items, return_index=True)    # an item's first occurrence
-        for item, at in zip(distinct.tolist(), first.tolist()):
+    with tf.io.gfile.GFile(file) as f:
+        for line in f:
+            item, category, subcategory = (int(x) for x in line.split("\t"))
             row = row_of.get(item)
             if row is not None:
-                table[row] = categories[at]
+                table[row] = (category, subcategory)
     return table

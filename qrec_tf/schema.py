@@ -98,6 +98,9 @@ QUERY_ITEMS_DIR = "query_items"
 DEAD_LETTER_DIR = "dead_letter"
 STATS_FILE = "stats.json"
 SCHEMA_FILE = "schema.json"
+# One line per item_features row: "item_id<TAB>category<TAB>sub-category" (raw ids, PAD_ID for a
+# missing one), in no particular order: how a model places an item it knows only by id.
+ITEM_CATEGORIES_FILE = "item_categories.tsv"
 EXAMPLE_FILE_PATTERN = "*.tfrecord.gz"
 COMPRESSION = "GZIP"
 

@@ -80,6 +80,10 @@ def test_both_jobs_give_the_direct_runners_outputs_on_the_portable_runner(tmp_pa
     for name in (S.STATS_FILE, S.SCHEMA_FILE):
         assert (portable / name).read_bytes() == (direct / name).read_bytes(), name
     assert tree(portable / S.VOCAB_DIR) == tree(direct / S.VOCAB_DIR)
+    lines = {out: sorted((out / S.ITEM_CATEGORIES_FILE).read_text().splitlines())
+             for out in (direct, portable)}
+    assert lines[portable] == lines[direct]
+    assert len(lines[direct]) == direct_stats["item_features"]["rows_used"] > 250   # one per row
     assert len(dead_letters(direct)) == 8
     assert dead_letters(portable) == dead_letters(direct)
     for split in S.SPLITS:

@@ -473,9 +473,9 @@ def test_query_clicked_items_need_the_item_projection():
         load_config("configs/queryrec.yaml", ["model.query_attention_target=item_id"])
 
 
-def test_item_categories_come_from_the_training_split(data_dir):
-    """data.item_categories: each training target's row holds its (category, sub-category);
-    the padding and OOV rows hold PAD_ID."""
+def test_item_categories_agree_with_the_training_split(data_dir):
+    """data.item_categories (the Beam job's item_categories.tsv): each training target's row
+    holds the target's (category, sub-category); the padding and OOV rows hold PAD_ID."""
     from qrec_tf import data as qdata
 
     items = [value for value, _ in S.read_vocab(data_dir, S.VOCAB_ITEMS)]
