@@ -195,7 +195,7 @@ def test_overwrite_replaces_outputs_only_when_the_new_run_succeeded(tmp_path, mo
     assert (out / S.VOCAB_DIR / f"{S.VOCAB_ITEMS}.txt").read_text() == "21\t3\n201\t3\n"
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [*S.SPLITS, S.VOCAB_DIR, S.QUERY_ITEMS_DIR, S.DEAD_LETTER_DIR, S.STATS_FILE,
-         S.SCHEMA_FILE])
+         S.SCHEMA_FILE, S.ITEM_CATEGORIES_FILE])
     assert positives.load(str(out), "auto")[1] == "log"
     assert_hand_examples(out)
 
