@@ -76,6 +76,16 @@ def _write_summary(summary: dict, output_dir: str) -> dict:
     return summary
 
 
+def _summary_head(data_dir: str, output_dir: str, table: QueryItemTable,
+                  has_clicks: np.ndarray, trained: bool) -> dict:
+    """The summary's fields that the trained and the no-work paths share."""
+    return {"data_dir": os.path.abspath(data_dir),
+            "positives_dir": os.path.abspath(os.path.join(output_dir, positives.POSITIVES_DIR)),
+            "trained": trained,
+            "queries": {"total": len(table.keys), "with_clicks": int(has_clicks.sum()),
+                        "clickless": int((~has_clicks).sum())}}
+
+
 def _log_positives_only(config: AugmentConfig, table: QueryItemTable, has_clicks: np.ndarray,
                         data_dir: str, output_dir: str, started: float) -> dict:
     """The no-work path: no query needs filling, so the table is the log's clicks (most clicked
@@ -84,14 +94,11 @@ def _log_positives_only(config: AugmentConfig, table: QueryItemTable, has_clicks
     filled = positives_table(table, ItemSpace(np.zeros(0, np.int64), {}), {},
                              config.output.top_k)
     positives.write(filled, output_dir)
+    head = _summary_head(data_dir, output_dir, table, has_clicks, trained=False)
     return _write_summary({
-        "data_dir": os.path.abspath(data_dir),
-        "positives_dir": os.path.abspath(os.path.join(output_dir, positives.POSITIVES_DIR)),
-        "trained": False,
+        **head,
         "queries": {
-            "total": len(table.keys),
-            "with_clicks": int(has_clicks.sum()),
-            "clickless": int((~has_clicks).sum()),
+            **head["queries"],
             "to_fill": 0, "clickless_filled": 0, "clicked_augmented": 0,
             "positives_per_query": _positives_summary(np.array([len(v) for v in
                                                                 filled.values()])),
@@ -177,14 +184,11 @@ def run(config: AugmentConfig, data_dir: str, output_dir: str, verbose="auto",
 
     sizes = np.array([len(v) for v in filled.values()])
     empty_input = full.entries_per_row() == 0
+    head = _summary_head(data_dir, output_dir, table, has_clicks, trained=True)
     summary = {
-        "data_dir": os.path.abspath(data_dir),
-        "positives_dir": os.path.abspath(os.path.join(output_dir, positives.POSITIVES_DIR)),
-        "trained": True,
+        **head,
         "queries": {
-            "total": len(table.keys),
-            "with_clicks": int(has_clicks.sum()),
-            "clickless": int((~has_clicks).sum()),
+            **head["queries"],
             "to_fill": int(len(to_generate)),
             "clickless_filled": int(sum(1 for r in to_generate if not has_clicks[r]
                                         and (generated[r] >= 0).any())),
