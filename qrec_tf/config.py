@@ -212,6 +212,11 @@ class ModelConfig:
     # target (needs query_attention_target: item), so the query attention can match a query with
     # a target of the same sub-category even when the query's words are rare.
     query_clicked_items: bool = False
+    # True: the CTR MLP also reads how many of the items clicked in the user's search sessions
+    # share the target's category and sub-category (counts and shares, layers.category_match).
+    # It has no weights; it hands the MLP the search -> feed match the query attention did not
+    # learn on its own. docs/ARCHITECTURE.md, "The query branch".
+    query_category_match: bool = False
     # DIN's mini-batch aware L2 on the embedding rows a batch touches, each weighted by the
     # inverse of its id's frequency (Zhou et al. KDD'18); 0 = off. docs/PAPER.md, "MBA".
     embedding_l2: float = 0.0

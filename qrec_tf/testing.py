@@ -83,7 +83,8 @@ def random_data_constants(config, vocabularies: Vocabularies, seed: int = 0) -> 
         rows = vocabularies.size(S.VOCAB_QUERIES)
         constants["query_positives"] = rng.integers(
             2, vocabularies.size(S.VOCAB_ITEMS), (rows, config.contrastive_positives))
-    if getattr(config, "query_clicked_items", False):
+    if getattr(config, "query_clicked_items", False) or getattr(
+            config, "query_category_match", False):
         rows = vocabularies.size(S.VOCAB_ITEMS)
         constants["item_categories"] = np.stack(
             [rng.choice(vocabularies.values[S.VOCAB_CATEGORIES], rows),

@@ -24,6 +24,7 @@ import tensorflow as tf
 from qrec_tf import data, losses
 from qrec_tf import schema as S
 from qrec_tf.config import ModelConfig
+from qrec_tf.layers.category_match import CategoryMatch
 from qrec_tf.layers.contrastive import BilinearSimilarity
 from qrec_tf.layers.dense_stack import masked_mean
 from qrec_tf.layers.id_lookup import OOV_INDEX
@@ -54,7 +55,7 @@ class QueryRecModel(CTRModel):
         positives of each query index (the contrastive loss's I+_q); needed when
         config.contrastive_weight > 0. `item_categories`: int [item vocabulary rows, 2] raw
         (category, sub-category) ids of each item row (`data.item_categories`); needed when
-        config.query_clicked_items."""
+        config.query_clicked_items or config.query_category_match."""
         super().__init__(config, schema, vocabularies, **kwargs)
         d = config.embedding_dim
         self.uses_queries = config.query_pooling or config.query_encoder or bool(
@@ -75,15 +76,20 @@ class QueryRecModel(CTRModel):
             if config.query_attention_positions:
                 self.query_positions = self.add_weight(
                     shape=(schema.max_queries, d), initializer="zeros", name="query_positions")
-        if config.query_clicked_items:
+        self.reads_clicked_categories = (config.query_clicked_items
+                                         or config.query_category_match)
+        if self.reads_clicked_categories:
             if item_categories is None:
-                raise ValueError("model.query_clicked_items needs the item categories table")
+                raise ValueError("model.query_clicked_items and model.query_category_match need "
+                                 "the item categories table")
             # As vocabulary indices (0 padding, 1 OOV): the table is read inside
             # `indexed_inputs()` too, where `lookup` passes its input through.
             self.item_category_indices = tf.constant(np.stack([
                 _vocabulary_indices(item_categories[:, column], vocabularies.values[vocab])
                 for column, vocab in enumerate((S.VOCAB_CATEGORIES, S.VOCAB_SUBCATEGORIES))],
                 1), tf.int64)
+        self.category_match = (CategoryMatch(name="query_category_match")
+                               if config.query_category_match else None)
         if config.query_encoder:
             self.query_encoder = SASEncoder(schema.max_queries, d, num_blocks=config.sas_blocks,
                                             num_heads=config.sas_heads, dropout=config.sas_dropout,
@@ -122,9 +128,10 @@ class QueryRecModel(CTRModel):
     @classmethod
     def data_constants(cls, config, data_dir, schema, vocabularies):
         """{"query_positives": the contrastive loss's table (`positives_matrix`)} when the
-        config has a contrastive loss, {"item_categories": ...} with query_clicked_items."""
+        config has a contrastive loss, {"item_categories": ...} with query_clicked_items or
+        query_category_match."""
         constants = {}
-        if config.query_clicked_items:
+        if config.query_clicked_items or config.query_category_match:
             constants["item_categories"] = data.item_categories(
                 data_dir, vocabularies.values[S.VOCAB_ITEMS])
         if not config.contrastive_weight:
@@ -158,13 +165,18 @@ class QueryRecModel(CTRModel):
 
         Returns {"user": user-feature embeddings [rows, dim] each, "history_idx" [rows, H],
         "history" [rows, H, 3 * dim], and with queries "query_idx" [rows, Q], "queries"
-        [rows, Q, dim], with the encoder "e_qt" [rows, dim]}.
+        [rows, Q, dim], with the encoder "e_qt" [rows, dim], with the search-clicked items'
+        categories "clicked_idx" [rows, Q, C] and "clicked_categories" [rows, Q, C, 2]}.
         """
         history_idx, history = self.item_representation(
             features[S.HIST_ITEM_IDS], features[S.HIST_CATEGORY_IDS],
             features[S.HIST_SUBCATEGORY_IDS])
         user = {"user": self.user_embeddings(features), "history_idx": history_idx,
                 "history": history}
+        if self.reads_clicked_categories:
+            clicked = self.lookup(S.QUERY_CLICKED_ITEM_IDS, features[S.QUERY_CLICKED_ITEM_IDS])
+            user["clicked_idx"] = clicked
+            user["clicked_categories"] = tf.gather(self.item_category_indices, clicked)
         if self.uses_queries:
             query_idx = self.lookup(S.QUERY_KEYS, features[S.QUERY_KEYS])
             word_idx = self.lookup(S.QUERY_WORD_IDS, features[S.QUERY_WORD_IDS])
@@ -172,18 +184,17 @@ class QueryRecModel(CTRModel):
             user["query_text"] = self.embed_queries(query_idx, word_idx, training)  # [rows, Q, d]
             user["queries"] = user["query_text"]
             if self.config.query_clicked_items:
-                user["queries"] = user["queries"] + self.clicked_items_context(features)
+                user["queries"] = user["queries"] + self.clicked_items_context(user)
         if self.config.query_encoder:
             user["e_qt"] = self.query_encoder(user["queries"], user["query_idx"] != 0,
                                               training=training)               # [rows, d]
         return user
 
-    def clicked_items_context(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
+    def clicked_items_context(self, user: dict) -> tf.Tensor:
         """[rows, Q, dim]: per query slot, the mean representation [item || category ||
         sub-category] of the items clicked in its session, through the query attention's target
         projection (0 for a slot without clicks)."""
-        clicked = self.lookup(S.QUERY_CLICKED_ITEM_IDS, features[S.QUERY_CLICKED_ITEM_IDS])
-        categories = tf.gather(self.item_category_indices, clicked)       # [rows, Q, C, 2]
+        clicked, categories = user["clicked_idx"], user["clicked_categories"]  # [rows, Q, C(, 2)]
         rep = tf.concat([self.embed(S.ITEM_ID, clicked),
                          self.embed(S.CATEGORY_ID, categories[..., 0]),
                          self.embed(S.SUBCATEGORY_ID, categories[..., 1])],
@@ -227,6 +238,8 @@ class QueryRecModel(CTRModel):
         v_b = self.history_attention(target, user["history"], user["history_idx"] != 0,
                                      training=training, queries_per_key_row=items_per_user)
         parts = [*per_row[:len(user["user"])], *self.item_embeddings(features), target, v_b]
+        if self.category_match is not None:
+            parts.append(self.search_category_match(user, features))
         query_parts = []
         if self.config.query_pooling:
             query_parts.append(self.query_input("pooled", self.pool_queries(
@@ -260,6 +273,17 @@ class QueryRecModel(CTRModel):
             queries = queries + tf.cast(self.query_positions, queries.dtype)
         return self.query_attention(query_target, queries, user["query_idx"] != 0,
                                     training=training, queries_per_key_row=items_per_user)
+
+    def search_category_match(self, user: dict, features: Mapping[str, tf.Tensor]
+                              ) -> tf.Tensor:
+        """[rows, 4] (layers.category_match): counts and shares of the user's search-clicked
+        items in the target's category and sub-category, model.query_category_match."""
+        target = tf.stack([self.lookup(S.CATEGORY_ID, features[S.CATEGORY_ID]),
+                           self.lookup(S.SUBCATEGORY_ID, features[S.SUBCATEGORY_ID])], -1)
+        users = tf.shape(user["clicked_idx"])[0]
+        clicked = tf.reshape(user["clicked_categories"], [users, -1, 2])     # [users, Q * C, 2]
+        mask = tf.reshape(user["clicked_idx"] != 0, [users, -1])
+        return self.category_match(target, clicked, mask)
 
     def query_input(self, name: str, x: tf.Tensor, training: bool = False) -> tf.Tensor:
         """A query-side CTR input [rows, dim] ("pooled" v_q or "encoded" e_qt) as the MLP reads

@@ -490,3 +490,39 @@ def test_item_categories_agree_with_the_training_split(data_dir):
             assert tuple(table[row_of[int(item)]]) == (category, subcategory)
             seen += 1
     assert seen > 1000
+
+
+def test_query_category_match_feeds_the_mlp_the_counts_of_the_targets_categories():
+    """query_category_match: the model's CTR input ends with CategoryMatch of the target's
+    (category, sub-category) against the categories of the items clicked in the user's searches
+    (item table), and scores change when only those clicked items change."""
+    config = load_config("configs/din.yaml", [*TINY, "model.query_category_match=true"]).model
+    table = random_data_constants(config, VOCABS, seed=6)["item_categories"]
+    model = MODELS["din"][0](config, SCHEMA, VOCABS, name="m", item_categories=table)
+    features = batch()
+    model(features, training=False)
+    user = model.encode_user(features)
+    match = model.search_category_match(user, features).numpy()
+    clicked = model.lookup(S.QUERY_CLICKED_ITEM_IDS, features[S.QUERY_CLICKED_ITEM_IDS]).numpy()
+    for r in range(len(match)):
+        target = (model.lookup(S.CATEGORY_ID, features[S.CATEGORY_ID][r:r + 1]).numpy()[0],
+                  model.lookup(S.SUBCATEGORY_ID, features[S.SUBCATEGORY_ID][r:r + 1]).numpy()[0])
+        rows = [idx for idx in clicked[r].ravel() if idx != 0]
+        counts = []
+        for level, (raw, vocab) in enumerate([(table[:, 0], S.CATEGORY_ID),
+                                              (table[:, 1], S.SUBCATEGORY_ID)]):
+            indices = model.lookup(vocab, raw[rows]).numpy() if rows else np.array([])
+            counts.append(int(((indices == target[level]) & (indices >= 2)).sum()))
+        expected = [np.log1p(counts[0]), np.log1p(counts[1]),
+                    counts[0] / max(len(rows), 1), counts[1] / max(len(rows), 1)]
+        np.testing.assert_allclose(match[r], expected, rtol=1e-6, atol=1e-7)
+    # Give item row 2 row 0's target categories and make it every clicked item: row 0's
+    # sub-category share becomes 1 and its score moves.
+    table[2] = [features[S.CATEGORY_ID][0], features[S.SUBCATEGORY_ID][0]]
+    model = MODELS["din"][0](config, SCHEMA, VOCABS, name="m", item_categories=table)
+    model(features, training=False)
+    item = VOCABS.values[S.VOCAB_ITEMS][0]
+    moved = {**features, S.QUERY_CLICKED_ITEM_IDS: np.full_like(
+        features[S.QUERY_CLICKED_ITEM_IDS], item)}
+    assert model.search_category_match(model.encode_user(moved), moved).numpy()[0, 3] == 1.0
+    assert score(model, moved)[0] != score(model, features)[0]
