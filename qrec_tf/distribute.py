@@ -22,7 +22,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import tensorflow as tf
 
@@ -165,8 +165,10 @@ def steps_for(examples: int | None, global_batch: int, what: str, key: str) -> i
 
 
 def training_input(strategy: tf.distribute.Strategy, data_dir: str, train_config,
-                   multitask: bool) -> tuple:
+                   multitask: bool, features: Sequence[str] | None = None) -> tuple:
     """(train data, valid data, steps_per_epoch, validation_steps) for `keras.Model.fit`.
+
+    `features`: the features to parse (the model's `input_feature_names`; default every one).
 
     `train_config.batch_size` is the global batch. Under the mirrored strategies each worker
     builds its own input (`distribute_datasets`). With several workers every worker reads its
@@ -187,13 +189,13 @@ def training_input(strategy: tf.distribute.Strategy, data_dir: str, train_config
 
     def train_input(batch: int, shard: tuple[int, int] | None) -> tf.data.Dataset:
         options = dict(seed=tc.seed, shuffle_buffer=tc.shuffle_buffer, supervised=True,
-                       num_epochs=None if steps else 1, shard=shard)
+                       num_epochs=None if steps else 1, shard=shard, features=features)
         return (data.make_multitask_dataset(data_dir, batch, **options) if multitask
                 else data.make_dataset(data_dir, "train", batch, **options))
 
     def valid_input(batch: int, shard: tuple[int, int] | None) -> tf.data.Dataset:
         return data.make_dataset(data_dir, "valid", batch, supervised=True, shard=shard,
-                                 num_epochs=None if valid_steps else 1)
+                                 num_epochs=None if valid_steps else 1, features=features)
 
     if distributes_input(strategy):
         return (distribute_datasets(strategy, tc.batch_size, train_input),

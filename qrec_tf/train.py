@@ -128,8 +128,9 @@ def train(config: Config, data_dir: str, model_dir: str, strategy_name: str = "d
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         model.compile(optimizer=optimizer)
 
+    # Only what the model reads is parsed (~1/3 of an example's values for din).
     train_data, valid_data, steps_per_epoch, validation_steps = distribute.training_input(
-        strategy, data_dir, tc, model.trains_on_search_examples)
+        strategy, data_dir, tc, model.trains_on_search_examples, model.input_feature_names())
     best_weights = model_layout.best_weights_path(model_dir)
     throughput = ThroughputLogger(model_layout.tensorboard_dir(model_dir), tc.batch_size)
     checkpoint = keras.callbacks.ModelCheckpoint(best_weights, monitor="val_auc", mode="max",

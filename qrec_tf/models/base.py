@@ -110,6 +110,8 @@ class CTRModel(keras.Model):
                                                    reduction="sum_over_batch_size")
         self._compiled_scoring = None   # score_candidates(compiled=True)'s XLA function
         self._inputs_are_indices = False  # only inside `indexed_inputs()`
+        self._input_feature_names: tuple[str, ...] | None = None  # input_feature_names()
+        self._tracing_reads = False       # only while input_feature_names() traces
 
     @classmethod
     def data_constants(cls, config: ModelConfig, data_dir: str, schema: S.Schema,
@@ -168,13 +170,48 @@ class CTRModel(keras.Model):
             tables[S.VOCAB_WORDS] = query_embedding.word_embedding.embeddings
         return tables
 
+    def input_feature_names(self) -> tuple[str, ...]:
+        """The schema features this model reads, in schema order: those that `compute_loss_terms`
+        looks up in training or in evaluation (the NIP targets and the `domain` of a multi-task
+        model included, the label not: it comes apart). `qrec_tf.train` parses only these.
+
+        Found once by tracing `compute_loss_terms` (both modes) on a batch of every feature
+        that records which ones it reads: what a model reads follows from its code and config
+        (e.g. `model.query_clicked_items`), with no list to keep in step. The trace runs no op
+        (no variable changes, no random draw); call it first outside a replica context (`fit`
+        does, in `make_train_function`)."""
+        if self._input_feature_names is None:
+            with tf.init_scope():
+                self._input_feature_names = self._trace_read_features()
+        return self._input_feature_names
+
+    def _trace_read_features(self) -> tuple[str, ...]:
+        features = [f for f in self.schema.features if f.group != "label"]
+        specs = self.schema.tensor_specs(features)
+        label = tf.TensorSpec([None], self.schema.feature(S.LABEL).tf_dtype)
+        read: set[str] = set()
+        self._tracing_reads = True
+        try:
+            for training in (True, False):
+                tf.function(lambda x, y, training=training: self.compute_loss_terms(
+                    _RecordingFeatures(x, read), y, training=training)[0]["loss"]
+                ).get_concrete_function(specs, label)
+        finally:
+            self._tracing_reads = False
+        return tuple(f.name for f in features if f.name in read)
+
     def embedding_penalty(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
         """DIN's mini-batch aware L2 (losses.mini_batch_aware_l2) summed over the tables, on the
-        rows that the batch's input features touch (the NIP targets are not inputs)."""
+        rows that the batch's inputs touch: the features the model reads
+        (`input_feature_names`), the NIP targets not (they are not inputs). A feature the batch
+        carries but the model does not read (din: query_clicked_item_ids) adds nothing."""
         total = tf.constant(0.0)
+        if self._tracing_reads:   # the penalty reads nothing that the model does not
+            return total
+        read = set(self.input_feature_names())
         for vocab, table in self.embedding_tables().items():
             names = [f.name for f in self.schema.features
-                     if f.vocab == vocab and f.group != "nip" and f.name in features]
+                     if f.vocab == vocab and f.group != "nip" and f.name in read]
             if names:
                 indices = tf.concat([tf.reshape(self.lookup(name, features[name]), [-1])
                                      for name in names], axis=0)
@@ -362,6 +399,8 @@ class CTRModel(keras.Model):
         self._post_build()
 
     def make_train_function(self, force=False):
+        if self.config.embedding_l2:
+            self.input_feature_names()   # traced here, outside the replicas' step
         self._logs_as_vectors_under_multi_worker()
         return super().make_train_function(force=force)
 
@@ -387,3 +426,27 @@ def _logs_as_vectors(step):
         return {name: tf.reshape(value, [1]) for name, value in step(data).items()}
 
     return wrapped
+
+
+class _RecordingFeatures(Mapping):
+    """A read-only view of a features dict that adds the name of every feature read
+    (`features[name]`, `features.get(name)`, iteration) to `read`; `name in features` is not a
+    read (a model may test for an optional feature)."""
+
+    def __init__(self, features: Mapping[str, tf.Tensor], read: set[str]):
+        self._features, self._read = features, read
+
+    def __getitem__(self, name: str) -> tf.Tensor:
+        value = self._features[name]
+        self._read.add(name)
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._features
+
+    def __iter__(self) -> Iterator[str]:
+        self._read.update(self._features)   # whoever iterates may read any of them
+        return iter(self._features)
+
+    def __len__(self) -> int:
+        return len(self._features)
