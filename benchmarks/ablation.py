@@ -167,7 +167,15 @@ def prepare_data(args: argparse.Namespace) -> str:
     log_dir, data_dir = os.path.join(args.workdir, "log"), os.path.join(args.workdir, "data")
     marker = os.path.join(args.workdir, "log_arguments.json")
     wanted = _log_arguments(args)
-    if args.reuse and os.path.exists(marker) and json.load(open(marker)) == wanted:
+    if args.reuse and os.path.exists(marker):
+        made_with = json.load(open(marker))
+        if made_with != wanted:
+            # --reuse promises to keep the work there: never delete it for an argument mismatch.
+            changed = ", ".join(f"{key} {made_with.get(key)} (asked: {value})"
+                                for key, value in wanted.items() if made_with.get(key) != value)
+            raise SystemExit(f"error: --reuse: {args.workdir} holds a log made with other "
+                             f"arguments: {changed}; pass those, another --workdir, or omit "
+                             "--reuse to start from scratch")
         print(f"reusing the data in {data_dir}", flush=True)
         return data_dir
     shutil.rmtree(args.workdir, ignore_errors=True)
