@@ -3,6 +3,8 @@
     python -m benchmarks.peers [--data DIR] [--users 2000] [--repetitions 3] [--steps 40]
         [--config configs/din.yaml ...] [--epochs 4] [--patience 2] [--no-fit]
     python -m benchmarks.peers --profile [--data DIR] [--calls 8]     # where a din step goes
+    python -m benchmarks.peers --variant xla=model.attention_jit_compile=true [--calls 8]
+        # a step with config overrides against the config as it is, in one process
     (make bench-peers runs the first)
 
 1. A side venv (`--side-venv`, default bench_out/peers_venv) with PyPI's deepctr, tf-keras and
@@ -408,6 +410,11 @@ def main(argv=None) -> None:
                         help="profile our din's step instead (benchmarks.peers_profile)")
     parser.add_argument("--calls", type=int, default=8,
                         help="with --profile: timed calls per part")
+    parser.add_argument("--variant", action="append", default=[],
+                        metavar="NAME=KEY=VALUE[,KEY=VALUE...]",
+                        help="time our step with these config overrides against the config as it "
+                             "is, in one process taking turns (benchmarks.peers_profile; "
+                             "repeatable), e.g. xla=model.attention_jit_compile=true")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-mode", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
@@ -415,6 +422,17 @@ def main(argv=None) -> None:
     args.config = args.config or ["configs/din.yaml"]
     if args.worker:
         run_ours(args.worker, args.data, args.worker_mode, args, args.output)
+    elif args.variant:
+        from benchmarks import peers_profile
+
+        variants = {}
+        for spec in args.variant:
+            name, _, overrides = spec.partition("=")
+            if not name or not overrides:
+                parser.error(f"--variant {spec!r}: expected NAME=KEY=VALUE[,KEY=VALUE...]")
+            variants[name] = overrides.split(",")
+        peers_profile.compare_variants(ensure_data(args.data, Path(args.work), args.users),
+                                       args.config[0], args.batch_size, args.calls, variants)
     elif args.profile:
         from benchmarks import peers_profile
 

@@ -24,6 +24,10 @@ class Dice(keras.layers.Layer):
     sync, the batch statistics are those of the global batch (all-reduced over the replicas).
     """
 
+    # True: training normalises with Keras' BatchNormalization layer itself (the same values,
+    # more passes over the inputs): kept to time against (benchmarks.peers --variant).
+    keras_batch_norm_in_training: bool = False
+
     def __init__(self, epsilon: float = 1e-9, **kwargs: Any):
         super().__init__(**kwargs)
         self.epsilon = epsilon
@@ -42,8 +46,10 @@ class Dice(keras.layers.Layer):
             replica = tf.distribute.get_replica_context()
             if replica is not None and replica.num_replicas_in_sync > 1:
                 p = ops.sigmoid(self._synchronized_batch_norm(inputs, mask, replica))
-            else:
+            elif self.keras_batch_norm_in_training:
                 p = ops.sigmoid(self.batch_norm(inputs, training=training, mask=mask))
+            else:
+                p = ops.sigmoid(self._batch_norm_in_training(inputs, mask))
         else:
             # The batch normalisation of inference written out: 3 element-wise passes instead
             # of BatchNormalization's 5, on the largest tensors of a DIN (serving latency).
@@ -54,6 +60,30 @@ class Dice(keras.layers.Layer):
             p = ops.cast(ops.sigmoid(ops.cast(inputs, "float32") * scale + shift), inputs.dtype)
         alpha = ops.cast(self.alpha, inputs.dtype)
         return inputs * (alpha + (1.0 - alpha) * p)
+
+    def _batch_norm_in_training(self, inputs: tf.Tensor, mask: tf.Tensor | None) -> tf.Tensor:
+        """What `batch_norm(inputs, training=True, mask=mask)` computes (the same ops on the
+        same values, so the same floats) in fewer passes over the [..., channels] tensor: the
+        mask is a [..., 1] weight, never broadcast to the inputs' shape, and the count of
+        positions is summed once, not per channel. On a DIN's attention ([batch, seq_len,
+        units]) this is most of Dice's cost (docs/RESULTS.md, issue 21). inputs [...,
+        channels], mask bool [...] or None -> normalised [..., channels]."""
+        norm = self.batch_norm
+        x = tf.cast(inputs, tf.float32)
+        axes = list(range(len(x.shape) - 1))
+        if mask is None:
+            mean, variance = tf.nn.moments(x, axes)
+        else:
+            weight = tf.cast(mask, tf.float32)[..., None]
+            # BatchNormalization adds Keras' epsilon to a masked count; the same here.
+            count = tf.reduce_sum(weight) + keras.config.epsilon()
+            mean = tf.reduce_sum(x * weight, axes) / count
+            variance = tf.reduce_sum(tf.square((x - mean) * weight), axes) / count
+        norm.moving_mean.assign(norm.moving_mean * norm.momentum + mean * (1.0 - norm.momentum))
+        norm.moving_variance.assign(
+            norm.moving_variance * norm.momentum + variance * (1.0 - norm.momentum))
+        out = tf.nn.batch_normalization(x, mean, variance, None, None, norm.epsilon)
+        return tf.cast(out, inputs.dtype)
 
     def _synchronized_batch_norm(self, inputs: tf.Tensor, mask: tf.Tensor | None,
                                  replica: tf.distribute.ReplicaContext) -> tf.Tensor:
