@@ -83,17 +83,21 @@ def din_step_flops(shape: DinShape, blockwise: bool = True) -> int:
       weighted sum of the keys: 2 H e
       CTR MLP: sum_i 2 m_i m_(i+1), m_0 = mlp_input, then the logit (m_last -> 1).
     """
+    matmuls = sum(dense_flops(*m) for m in din_matmuls(shape, blockwise))
+    return 3 * (matmuls + shape.batch * 2 * shape.history * shape.item_dim)
+
+
+def din_matmuls(shape: DinShape, blockwise: bool = True) -> list[tuple[int, int, int]]:
+    """The forward's Dense matmuls of a DIN step as (rows, fan_in, units), as `din_step_flops`
+    counts them (the keys' weighted sum, a batched [1, H] x [H, e] per example, apart)."""
     b, h, e = shape.batch, shape.history, shape.item_dim
     units = list(shape.attention_units)
-    if blockwise:
-        first = h * 2 * dense_flops(1, e, units[0]) + dense_flops(1, e, units[0])
-    else:
-        first = h * dense_flops(1, 4 * e, units[0])
+    first = ([(b * h, e, units[0])] * 2 + [(b, e, units[0])] if blockwise
+             else [(b * h, 4 * e, units[0])])
     widths = units + [1]
-    rest = h * sum(dense_flops(1, a, c) for a, c in zip(widths, widths[1:]))
     mlp = [shape.mlp_input, *shape.mlp_units, 1]
-    forward = first + rest + 2 * h * e + sum(dense_flops(1, a, c) for a, c in zip(mlp, mlp[1:]))
-    return 3 * b * forward
+    return (first + [(b * h, a, c) for a, c in zip(widths, widths[1:])]
+            + [(b, a, c) for a, c in zip(mlp, mlp[1:])])
 
 
 def din_shape(config_model, schema, batch: int) -> DinShape:

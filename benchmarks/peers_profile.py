@@ -46,6 +46,7 @@ from qrec_tf.optimizers import make_optimizer
 
 BATCHES_PER_CALL = 8
 KERAS_BATCH_NORM = "dice_keras_batch_norm"
+MATMULS = "the step's matmuls alone"
 SETTLE_SECONDS = 0.5
 
 
@@ -272,6 +273,8 @@ def compare_variants(data_dir: str, config_path: str, batch: int, calls: int,
         step = tf.function(lambda m=model, i=inputs: m.train_step((i, y))["loss"])
         first[name] = (float(step()), [v.numpy() for v in model.trainable_variables])
         parts.append(Part(name, lambda s=step: float(s()), BATCHES_PER_CALL, settle=False))
+    matmuls = step_matmuls(peers.din_shape(load_config(config_path).model, schema, batch))
+    parts.append(Part(MATMULS, matmuls, BATCHES_PER_CALL, settle=False))
     print(f"{len(parts)} variants of {config_path} at batch {batch}, taking turns: {calls} "
           f"calls of {BATCHES_PER_CALL} train steps each ...", flush=True)
     take_turns(parts, calls)
@@ -281,10 +284,37 @@ def compare_variants(data_dir: str, config_path: str, batch: int, calls: int,
     print(f"{'variant':40s} {'wall ms':>8s} {'CPU ms':>8s} {'wall x':>7s} {'CPU x':>7s} "
           f"{'loss diff':>9s} {'weight diff':>11s}")
     for part in parts:
-        loss, weights = first[part.name]
         wall, cpu = statistics.median(part.wall), statistics.median(part.cpu)
+        if part.name == MATMULS:
+            print(f"{part.name:40s} {wall * 1e3:8.1f} {cpu * 1e3:8.1f} {base_wall / wall:7.2f} "
+                  f"{base_cpu / cpu:7.2f}   (the FLOP-bound floor of a step at these shapes)")
+            continue
+        loss, weights = first[part.name]
         same_shapes = [w.shape for w in weights] == [w.shape for w in base_weights]
         diff = (max(float(np.abs(a - b).max()) for a, b in zip(weights, base_weights))
                 if same_shapes else float("nan"))   # another model: nothing to compare
         print(f"{part.name:40s} {wall * 1e3:8.1f} {cpu * 1e3:8.1f} {base_wall / wall:7.2f} "
               f"{base_cpu / cpu:7.2f} {abs(loss - base_loss):9.1e} {diff:11.1e}")
+
+
+def step_matmuls(shape: peers.DinShape) -> Callable[[], object]:
+    """A call that runs the matmuls of one DIN training step at its shapes and nothing else:
+    each forward Dense matmul of `peers.din_matmuls` ([rows, fan_in] x [fan_in, units]) and its
+    two backward ones (the inputs' gradient dY W^T, the kernel's X^T dY), on random float32
+    tensors (each output summed, so that none is pruned): about the floor of the step's time
+    on this machine (its matmul FLOPs at the rate these shapes get), with no element-wise
+    work."""
+    tensors = [(tf.random.normal([rows, fan_in]), tf.random.normal([fan_in, units]),
+                tf.random.normal([rows, units]))
+               for rows, fan_in, units in peers.din_matmuls(shape)]
+
+    @tf.function
+    def run():
+        total = tf.constant(0.0)
+        for x, w, dy in tensors:
+            total += (tf.reduce_sum(tf.matmul(x, w))
+                      + tf.reduce_sum(tf.matmul(dy, w, transpose_b=True))
+                      + tf.reduce_sum(tf.matmul(x, dy, transpose_a=True)))
+        return total
+
+    return lambda: float(run())
