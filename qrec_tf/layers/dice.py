@@ -66,8 +66,8 @@ class Dice(keras.layers.Layer):
         statistics give (the same ops on the same values in the forward), with the moving
         statistics updated, in fewer passes over the [..., channels] tensor: the mask is a
         [..., 1] weight, never broadcast to the inputs' shape, and the gradient is written out
-        (`_dice_with_batch_statistics`). On a DIN's attention ([batch, seq_len, units]) this is
-        most of the step (docs/RESULTS.md, issue 21). inputs [..., channels], mask bool [...]
+        (`_dice_with_batch_statistics`). On a DIN's attention ([batch, seq_len, units]) this is a
+        large part of the step (docs/RESULTS.md, issue 21). inputs [..., channels], mask bool [...]
         or None -> [..., channels]."""
         norm = self.batch_norm
         weight = None if mask is None else tf.cast(mask, tf.float32)[..., None]
@@ -125,10 +125,11 @@ def _dice_with_batch_statistics(x: tf.Tensor, weight: tf.Tensor | None, alpha: t
     variance [channels]; the moments without gradient: they feed only the moving statistics).
 
     The forward is Keras' BatchNormalization's (masked count + Keras' epsilon, tf.nn.moments
-    without a mask, tf.nn.batch_normalization). The backward, by hand (autodiff's takes twice
-    the passes): with g = dL/dy, g_n = g x (1 - alpha) p (1 - p), N the weighted count,
+    without a mask, tf.nn.batch_normalization). The backward, by hand (fewer passes over the
+    inputs than autodiff through those ops): with g = dL/dy, g_n = g x (1 - alpha) p (1 - p),
+    N the weighted count, w the weight, r = 1 / sqrt(variance + epsilon),
       dL/dalpha = sum g x (1 - p),
-      dL/dx = g (alpha + (1 - alpha) p) + r (g_n - w (sum g_n + n sum g_n n) / N), r = dn/dx
+      dL/dx = g (alpha + (1 - alpha) p) + r (g_n - w (sum g_n + n sum g_n n) / N)
     (the sums over every position: padded ones' outputs use the batch moments too)."""
 
     @tf.custom_gradient

@@ -11,7 +11,6 @@ from qrec_tf.config import load_config
 from qrec_tf.models.registry import MODELS
 from qrec_tf.optimizers import make_optimizer
 from qrec_tf.testing import random_batch, random_data_constants
-
 from tests.qrec_tf.models.test_queryrec import SCHEMA, TINY, VOCABS
 
 USER_ITEM_HISTORY = [f.name for f in SCHEMA.group("user", "item", "history")]
