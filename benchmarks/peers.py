@@ -3,6 +3,8 @@
     python -m benchmarks.peers [--data DIR] [--users 2000] [--repetitions 3] [--steps 40]
         [--config configs/din.yaml ...] [--epochs 4] [--patience 2] [--no-fit]
     python -m benchmarks.peers --profile [--data DIR] [--calls 8]     # where a din step goes
+    python -m benchmarks.peers --variant xla=model.attention_jit_compile=true [--calls 8]
+        # a step with config overrides against the config as it is, in one process
     (make bench-peers runs the first)
 
 1. A side venv (`--side-venv`, default bench_out/peers_venv) with PyPI's deepctr, tf-keras and
@@ -81,17 +83,21 @@ def din_step_flops(shape: DinShape, blockwise: bool = True) -> int:
       weighted sum of the keys: 2 H e
       CTR MLP: sum_i 2 m_i m_(i+1), m_0 = mlp_input, then the logit (m_last -> 1).
     """
+    matmuls = sum(dense_flops(*m) for m in din_matmuls(shape, blockwise))
+    return 3 * (matmuls + shape.batch * 2 * shape.history * shape.item_dim)
+
+
+def din_matmuls(shape: DinShape, blockwise: bool = True) -> list[tuple[int, int, int]]:
+    """The forward's Dense matmuls of a DIN step as (rows, fan_in, units), as `din_step_flops`
+    counts them (the keys' weighted sum, a batched [1, H] x [H, e] per example, apart)."""
     b, h, e = shape.batch, shape.history, shape.item_dim
     units = list(shape.attention_units)
-    if blockwise:
-        first = h * 2 * dense_flops(1, e, units[0]) + dense_flops(1, e, units[0])
-    else:
-        first = h * dense_flops(1, 4 * e, units[0])
+    first = ([(b * h, e, units[0])] * 2 + [(b, e, units[0])] if blockwise
+             else [(b * h, 4 * e, units[0])])
     widths = units + [1]
-    rest = h * sum(dense_flops(1, a, c) for a, c in zip(widths, widths[1:]))
     mlp = [shape.mlp_input, *shape.mlp_units, 1]
-    forward = first + rest + 2 * h * e + sum(dense_flops(1, a, c) for a, c in zip(mlp, mlp[1:]))
-    return 3 * b * forward
+    return (first + [(b * h, a, c) for a, c in zip(widths, widths[1:])]
+            + [(b, a, c) for a, c in zip(mlp, mlp[1:])])
 
 
 def din_shape(config_model, schema, batch: int) -> DinShape:
@@ -408,6 +414,11 @@ def main(argv=None) -> None:
                         help="profile our din's step instead (benchmarks.peers_profile)")
     parser.add_argument("--calls", type=int, default=8,
                         help="with --profile: timed calls per part")
+    parser.add_argument("--variant", action="append", default=[],
+                        metavar="NAME=KEY=VALUE[,KEY=VALUE...]",
+                        help="time our step with these config overrides against the config as it "
+                             "is, in one process taking turns (benchmarks.peers_profile; "
+                             "repeatable), e.g. xla=model.attention_jit_compile=true")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-mode", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
@@ -415,6 +426,17 @@ def main(argv=None) -> None:
     args.config = args.config or ["configs/din.yaml"]
     if args.worker:
         run_ours(args.worker, args.data, args.worker_mode, args, args.output)
+    elif args.variant:
+        from benchmarks import peers_profile
+
+        variants = {}
+        for spec in args.variant:
+            name, _, overrides = spec.partition("=")
+            if not name or not overrides:
+                parser.error(f"--variant {spec!r}: expected NAME=KEY=VALUE[,KEY=VALUE...]")
+            variants[name] = overrides.split(",")
+        peers_profile.compare_variants(ensure_data(args.data, Path(args.work), args.users),
+                                       args.config[0], args.batch_size, args.calls, variants)
     elif args.profile:
         from benchmarks import peers_profile
 

@@ -40,10 +40,13 @@ from benchmarks import peers
 from qrec_tf import data
 from qrec_tf import schema as S
 from qrec_tf.config import load_config
+from qrec_tf.layers.dice import Dice
 from qrec_tf.models.registry import build_model
 from qrec_tf.optimizers import make_optimizer
 
 BATCHES_PER_CALL = 8
+KERAS_BATCH_NORM = "dice_keras_batch_norm"
+MATMULS = "the step's matmuls alone"
 SETTLE_SECONDS = 0.5
 
 
@@ -51,8 +54,9 @@ class Part:
     """A callable timed call by call: wall and process CPU seconds per batch of each call, which
     runs it `batches` times (`BATCHES_PER_CALL` for what reads an input pipeline)."""
 
-    def __init__(self, name: str, call: Callable[[], object], batches: int = 1):
-        self.name, self.call, self.batches = name, call, batches
+    def __init__(self, name: str, call: Callable[[], object], batches: int = 1,
+                 settle: bool = True):
+        self.name, self.call, self.batches, self.settle = name, call, batches, settle
         self.wall: list[float] = []
         self.cpu: list[float] = []
 
@@ -62,7 +66,7 @@ class Part:
             self.call()
         self.wall.append((time.perf_counter() - wall) / self.batches)
         self.cpu.append((time.process_time() - cpu) / self.batches)
-        if self.batches > 1:
+        if self.batches > 1 and self.settle:
             time.sleep(SETTLE_SECONDS)   # the pipeline's background refill, before the next part
 
 
@@ -232,3 +236,85 @@ def profile(data_dir: str, config_path: str, batch: int, calls: int) -> None:
             t = statistics.median(part.wall)
             print(f"{part.name}: {flops:.2f} GFLOP in {t * 1e3:.0f} ms = {flops / t:.1f} GFLOP/s, "
                   f"{flops / t / matmul:.0%} of the square matmul's")
+
+
+def compare_variants(data_dir: str, config_path: str, batch: int, calls: int,
+                     variants: dict[str, list[str]]) -> None:
+    """A training step of each variant (config overrides, e.g. model.attention_jit_compile=true)
+    against the config as it is ("as is"), in this one process: each variant's own model (the
+    same seed, hence the same initial weights) and `train_step` on one parsed batch, the variants
+    taking turns call by call (`calls` timed calls of BATCHES_PER_CALL steps each). Prints the
+    wall and CPU ms per step and each one's ratio to "as is", and the largest difference of the
+    loss of the first step and of the weights after it from "as is" (the math is the same when
+    these are float rounding). The override KERAS_BATCH_NORM (not a config key) has every Dice
+    layer normalise with Keras' BatchNormalization layer in training (Dice's former code);
+    "config=PATH" makes a variant another config (its model's step against this one's)."""
+    import numpy as np
+
+    schema = S.Schema.load(data_dir)
+    x, y = next(iter(data.make_dataset(data_dir, "train", batch, seed=0, shuffle_buffer=10_000,
+                                       supervised=True, schema=schema)))
+    parts, first = [], {}
+    for name, overrides in {"as is": [], **variants}.items():
+        # "config=PATH" times another model's step (e.g. queryrec's against din's).
+        path = next((o.split("=", 1)[1] for o in overrides if o.startswith("config=")),
+                    config_path)
+        config = load_config(path, [f"train.batch_size={batch}", *(
+            o for o in overrides if o != KERAS_BATCH_NORM and not o.startswith("config="))])
+        tf.keras.utils.set_random_seed(config.train.seed)
+        model = build_model(config.model, data_dir)
+        if KERAS_BATCH_NORM in overrides:
+            for layer in model._flatten_layers():
+                if isinstance(layer, Dice):
+                    layer.keras_batch_norm_in_training = True
+        model.compile(optimizer=make_optimizer(config.train.optimizer,
+                                               config.train.learning_rate))
+        inputs = {n: x[n] for n in model.input_feature_names()}
+        step = tf.function(lambda m=model, i=inputs: m.train_step((i, y))["loss"])
+        first[name] = (float(step()), [v.numpy() for v in model.trainable_variables])
+        parts.append(Part(name, lambda s=step: float(s()), BATCHES_PER_CALL, settle=False))
+    matmuls = step_matmuls(peers.din_shape(load_config(config_path).model, schema, batch))
+    parts.append(Part(MATMULS, matmuls, BATCHES_PER_CALL, settle=False))
+    print(f"{len(parts)} variants of {config_path} at batch {batch}, taking turns: {calls} "
+          f"calls of {BATCHES_PER_CALL} train steps each ...", flush=True)
+    take_turns(parts, calls)
+    base_loss, base_weights = first["as is"]
+    base_wall = statistics.median(parts[0].wall)
+    base_cpu = statistics.median(parts[0].cpu)
+    print(f"{'variant':40s} {'wall ms':>8s} {'CPU ms':>8s} {'wall x':>7s} {'CPU x':>7s} "
+          f"{'loss diff':>9s} {'weight diff':>11s}")
+    for part in parts:
+        wall, cpu = statistics.median(part.wall), statistics.median(part.cpu)
+        if part.name == MATMULS:
+            print(f"{part.name:40s} {wall * 1e3:8.1f} {cpu * 1e3:8.1f} {base_wall / wall:7.2f} "
+                  f"{base_cpu / cpu:7.2f}   (the FLOP-bound floor of a step at these shapes)")
+            continue
+        loss, weights = first[part.name]
+        same_shapes = [w.shape for w in weights] == [w.shape for w in base_weights]
+        diff = (max(float(np.abs(a - b).max()) for a, b in zip(weights, base_weights))
+                if same_shapes else float("nan"))   # another model: nothing to compare
+        print(f"{part.name:40s} {wall * 1e3:8.1f} {cpu * 1e3:8.1f} {base_wall / wall:7.2f} "
+              f"{base_cpu / cpu:7.2f} {abs(loss - base_loss):9.1e} {diff:11.1e}")
+
+
+def step_matmuls(shape: peers.DinShape) -> Callable[[], object]:
+    """A call that runs the matmuls of one DIN training step at its shapes and nothing else:
+    each forward Dense matmul of `peers.din_matmuls` ([rows, fan_in] x [fan_in, units]) and its
+    two backward ones (the inputs' gradient dY W^T, the kernel's X^T dY), on random float32
+    tensors (each output summed, so that none is pruned): about the floor of the step's time
+    on this machine (its matmul FLOPs at the rate these shapes get), with no element-wise
+    work."""
+    tensors = [(tf.random.normal([rows, fan_in]), tf.random.normal([fan_in, units]),
+                tf.random.normal([rows, units]))
+               for rows, fan_in, units in peers.din_matmuls(shape)]
+
+    @tf.function
+    def run():
+        total = tf.constant(0.0)
+        for x, w, dy in tensors:
+            total += (tf.reduce_sum(tf.matmul(x, w))
+                      + tf.reduce_sum(tf.matmul(dy, w, transpose_b=True))
+                      + tf.reduce_sum(tf.matmul(x, dy, transpose_a=True)))
+        return total
+
+    return lambda: float(run())

@@ -220,6 +220,9 @@ class ModelConfig:
     # DIN's mini-batch aware L2 on the embedding rows a batch touches, each weighted by the
     # inverse of its id's frequency (Zhou et al. KDD'18); 0 = off. docs/PAPER.md, "MBA".
     embedding_l2: float = 0.0
+    # XLA on every DIN attention's scoring and pooling (DINAttention jit_compile): the same
+    # math, fused; float rounding differs. docs/RESULTS.md, issue 21.
+    attention_jit_compile: bool = False
     # Each model's own hyper-parameters, in its section (YAML `model.ple: {levels: 3}`,
     # `--set model.ple.levels=3`); a model reads only its own section.
     dcn: DCNConfig = dataclasses.field(default_factory=lambda: DCNConfig())

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from qrec_tf.layers.dense_stack import dense_layers
 from qrec_tf.layers.dice import Dice
-
-if TYPE_CHECKING:
-    import tensorflow as tf
 
 
 @keras.saving.register_keras_serializable(package="qrec_tf")
@@ -33,11 +31,16 @@ class DINAttention(keras.layers.Layer):
     """
 
     def __init__(self, hidden_units: Sequence[int] = (80, 40), activation: str = "dice",
-                 use_softmax: bool = False, **kwargs: Any):
+                 use_softmax: bool = False, jit_compile: bool = False, **kwargs: Any):
         super().__init__(**kwargs)
         self.hidden_units = [int(units) for units in hidden_units]
         self.activation = activation
         self.use_softmax = use_softmax
+        # XLA on the scoring and pooling (everything after the inputs): it fuses the chains of
+        # element-wise work on [batch, seq_len, units] (Dice, masks), most of a DIN step on a
+        # CPU (docs/RESULTS.md, issue 21). Not under several replicas (Dice all-reduces there).
+        self.jit_compile = bool(jit_compile)
+        self._compiled_pool = None
         layers = dense_layers(self.hidden_units, activation)
         self.dense_layers = [layer for layer in layers if isinstance(layer, keras.layers.Dense)]
         self.dice_layers = [layer for layer in layers if isinstance(layer, Dice)]
@@ -66,7 +69,13 @@ class DINAttention(keras.layers.Layer):
         # Without queries_per_key_row each key row serves one query: n = 1.
         users = ops.shape(keys)[0]
         query = ops.reshape(query, (users, -1, query.shape[-1]))           # [users, n, dim]
-        pooled, weights = self._pool(query, keys, mask, training)
+        pool = self._pool
+        if self.jit_compile and tf.distribute.get_replica_context() is not None and (
+                tf.distribute.get_replica_context().num_replicas_in_sync == 1):
+            if self._compiled_pool is None:
+                self._compiled_pool = tf.function(self._pool, jit_compile=True)
+            pool = self._compiled_pool
+        pooled, weights = pool(query, keys, mask, bool(training))
         pooled = ops.reshape(pooled, (-1, keys.shape[-1]))
         return (pooled, ops.reshape(weights, (-1, ops.shape(keys)[1]))) if return_weights \
             else pooled
@@ -137,4 +146,5 @@ class DINAttention(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "hidden_units": list(self.hidden_units),
-                "activation": self.activation, "use_softmax": self.use_softmax}
+                "activation": self.activation, "use_softmax": self.use_softmax,
+                "jit_compile": self.jit_compile}

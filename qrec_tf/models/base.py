@@ -124,7 +124,7 @@ class CTRModel(keras.Model):
         """DIN's target attention (eqs 1-2) as the config sets it (model.attention_*)."""
         cfg = self.config
         return DINAttention(cfg.attention_units, cfg.attention_activation, cfg.attention_softmax,
-                            name=name)
+                            jit_compile=cfg.attention_jit_compile, name=name)
 
     def make_ctr_head(self, mlp_name: str = "ctr_mlp") -> None:
         """The CTR head (eq 4): `ctr_mlp` (model.mlp_*) then `ctr_logit`, a float32 Dense(1);

@@ -99,3 +99,31 @@ def test_config_round_trip_and_serialization():
     assert isinstance(restored, Dice) and restored.built     # built from its build config
     restored.set_weights(dice.get_weights())
     np.testing.assert_allclose(restored(x).numpy(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_training_normalisation_equals_keras_batch_normalization(masked):
+    """Dice's own training path (issue 21: fewer passes) against Keras' BatchNormalization layer
+    on the same inputs: outputs, moving statistics, and the gradients of the inputs and alpha."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(2.0, 3.0, (6, 5, 4)), tf.float32)
+    mask = tf.constant(rng.random((6, 5)) < 0.7) if masked else None
+    results = []
+    for keras_layer in (False, True):
+        dice = built_dice([0.3, -0.2, 0.1, 0.0], [0.0] * 4, [1.0] * 4,
+                          input_shape=(None, None, 4))
+        dice.keras_batch_norm_in_training = keras_layer
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = dice(x, training=True, mask=mask)
+            loss = tf.reduce_sum(out * tf.range(4, dtype=tf.float32))
+        grads = tape.gradient(loss, [x, dice.alpha.value])
+        results.append([out.numpy(), *(g.numpy() for g in grads),
+                        dice.batch_norm.moving_mean.numpy(),
+                        dice.batch_norm.moving_variance.numpy()])
+    # The moving statistics moved off their start (the comparison is not of untouched values).
+    assert np.abs(results[0][3] - 0.0).max() > 1e-3
+    for ours, keras_layer in zip(*results):
+        np.testing.assert_allclose(ours, keras_layer, rtol=1e-5, atol=1e-6)

@@ -201,3 +201,28 @@ def test_keys_shared_by_consecutive_queries_equal_repeated_keys(use_softmax):
     np.testing.assert_allclose(shared_weights.numpy(), repeated_weights.numpy(), rtol=1e-5,
                                atol=1e-6)
     np.testing.assert_array_equal(shared_weights.numpy()[3:], 0.0)  # user 2: all padding
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_jit_compiled_attention_equals_the_plain_one(training):
+    """jit_compile (XLA on the scoring and pooling): the same outputs, gradients and Dice
+    statistics as without it, to float rounding."""
+    rng = np.random.default_rng(0)
+    query = tf.constant(rng.normal(size=(8, 6)), tf.float32)
+    keys = tf.constant(rng.normal(size=(8, 5, 6)), tf.float32)
+    mask = tf.constant(rng.random((8, 5)) < 0.7)
+    results = []
+    for jit in (False, True):
+        keras.utils.set_random_seed(0)
+        layer = DINAttention(hidden_units=(4, 3), jit_compile=jit)
+        layer(query, keys, mask)
+        assert layer.get_config()["jit_compile"] is jit
+        with tf.GradientTape() as tape:
+            tape.watch([query, keys])
+            pooled, weights = layer(query, keys, mask, training=training, return_weights=True)
+        grads = tape.gradient(pooled, [query, keys, *layer.trainable_variables])
+        results.append([pooled.numpy(), weights.numpy(), *(g.numpy() for g in grads),
+                        *(v.numpy() for v in layer.non_trainable_variables)])
+    assert layer._compiled_pool is not None       # the jit path ran
+    for plain, jit in zip(*results):
+        np.testing.assert_allclose(jit, plain, rtol=1e-5, atol=1e-6)

@@ -11,7 +11,6 @@ from qrec_tf.config import load_config
 from qrec_tf.models.registry import MODELS
 from qrec_tf.optimizers import make_optimizer
 from qrec_tf.testing import random_batch, random_data_constants
-
 from tests.qrec_tf.models.test_queryrec import SCHEMA, TINY, VOCABS
 
 USER_ITEM_HISTORY = [f.name for f in SCHEMA.group("user", "item", "history")]
@@ -98,3 +97,9 @@ def test_keras_fit_traces_the_read_features_before_its_step():
     model.fit(tf.data.Dataset.from_tensors((features, labels)), verbose=0)
     assert model._input_feature_names == tuple(USER_ITEM_HISTORY)
     assert keras.ops.isfinite(model.get_metrics_result()["loss"])
+
+
+def test_attention_jit_compile_reaches_every_din_attention():
+    assert not build("queryrec").history_attention.jit_compile
+    model = build("queryrec", "model.attention_jit_compile=true")
+    assert model.history_attention.jit_compile and model.query_attention.jit_compile
