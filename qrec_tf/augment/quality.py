@@ -35,7 +35,10 @@ def popularity_ranking(matrix: QueryItemMatrix, rows: np.ndarray, k: int) -> np.
     out = np.full((len(rows), k), -1, np.int32)
     for i, row in enumerate(rows):
         seen = matrix.columns[matrix.row_splits[row]:matrix.row_splits[row + 1]]
-        ranked = order[~np.isin(order, seen)][:k]
+        # Only the first k + |seen| items can be among the k best unseen ones: no pass over all
+        # N items per query (N = 2M with model.latent).
+        candidates = order[:k + len(seen)]
+        ranked = candidates[~np.isin(candidates, seen)][:k]
         out[i, :len(ranked)] = ranked
     return out
 
@@ -46,8 +49,9 @@ def quality_check(item_scores: ItemScores, batch_size: int, train_dense: DenseRo
     """Recall@K / NDCG@K of diffusion and popularity on the held-out clicks; item_scores gives
     the model's scores (generation.rank_items), batch_size queries at a time."""
     k = config.output.quality_k
-    entry_rows = full.row_of_entries()
-    targets = [full.columns[held & (entry_rows == row)] for row in held_rows]
+    # Each row's own entries (CSR slices), not a pass over all entries per held-out row.
+    targets = [full.columns[start:stop][held[start:stop]]
+               for start, stop in zip(full.row_splits[held_rows], full.row_splits[held_rows + 1])]
     result = {"k": k, "queries": int(len(held_rows)), "held_out_clicks": int(held.sum())}
     if not len(held_rows):
         return {**result, "diffusion": None, "popularity": None}

@@ -33,7 +33,8 @@ class GroupEncoder(keras.layers.Layer):
     negative entries), bias [C, units].
 
     Call: batch_row int [E] (the entry's row in the batch), row int [E] (its item row in group
-    order), value float [E] (v at that entry), batch int scalar -> float32 [batch, C * units],
+    order), value float [E] (v at that entry), batch= int scalar (a keyword: Keras takes only
+    tensors positionally) -> float32 [batch, C * units],
     group c in columns c * units .. (c + 1) * units - 1.
     """
 

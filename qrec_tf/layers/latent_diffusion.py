@@ -56,7 +56,7 @@ class LatentDiffusion(keras.layers.Layer):
     def encode(self, batch_row: tf.Tensor, row: tf.Tensor, value: tf.Tensor, batch: tf.Tensor,
                training: bool | None = None) -> tf.Tensor:
         """float32 [batch, L]."""
-        return self.encoder(batch_row, row, value, batch, training=training)
+        return self.encoder(batch_row, row, value, batch=batch, training=training)
 
     def _skip(self, row: tf.Tensor, value: tf.Tensor) -> tf.Tensor:
         """float32 [E]: the skip's part of the score at each entry."""
@@ -100,7 +100,7 @@ class LatentDiffusion(keras.layers.Layer):
         indices = tf.stack([tf.cast(batch_row, tf.int32), tf.cast(row, tf.int32)], axis=1)
         return tf.tensor_scatter_nd_add(scores, indices, self._skip(row, value))
 
-    def call(self, batch_row: tf.Tensor, row: tf.Tensor, value: tf.Tensor,
+    def call(self, batch_row: tf.Tensor, row: tf.Tensor, value: tf.Tensor, *,
              batch: tf.Tensor) -> tf.Tensor:
         return self.item_scores(batch_row, row, value, batch)
 
