@@ -117,7 +117,8 @@ def _log_positives_only(config: AugmentConfig, table: QueryItemTable, has_clicks
             "positives_per_query": _positives_summary(np.array([len(v) for v in
                                                                 filled.values()])),
         },
-        "item_space": None, "latent_groups": None, "quality": None, "training": None, "generation_seconds": 0.0,
+        "item_space": None, "latent_groups": None, "quality": None, "training": None,
+        "generation_seconds": 0.0,
         "total_seconds": round(time.perf_counter() - started, 2),
         "memory": {"estimate": None, "peak_rss_mb": _peak_rss_mb()},
         "config": config.to_dict(),
