@@ -24,8 +24,8 @@ class LatentDiffusion(keras.layers.Layer):
     (x_hat = r_0 + v_hat). L = C * units, the latent width; N items.
 
     Training (`training_loss`): z_t = q_sample(encoder(v_input), t, noise [batch, L]);
-    v_hat = decoder(denoiser(z_t, t)) (+ skip); the loss is the mean squared error over all N
-    items against v_target, as the dense diffusion's, but computed from the entries and the
+    v_hat = decoder(denoiser(z_t, t)) (+ skip); the loss is the squared error summed over all N
+    items against v_target (the dense diffusion's, times N), computed from the entries and the
     decoder's closed-form sum of squares (GroupDecoder.squared_sum): nothing [batch, N] exists.
     With `residual`, v_hat also gets a learned per-item skip of the input's visible entries,
     skip[i, 0] relu(v_i) - skip[i, 1] relu(-v_i) (the dense denoiser's skip, in item space).
@@ -68,7 +68,7 @@ class LatentDiffusion(keras.layers.Layer):
     def training_loss(self, batch_row: tf.Tensor, row: tf.Tensor, input_value: tf.Tensor,
                       target_value: tf.Tensor, batch: tf.Tensor, timesteps: tf.Tensor,
                       noise: tf.Tensor, training: bool | None = True) -> tf.Tensor:
-        """Per-query mean squared error over the N items, float32 [batch].
+        """Per-query squared error summed over the N items, float32 [batch].
 
         Args: batch_row, row int [E] and input_value, target_value float [E] (the same entries
         of the input and target vectors; an input value is 0 where a positive is masked out);
@@ -84,10 +84,13 @@ class LatentDiffusion(keras.layers.Layer):
         #   - sum_e decoded_e^2 + sum_e (v_hat_e - v_e)^2
         correction = ops.segment_sum(ops.square(predicted - target_value) - ops.square(decoded),
                                      batch_row, num_segments=batch)
-        mse = (self.decoder.squared_sum(z_0) + correction) / self.items
+        # The sum over items, not the mean: divided by N = 2M, the weights' gradients fall far
+        # below Adam's epsilon (1e-7) and their steps shrink with N (measured: at N = 200k the
+        # mean's loss stalled after one epoch, docs/RESULTS.md).
+        sse = self.decoder.squared_sum(z_0) + correction
         if self.diffusion.reweight:
-            mse = mse * self.diffusion._at(self.diffusion.loss_weights, timesteps)[:, 0]
-        return mse
+            sse = sse * self.diffusion._at(self.diffusion.loss_weights, timesteps)[:, 0]
+        return sse
 
     def item_scores(self, batch_row: tf.Tensor, row: tf.Tensor, value: tf.Tensor,
                     batch: tf.Tensor, noise: tf.Tensor | None = None) -> tf.Tensor:

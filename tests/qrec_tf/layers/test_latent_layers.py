@@ -134,7 +134,7 @@ def test_latent_loss_equals_the_loss_over_dense_scores(residual):
     if residual:
         skip = model.skip.numpy()
         scores += skip[:, 0] * np.maximum(x_in, 0) - skip[:, 1] * np.maximum(-x_in, 0)
-    expected = ((scores - dense(BATCH_ROW, ROW, VALUE)) ** 2).mean(axis=1)
+    expected = ((scores - dense(BATCH_ROW, ROW, VALUE)) ** 2).sum(axis=1)
     np.testing.assert_allclose(loss, expected, rtol=1e-4, atol=1e-6)
     # item_scores: the reverse process decoded, with the skip at the input's entries
     z_0 = model.diffusion.denoise(model.encode(BATCH_ROW, ROW, input_value, 3))
