@@ -62,10 +62,18 @@ click-less queries the model fills. The check ranks items for them from what is 
 the items still visible) and reports Recall@K and NDCG@K (K = output.quality_k) of the diffusion
 model and of global click popularity. The table still lists every click of these queries.
 
+Latent diffusion (model.latent: true; L-DiffRec): for item spaces of millions, items are split
+into groups by first-level category (`<data>/item_categories.tsv`; items without one hashed into
+model.latent_hash_groups groups), each group's slice of x_q is encoded to model.latent_dim units,
+the diffusion runs in the concatenated latent space and per-group linear decoders score the
+items. No item cap (data.max_items is not used); memory ~ 12 (S + 1) N d bytes plus the
+denoiser's, no [batch, N] tensor while training. Formula and details in `latent`.
+
 Modules: `config` (the YAML sections), `vectors` (the query -> items table, the item space, x_q
-as CSR rows and DenseRows), `training` (DiffusionTrainer, the memory estimate), `generation`
-(top-K items, the positives table), `quality` (the check above), `stage` (`run`: the stage end to
-end), `cli` (`main`). Everything is importable from `qrec_tf.augment` itself.
+as CSR rows and DenseRows), `training` (DiffusionTrainer, the memory estimate), `grouping` (item
+groups of the latent model), `latent` (the latent trainer, scores and memory estimate),
+`generation` (top-K items, the positives table), `quality` (the check above), `stage` (`run`:
+the stage end to end), `cli` (`main`). Everything is importable from `qrec_tf.augment` itself.
 """
 
 from qrec_tf.augment.cli import main
@@ -79,10 +87,24 @@ from qrec_tf.augment.config import (
     load_augment_config,
 )
 from qrec_tf.augment.generation import (
+    ItemScores,
+    batch_size_for,
+    dense_item_scores,
     generation_batch_size,
     positives_table,
     rank_items,
     top_k_in_batches,
+)
+from qrec_tf.augment.grouping import ItemGroups, group_items, hash_groups, read_item_groups
+from qrec_tf.augment.latent import (
+    FusedLazyAdam,
+    LatentDiffusionTrainer,
+    build_latent_diffusion,
+    build_latent_trainer,
+    latent_generation_batch_size,
+    latent_item_scores,
+    latent_memory_estimate_mb,
+    latent_parameter_count,
 )
 from qrec_tf.augment.quality import popularity_ranking, quality_check, ranking_quality
 from qrec_tf.augment.stage import (
@@ -119,7 +141,12 @@ __all__ = [
     "build_matrix", "hold_out", "DenseRows",
     "DiffusionTrainer", "SparseBackup", "build_diffusion", "build_trainer",
     "parameter_count", "memory_estimate_mb",
-    "top_k_in_batches", "generation_batch_size", "rank_items", "positives_table",
+    "top_k_in_batches", "batch_size_for", "generation_batch_size", "ItemScores",
+    "dense_item_scores", "rank_items", "positives_table",
+    "ItemGroups", "group_items", "hash_groups", "read_item_groups",
+    "FusedLazyAdam", "LatentDiffusionTrainer", "build_latent_diffusion", "build_latent_trainer",
+    "latent_generation_batch_size", "latent_item_scores", "latent_memory_estimate_mb",
+    "latent_parameter_count",
     "ranking_quality", "popularity_ranking", "quality_check",
     "SUMMARY_FILE", "CONFIG_FILE", "WEIGHTS_FILE", "CHECKPOINT_DIR", "queries_to_fill", "run",
     "main",

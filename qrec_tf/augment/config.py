@@ -44,8 +44,18 @@ class AugmentModelConfig:
     noise_max: float = 5e-3
     reweight: bool = False
     sampling_steps: int = 0
+    # Latent diffusion (L-DiffRec): items split into groups by first-level category (hashed
+    # into latent_hash_groups groups when an item has none), each group's slice of x_q encoded
+    # to latent_dim units; the diffusion runs in the concatenated latent space and per-group
+    # decoders score the items. No item cap (data.max_items is not used): see
+    # qrec_tf/augment/latent.py for its memory.
+    latent: bool = False
+    latent_dim: int = 16                # latent units per group
+    latent_hash_groups: int = 16        # groups of the items without a category
 
     def validate(self) -> None:
+        if self.latent_dim < 1 or self.latent_hash_groups < 1:
+            raise ValueError("model.latent_dim and model.latent_hash_groups must be >= 1")
         if not self.hidden_units or min(self.hidden_units) < 1:
             raise ValueError("model.hidden_units must be a non-empty list of positive sizes")
         if self.step_embedding_dim < 1 or self.steps < 1:

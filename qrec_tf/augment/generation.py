@@ -46,34 +46,54 @@ def top_k_in_batches(scores: Callable[[tf.Tensor, tf.Tensor], tf.Tensor], rows: 
     return out if out is not None else np.full((0, k), -1, np.int32)
 
 
+def batch_size_for(output: AugmentOutputConfig, bytes_per_query: float) -> int:
+    """Queries per generation batch: output.batch_size, lowered so that their buffers
+    (bytes_per_query each) fit in output.batch_memory_mb; never below one."""
+    return max(1, min(output.batch_size, int(output.batch_memory_mb * 2 ** 20 // bytes_per_query)))
+
+
 def generation_batch_size(output: AugmentOutputConfig, steps: int, items: int) -> int:
-    """Queries per generation batch: output.batch_size, lowered so that the batch's ~(4 + T) N
-    float32 buffers (input, step outputs, scores; T = model.steps) fit in
-    output.batch_memory_mb."""
-    per_query = (4 + steps) * items * 4
-    return max(1, min(output.batch_size, int(output.batch_memory_mb * 2 ** 20 // per_query)))
+    """Queries per generation batch of the dense diffusion: its ~(4 + T) N float32 buffers
+    (input, step outputs, scores; T = model.steps) per query fit in output.batch_memory_mb."""
+    return batch_size_for(output, (4 + steps) * items * 4)
 
 
-def rank_items(diffusion: GaussianDiffusion, dense: DenseRows, rows: np.ndarray, k: int,
+# (batch_row int32 [E], column int32 [E], positive bool [E], batch int32 scalar, noise seed int64
+# [2]) -> float32 [batch, N]: a model's item scores for the batch's queries, given their entries.
+ItemScores = Callable[[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
+
+
+def dense_item_scores(diffusion: GaussianDiffusion, dense: DenseRows) -> ItemScores:
+    """The dense diffusion's scores: the denoised x_q of each query."""
+
+    def scores(batch_row: tf.Tensor, column: tf.Tensor, positive: tf.Tensor, batch: tf.Tensor,
+               noise_seed: tf.Tensor) -> tf.Tensor:
+        x = dense.scatter(batch_row, column, dense.values(positive), batch)
+        noise = None
+        if diffusion.sampling_steps > 0:   # the clean x is denoised otherwise: no noise needed
+            noise = tf.random.stateless_normal(tf.shape(x), noise_seed)
+        return diffusion.denoise(x, noise)
+
+    return scores
+
+
+def rank_items(item_scores: ItemScores, dense: DenseRows, rows: np.ndarray, k: int,
                exclude_positives: bool, batch_size: int, seed: int,
                progress: keras.utils.Progbar | None = None) -> np.ndarray:
-    """int [len(rows), k] item-space columns, best first: the denoised x_q of each row, without
-    its negatives (and positives, if exclude_positives); -1 where fewer than k are left.
-    batch_size rows at a time (top_k_in_batches)."""
+    """int [len(rows), k] item-space columns, best first: the model's scores of each row
+    (`dense_item_scores`, or the latent model's), without its negatives (and positives, if
+    exclude_positives); -1 where fewer than k are left. batch_size rows at a time
+    (top_k_in_batches)."""
     k = min(k, dense.items)
 
     def scores(batch_rows: tf.Tensor, start: tf.Tensor) -> tf.Tensor:
         batch = tf.shape(batch_rows)[0]
         batch_row, column, positive = dense.entries(batch_rows)
-        x = dense.scatter(batch_row, column, dense.values(positive), batch)
-        noise = None
-        if diffusion.sampling_steps > 0:   # the clean x is denoised otherwise: no noise needed
-            noise = tf.random.stateless_normal(tf.shape(x), tf.stack(
-                [tf.constant(seed, tf.int64), -1 - start]))
-        denoised = diffusion.denoise(x, noise)
+        predicted = item_scores(batch_row, column, positive, batch,
+                                tf.stack([tf.constant(seed, tf.int64), -1 - start]))
         excluded = ~positive | exclude_positives
         return tf.tensor_scatter_nd_update(
-            denoised, tf.boolean_mask(tf.stack([batch_row, column], axis=1), excluded),
+            predicted, tf.boolean_mask(tf.stack([batch_row, column], axis=1), excluded),
             tf.fill([tf.reduce_sum(tf.cast(excluded, tf.int32))], -np.inf))
 
     return top_k_in_batches(scores, rows, k, batch_size, progress)

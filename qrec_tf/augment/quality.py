@@ -8,9 +8,8 @@ from typing import Sequence
 import numpy as np
 
 from qrec_tf.augment.config import AugmentConfig
-from qrec_tf.augment.generation import generation_batch_size, rank_items
+from qrec_tf.augment.generation import ItemScores, rank_items
 from qrec_tf.augment.vectors import DenseRows, QueryItemMatrix
-from qrec_tf.layers.diffusion import GaussianDiffusion
 
 
 def ranking_quality(ranked: np.ndarray, targets: Sequence[np.ndarray], k: int) -> dict:
@@ -36,24 +35,28 @@ def popularity_ranking(matrix: QueryItemMatrix, rows: np.ndarray, k: int) -> np.
     out = np.full((len(rows), k), -1, np.int32)
     for i, row in enumerate(rows):
         seen = matrix.columns[matrix.row_splits[row]:matrix.row_splits[row + 1]]
-        ranked = order[~np.isin(order, seen)][:k]
+        # Only the first k + |seen| items can be among the k best unseen ones: no pass over all
+        # N items per query (N = 2M with model.latent).
+        candidates = order[:k + len(seen)]
+        ranked = candidates[~np.isin(candidates, seen)][:k]
         out[i, :len(ranked)] = ranked
     return out
 
 
-def quality_check(diffusion: GaussianDiffusion, train_dense: DenseRows,
+def quality_check(item_scores: ItemScores, batch_size: int, train_dense: DenseRows,
                   train_matrix: QueryItemMatrix, full: QueryItemMatrix, held_rows: np.ndarray,
                   held: np.ndarray, config: AugmentConfig) -> dict:
-    """Recall@K / NDCG@K of diffusion and popularity on the held-out clicks."""
+    """Recall@K / NDCG@K of diffusion and popularity on the held-out clicks; item_scores gives
+    the model's scores (generation.rank_items), batch_size queries at a time."""
     k = config.output.quality_k
-    entry_rows = full.row_of_entries()
-    targets = [full.columns[held & (entry_rows == row)] for row in held_rows]
+    # Each row's own entries (CSR slices), not a pass over all entries per held-out row.
+    targets = [full.columns[start:stop][held[start:stop]]
+               for start, stop in zip(full.row_splits[held_rows], full.row_splits[held_rows + 1])]
     result = {"k": k, "queries": int(len(held_rows)), "held_out_clicks": int(held.sum())}
     if not len(held_rows):
         return {**result, "diffusion": None, "popularity": None}
-    ranked = rank_items(diffusion, train_dense, held_rows, k, True,
-                        generation_batch_size(config.output, config.model.steps,
-                                              train_dense.items), config.train.seed + 1)
+    ranked = rank_items(item_scores, train_dense, held_rows, k, True, batch_size,
+                        config.train.seed + 1)
     return {**result, "diffusion": ranking_quality(ranked, targets, k),
             "popularity": ranking_quality(popularity_ranking(train_matrix, held_rows, k),
                                           targets, k)}

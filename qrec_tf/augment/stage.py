@@ -18,12 +18,26 @@ from qrec_tf import positives
 from qrec_tf import schema as S
 from qrec_tf.augment.config import AugmentConfig, AugmentOutputConfig
 from qrec_tf.augment.generation import (
+    ItemScores,
+    dense_item_scores,
     generation_batch_size,
     positives_table,
     rank_items,
 )
+from qrec_tf.augment.grouping import read_item_groups
+from qrec_tf.augment.latent import (
+    build_latent_trainer,
+    latent_generation_batch_size,
+    latent_item_scores,
+    latent_memory_estimate_mb,
+)
 from qrec_tf.augment.quality import quality_check
-from qrec_tf.augment.training import SparseBackup, build_trainer, memory_estimate_mb
+from qrec_tf.augment.training import (
+    DiffusionTrainer,
+    SparseBackup,
+    build_trainer,
+    memory_estimate_mb,
+)
 from qrec_tf.augment.vectors import (
     DenseRows,
     ItemSpace,
@@ -103,11 +117,46 @@ def _log_positives_only(config: AugmentConfig, table: QueryItemTable, has_clicks
             "positives_per_query": _positives_summary(np.array([len(v) for v in
                                                                 filled.values()])),
         },
-        "item_space": None, "quality": None, "training": None, "generation_seconds": 0.0,
+        "item_space": None, "latent_groups": None, "quality": None, "training": None,
+        "generation_seconds": 0.0,
         "total_seconds": round(time.perf_counter() - started, 2),
         "memory": {"estimate": None, "peak_rss_mb": _peak_rss_mb()},
         "config": config.to_dict(),
     }, output_dir)
+
+
+class _Model:
+    """The trained model of either path, as the stage uses it: item scores over the rows of a
+    DenseRows, the queries per generation batch, the memory estimate and what the summary says
+    of its item groups (latent path only)."""
+
+    def __init__(self, config: AugmentConfig, data_dir: str, space: ItemSpace,
+                 train_dense: DenseRows, train_rows: np.ndarray):
+        self.config, items = config, len(space.item_ids)
+        if config.model.latent:
+            self.groups = read_item_groups(data_dir, space.item_ids,
+                                           config.model.latent_hash_groups)
+            LOG.info("latent diffusion: %d items in %d groups (%d by category) of %d units",
+                     items, len(self.groups.names), self.groups.report()["category_groups"],
+                     config.model.latent_dim)
+            self.trainer: DiffusionTrainer = build_latent_trainer(config, self.groups,
+                                                                  train_dense, train_rows)
+            self.batch_size = latent_generation_batch_size(config, items)
+        else:
+            self.groups = None
+            self.trainer = build_trainer(config, items, train_dense, train_rows)
+            self.batch_size = generation_batch_size(config.output, config.model.steps, items)
+
+    def item_scores(self, dense: DenseRows) -> ItemScores:
+        if self.groups is not None:
+            return latent_item_scores(self.trainer.diffusion, dense, self.groups.row_of_column)
+        return dense_item_scores(self.trainer.diffusion, dense)
+
+    def memory_estimate(self, items: int, entries: int, queries: int) -> dict:
+        if self.groups is not None:
+            return latent_memory_estimate_mb(self.config, items, len(self.groups.names),
+                                             entries, queries)
+        return memory_estimate_mb(self.config, items, entries, queries)
 
 
 def run(config: AugmentConfig, data_dir: str, output_dir: str, verbose="auto",
@@ -128,7 +177,9 @@ def run(config: AugmentConfig, data_dir: str, output_dir: str, verbose="auto",
         LOG.info("no query needs filling: writing the log's positives without training "
                  "(--force or train.force=true trains and runs the quality check anyway)")
         return _log_positives_only(config, table, has_clicks, data_dir, output_dir, started)
-    space = choose_item_space(table, vocabulary, config.data.max_items)
+    # The latent model has no item cap: its size follows the latent width (latent.py).
+    space = choose_item_space(table, vocabulary,
+                              len(vocabulary) if config.model.latent else config.data.max_items)
     if not len(space.item_ids):
         raise ValueError(f"no item of {data_dir}/{S.QUERY_ITEMS_DIR}/ is in the item vocabulary: "
                          "nothing to train on")
@@ -154,8 +205,8 @@ def run(config: AugmentConfig, data_dir: str, output_dir: str, verbose="auto",
 
     _write_config(config, output_dir)
     train_dense = DenseRows(train_matrix, items, config.data)
-    trainer = build_trainer(config, items, train_dense, train_rows)
-    diffusion = trainer.diffusion
+    model = _Model(config, data_dir, space, train_dense, train_rows)
+    trainer = model.trainer
     trained = time.perf_counter()
     history = trainer.fit(
         tf.data.Dataset.range(trainer.steps_per_epoch), epochs=config.train.epochs,
@@ -165,17 +216,17 @@ def run(config: AugmentConfig, data_dir: str, output_dir: str, verbose="auto",
     train_seconds = time.perf_counter() - trained
     trainer.save_weights(os.path.join(output_dir, WEIGHTS_FILE))
 
-    quality = quality_check(diffusion, train_dense, train_matrix, full, held_rows, held, config)
+    quality = quality_check(model.item_scores(train_dense), model.batch_size, train_dense,
+                            train_matrix, full, held_rows, held, config)
     LOG.info("quality check on %d held-out queries: diffusion %s, popularity %s",
              quality["queries"], quality["diffusion"], quality["popularity"])
 
     generating = time.perf_counter()
     progress = keras.utils.Progbar(len(to_generate), unit_name="query",
                                    verbose=0 if verbose == 0 else 1)
-    ranked = rank_items(diffusion, DenseRows(full, items, config.data), to_generate,
-                        config.output.top_k, True,
-                        generation_batch_size(config.output, config.model.steps, items),
-                        config.train.seed,
+    full_dense = DenseRows(full, items, config.data)
+    ranked = rank_items(model.item_scores(full_dense), full_dense, to_generate,
+                        config.output.top_k, True, model.batch_size, config.train.seed,
                         progress if len(to_generate) else None)
     generate_seconds = time.perf_counter() - generating
     generated = dict(zip(to_generate.tolist(), ranked))
@@ -200,6 +251,7 @@ def run(config: AugmentConfig, data_dir: str, output_dir: str, verbose="auto",
             "positives_per_query": _positives_summary(sizes),
         },
         "item_space": space.report,
+        "latent_groups": model.groups.report() if model.groups is not None else None,
         "quality": quality,
         "training": {"epochs_run": len(history.history.get("loss", [])),
                      "steps_per_epoch": trainer.steps_per_epoch,
@@ -207,8 +259,7 @@ def run(config: AugmentConfig, data_dir: str, output_dir: str, verbose="auto",
                      "seconds": round(train_seconds, 2)},
         "generation_seconds": round(generate_seconds, 2),
         "total_seconds": round(time.perf_counter() - started, 2),
-        "memory": {"estimate": memory_estimate_mb(config, items, len(full.columns),
-                                                  len(table.keys)),
+        "memory": {"estimate": model.memory_estimate(items, len(full.columns), len(table.keys)),
                    "peak_rss_mb": _peak_rss_mb()},
         "config": config.to_dict(),
     }

@@ -55,8 +55,11 @@ class DiffusionTrainer(keras.Model):
     def _seed_for(self, step: tf.Tensor, stream: int) -> tf.Tensor:
         return tf.stack([tf.constant(self._seed, tf.int64), step * 8 + stream])
 
-    def batch(self, step: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        """(x_input, x_target, t, noise) of optimizer step `step` (int64 scalar)."""
+    def sample(self, step: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        """The entries of optimizer step `step` (int64 scalar): (batch int32 scalar, batch_row
+        int32 [E], column int32 [E], positive bool [E], hidden bool [E]: the positives masked
+        out of the input, timesteps int32 [batch]); the epoch's shuffle, the masks and t are
+        stateless functions of (seed, step)."""
         epoch, position = step // self.steps_per_epoch, step % self.steps_per_epoch
         order = tf.random.experimental.stateless_shuffle(
             self._rows, seed=tf.stack([tf.constant(self._seed, tf.int64), -1 - epoch]))
@@ -65,23 +68,31 @@ class DiffusionTrainer(keras.Model):
         batch_row, column, positive = self._dense.entries(rows)
         hidden = positive & (tf.random.stateless_uniform(
             tf.shape(positive), self._seed_for(step, 0)) < self._mask_rate)
+        timesteps = tf.random.stateless_uniform((batch,), self._seed_for(step, 1), 0,
+                                                self.diffusion.steps, tf.int32)
+        return batch, batch_row, column, positive, hidden, timesteps
+
+    def batch(self, step: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        """(x_input, x_target, t, noise) of optimizer step `step` (int64 scalar)."""
+        batch, batch_row, column, positive, hidden, timesteps = self.sample(step)
         values = self._dense.values(positive)
         x_target = self._dense.scatter(batch_row, column, values, batch)
         x_input = self._dense.scatter(batch_row, column,
                                       tf.where(hidden, self._dense.r_0, values), batch)
-        timesteps = tf.random.stateless_uniform((batch,), self._seed_for(step, 1), 0,
-                                                self.diffusion.steps, tf.int32)
         noise = tf.random.stateless_normal(tf.shape(x_target), self._seed_for(step, 2))
         return x_input, x_target, timesteps, noise
+
+    def step_loss(self, step: tf.Tensor) -> tf.Tensor:
+        """float32 [batch]: the training loss of each query of step `step`."""
+        x_input, x_target, timesteps, noise = self.batch(step)
+        return self.diffusion.training_loss(x_input, x_target, timesteps, noise, training=True)
 
     def train_step(self, data):
         step = tf.cast(self.optimizer.iterations, tf.int64)
         for stream, state in enumerate(self._seed_states, start=3):
             state.assign(tf.cast(self._seed_for(step, stream), state.dtype))
-        x_input, x_target, timesteps, noise = self.batch(step)
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(self.diffusion.training_loss(x_input, x_target, timesteps,
-                                                               noise, training=True))
+            loss = tf.reduce_mean(self.step_loss(step))
         gradients = tape.gradient(loss, self.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
         self._loss.update_state(loss)

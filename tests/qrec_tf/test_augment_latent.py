@@ -1,0 +1,185 @@
+"""Latent diffusion in the augment stage (model.latent): item groups by category and by hash,
+the memory formula by hand, the stage end to end on the planted data (a table the reader
+loads, better than popularity, deterministic, resumable), and the dense path unchanged."""
+
+import logging
+import os
+
+import numpy as np
+import pytest
+
+from qrec_tf import augment, positives
+from qrec_tf import schema as S
+from tests.qrec_tf.test_augment import (
+    QUERIES_PER_TOPIC,
+    TINY,
+    TOPICS,
+    StopAfterEpoch,
+    planted_rows,
+    write_data,
+)
+
+LATENT = [*TINY, "model.latent=true", "model.latent_dim=8", "train.epochs=20"]
+
+
+def python_hash(item_id, groups):
+    """The hash, independently in Python integers: Knuth's multiplicative hash mod 2^64, high
+    32 bits, mod groups."""
+    return ((item_id * 0x9E3779B97F4A7C15) % 2 ** 64 >> 32) % groups
+
+
+# --- grouping ------------------------------------------------------------------------------------
+def test_groups_by_category_then_hash_by_hand():
+    item_ids = np.array([10, 11, 12, 13, 14, 15, 16])
+    categories = np.array([7, 3, 7, -1, 3, -1, 0])
+    hashes = [python_hash(13, 4), python_hash(15, 4)]
+    groups = augment.group_items(item_ids, categories, hash_group_count=4)
+    # categories 0, 3, 7 -> groups 0, 1, 2; the hashed items after them, empty hash groups dropped
+    used = sorted(set(hashes))
+    hashed = [3 + used.index(h) for h in hashes]
+    assert groups.group_of_column.tolist() == [2, 1, 2, hashed[0], 1, hashed[1], 0]
+    assert groups.names == ["category 0", "category 3", "category 7",
+                            *[f"hash {h}" for h in used]]
+    assert groups.sizes == [1, 2, 2, *[hashes.count(h) for h in used]]
+    # group order: columns of group 0, then 1, ... (column order within a group)
+    by_group = sorted(range(7), key=lambda c: (groups.group_of_column[c], c))
+    assert groups.column_of_row.tolist() == by_group
+    assert groups.row_of_column[groups.column_of_row].tolist() == list(range(7))
+    assert groups.report() == {"groups": len(groups.names), "category_groups": 3,
+                               "hash_groups": len(used), "items_by_category": 5,
+                               "items_hashed": 2, "largest_group": 2, "smallest_group": 1}
+
+
+def test_hash_groups_are_fixed_and_spread_ids():
+    ids = np.array([0, 1, 2, 12345, 2 ** 40 + 7])
+    assert augment.hash_groups(ids, 16).tolist() == [python_hash(int(i), 16) for i in ids]
+    # sequential and strided ids (KuaiSAR's are dense ints) fill every group evenly
+    for ids in (np.arange(16_000), 100_000 + 50 * np.arange(16_000)):
+        counts = np.bincount(augment.hash_groups(ids, 16), minlength=16)
+        assert counts.min() >= 800 and counts.max() <= 1200, counts
+
+
+def test_groups_read_from_item_categories_or_hashed_without_it(tmp_path, caplog):
+    data_dir = str(tmp_path)
+    with open(os.path.join(data_dir, S.ITEM_CATEGORIES_FILE), "w") as f:
+        # item 30 has no first-level category (PAD_ID); item 40 has no row at all
+        f.write("10\t5\t51\n20\t2\t21\n30\t-1\t-1\n99\t5\t52\n")
+    groups = augment.read_item_groups(data_dir, np.array([20, 30, 10, 40]), 1)
+    assert groups.names == ["category 2", "category 5", "hash 0"]
+    assert groups.group_of_column.tolist() == [0, 2, 1, 2]
+    os.remove(os.path.join(data_dir, S.ITEM_CATEGORIES_FILE))
+    caplog.set_level(logging.WARNING, "qrec_tf.augment")
+    groups = augment.read_item_groups(data_dir, np.array([20, 30, 10, 40]), 3)
+    assert "hashing all 4 items into 3 latent groups" in caplog.text
+    assert groups.report()["items_hashed"] == 4
+    assert groups.group_of_column.tolist() == [
+        sorted(set(python_hash(i, 3) for i in (20, 30, 10, 40))).index(python_hash(i, 3))
+        for i in (20, 30, 10, 40)]
+
+
+def test_latent_memory_formula_by_hand():
+    config = augment.load_augment_config(None, ["model.latent=true"])
+    # N = 2M, 8 groups of d = 16, split signs, H = [256], E = 10, residual
+    parts = augment.latent_parameter_count(config.model, 2_000_000, 8)
+    assert parts["encoders"] == 2 * 2_000_000 * 16 + 8 * 16
+    assert parts["decoders"] == 2_000_000 * 16 + 2_000_000
+    assert parts["skip"] == 2 * 2_000_000
+    # the denoiser on L = 128 inputs: (128 + 10 + 1) 256 + (256 + 1) 128 + (10 + 1) 10 + 2 x 128
+    assert parts["denoiser"] == 139 * 256 + 257 * 128 + 110 + 256
+    estimate = augment.latent_memory_estimate_mb(config, 2_000_000, 8, 0, 0)
+    params = sum(parts.values())
+    assert estimate["parameters"] == params and estimate["latent_width"] == 128
+    dense_gradients = 4 * (2_000_000 * 17 + parts["denoiser"])
+    assert estimate["training_state_mb"] == round((12 * params + dense_gradients) / 2 ** 20, 1)
+    # generation: 4 N float32 per query, 1 GiB -> 33 queries at N = 2M
+    assert estimate["generation_batch"] == 2 ** 30 // (16 * 2_000_000) == 33
+    assert estimate["training_state_mb"] < 1400    # the docstring's 1.2 GB + 0.14 GB
+
+
+# --- the stage -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def planted_with_categories(tmp_path_factory):
+    """The planted data of test_augment, its topics as first-level categories (topic + 1)."""
+    rows = planted_rows()
+    vocabulary = sorted({i for _, c, u in rows for i in [*c, *u]})
+    data_dir = write_data(tmp_path_factory.mktemp("latent"), rows, vocabulary)
+    with open(os.path.join(data_dir, S.ITEM_CATEGORIES_FILE), "w") as f:
+        f.writelines(f"{i}\t{(i - 1000) // 100 + 1}\t{i}\n" for i in vocabulary)
+    return data_dir, rows
+
+
+@pytest.fixture(scope="module")
+def latent_run(planted_with_categories, tmp_path_factory):
+    data_dir, _ = planted_with_categories
+    out = str(tmp_path_factory.mktemp("latent_out"))
+    summary = augment.run(augment.load_augment_config(None, LATENT), data_dir, out, verbose=0)
+    return out, summary
+
+
+def test_latent_stage_groups_by_category_and_beats_popularity(latent_run):
+    _, summary = latent_run
+    assert summary["latent_groups"] == {
+        "groups": TOPICS, "category_groups": TOPICS, "hash_groups": 0, "items_by_category": 80,
+        "items_hashed": 0, "largest_group": 10, "smallest_group": 10}
+    estimate = summary["memory"]["estimate"]
+    assert estimate["latent_width"] == TOPICS * 8
+    assert estimate["parameters"] == sum(augment.latent_parameter_count(
+        augment.load_augment_config(None, LATENT).model, 80, TOPICS).values())
+    quality = summary["quality"]
+    # measured (seeds 0-2): Recall@5 0.54-0.69, NDCG@5 0.37-0.51; popularity 0-0.15, 0-0.08
+    assert quality["diffusion"]["recall"] >= quality["popularity"]["recall"] + 0.2, quality
+    assert quality["diffusion"]["ndcg"] >= quality["popularity"]["ndcg"] + 0.15, quality
+    assert summary["memory"]["peak_rss_mb"] > 100
+
+
+def test_latent_table_is_read_by_the_positives_reader(planted_with_categories, latent_run):
+    data_dir, rows = planted_with_categories
+    out, summary = latent_run
+    table = positives.load(data_dir, "diffusion", out)[0]
+    assert set(table) == {key for key, _, _ in rows}
+    space = {i for _, c, u in rows for i in [*c, *u]}
+    for key, clicked, unclicked in rows:
+        items = table[key]
+        assert not set(items) & set(unclicked), key
+        if clicked:
+            assert items == sorted(clicked, key=lambda i: (-clicked[i], i))
+        else:
+            assert len(items) == len(set(items)) == 5 and set(items) <= space
+    clickless = sum(1 for _, c, _ in rows if not c)
+    assert summary["queries"]["clickless_filled"] == clickless
+    assert summary["queries"]["total"] == TOPICS * QUERIES_PER_TOPIC
+
+
+@pytest.mark.slow
+def test_latent_run_is_deterministic_and_resumes(planted_with_categories, latent_run, tmp_path):
+    data_dir, _ = planted_with_categories
+    out, summary = latent_run
+    config = augment.load_augment_config(None, [*LATENT, "train.checkpoint_seconds=0"])
+    killer = StopAfterEpoch(4)
+    with pytest.raises(KeyboardInterrupt):
+        augment.run(config, data_dir, str(tmp_path / "killed"), verbose=0,
+                    extra_callbacks=[killer])
+    assert killer.losses == summary["training"]["loss"][:5]
+    resumed = augment.run(config, data_dir, str(tmp_path / "killed"), verbose=0)
+    assert resumed["training"]["loss"] == summary["training"]["loss"][5:]
+    assert resumed["quality"] == summary["quality"]
+    assert (positives.load(data_dir, "diffusion", str(tmp_path / "killed"))
+            == positives.load(data_dir, "diffusion", out))
+
+
+def test_latent_false_is_the_dense_path(planted_with_categories, tmp_path):
+    """The default config trains the dense denoiser over the capped item space, whatever
+    item_categories.tsv holds: no groups, the dense memory estimate."""
+    data_dir, _ = planted_with_categories
+    config = augment.load_augment_config(None, [*TINY, "train.epochs=1"])
+    assert config.model.latent is False
+    summary = augment.run(config, data_dir, str(tmp_path), verbose=0)
+    assert summary["latent_groups"] is None
+    assert summary["memory"]["estimate"]["parameters"] == augment.parameter_count(
+        config.model, 80)
+    assert "latent_width" not in summary["memory"]["estimate"]
+
+
+def test_latent_config_errors():
+    with pytest.raises(ValueError, match="model.latent_dim and model.latent_hash_groups"):
+        augment.load_augment_config(None, ["model.latent_dim=0"])
