@@ -205,13 +205,13 @@ def test_diffusion_recovers_held_out_clicks_better_than_popularity(augmented):
     assert diffusion["ndcg"] >= popularity["ndcg"] + 0.2, quality
 
 
-def test_table_rules_on_the_planted_data(planted, augmented):
-    _, rows = planted
-    out, summary = augmented
-    table = positives.load(out, "diffusion", out)[0]
+def check_table_rules(table: dict, rows) -> dict[str, list[int]]:
+    """Asserts the positives table's rules on planted `rows`: a row per query, never a known
+    negative, a clicked query's clicks most clicked first, a click-less query's 5 distinct items
+    from the item space. Returns the click-less queries' items by key."""
     assert set(table) == {key for key, _, _ in rows}
     space = {i for _, c, u in rows for i in [*c, *u]}
-    on_topic = []
+    generated = {}
     for key, clicked, unclicked in rows:
         items = table[key]
         assert not set(items) & set(unclicked), key      # never a known negative
@@ -219,8 +219,19 @@ def test_table_rules_on_the_planted_data(planted, augmented):
             assert items == sorted(clicked, key=lambda i: (-clicked[i], i))
         else:
             assert len(items) == len(set(items)) == 5 and set(items) <= space
-            topic = int(key.split("_")[0]) - 1
-            on_topic.append(sum(1000 + 100 * topic <= i < 1100 + 100 * topic for i in items))
+            generated[key] = items
+    return generated
+
+
+def test_table_rules_on_the_planted_data(planted, augmented):
+    _, rows = planted
+    out, summary = augmented
+    table = positives.load(out, "diffusion", out)[0]
+    space = {i for _, c, u in rows for i in [*c, *u]}
+    on_topic = []
+    for key, items in check_table_rules(table, rows).items():
+        topic = int(key.split("_")[0]) - 1
+        on_topic.append(sum(1000 + 100 * topic <= i < 1100 + 100 * topic for i in items))
     # A click-less query showed 6 of its topic's 10 items, so at most 4 of its 5 generated items
     # can be on topic; 5 random picks among the other 74 items would hold 0.3 on average
     # (measured: 2.2).

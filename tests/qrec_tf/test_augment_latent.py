@@ -15,6 +15,7 @@ from tests.qrec_tf.test_augment import (
     TINY,
     TOPICS,
     StopAfterEpoch,
+    check_table_rules,
     planted_rows,
     write_data,
 )
@@ -135,16 +136,7 @@ def test_latent_stage_groups_by_category_and_beats_popularity(latent_run):
 def test_latent_table_is_read_by_the_positives_reader(planted_with_categories, latent_run):
     data_dir, rows = planted_with_categories
     out, summary = latent_run
-    table = positives.load(data_dir, "diffusion", out)[0]
-    assert set(table) == {key for key, _, _ in rows}
-    space = {i for _, c, u in rows for i in [*c, *u]}
-    for key, clicked, unclicked in rows:
-        items = table[key]
-        assert not set(items) & set(unclicked), key
-        if clicked:
-            assert items == sorted(clicked, key=lambda i: (-clicked[i], i))
-        else:
-            assert len(items) == len(set(items)) == 5 and set(items) <= space
+    check_table_rules(positives.load(data_dir, "diffusion", out)[0], rows)
     clickless = sum(1 for _, c, _ in rows if not c)
     assert summary["queries"]["clickless_filled"] == clickless
     assert summary["queries"]["total"] == TOPICS * QUERIES_PER_TOPIC
