@@ -41,7 +41,12 @@ def test_each_model_reads_what_its_code_reads():
         *USER_ITEM_HISTORY, S.QUERY_KEYS, S.QUERY_WORD_IDS, S.QUERY_CLICKED_ITEM_IDS,
         S.NIP_POS_ITEM_IDS, S.NIP_NEG_ITEM_IDS)
     assert S.QUERY_CLICKED_ITEM_IDS not in build(
-        "queryrec", "model.query_clicked_items=false").input_feature_names()
+        "queryrec", "model.query_clicked_items=false",
+        "model.query_category_match=false").input_feature_names()
+    # The search -> feed match counts read the clicked items on their own too.
+    assert S.QUERY_CLICKED_ITEM_IDS in build(
+        "queryrec", "model.query_clicked_items=false",
+        "model.query_category_match=true").input_feature_names()
 
 
 def test_the_penalty_counts_only_the_rows_of_features_the_model_reads():
