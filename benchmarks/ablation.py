@@ -18,7 +18,8 @@ highest. Any registered model runs (--models ... ple sesrec iv4rec); the Beam jo
 search examples too (ple trains on them), so one data directory serves every model.
 benchmarks/table4.py reuses this machinery (add_arguments, run_models, write_results); with
 --reuse and the same --workdir, the data, the augment stage and every finished (model, seed) run
-are kept, so the two tables can share their common models.
+are kept, so the two tables can share their common models. --reuse on a work directory whose log
+was made with other arguments stops with the differences and deletes nothing.
 The generator's query pool (--queries-per-subtopic) is larger than its default so that, as on
 KuaiSAR, many queries are rare and a quarter of them never got a click.
 """
