@@ -23,6 +23,7 @@ from qrec_tf.layers.dense_stack import mlp
 from qrec_tf.layers.din_attention import DINAttention
 from qrec_tf.layers.embedding import SparseEmbedding
 from qrec_tf.layers.id_lookup import lookup_size, make_lookup
+from qrec_tf.models.recording_features import RecordingFeatures
 
 # Item features embedded by item_representation; the item group's others join the CTR input alone.
 ITEM_REPRESENTATION = (S.ITEM_ID, S.CATEGORY_ID, S.SUBCATEGORY_ID)
@@ -194,7 +195,7 @@ class CTRModel(keras.Model):
         try:
             for training in (True, False):
                 tf.function(lambda x, y, training=training: self.compute_loss_terms(
-                    _RecordingFeatures(x, read), y, training=training)[0]["loss"]
+                    RecordingFeatures(x, read), y, training=training)[0]["loss"]
                 ).get_concrete_function(specs, label)
         finally:
             self._tracing_reads = False
@@ -427,26 +428,3 @@ def _logs_as_vectors(step):
 
     return wrapped
 
-
-class _RecordingFeatures(Mapping):
-    """A read-only view of a features dict that adds the name of every feature read
-    (`features[name]`, `features.get(name)`, iteration) to `read`; `name in features` is not a
-    read (a model may test for an optional feature)."""
-
-    def __init__(self, features: Mapping[str, tf.Tensor], read: set[str]):
-        self._features, self._read = features, read
-
-    def __getitem__(self, name: str) -> tf.Tensor:
-        value = self._features[name]
-        self._read.add(name)
-        return value
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._features
-
-    def __iter__(self) -> Iterator[str]:
-        self._read.update(self._features)   # whoever iterates may read any of them
-        return iter(self._features)
-
-    def __len__(self) -> int:
-        return len(self._features)
