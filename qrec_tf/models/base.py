@@ -194,9 +194,11 @@ class CTRModel(keras.Model):
         self._tracing_reads = True
         try:
             for training in (True, False):
+                # No autograph: its source conversion of every model function cost ~half of
+                # a small training run, and which features are read does not depend on it.
                 tf.function(lambda x, y, training=training: self.compute_loss_terms(
-                    RecordingFeatures(x, read), y, training=training)[0]["loss"]
-                ).get_concrete_function(specs, label)
+                    RecordingFeatures(x, read), y, training=training)[0]["loss"],
+                    autograph=False).get_concrete_function(specs, label)
         finally:
             self._tracing_reads = False
         return tuple(f.name for f in features if f.name in read)
