@@ -217,6 +217,11 @@ class ModelConfig:
     # It has no weights; it hands the MLP the search -> feed match the query attention did not
     # learn on its own. docs/ARCHITECTURE.md, "The query branch".
     query_category_match: bool = False
+    # Where the match counts join the click logit: "mlp" (the CTR MLP reads them beside its
+    # other inputs) or "logit" (a linear term, w^T m with w starting at 0, added to the logit:
+    # four weights fitted on every training row, which cannot combine the counts with the
+    # embeddings). docs/RESULTS.md, "QueryRec on logs...", part 10.
+    query_category_match_path: str = "mlp"
     # DIN's mini-batch aware L2 on the embedding rows a batch touches, each weighted by the
     # inverse of its id's frequency (Zhou et al. KDD'18); 0 = off. docs/PAPER.md, "MBA".
     embedding_l2: float = 0.0
@@ -247,6 +252,8 @@ class ModelConfig:
             raise ValueError("model.query_fusion must be concat or bilinear")
         if self.query_fusion == "bilinear" and not (self.query_pooling or self.query_encoder):
             raise ValueError("model.query_fusion bilinear needs query_pooling or query_encoder")
+        if self.query_category_match_path not in ("mlp", "logit"):
+            raise ValueError("model.query_category_match_path must be mlp or logit")
         if self.query_attention_target not in ("item_id", "item"):
             raise ValueError("model.query_attention_target must be item_id or item")
         if self.query_clicked_items and not (self.query_pooling

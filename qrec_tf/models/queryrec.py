@@ -90,6 +90,11 @@ class QueryRecModel(CTRModel):
                 1), tf.int64)
         self.category_match = (CategoryMatch(name="query_category_match")
                                if config.query_category_match else None)
+        self.category_match_logit = None
+        if config.query_category_match and config.query_category_match_path == "logit":
+            # Zero at the start: the model begins as if it had no match input.
+            self.category_match_logit = keras.layers.Dense(
+                1, use_bias=False, kernel_initializer="zeros", name="query_category_match_logit")
         if config.query_encoder:
             self.query_encoder = SASEncoder(schema.max_queries, d, num_blocks=config.sas_blocks,
                                             num_heads=config.sas_heads, dropout=config.sas_dropout,
@@ -238,8 +243,14 @@ class QueryRecModel(CTRModel):
         v_b = self.history_attention(target, user["history"], user["history_idx"] != 0,
                                      training=training, queries_per_key_row=items_per_user)
         parts = [*per_row[:len(user["user"])], *self.item_embeddings(features), target, v_b]
+        match_logit = 0.0
         if self.category_match is not None:
-            parts.append(self.search_category_match(user, features))
+            match = self.search_category_match(user, features)
+            if self.category_match_logit is None:
+                parts.append(match)
+            else:
+                match_logit = tf.cast(
+                    tf.squeeze(self.category_match_logit(match), -1), tf.float32)
         query_parts = []
         if self.config.query_pooling:
             query_parts.append(self.query_input("pooled", self.pool_queries(
@@ -256,8 +267,9 @@ class QueryRecModel(CTRModel):
             hidden = self.ctr_mlp(tf.concat(parts, axis=-1), training=training)
             query_score = self.query_target_score(tf.concat(query_parts, axis=-1), target)
             return {"logits": tf.squeeze(self.ctr_logit(hidden), -1)
-                    + tf.cast(query_score, tf.float32)}
-        return {"logits": self.ctr_logits(tf.concat(parts + query_parts, axis=-1), training)}
+                    + tf.cast(query_score, tf.float32) + match_logit}
+        return {"logits": self.ctr_logits(tf.concat(parts + query_parts, axis=-1), training)
+                + match_logit}
 
     def pool_queries(self, user: dict, item_idx: tf.Tensor, target: tf.Tensor,
                      training: bool = False, items_per_user: tf.Tensor | None = None

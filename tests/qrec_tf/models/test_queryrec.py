@@ -526,3 +526,43 @@ def test_query_category_match_feeds_the_mlp_the_counts_of_the_targets_categories
         features[S.QUERY_CLICKED_ITEM_IDS], item)}
     assert model.search_category_match(model.encode_user(moved), moved).numpy()[0, 3] == 1.0
     assert score(model, moved)[0] != score(model, features)[0]
+
+
+@pytest.mark.parametrize("fusion", ["concat", "bilinear"])
+def test_query_category_match_path_logit_adds_w_dot_match_to_the_logit(fusion):
+    """query_category_match_path logit: the MLP does not read the match counts; a linear term
+    w^T m, w starting at 0 (the logits of the same model without the match), is added to the
+    logit."""
+    extra = ["model.query_category_match=true", "model.query_category_match_path=logit",
+             f"model.query_fusion={fusion}"]
+    config = load_config("configs/queryrec.yaml", [*TINY, *extra]).model
+    constants = random_data_constants(config, VOCABS)
+    features = batch()
+    # The first item (table row 2: 0 and 1 are padding and OOV) gets row 0's target categories,
+    # so that clicking it moves row 0's match.
+    constants["item_categories"][2] = [features[S.CATEGORY_ID][0], features[S.SUBCATEGORY_ID][0]]
+    model = MODELS["queryrec"][0](config, SCHEMA, VOCABS, name="m", **constants)
+    model(features, training=False)
+    logit = model.category_match_logit
+    assert tuple(logit.kernel.shape) == (4, 1)
+    item = VOCABS.values[S.VOCAB_ITEMS][0]
+    moved = {**features, S.QUERY_CLICKED_ITEM_IDS: np.full_like(
+        features[S.QUERY_CLICKED_ITEM_IDS], item)}
+    base = model.forward(features)["logits"].numpy()
+    user, user_moved = model.encode_user(features), model.encode_user(moved)
+    match = model.search_category_match(user, features).numpy()
+    match_moved = model.search_category_match(user_moved, moved).numpy()
+    assert not np.allclose(match, match_moved)
+    # Moving the clicked items moves the query side too; remove that part with w = 0.
+    base_moved = model.forward(moved)["logits"].numpy()
+    w = np.array([[0.5], [-1.0], [2.0], [3.0]], np.float32)
+    logit.kernel.assign(w)
+    np.testing.assert_allclose(model.forward(features)["logits"].numpy(),
+                               base + match @ w[:, 0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.forward(moved)["logits"].numpy(),
+                               base_moved + match_moved @ w[:, 0], rtol=1e-5, atol=1e-6)
+
+
+def test_query_category_match_path_is_checked():
+    with pytest.raises(ValueError, match="query_category_match_path must be mlp or logit"):
+        load_config("configs/din.yaml", ["model.query_category_match_path=wide"])
