@@ -225,6 +225,10 @@ class ModelConfig:
     # DIN's mini-batch aware L2 on the embedding rows a batch touches, each weighted by the
     # inverse of its id's frequency (Zhou et al. KDD'18); 0 = off. docs/PAPER.md, "MBA".
     embedding_l2: float = 0.0
+    # The n_j of that penalty: "vocab" (the Beam job's vocabulary counts: search sessions for
+    # queries, interactions for items) or "rows" (training examples whose inputs hold the id,
+    # counted before training: DIN's definition, models/row_frequencies.py).
+    embedding_l2_counts: str = "vocab"
     # XLA on every DIN attention's scoring and pooling (DINAttention jit_compile): the same
     # math, fused; float rounding differs. docs/RESULTS.md, issue 21.
     attention_jit_compile: bool = False
@@ -263,6 +267,8 @@ class ModelConfig:
                              "target share one projection)")
         if self.embedding_l2 < 0:
             raise ValueError("model.embedding_l2 must be >= 0")
+        if self.embedding_l2_counts not in ("vocab", "rows"):
+            raise ValueError("model.embedding_l2_counts must be vocab or rows")
         if self.query_encoder and not self.query_encoder_ctr_gradient and not self.nip_weight:
             raise ValueError("model.query_encoder_ctr_gradient false needs model.nip_weight > 0: "
                              "nothing else would train the query encoder")

@@ -211,16 +211,21 @@ class CTRModel(keras.Model):
         total = tf.constant(0.0)
         if self._tracing_reads:   # the penalty reads nothing that the model does not
             return total
-        read = set(self.input_feature_names())
         for vocab, table in self.embedding_tables().items():
-            names = [f.name for f in self.schema.features
-                     if f.vocab == vocab and f.group != "nip" and f.name in read]
+            names = self.penalised_features(vocab)
             if names:
                 indices = tf.concat([tf.reshape(self.lookup(name, features[name]), [-1])
                                      for name in names], axis=0)
                 total += losses.mini_batch_aware_l2(table, indices,
                                                     self.inverse_frequencies[vocab])
         return total
+
+    def penalised_features(self, vocab: str) -> list[str]:
+        """The features whose rows of table `vocab` the mini-batch aware L2 penalises: those of
+        the vocabulary that the model reads, the NIP targets not."""
+        read = set(self.input_feature_names())
+        return [f.name for f in self.schema.features
+                if f.vocab == vocab and f.group != "nip" and f.name in read]
 
     def embed(self, feature: str, indices: tf.Tensor) -> tf.Tensor:
         return self.embeddings[self.schema.feature(feature).vocab](indices)
