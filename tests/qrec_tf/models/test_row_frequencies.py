@@ -8,18 +8,15 @@ from qrec_tf import schema as S
 from qrec_tf.config import load_config
 from qrec_tf.models import row_frequencies
 from qrec_tf.models.registry import MODELS
-from qrec_tf.testing import random_batch, random_data_constants, random_vocabularies
+from qrec_tf.testing import random_batch, random_data_constants
 
-SCHEMA = S.Schema(history_length=6, max_queries=4, max_query_words=3, nip_positives=2,
-                  nip_negatives=2)
-VOCABS = random_vocabularies(60, n_words=20)
-TINY = ["model.embedding_dim=8", "model.mlp_units=[8]", "model.attention_units=[4]",
-        "model.sas_blocks=1", "model.contrastive_negatives=8", "model.embedding_l2=0.1",
-        "model.embedding_l2_counts=rows"]
+from .test_queryrec import SCHEMA, TINY, VOCABS
+
+ROWS = [*TINY, "model.embedding_l2=0.1", "model.embedding_l2_counts=rows"]
 
 
 def test_each_row_counts_the_examples_that_hold_it_once_per_example():
-    config = load_config("configs/queryrec.yaml", TINY).model
+    config = load_config("configs/queryrec.yaml", ROWS).model
     model = MODELS["queryrec"][0](config, SCHEMA, VOCABS, name="m",
                                   **random_data_constants(config, VOCABS))
     batches = [random_batch(SCHEMA, VOCABS, size, np.random.default_rng(seed))[0]
