@@ -23,6 +23,7 @@ from qrec_tf.layers.dense_stack import mlp
 from qrec_tf.layers.din_attention import DINAttention
 from qrec_tf.layers.embedding import SparseEmbedding
 from qrec_tf.layers.id_lookup import lookup_size, make_lookup
+from qrec_tf.models import row_frequencies
 from qrec_tf.models.recording_features import RecordingFeatures
 
 # Item features embedded by item_representation; the item group's others join the CTR input alone.
@@ -50,10 +51,10 @@ class Vocabularies:
         if vocab not in self.counts:
             raise ValueError(f"no counts for vocabulary {vocab!r}: model.embedding_l2 needs the "
                              "Beam job's vocab/<name>.txt counts")
-        inverse = np.zeros(self.size(vocab), np.float32)
+        per_row = np.zeros(self.size(vocab), np.float64)
         counts = np.asarray(self.counts[vocab], np.float64)
-        inverse[2:2 + len(counts)] = 1.0 / np.maximum(counts, 1.0)
-        return inverse
+        per_row[2:2 + len(counts)] = np.maximum(counts, 1.0)
+        return row_frequencies.inverse_frequencies(per_row)
 
 
 def _next_power_of_two(n: tf.Tensor) -> tf.Tensor:

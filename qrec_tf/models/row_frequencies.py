@@ -65,8 +65,9 @@ def count_example_rows(model, dataset: tf.data.Dataset) -> dict[str, np.ndarray]
 
 
 def inverse_frequencies(counts: np.ndarray) -> np.ndarray:
-    """float32 [rows]: 1 / n_j, 0 for padding and OOV (rows 0 and 1) and for rows no example
-    holds (the penalty never touches them)."""
+    """float32 [rows]: 1 / n_j of per-row counts n_j, 0 for padding and OOV (rows 0 and 1) and
+    for rows counted 0 (the penalty never touches them). `Vocabularies.inverse_frequencies` uses
+    it too."""
     inverse = np.zeros(counts.shape, np.float32)
     held = counts > 0
     inverse[held] = 1.0 / counts[held]
