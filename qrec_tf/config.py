@@ -232,6 +232,9 @@ class ModelConfig:
     # XLA on every DIN attention's scoring and pooling (DINAttention jit_compile): the same
     # math, fused; float rounding differs. docs/RESULTS.md, issue 21.
     attention_jit_compile: bool = False
+    # Score only the real (target, key) pairs of every DIN attention (DINAttention packed): the
+    # same values, work that follows the real sequence lengths. false: every padded position.
+    attention_packed: bool = True
     # Each model's own hyper-parameters, in its section (YAML `model.ple: {levels: 3}`,
     # `--set model.ple.levels=3`); a model reads only its own section.
     dcn: DCNConfig = dataclasses.field(default_factory=lambda: DCNConfig())

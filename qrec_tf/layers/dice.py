@@ -124,8 +124,8 @@ def _dice_with_batch_statistics(x: tf.Tensor, weight: tf.Tensor | None, alpha: t
     None: all ones). float32 x [..., channels], alpha [channels] -> (y [..., channels], mean,
     variance [channels]; the moments without gradient: they feed only the moving statistics).
 
-    The forward is Keras' BatchNormalization's (masked count + Keras' epsilon, tf.nn.moments
-    without a mask, tf.nn.batch_normalization). The backward, by hand (fewer passes over the
+    The forward is Keras' BatchNormalization's (masked count + Keras' epsilon, tf.nn.moments'
+    mean and variance without a mask, tf.nn.batch_normalization). The backward, by hand (fewer passes over the
     inputs than autodiff through those ops): with g = dL/dy, g_n = g x (1 - alpha) p (1 - p),
     N the weighted count, w the weight, r = 1 / sqrt(variance + epsilon),
       dL/dalpha = sum g x (1 - p),
@@ -143,8 +143,12 @@ def _forward_and_gradient(x, weight, alpha, epsilon):
     """`_dice_with_batch_statistics`' outputs and its gradient function."""
     axes = list(range(len(x.shape) - 1))
     if weight is None:
-        mean, variance = tf.nn.moments(x, axes)
         count = tf.cast(tf.size(x) // tf.shape(x)[-1], tf.float32)
+        # tf.nn.moments' values, and zeros (not NaN) for no rows at all: a packed attention
+        # (DINAttention) hands over only the real positions, possibly none.
+        mean = tf.reduce_sum(x, axes) / tf.maximum(count, 1.0)
+        variance = tf.reduce_sum(tf.math.squared_difference(x, mean), axes) / tf.maximum(
+            count, 1.0)
     else:
         # BatchNormalization adds Keras' epsilon to a masked count; the same here.
         count = tf.reduce_sum(weight) + keras.config.epsilon()

@@ -26,12 +26,21 @@ class DINAttention(keras.layers.Layer):
     Padded keys are replaced by zeros before anything reads them and Dice's batch statistics skip
     them, so the values a padded key holds never change any output.
 
+    `packed=True` (the default) scores only the real (query row, key) pairs: they are gathered
+    into one [pairs, units] matrix before the score MLP and the scores scattered back to
+    [batch, seq_len]. The values are those of the padded computation (the same pairs, the same
+    batch statistics); the work follows the real sequence length instead of seq_len, which on
+    logs with short histories is most of a DIN step (docs/RESULTS.md, issue 21). `packed=False`
+    scores every position of [batch, seq_len, units]; it is also what XLA runs (`jit_compile`,
+    which needs static shapes).
+
     Call: query [batch, dim], keys [batch, seq_len, dim], mask bool [batch, seq_len] (True = real)
     -> pooled [batch, dim]; with return_weights=True also the weights [batch, seq_len].
     """
 
     def __init__(self, hidden_units: Sequence[int] = (80, 40), activation: str = "dice",
-                 use_softmax: bool = False, jit_compile: bool = False, **kwargs: Any):
+                 use_softmax: bool = False, jit_compile: bool = False, packed: bool = True,
+                 **kwargs: Any):
         super().__init__(**kwargs)
         self.hidden_units = [int(units) for units in hidden_units]
         self.activation = activation
@@ -40,6 +49,7 @@ class DINAttention(keras.layers.Layer):
         # element-wise work on [batch, seq_len, units] (Dice, masks), most of a DIN step on a
         # CPU (docs/RESULTS.md, issue 21). Not under several replicas (Dice all-reduces there).
         self.jit_compile = bool(jit_compile)
+        self.packed = bool(packed)
         self._compiled_pool = None
         layers = dense_layers(self.hidden_units, activation)
         self.dense_layers = [layer for layer in layers if isinstance(layer, keras.layers.Dense)]
@@ -69,7 +79,7 @@ class DINAttention(keras.layers.Layer):
         # Without queries_per_key_row each key row serves one query: n = 1.
         users = ops.shape(keys)[0]
         query = ops.reshape(query, (users, -1, query.shape[-1]))           # [users, n, dim]
-        pool = self._pool
+        pool = self._packed_pool if self.packed and not self.jit_compile else self._pool
         if self.jit_compile and tf.distribute.get_replica_context() is not None and (
                 tf.distribute.get_replica_context().num_replicas_in_sync == 1):
             if self._compiled_pool is None:
@@ -93,9 +103,31 @@ class DINAttention(keras.layers.Layer):
         weights = ops.reshape(weights, (users, -1, seq_len))
         return ops.einsum("uns,usd->und", weights, keys), weights
 
+    def _packed_pool(self, query, keys, mask, training=None):
+        """`_pool` on the real pairs only: query [users, n, dim], keys [users, seq_len, dim], mask
+        [users, seq_len] -> (pooled [users, n, dim], weights [users, n, seq_len])."""
+        shape = tf.concat([tf.shape(query, tf.int64)[:2], tf.shape(keys, tf.int64)[1:2]], 0)
+        # pairs [pairs, 3]: (user, query row, position) of every real key of every query row.
+        pairs = tf.where(tf.broadcast_to(mask[:, None, :], shape))
+        keys_of_pairs = tf.gather_nd(keys, tf.gather(pairs, [0, 2], axis=1))  # [pairs, dim]
+        # The query's own part of the first layer, once per query row, then one row per pair.
+        query_part = tf.gather_nd(self._query_row_part(query), pairs[:, :2])  # [pairs, units]
+        x = (self._key_part(keys_of_pairs) + query_part + ops.matmul(
+            tf.gather_nd(query, pairs[:, :2]) * keys_of_pairs, self._kernel_blocks(keys.dtype)[3]))
+        scores = tf.scatter_nd(pairs, self._scores(x, None, training), shape)
+        weights = self._normalised(ops.reshape(scores, (-1, shape[2])), ops.reshape(
+            tf.broadcast_to(mask[:, None, :], shape), (-1, shape[2])))
+        weights = ops.reshape(weights, shape)
+        return ops.einsum("uns,usd->und", weights, keys), weights
+
     def _weights(self, x, mask, training):
         """First-layer pre-activations x [rows, seq_len, units], mask [rows, seq_len] ->
         attention weights [rows, seq_len]."""
+        return self._normalised(self._scores(x, mask, training), mask)
+
+    def _scores(self, x, mask, training):
+        """The score MLP after the first layer's matmul: pre-activations x [..., units] (mask
+        [...] or None: every row real, for Dice's batch statistics) -> float32 scores [...]."""
         for i, dense in enumerate(self.dense_layers):
             if i:
                 x = dense(x)
@@ -104,7 +136,11 @@ class DINAttention(keras.layers.Layer):
             if self.dice_layers:
                 x = self.dice_layers[i](x, training=training, mask=mask)
         # float32: the softmax's large negative fill would overflow float16.
-        scores = ops.cast(ops.squeeze(self.score_dense(x), -1), "float32")  # [rows, seq_len]
+        return ops.cast(ops.squeeze(self.score_dense(x), -1), "float32")
+
+    def _normalised(self, scores, mask):
+        """float32 scores [rows, seq_len], mask [rows, seq_len] -> weights [rows, seq_len] in the
+        layer's compute dtype."""
         if self.use_softmax:
             scores = ops.where(mask, scores, ops.full_like(scores, -1e9))
             weights = ops.softmax(scores, axis=-1)
@@ -112,7 +148,7 @@ class DINAttention(keras.layers.Layer):
             weights = scores
         # Also what zeroes a row without valid positions (its softmax is uniform over padding).
         weights = ops.where(mask, weights, ops.zeros_like(weights))
-        return ops.cast(weights, x.dtype)
+        return ops.cast(weights, self.compute_dtype)
 
     # dense0([q, k, q - k, q * k]) without building the [batch, seq_len, 4 * dim] input: with the
     # kernel's row blocks W_q, W_k, W_d, W_p it is k (W_k - W_d) + (q * k) W_p + q (W_q + W_d) + b.
@@ -132,12 +168,17 @@ class DINAttention(keras.layers.Layer):
     def _query_part(self, query: tf.Tensor, keys: tf.Tensor) -> tf.Tensor:
         """(q * k) W_p + q (W_q + W_d) + b: query [..., 1, dim] and keys [..., seq_len, dim]
         (broadcasting) -> [..., seq_len, units]."""
+        w_p = self._kernel_blocks(keys.dtype)[3]
+        return ops.matmul(query * keys, w_p) + self._query_row_part(query)
+
+    def _query_row_part(self, query: tf.Tensor) -> tf.Tensor:
+        """q (W_q + W_d) + b: [..., dim] -> [..., units]."""
         dense = self.dense_layers[0]
-        w_q, _, w_d, w_p = self._kernel_blocks(keys.dtype)
-        per_row = ops.matmul(query, w_q + w_d)                              # [..., 1, units]
+        w_q, _, w_d, _ = self._kernel_blocks(query.dtype)
+        per_row = ops.matmul(query, w_q + w_d)
         if dense.use_bias:
-            per_row = per_row + ops.cast(dense.bias, keys.dtype)
-        return ops.matmul(query * keys, w_p) + per_row
+            per_row = per_row + ops.cast(dense.bias, query.dtype)
+        return per_row
 
     def compute_mask(self, inputs: Any, previous_mask: Any = None) -> None:
         # `mask` is an explicit argument consumed here: no Keras mask rides on the outputs (and
@@ -147,4 +188,4 @@ class DINAttention(keras.layers.Layer):
     def get_config(self) -> dict:
         return {**super().get_config(), "hidden_units": list(self.hidden_units),
                 "activation": self.activation, "use_softmax": self.use_softmax,
-                "jit_compile": self.jit_compile}
+                "jit_compile": self.jit_compile, "packed": self.packed}

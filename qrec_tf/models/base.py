@@ -126,7 +126,8 @@ class CTRModel(keras.Model):
         """DIN's target attention (eqs 1-2) as the config sets it (model.attention_*)."""
         cfg = self.config
         return DINAttention(cfg.attention_units, cfg.attention_activation, cfg.attention_softmax,
-                            jit_compile=cfg.attention_jit_compile, name=name)
+                            jit_compile=cfg.attention_jit_compile, packed=cfg.attention_packed,
+                            name=name)
 
     def make_ctr_head(self, mlp_name: str = "ctr_mlp") -> None:
         """The CTR head (eq 4): `ctr_mlp` (model.mlp_*) then `ctr_logit`, a float32 Dense(1);

@@ -226,3 +226,55 @@ def test_jit_compiled_attention_equals_the_plain_one(training):
     assert layer._compiled_pool is not None       # the jit path ran
     for plain, jit in zip(*results):
         np.testing.assert_allclose(jit, plain, rtol=1e-5, atol=1e-6)
+
+
+def _outputs_and_gradients(layer_kwargs: dict, query, keys, mask, training: bool,
+                           **call_kwargs) -> list[np.ndarray]:
+    """Pooled, weights, the gradients of the pooled sum (inputs and weights) and the Dice
+    statistics after one call of a DINAttention built from seed 0."""
+    keras.utils.set_random_seed(0)
+    layer = DINAttention(hidden_units=(4, 3), **layer_kwargs)
+    layer(query, keys, mask, **call_kwargs)
+    with tf.GradientTape() as tape:
+        tape.watch([query, keys])
+        pooled, weights = layer(query, keys, mask, training=training, return_weights=True,
+                                **call_kwargs)
+    grads = tape.gradient(pooled, [query, keys, *layer.trainable_variables])
+    return [pooled.numpy(), weights.numpy(), *(g.numpy() for g in grads),
+            *(v.numpy() for v in layer.non_trainable_variables)]
+
+
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("use_softmax", [False, True])
+@pytest.mark.parametrize("per_user", [None, 2])
+def test_packed_pairs_equal_the_padded_computation(training, use_softmax, per_user):
+    """Scoring only the real (query, key) pairs gives the outputs, gradients and Dice batch
+    statistics of scoring every padded position, with one key row per query and with keys
+    shared by 2 consecutive queries; row 3 has no real key at all."""
+    rng = np.random.default_rng(1)
+    users = 4
+    query = tf.constant(rng.normal(size=(users * (per_user or 1), 6)), tf.float32)
+    keys = tf.constant(rng.normal(size=(users, 5, 6)), tf.float32)
+    mask = rng.random((users, 5)) < 0.5
+    mask[3] = False
+    mask = tf.constant(mask)
+    results = [_outputs_and_gradients({"packed": packed, "use_softmax": use_softmax}, query, keys,
+                                      mask, training, queries_per_key_row=per_user)
+               for packed in (False, True)]
+    for padded, packed in zip(*results):
+        np.testing.assert_allclose(packed, padded, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(results[1][1][-(per_user or 1):], 0.0)   # row 3's weights
+
+
+def test_packed_batch_without_any_real_key_is_finite():
+    """A training batch in which no position is real (new users): pooled zeros and Dice moving
+    statistics that decay towards 0, never NaN."""
+    query = tf.ones((2, 6))
+    keys = tf.ones((2, 5, 6))
+    mask = tf.zeros((2, 5), bool)
+    outputs = _outputs_and_gradients({"packed": True}, query, keys, mask, training=True)
+    assert all(np.isfinite(array).all() for array in outputs)
+    np.testing.assert_array_equal(outputs[0], 0.0)
+    padded = _outputs_and_gradients({"packed": False}, query, keys, mask, training=True)
+    for expected, got in zip(padded, outputs):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
