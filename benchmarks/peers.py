@@ -61,7 +61,10 @@ def dense_flops(rows: int, fan_in: int, units: int) -> int:
 @dataclasses.dataclass(frozen=True)
 class DinShape:
     """What a DIN step's FLOPs depend on. item_dim: the item representation e (item, category,
-    subcategory embeddings: 3 * embedding_dim); mlp_input: the CTR MLP's input width."""
+    subcategory embeddings: 3 * embedding_dim); mlp_input: the CTR MLP's input width;
+    scored_history: the history positions the attention's MLP scores per example (the history
+    length when every position is scored, DeepCTR's and `model.attention_packed: false`; the mean
+    real length when only the real ones are, `DINAttention(packed=True)`; None: the length)."""
 
     batch: int
     history: int
@@ -69,18 +72,26 @@ class DinShape:
     attention_units: tuple[int, ...]
     mlp_units: tuple[int, ...]
     mlp_input: int
+    scored_history: float | None = None
+
+    @property
+    def scored_rows(self) -> int:
+        """The rows of the attention MLP's matmuls in one step."""
+        return round(self.batch * (self.history if self.scored_history is None
+                                   else self.scored_history))
 
 
 def din_step_flops(shape: DinShape, blockwise: bool = True) -> int:
     """FLOPs of one training step of a DIN: 3 x the forward's matmul FLOPs (the backward pass
     computes the gradients of both the inputs and the weights: two matmuls per forward one).
 
-    Forward per example, e = item_dim, H = history, u_1..u_k the attention units:
+    Forward per example, e = item_dim, H = history, S = scored_history (H, or the mean real
+    length when only the real positions are scored), u_1..u_k the attention units:
       attention, first layer: blockwise (ours, `DINAttention._key_part/_query_part`):
-        H * (2 e u_1 [k (W_k - W_d)] + 2 e u_1 [(q * k) W_p]) + 2 e u_1 [q (W_q + W_d), per row];
-        else (DeepCTR): H * 2 (4e) u_1 on the concatenation [q, k, q - k, q * k]
-      attention, further layers and the score: H * sum_i 2 u_i u_(i+1), with u_(k+1) = 1
-      weighted sum of the keys: 2 H e
+        S * (2 e u_1 [k (W_k - W_d)] + 2 e u_1 [(q * k) W_p]) + 2 e u_1 [q (W_q + W_d), per row];
+        else (DeepCTR): S * 2 (4e) u_1 on the concatenation [q, k, q - k, q * k]
+      attention, further layers and the score: S * sum_i 2 u_i u_(i+1), with u_(k+1) = 1
+      weighted sum of the keys: 2 H e (over every position in both)
       CTR MLP: sum_i 2 m_i m_(i+1), m_0 = mlp_input, then the logit (m_last -> 1).
     """
     matmuls = sum(dense_flops(*m) for m in din_matmuls(shape, blockwise))
@@ -90,23 +101,33 @@ def din_step_flops(shape: DinShape, blockwise: bool = True) -> int:
 def din_matmuls(shape: DinShape, blockwise: bool = True) -> list[tuple[int, int, int]]:
     """The forward's Dense matmuls of a DIN step as (rows, fan_in, units), as `din_step_flops`
     counts them (the keys' weighted sum, a batched [1, H] x [H, e] per example, apart)."""
-    b, h, e = shape.batch, shape.history, shape.item_dim
+    b, rows, e = shape.batch, shape.scored_rows, shape.item_dim
     units = list(shape.attention_units)
-    first = ([(b * h, e, units[0])] * 2 + [(b, e, units[0])] if blockwise
-             else [(b * h, 4 * e, units[0])])
+    first = ([(rows, e, units[0])] * 2 + [(b, e, units[0])] if blockwise
+             else [(rows, 4 * e, units[0])])
     widths = units + [1]
     mlp = [shape.mlp_input, *shape.mlp_units, 1]
-    return (first + [(b * h, a, c) for a, c in zip(widths, widths[1:])]
+    return (first + [(rows, a, c) for a, c in zip(widths, widths[1:])]
             + [(b, a, c) for a, c in zip(mlp, mlp[1:])])
 
 
-def din_shape(config_model, schema, batch: int) -> DinShape:
-    """The DinShape of our din (or of DeepCTR's DIN on the same features): the MLP reads the
-    user-group and author embeddings, the target representation and the pooled history."""
+def din_shape(config_model, schema, batch: int, real_history: float | None = None,
+              packed: bool | None = None) -> DinShape:
+    """The DinShape of our din (or of DeepCTR's DIN on the same features, `packed=False`): the
+    MLP reads the user-group and author embeddings, the target representation and the pooled
+    history. real_history: the mean real history length of the data; the attention scores that
+    many positions per example when it is packed (default: `model.attention_packed`)."""
     d = config_model.embedding_dim
     others = len(schema.group("user")) + len(schema.group("item")) - 3
+    packed = config_model.attention_packed if packed is None else packed
     return DinShape(batch, schema.history_length, 3 * d, tuple(config_model.attention_units),
-                    tuple(config_model.mlp_units), others * d + 2 * 3 * d)
+                    tuple(config_model.mlp_units), others * d + 2 * 3 * d,
+                    real_history if packed else None)
+
+
+def mean_history_length(history_ids: np.ndarray, padding: int) -> float:
+    """The mean count of real positions per row of a [rows, history] id matrix."""
+    return float(np.mean(np.sum(np.asarray(history_ids) != padding, axis=1)))
 
 
 def matmul_gflops(m: int = 1024, k: int = 1024, n: int = 1024, repeats: int = 10) -> float:
@@ -361,11 +382,17 @@ def compare(args) -> None:
     print(f"data: {data_dir}; DeepCTR reads numpy arrays exported from it: {arrays}", flush=True)
     schema = S.Schema.load(data_dir)
     matmul = matmul_gflops()
-    gflops = {DEEPCTR: din_step_flops(din_shape(din, schema, args.batch_size), False) / 1e9}
+    with np.load(arrays / "train.npz") as npz:     # DeepCTR's arrays: 0 is padding
+        real_history = mean_history_length(npz["hist_item_id"], 0)
+    print(f"history: {real_history:.1f} real positions of {schema.history_length} per example "
+          f"on average (train split)", flush=True)
+    gflops = {DEEPCTR: din_step_flops(
+        din_shape(din, schema, args.batch_size, packed=False), False) / 1e9}
     for path in args.config:
         model = load_config(path).model
         if model.name == "din":
-            gflops[path] = din_step_flops(din_shape(model, schema, args.batch_size)) / 1e9
+            gflops[path] = din_step_flops(
+                din_shape(model, schema, args.batch_size, real_history)) / 1e9
     contenders = {name: Contender(name) for name in [*args.config, DEEPCTR]}
     runs = work / "runs"
     runs.mkdir(exist_ok=True)
@@ -399,8 +426,9 @@ def main(argv=None) -> None:
     parser.add_argument("--work", default=str(ROOT / "bench_out" / "peers"))
     parser.add_argument("--side-venv", default=str(ROOT / "bench_out" / "peers_venv"))
     parser.add_argument("--config", action="append", default=None,
-                        help="our model's config (repeatable; default configs/din.yaml; the "
-                             "first one's sizes also set DeepCTR's DIN)")
+                        help="our model's config (repeatable; default configs/din.yaml and "
+                             "configs/queryrec.yaml; the first one's sizes also set DeepCTR's "
+                             "DIN)")
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--steps", type=int, default=40, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=5)
@@ -419,11 +447,14 @@ def main(argv=None) -> None:
                         help="time our step with these config overrides against the config as it "
                              "is, in one process taking turns (benchmarks.peers_profile; "
                              "repeatable), e.g. xla=model.attention_jit_compile=true")
+    parser.add_argument("--full-history", action="store_true",
+                        help="with --variant: every history position of the batch made real "
+                             "(the worst case of the packed attention)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-mode", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.config = args.config or ["configs/din.yaml"]
+    args.config = args.config or ["configs/din.yaml", "configs/queryrec.yaml"]
     if args.worker:
         run_ours(args.worker, args.data, args.worker_mode, args, args.output)
     elif args.variant:
@@ -436,7 +467,8 @@ def main(argv=None) -> None:
                 parser.error(f"--variant {spec!r}: expected NAME=KEY=VALUE[,KEY=VALUE...]")
             variants[name] = overrides.split(",")
         peers_profile.compare_variants(ensure_data(args.data, Path(args.work), args.users),
-                                       args.config[0], args.batch_size, args.calls, variants)
+                                       args.config[0], args.batch_size, args.calls, variants,
+                                       args.full_history)
     elif args.profile:
         from benchmarks import peers_profile
 

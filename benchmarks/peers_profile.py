@@ -46,7 +46,8 @@ from qrec_tf.optimizers import make_optimizer
 
 BATCHES_PER_CALL = 8
 KERAS_BATCH_NORM = "dice_keras_batch_norm"
-MATMULS = "the step's matmuls alone"
+MATMULS = "the step's matmuls, every position"
+MATMULS_PACKED = "the step's matmuls, real positions"
 SETTLE_SECONDS = 0.5
 
 
@@ -220,7 +221,8 @@ def profile(data_dir: str, config_path: str, batch: int, calls: int) -> None:
           flush=True)
     take_turns(parts, calls)
     matmul = peers.matmul_gflops()
-    shape = peers.din_shape(config.model, schema, batch)
+    shape = peers.din_shape(config.model, schema, batch, peers.mean_history_length(
+        x[S.HIST_ITEM_IDS].numpy(), S.PAD_ID))
     narrow = peers.matmul_gflops(batch * schema.history_length, shape.item_dim,
                                  shape.attention_units[0])
     flops = peers.din_step_flops(shape) / 1e9
@@ -239,7 +241,7 @@ def profile(data_dir: str, config_path: str, batch: int, calls: int) -> None:
 
 
 def compare_variants(data_dir: str, config_path: str, batch: int, calls: int,
-                     variants: dict[str, list[str]]) -> None:
+                     variants: dict[str, list[str]], full_history: bool = False) -> None:
     """A training step of each variant (config overrides, e.g. model.attention_jit_compile=true)
     against the config as it is ("as is"), in this one process: each variant's own model (the
     same seed, hence the same initial weights) and `train_step` on one parsed batch, the variants
@@ -248,19 +250,27 @@ def compare_variants(data_dir: str, config_path: str, batch: int, calls: int,
     loss of the first step and of the weights after it from "as is" (the math is the same when
     these are float rounding). The override KERAS_BATCH_NORM (not a config key) has every Dice
     layer normalise with Keras' BatchNormalization layer in training (Dice's former code);
-    "config=PATH" makes a variant another config (its model's step against this one's)."""
+    "config=PATH" makes a variant another config (its model's step against this one's).
+    full_history: every history position of the batch made real (the worst case of a packed
+    attention, whose work follows the real positions)."""
     import numpy as np
 
     schema = S.Schema.load(data_dir)
     x, y = next(iter(data.make_dataset(data_dir, "train", batch, seed=0, shuffle_buffer=10_000,
                                        supervised=True, schema=schema)))
-    parts, first = [], {}
+    if full_history:
+        x = with_full_history(x, schema)
+    configs = {}
     for name, overrides in {"as is": [], **variants}.items():
         # "config=PATH" times another model's step (e.g. queryrec's against din's).
         path = next((o.split("=", 1)[1] for o in overrides if o.startswith("config=")),
                     config_path)
-        config = load_config(path, [f"train.batch_size={batch}", *(
+        # Every variant's config is read (and checked) before any model is built.
+        configs[name] = load_config(path, [f"train.batch_size={batch}", *(
             o for o in overrides if o != KERAS_BATCH_NORM and not o.startswith("config="))])
+    parts, first = [], {}
+    for name, overrides in {"as is": [], **variants}.items():
+        config = configs[name]
         tf.keras.utils.set_random_seed(config.train.seed)
         model = build_model(config.model, data_dir)
         if KERAS_BATCH_NORM in overrides:
@@ -273,8 +283,13 @@ def compare_variants(data_dir: str, config_path: str, batch: int, calls: int,
         step = tf.function(lambda m=model, i=inputs: m.train_step((i, y))["loss"])
         first[name] = (float(step()), [v.numpy() for v in model.trainable_variables])
         parts.append(Part(name, lambda s=step: float(s()), BATCHES_PER_CALL, settle=False))
-    matmuls = step_matmuls(peers.din_shape(load_config(config_path).model, schema, batch))
-    parts.append(Part(MATMULS, matmuls, BATCHES_PER_CALL, settle=False))
+    din = load_config(config_path).model
+    real = peers.mean_history_length(x[S.HIST_ITEM_IDS].numpy(), S.PAD_ID)
+    for packed, label in ((True, MATMULS_PACKED), (False, MATMULS)):
+        shape = peers.din_shape(din, schema, batch, real, packed=packed)
+        parts.append(Part(label, step_matmuls(shape), BATCHES_PER_CALL, settle=False))
+    print(f"the batch: {real:.1f} real history positions of {schema.history_length} per "
+          "example", flush=True)
     print(f"{len(parts)} variants of {config_path} at batch {batch}, taking turns: {calls} "
           f"calls of {BATCHES_PER_CALL} train steps each ...", flush=True)
     take_turns(parts, calls)
@@ -285,7 +300,7 @@ def compare_variants(data_dir: str, config_path: str, batch: int, calls: int,
           f"{'loss diff':>9s} {'weight diff':>11s}")
     for part in parts:
         wall, cpu = statistics.median(part.wall), statistics.median(part.cpu)
-        if part.name == MATMULS:
+        if part.name in (MATMULS, MATMULS_PACKED):
             print(f"{part.name:40s} {wall * 1e3:8.1f} {cpu * 1e3:8.1f} {base_wall / wall:7.2f} "
                   f"{base_cpu / cpu:7.2f}   (the FLOP-bound floor of a step at these shapes)")
             continue
@@ -318,3 +333,14 @@ def step_matmuls(shape: peers.DinShape) -> Callable[[], object]:
         return total
 
     return lambda: float(run())
+
+
+def with_full_history(x: dict, schema: S.Schema) -> dict:
+    """The batch with every padded history position filled with the example's own target (its
+    item, category, sub-category): ids the vocabularies know, so that every position is real."""
+    filled = dict(x)
+    for feature in schema.group("history"):
+        target = x[peers.HISTORY_TARGETS[feature.name]]
+        ids = x[feature.name]
+        filled[feature.name] = tf.where(ids == S.PAD_ID, tf.cast(target, ids.dtype)[:, None], ids)
+    return filled

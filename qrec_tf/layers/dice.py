@@ -125,9 +125,10 @@ def _dice_with_batch_statistics(x: tf.Tensor, weight: tf.Tensor | None, alpha: t
     variance [channels]; the moments without gradient: they feed only the moving statistics).
 
     The forward is Keras' BatchNormalization's (masked count + Keras' epsilon, tf.nn.moments'
-    mean and variance without a mask, tf.nn.batch_normalization). The backward, by hand (fewer passes over the
-    inputs than autodiff through those ops): with g = dL/dy, g_n = g x (1 - alpha) p (1 - p),
-    N the weighted count, w the weight, r = 1 / sqrt(variance + epsilon),
+    mean and variance without a mask, tf.nn.batch_normalization). The backward, by hand (fewer
+    passes over the inputs than autodiff through those ops): with g = dL/dy,
+    g_n = g x (1 - alpha) p (1 - p), N the weighted count, w the weight,
+    r = 1 / sqrt(variance + epsilon),
       dL/dalpha = sum g x (1 - p),
       dL/dx = g (alpha + (1 - alpha) p) + r (g_n - w (sum g_n + n sum g_n n) / N)
     (the sums over every position: padded ones' outputs use the batch moments too)."""

@@ -12,6 +12,15 @@ from qrec_tf.layers.dense_stack import dense_layers
 from qrec_tf.layers.dice import Dice
 
 
+def _in_xla_context() -> bool:
+    """Whether the code being traced will be compiled by XLA (a jit_compile tf.function)."""
+    # TensorFlow's own test for this; it has no public equivalent.
+    from tensorflow.python.framework import ops as tf_ops
+    from tensorflow.python.ops import control_flow_util
+
+    return bool(control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph()))
+
+
 @keras.saving.register_keras_serializable(package="qrec_tf")
 class DINAttention(keras.layers.Layer):
     """v = sum_t a(q, k_t) k_t with a(q, k) = MLP([q, k, q - k, q * k]) (DIN's activation unit).
@@ -31,8 +40,8 @@ class DINAttention(keras.layers.Layer):
     [batch, seq_len]. The values are those of the padded computation (the same pairs, the same
     batch statistics); the work follows the real sequence length instead of seq_len, which on
     logs with short histories is most of a DIN step (docs/RESULTS.md, issue 21). `packed=False`
-    scores every position of [batch, seq_len, units]; it is also what XLA runs (`jit_compile`,
-    which needs static shapes).
+    scores every position of [batch, seq_len, units]; it is also what runs under XLA (this
+    layer's `jit_compile`, or a caller's such as the export's compiled scoring: static shapes).
 
     Call: query [batch, dim], keys [batch, seq_len, dim], mask bool [batch, seq_len] (True = real)
     -> pooled [batch, dim]; with return_weights=True also the weights [batch, seq_len].
@@ -79,7 +88,10 @@ class DINAttention(keras.layers.Layer):
         # Without queries_per_key_row each key row serves one query: n = 1.
         users = ops.shape(keys)[0]
         query = ops.reshape(query, (users, -1, query.shape[-1]))           # [users, n, dim]
-        pool = self._packed_pool if self.packed and not self.jit_compile else self._pool
+        # XLA (this layer's jit_compile, or a caller's: the export's compiled scoring) needs
+        # static shapes, where packing would only add work: it runs the padded computation.
+        packed = self.packed and not self.jit_compile and not _in_xla_context()
+        pool = self._packed_pool if packed else self._pool
         if self.jit_compile and tf.distribute.get_replica_context() is not None and (
                 tf.distribute.get_replica_context().num_replicas_in_sync == 1):
             if self._compiled_pool is None:

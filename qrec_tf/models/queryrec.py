@@ -26,7 +26,6 @@ from qrec_tf import schema as S
 from qrec_tf.config import ModelConfig
 from qrec_tf.layers.category_match import CategoryMatch
 from qrec_tf.layers.contrastive import BilinearSimilarity
-from qrec_tf.layers.dense_stack import masked_mean
 from qrec_tf.layers.id_lookup import OOV_INDEX
 from qrec_tf.layers.layer_scale import LayerScale
 from qrec_tf.layers.query_embedding import SparseQueryEmbedding
@@ -200,11 +199,23 @@ class QueryRecModel(CTRModel):
         sub-category] of the items clicked in its session, through the query attention's target
         projection (0 for a slot without clicks)."""
         clicked, categories = user["clicked_idx"], user["clicked_categories"]  # [rows, Q, C(, 2)]
-        rep = tf.concat([self.embed(S.ITEM_ID, clicked),
-                         self.embed(S.CATEGORY_ID, categories[..., 0]),
-                         self.embed(S.SUBCATEGORY_ID, categories[..., 1])],
-                        axis=-1)                                           # [rows, Q, C, 3d]
-        return self.query_target_projection(masked_mean(rep, clicked != 0, 2))
+        # Only the real clicks are embedded (most slots are padding): each one's representation
+        # projected (a linear map without bias, so the mean of the projections is the
+        # projection of the mean), then averaged per query slot.
+        real = tf.where(clicked != 0)                                      # [clicks, 3]
+        real_categories = tf.gather_nd(categories, real)                   # [clicks, 2]
+        rep = tf.concat([self.embed(S.ITEM_ID, tf.gather_nd(clicked, real)),
+                         self.embed(S.CATEGORY_ID, real_categories[:, 0]),
+                         self.embed(S.SUBCATEGORY_ID, real_categories[:, 1])],
+                        axis=-1)                                           # [clicks, 3d]
+        shape = tf.shape(clicked, tf.int64)
+        slots = shape[0] * shape[1]
+        slot = real[:, 0] * shape[1] + real[:, 1]
+        projected = self.query_target_projection(rep)                      # [clicks, d]
+        total = tf.math.unsorted_segment_sum(projected, slot, slots)
+        count = tf.math.unsorted_segment_sum(tf.ones_like(projected[:, :1]), slot, slots)
+        return tf.reshape(total / tf.maximum(count, 1.0),
+                          tf.concat([shape[:2], [self.config.embedding_dim]], 0))
 
     def embed_queries(self, query_idx: tf.Tensor, word_idx: tf.Tensor,
                       training: bool = False) -> tf.Tensor:

@@ -278,3 +278,23 @@ def test_packed_batch_without_any_real_key_is_finite():
     padded = _outputs_and_gradients({"packed": False}, query, keys, mask, training=True)
     for expected, got in zip(padded, outputs):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_packed_layer_scores_every_position_under_xla():
+    """Inside a jit_compile tf.function (the export's compiled scoring) the layer runs the padded
+    computation: no dynamic-shape ops reach XLA, and the values are the packed ones."""
+    rng = np.random.default_rng(2)
+    query = tf.constant(rng.normal(size=(3, 6)), tf.float32)
+    keys = tf.constant(rng.normal(size=(3, 5, 6)), tf.float32)
+    mask = tf.constant(rng.random((3, 5)) < 0.5)
+    layer = DINAttention(hidden_units=(4, 3))
+    eager = layer(query, keys, mask).numpy()
+    compiled = tf.function(lambda q, k, m: layer(q, k, m), jit_compile=True)
+    ops_run = {op.type for op in compiled.get_concrete_function(
+        query, keys, mask).graph.get_operations()}
+    assert "Where" not in ops_run and "ScatterNd" not in ops_run
+    np.testing.assert_allclose(compiled(query, keys, mask).numpy(), eager, rtol=1e-5, atol=1e-6)
+    plain = tf.function(lambda q, k, m: layer(q, k, m))
+    plain_ops = {op.type for op in plain.get_concrete_function(
+        query, keys, mask).graph.get_operations()}
+    assert "Where" in plain_ops and "ScatterNd" in plain_ops        # packed outside XLA
