@@ -193,6 +193,55 @@ def step_parts(model, x: dict, y: tf.Tensor) -> list[Part]:
             Part("layer: CTR MLP forward + backward", run(mlp_forward_backward))]
 
 
+def query_side_parts(model, x: dict) -> list[Part]:
+    """QueryRec's query side, each piece forward + backward (the gradients of its inputs' and
+    its own variables) on the batch's `encode_user` outputs: the distinct-query embedding, the
+    search-clicked items' context, the SAS encoder, the query attention, the category match,
+    NIP and the contrastive loss. None for a model without queries."""
+    if not getattr(model, "uses_queries", False):
+        return []
+    cfg = model.config
+    user = model.encode_user(x, training=True)
+    item_idx, target, _, _ = model.target_and_history(x)
+    word_idx = model.lookup(S.QUERY_WORD_IDS, x[S.QUERY_WORD_IDS])
+    variables = model.trainable_variables
+
+    def piece(fn, *watched):
+        @tf.function
+        def forward_backward():
+            with tf.GradientTape() as tape:
+                tape.watch(list(watched))
+                out = tf.reduce_sum(tf.cast(fn(), tf.float32))
+            return tape.gradient(out, [*watched, *variables])
+        return lambda: tf.nest.map_structure(lambda t: t.numpy() if t is not None else t,
+                                             forward_backward(), expand_composites=True)
+
+    parts = [Part("query: whole encode_user", piece(
+                 lambda: sum(tf.reduce_sum(v) for k, v in model.encode_user(x, True).items()
+                             if k != "user" and v.dtype.is_floating))),
+             Part("query: embed the query list", piece(
+                 lambda: model.embed_queries(user["query_idx"], word_idx, True)))]
+    if cfg.query_clicked_items:
+        parts.append(Part("query: clicked items' context", piece(
+            lambda: model.clicked_items_context(user))))
+    if cfg.query_encoder:
+        parts.append(Part("query: SAS encoder", piece(lambda: model.query_encoder(
+            user["queries"], user["query_idx"] != 0, training=True), user["queries"])))
+        if cfg.nip_weight:
+            parts.append(Part("query: NIP loss", piece(
+                lambda: model._nip_loss(x, user["e_qt"]), user["e_qt"])))
+    if cfg.query_pooling:
+        parts.append(Part("query: query attention", piece(lambda: model.pool_queries(
+            user, item_idx, target, training=True), user["queries"], target)))
+    if cfg.query_category_match:
+        parts.append(Part("query: category match", piece(
+            lambda: model.search_category_match(user, x))))
+    if cfg.contrastive_weight:
+        parts.append(Part("query: contrastive loss", piece(lambda: model._contrastive_loss(
+            user["query_idx"], user["query_text"][:, -1]), user["query_text"])))
+    return parts
+
+
 def profile(data_dir: str, config_path: str, batch: int, calls: int) -> None:
     config = load_config(config_path, [f"train.batch_size={batch}"])
     tc = config.train
@@ -203,19 +252,19 @@ def profile(data_dir: str, config_path: str, batch: int, calls: int) -> None:
                              shuffle_buffer=tc.shuffle_buffer, supervised=True, schema=schema)
     x, y = next(iter(data.make_dataset(data_dir, "train", batch, seed=tc.seed,
                                        shuffle_buffer=10_000, supervised=True, schema=schema)))
-    x = {name: x[name] for name in din_feature_names(schema)}
+    x = {name: x[name] for name in model.input_feature_names()}
     model.train_step((x, y))   # builds the optimizer's variables (eagerly, once)
     model.make_train_function()
     fit_step = model.train_function
     every, only_read = iter(real), iter(data.make_dataset(
         data_dir, "train", batch, seed=tc.seed, num_epochs=None, shuffle_buffer=tc.shuffle_buffer,
-        supervised=True, schema=schema, features=din_feature_names(schema)))
+        supervised=True, schema=schema, features=model.input_feature_names()))
     full = [Part("full step: fit's train function, input parsing every feature",
                  lambda: float(fit_step(every)["loss"]), BATCHES_PER_CALL),
-            Part("full step: the same, input parsing din's features only",
+            Part("full step: the same, input parsing the features the model reads",
                  lambda: float(fit_step(only_read)["loss"]), BATCHES_PER_CALL)]
     parts = [*input_parts(data_dir, schema, model, batch, tc.seed, tc.shuffle_buffer),
-             *step_parts(model, x, y), *full]
+             *step_parts(model, x, y), *query_side_parts(model, x), *full]
     print(f"profiling {config.model.name} at batch {batch}: {calls} calls per part, the parts "
           f"taking turns ({BATCHES_PER_CALL} batches per call of an input or whole step) ...",
           flush=True)

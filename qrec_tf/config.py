@@ -163,6 +163,9 @@ class ModelConfig:
     sas_blocks: int = 2
     sas_heads: int = 1
     sas_dropout: float = 0.2
+    # Encode the query list's rows in groups cut to their real spans (SASEncoder bucketed): the
+    # same outputs, work that follows the real lengths. false: every row at its full length.
+    sas_bucketed: bool = True
     nip_weight: float = 0.0             # lambda2
     # Whether the NIP loss also moves the item embeddings it scores against (True: plain joint
     # training). False: NIP trains the query side only (SAS encoder, query embeddings) towards

@@ -10,15 +10,7 @@ from keras import ops
 
 from qrec_tf.layers.dense_stack import dense_layers
 from qrec_tf.layers.dice import Dice
-
-
-def _in_xla_context() -> bool:
-    """Whether the code being traced will be compiled by XLA (a jit_compile tf.function)."""
-    # TensorFlow's own test for this; it has no public equivalent.
-    from tensorflow.python.framework import ops as tf_ops
-    from tensorflow.python.ops import control_flow_util
-
-    return bool(control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph()))
+from qrec_tf.layers.xla import in_xla_context
 
 
 @keras.saving.register_keras_serializable(package="qrec_tf")
@@ -90,7 +82,7 @@ class DINAttention(keras.layers.Layer):
         query = ops.reshape(query, (users, -1, query.shape[-1]))           # [users, n, dim]
         # XLA (this layer's jit_compile, or a caller's: the export's compiled scoring) needs
         # static shapes, where packing would only add work: it runs the padded computation.
-        packed = self.packed and not self.jit_compile and not _in_xla_context()
+        packed = self.packed and not self.jit_compile and not in_xla_context()
         pool = self._packed_pool if packed else self._pool
         if self.jit_compile and tf.distribute.get_replica_context() is not None and (
                 tf.distribute.get_replica_context().num_replicas_in_sync == 1):

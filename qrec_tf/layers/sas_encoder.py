@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import keras
+import tensorflow as tf
 from keras import ops
 
-if TYPE_CHECKING:
-    import tensorflow as tf
+from qrec_tf.layers.xla import in_xla_context
 
 
 @keras.saving.register_keras_serializable(package="qrec_tf")
@@ -89,11 +89,22 @@ class SASEncoder(keras.layers.Layer):
     position; or every position [batch, seq_len, dim] (padded ones zero) with
     return_sequences=True. The output at position k depends on positions <= k only, and the
     values held by padded positions change nothing.
+
+    `bucketed=True` (the default; last position only, outside XLA): the rows are encoded in
+    groups by their span (the positions from a row's first real one to the end), each group cut
+    to the last 2, 4, 8, ... positions that hold its spans. Since positions count from the right
+    end and the positions before a row's first real one are padding, a row's output is the one
+    of the whole row; the work follows the real lengths instead of seq_len (on search logs most
+    users have a few queries: docs/RESULTS.md, issue 21). Rows without any real position are not
+    encoded (their output is zeros). In training, dropout draws other random numbers than the
+    unbucketed call, from the same distribution.
     """
 
     def __init__(self, max_len: int, dim: int, num_blocks: int = 2, num_heads: int = 1,
-                 dropout: float = 0.2, ffn_dim: int | None = None, **kwargs: Any):
+                 dropout: float = 0.2, ffn_dim: int | None = None, bucketed: bool = True,
+                 **kwargs: Any):
         super().__init__(**kwargs)
+        self.bucketed = bool(bucketed)
         if dim % num_heads:
             raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
         self.max_len, self.dim, self.num_blocks = max_len, dim, num_blocks
@@ -114,6 +125,35 @@ class SASEncoder(keras.layers.Layer):
     def call(self, x: tf.Tensor, mask: tf.Tensor, training: bool | None = None,
              return_sequences: bool = False) -> tf.Tensor:
         mask = ops.cast(mask, "bool")
+        if self.bucketed and not return_sequences and not in_xla_context():
+            return self._encode_by_span(x, mask, training)
+        return self._encode(x, mask, training, return_sequences)
+
+    def _encode_by_span(self, x: tf.Tensor, mask: tf.Tensor, training: bool | None
+                        ) -> tf.Tensor:
+        """The last position's output [batch, dim] (`bucketed`): each row encoded with only the
+        last `width` positions, width the smallest of 2, 4, 8, ..., seq_len that holds its span."""
+        seq_len = x.shape[1]
+        if seq_len is None:          # no static length to cut at: the whole rows
+            return self._encode(x, mask, training, False)
+        rows = tf.shape(x, tf.int64)[0]
+        # span: seq_len - the index of the first real position; 0 for a row without any.
+        first_real = tf.argmax(tf.cast(mask, tf.int32), axis=1, output_type=tf.int64)
+        span = tf.where(tf.reduce_any(mask, axis=1), seq_len - first_real, 0)
+        widths = sorted({min(2 ** i, seq_len) for i in range(1, seq_len.bit_length() + 1)})
+        indices, outputs, narrower = [], [], 0
+        for width in widths:
+            in_group = tf.where((span > narrower) & (span <= width))            # [rows_g, 1]
+            rows_x = tf.gather_nd(x, in_group)[:, seq_len - width:]
+            rows_mask = tf.gather_nd(mask, in_group)[:, seq_len - width:]
+            indices.append(in_group)
+            outputs.append(self._encode(rows_x, rows_mask, training, False))  # [rows_g, dim]
+            narrower = width
+        return tf.scatter_nd(tf.concat(indices, 0), tf.concat(outputs, 0),
+                             tf.stack([rows, self.dim]))
+
+    def _encode(self, x: tf.Tensor, mask: tf.Tensor, training: bool | None,
+                return_sequences: bool) -> tf.Tensor:
         real = ops.expand_dims(mask, -1)
         seq_len = ops.shape(x)[1]
         positions = self.position_embedding(ops.arange(self.max_len - seq_len, self.max_len))
@@ -140,4 +180,4 @@ class SASEncoder(keras.layers.Layer):
     def get_config(self) -> dict:
         return {**super().get_config(), "max_len": self.max_len, "dim": self.dim,
                 "num_blocks": self.num_blocks, "num_heads": self.num_heads,
-                "dropout": self.dropout, "ffn_dim": self.ffn_dim}
+                "dropout": self.dropout, "ffn_dim": self.ffn_dim, "bucketed": self.bucketed}

@@ -97,6 +97,7 @@ class QueryRecModel(CTRModel):
         if config.query_encoder:
             self.query_encoder = SASEncoder(schema.max_queries, d, num_blocks=config.sas_blocks,
                                             num_heads=config.sas_heads, dropout=config.sas_dropout,
+                                            bucketed=config.sas_bucketed,
                                             name="query_encoder")
         if config.contrastive_weight:
             if query_positives is None:

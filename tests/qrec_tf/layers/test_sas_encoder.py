@@ -123,7 +123,7 @@ def test_all_padded_row_is_zero_with_finite_gradients_and_dynamic_shapes():
     np.testing.assert_array_equal(out.numpy()[0], 0.0)
     grads = tape.gradient(total, [x, *[w.value for w in layer.trainable_weights]])
     assert all(np.isfinite(tf.convert_to_tensor(g).numpy()).all() for g in grads)
-    np.testing.assert_array_equal(grads[0].numpy()[0], 0.0)
+    np.testing.assert_array_equal(tf.convert_to_tensor(grads[0]).numpy()[0], 0.0)
 
     graph = tf.function(lambda x, m: layer(x, m), input_signature=[
         tf.TensorSpec([None, None, DIM], tf.float32), tf.TensorSpec([None, None], tf.bool)])
@@ -198,3 +198,32 @@ def test_weights_file_round_trip(tmp_path):
     for a, b in zip(model.encoder.weights, other.encoder.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     np.testing.assert_allclose(other(X, MASK).numpy(), model(X, MASK).numpy())
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_rows_encoded_by_span_equal_the_whole_rows(training):
+    """bucketed (the default): rows grouped by the span of their real positions and cut to
+    the last 2, 4, 8 or 9 positions give the outputs and gradients of encoding every position,
+    for left-padded rows, rows with gaps or a padded last slot, and rows without any query
+    (dropout 0, so that training draws no random numbers)."""
+    rng = np.random.default_rng(11)
+    x = tf.constant(rng.normal(size=(8, 9, DIM)).astype("float32"))
+    mask = np.zeros((8, 9), bool)
+    for row, span in enumerate([1, 2, 3, 4, 5, 9]):          # left-padded, spans of each group
+        mask[row, 9 - span:] = True
+    mask[5, 3] = False                                          # a gap inside the span
+    mask[6, [0, 4]] = True                                      # the last slot is padding
+    mask = tf.constant(mask)                                     # row 7: no real position
+    results = []
+    for bucketed in (False, True):
+        layer = make_encoder(max_len=9, num_blocks=2, seed=4, bucketed=bucketed)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = layer(x, mask, training=training)
+            total = keras.ops.sum(out * np.arange(1, DIM + 1))
+        grads = tape.gradient(total, [x, *[w.value for w in layer.trainable_weights]])
+        results.append([out.numpy(), *(tf.convert_to_tensor(g).numpy() for g in grads)])
+    for whole, by_span in zip(*results):
+        np.testing.assert_allclose(by_span, whole, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(results[1][0][[6, 7]], 0.0)   # last slot padded, no query
+    assert layer.get_config()["bucketed"] is True
