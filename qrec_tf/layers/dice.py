@@ -93,8 +93,9 @@ class Dice(keras.layers.Layer):
             [tf.reduce_sum(x * weight, axes), tf.reduce_sum(weight * tf.ones_like(x), axes)],
             axis=0))
         total, count = tf.split(sums, 2)
-        # BatchNormalization adds Keras' epsilon to a masked count; the same here.
-        count = count if mask is None else count + keras.config.epsilon()
+        # BatchNormalization adds Keras' epsilon to a masked count; the same here. Without a
+        # mask, no rows at all (a packed attention's batches without history) give zeros.
+        count = tf.maximum(count, 1.0) if mask is None else count + keras.config.epsilon()
         mean = total / count
         deviations = replica.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(
             tf.square(x - mean) * weight, axes))

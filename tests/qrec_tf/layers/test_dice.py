@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from qrec_tf.layers import Dice
 
@@ -127,3 +128,17 @@ def test_training_normalisation_equals_keras_batch_normalization(masked):
     assert np.abs(results[0][3] - 0.0).max() > 1e-3
     for ours, keras_layer in zip(*results):
         np.testing.assert_allclose(ours, keras_layer, rtol=1e-5, atol=1e-6)
+
+
+def test_training_on_no_rows_keeps_the_moving_statistics_finite():
+    """A batch without rows (a packed attention's batch in which no history position is real):
+    the batch moments are 0, so the moving ones decay towards 0 by the momentum, never NaN."""
+    dice = Dice()
+    dice.build((None, 3))
+    dice.batch_norm.moving_mean.assign([1.0, 2.0, 3.0])
+    out = dice(tf.zeros((0, 3)), training=True)
+    assert out.shape == (0, 3)
+    momentum = dice.batch_norm.momentum
+    np.testing.assert_allclose(dice.batch_norm.moving_mean.numpy(),
+                               np.array([1.0, 2.0, 3.0]) * momentum, rtol=1e-6)
+    np.testing.assert_allclose(dice.batch_norm.moving_variance.numpy(), momentum, rtol=1e-6)
