@@ -95,7 +95,14 @@ from qrec_tf.augment.generation import (
     rank_items,
     top_k_in_batches,
 )
-from qrec_tf.augment.grouping import ItemGroups, group_items, hash_groups, read_item_groups
+from qrec_tf.augment.grouping import (
+    ItemGroups,
+    group_items,
+    hash_groups,
+    kmeans,
+    read_item_embeddings,
+    read_item_groups,
+)
 from qrec_tf.augment.latent import (
     FusedLazyAdam,
     LatentDiffusionTrainer,
@@ -143,7 +150,8 @@ __all__ = [
     "parameter_count", "memory_estimate_mb",
     "top_k_in_batches", "batch_size_for", "generation_batch_size", "ItemScores",
     "dense_item_scores", "rank_items", "positives_table",
-    "ItemGroups", "group_items", "hash_groups", "read_item_groups",
+    "ItemGroups", "group_items", "hash_groups", "kmeans", "read_item_embeddings",
+    "read_item_groups",
     "FusedLazyAdam", "LatentDiffusionTrainer", "build_latent_diffusion", "build_latent_trainer",
     "latent_generation_batch_size", "latent_item_scores", "latent_memory_estimate_mb",
     "latent_parameter_count",

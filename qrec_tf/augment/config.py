@@ -52,6 +52,10 @@ class AugmentModelConfig:
     latent: bool = False
     latent_dim: int = 16                # latent units per group
     latent_hash_groups: int = 16        # groups of the items without a category
+    # A trained CTR model (`python -m qrec_tf.train --model-dir`): the items without a category
+    # are grouped by k-means on its item embeddings (latent_hash_groups clusters); the items it
+    # does not know are still hashed. Empty: hashing only.
+    latent_item_embeddings: str = ""
 
     def validate(self) -> None:
         if self.latent_dim < 1 or self.latent_hash_groups < 1:

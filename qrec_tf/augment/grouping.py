@@ -1,5 +1,6 @@
-"""Item groups of latent diffusion (L-DiffRec): items split by their first-level category, items
-without one hashed into a fixed number of groups.
+"""Item groups of latent diffusion (L-DiffRec): items split by their first-level category; items
+without one clustered by k-means on a trained CTR model's item embeddings (when one is given and
+knows them), the rest hashed, into a fixed number of groups each.
 
 Each group gets its own encoder and decoder (qrec_tf.layers.group_encoder / group_decoder),
 which hold their items in *group order*: the columns of group 0, then those of group 1, ...
@@ -34,8 +35,9 @@ def hash_groups(item_ids: np.ndarray, groups: int) -> np.ndarray:
 class ItemGroups:
     """The group of every item-space column.
 
-    group_of_column: int32 [N] in [0, C); names: [C] ("category <id>" or "hash <i>"), categories
-    first (ascending id), then the non-empty hash groups; every group has at least one item.
+    group_of_column: int32 [N] in [0, C); names: [C] ("category <id>", "kmeans <i>" or
+    "hash <i>"), categories first (ascending id), then the non-empty k-means clusters, then the
+    non-empty hash groups; every group has at least one item.
     """
 
     group_of_column: np.ndarray
@@ -60,43 +62,118 @@ class ItemGroups:
 
     def report(self) -> dict:
         sizes = np.array(self.sizes)
-        hashed = np.array([name.startswith("hash") for name in self.names], bool)
-        return {"groups": len(self.names), "category_groups": int((~hashed).sum()),
-                "hash_groups": int(hashed.sum()),
-                "items_by_category": int(sizes[~hashed].sum()),
-                "items_hashed": int(sizes[hashed].sum()),
+        kind = np.array([name.split()[0] for name in self.names])
+        return {"groups": len(self.names), "category_groups": int((kind == "category").sum()),
+                "kmeans_groups": int((kind == "kmeans").sum()),
+                "hash_groups": int((kind == "hash").sum()),
+                "items_by_category": int(sizes[kind == "category"].sum()),
+                "items_by_kmeans": int(sizes[kind == "kmeans"].sum()),
+                "items_hashed": int(sizes[kind == "hash"].sum()),
                 "largest_group": int(sizes.max()) if len(sizes) else 0,
                 "smallest_group": int(sizes.min()) if len(sizes) else 0}
 
 
-def group_items(item_ids: np.ndarray, categories: np.ndarray, hash_group_count: int
-                ) -> ItemGroups:
-    """Groups of the item space: one per first-level category, the items without one
-    (category < 0, i.e. schema.PAD_ID) hashed into at most hash_group_count groups.
+def kmeans(vectors: np.ndarray, clusters: int, seed: int = 0, iterations: int = 30
+           ) -> np.ndarray:
+    """int64 [n] cluster in [0, min(clusters, n)) of each row of float [n, d] vectors: Lloyd's
+    k-means from a k-means++ start (Arthur & Vassilvitskii 2007), deterministic per seed; a
+    cluster left empty keeps its centre. Squared distances are computed blockwise ([4096,
+    clusters] at a time), so memory stays O(n d) at millions of rows."""
+    vectors = np.asarray(vectors, np.float64)
+    n = len(vectors)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    clusters = min(clusters, n)
+    rng = np.random.default_rng(seed)
+    centres = [vectors[rng.integers(n)]]
+    nearest = np.sum((vectors - centres[0]) ** 2, axis=1)
+    for _ in range(1, clusters):
+        total = nearest.sum()
+        pick = rng.choice(n, p=nearest / total) if total > 0 else rng.integers(n)
+        centres.append(vectors[pick])
+        nearest = np.minimum(nearest, np.sum((vectors - vectors[pick]) ** 2, axis=1))
+    centres = np.array(centres)
+    labels = np.full(n, -1, np.int64)
+    for _ in range(iterations):
+        new = np.concatenate([
+            np.argmin(np.sum(block ** 2, 1)[:, None] - 2 * block @ centres.T
+                      + np.sum(centres ** 2, 1)[None, :], axis=1)
+            for block in np.array_split(vectors, max(1, n // 4096))])
+        if np.array_equal(new, labels):
+            break
+        labels = new
+        counts = np.bincount(labels, minlength=clusters)
+        sums = np.zeros_like(centres)
+        np.add.at(sums, labels, vectors)
+        filled = counts > 0
+        centres[filled] = sums[filled] / counts[filled, None]
+    return labels
+
+
+def group_items(item_ids: np.ndarray, categories: np.ndarray, hash_group_count: int,
+                embeddings: np.ndarray | None = None, seed: int = 0) -> ItemGroups:
+    """Groups of the item space: one per first-level category; the items without one
+    (category < 0, i.e. schema.PAD_ID) clustered by `kmeans` into at most hash_group_count
+    groups where `embeddings` has their vector, the others hashed into at most
+    hash_group_count groups.
 
     item_ids: int [N] the item space's ids (column order); categories: int [N] their raw
-    first-level category ids.
+    first-level category ids; embeddings: float [N, d] or None, a row of NaN for an item
+    without a vector (e.g. a CTR model's item embeddings, `read_item_embeddings`).
     """
     if len(item_ids) != len(categories):
         raise ValueError(f"{len(item_ids)} items but {len(categories)} categories")
+    if embeddings is not None and len(embeddings) != len(item_ids):
+        raise ValueError(f"{len(item_ids)} items but {len(embeddings)} embeddings")
     known = categories >= 0
+    clustered = ~known & (np.all(np.isfinite(embeddings), axis=1) if embeddings is not None
+                          else False)
+    hashed = ~known & ~clustered
     category_ids = np.unique(categories[known])
     group = np.empty(len(item_ids), np.int64)
     group[known] = np.searchsorted(category_ids, categories[known])
-    hashed = hash_groups(item_ids[~known], hash_group_count)
-    used = np.unique(hashed)                      # only non-empty hash groups become groups
-    group[~known] = len(category_ids) + np.searchsorted(used, hashed)
-    names = [f"category {c}" for c in category_ids] + [f"hash {h}" for h in used]
+    names = [f"category {c}" for c in category_ids]
+    # Only non-empty clusters and hash groups become groups.
+    for kind, mask, labels in (
+            ("kmeans", clustered, lambda: kmeans(embeddings[clustered], hash_group_count, seed)),
+            ("hash", hashed, lambda: hash_groups(item_ids[hashed], hash_group_count))):
+        if mask.any():
+            found = labels()
+            used = np.unique(found)
+            group[mask] = len(names) + np.searchsorted(used, found)
+            names += [f"{kind} {label}" for label in used]
     return ItemGroups(group.astype(np.int32), names)
 
 
-def read_item_groups(data_dir: str, item_ids: np.ndarray, hash_group_count: int) -> ItemGroups:
+def read_item_embeddings(model_dir: str, item_ids: np.ndarray) -> np.ndarray:
+    """float32 [N, d]: the item embedding table of a trained CTR model (the --model-dir of
+    `python -m qrec_tf.train`) at each of `item_ids`, NaN rows for the ids its vocabulary lacks."""
+    from qrec_tf.evaluate import load_trained_model
+    from qrec_tf.export import resolve_data_dir
+
+    _, model = load_trained_model(model_dir, resolve_data_dir(model_dir, None))
+    table = model.embeddings[S.VOCAB_ITEMS].embeddings.numpy()
+    row_of_id = {int(v): i + 2 for i, v in enumerate(model.vocabularies.values[S.VOCAB_ITEMS])}
+    rows = np.array([row_of_id.get(int(i), -1) for i in item_ids], np.int64)
+    out = np.full((len(item_ids), table.shape[1]), np.nan, np.float32)
+    out[rows >= 0] = table[rows[rows >= 0]]
+    return out
+
+
+def read_item_groups(data_dir: str, item_ids: np.ndarray, hash_group_count: int,
+                     embeddings_model_dir: str = "", seed: int = 0) -> ItemGroups:
     """The groups of `item_ids` from the Beam job's `<data_dir>/item_categories.tsv` (read by
-    data.item_categories). Without that file every item is hashed, with a warning."""
+    data.item_categories); the items without a category by k-means on the item embeddings of
+    the CTR model in `embeddings_model_dir` (if given), else hashed. Without the categories
+    file every item goes that way, with a warning."""
     if tf.io.gfile.exists(f"{data_dir}/{S.ITEM_CATEGORIES_FILE}"):
         categories = data.item_categories(data_dir, item_ids.tolist())[2:, 0]
     else:
-        LOG.warning("%s/%s not found: hashing all %d items into %d latent groups", data_dir,
-                    S.ITEM_CATEGORIES_FILE, len(item_ids), hash_group_count)
+        LOG.warning("%s/%s not found: grouping all %d items without categories into at most %d "
+                    "latent groups (%s)", data_dir, S.ITEM_CATEGORIES_FILE, len(item_ids),
+                    hash_group_count, "k-means" if embeddings_model_dir else "hashing")
         categories = np.full(len(item_ids), S.PAD_ID, np.int64)
-    return group_items(item_ids, categories, hash_group_count)
+    embeddings = None
+    if embeddings_model_dir and (categories < 0).any():
+        embeddings = read_item_embeddings(embeddings_model_dir, item_ids)
+    return group_items(item_ids, categories, hash_group_count, embeddings, seed)

@@ -135,7 +135,9 @@ class _Model:
         self.config, items = config, len(space.item_ids)
         if config.model.latent:
             self.groups = read_item_groups(data_dir, space.item_ids,
-                                           config.model.latent_hash_groups)
+                                           config.model.latent_hash_groups,
+                                           config.model.latent_item_embeddings,
+                                           config.train.seed)
             LOG.info("latent diffusion: %d items in %d groups (%d by category) of %d units",
                      items, len(self.groups.names), self.groups.report()["category_groups"],
                      config.model.latent_dim)

@@ -47,8 +47,84 @@ def test_groups_by_category_then_hash_by_hand():
     assert groups.column_of_row.tolist() == by_group
     assert groups.row_of_column[groups.column_of_row].tolist() == list(range(7))
     assert groups.report() == {"groups": len(groups.names), "category_groups": 3,
-                               "hash_groups": len(used), "items_by_category": 5,
+                               "kmeans_groups": 0, "hash_groups": len(used),
+                               "items_by_category": 5, "items_by_kmeans": 0,
                                "items_hashed": 2, "largest_group": 2, "smallest_group": 1}
+
+
+def test_kmeans_finds_planted_clusters_and_is_deterministic():
+    """Three tight clusters far apart: k-means with 3 clusters puts each one in its own group,
+    the same labels for the same seed; more clusters than rows gives one per row."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    truth = np.repeat(np.arange(3), [40, 25, 35])
+    vectors = centres[truth] + rng.normal(scale=0.3, size=(100, 2))
+    labels = augment.kmeans(vectors, 3, seed=1)
+    # one label per planted cluster, each cluster all one label
+    assert len(set(labels)) == 3
+    assert all(len(set(labels[truth == t])) == 1 for t in range(3))
+    assert augment.kmeans(vectors, 3, seed=1).tolist() == labels.tolist()
+    assert sorted(augment.kmeans(vectors[:2], 5).tolist()) == [0, 1]
+    assert augment.kmeans(np.zeros((0, 2)), 3).shape == (0,)
+
+
+def test_items_without_category_grouped_by_kmeans_where_embedded_else_hashed():
+    """Categories first; the uncategorised items with an embedding by k-means (two clusters of
+    two), the one without (NaN row) hashed."""
+    item_ids = np.array([10, 11, 12, 13, 14, 15])
+    categories = np.array([4, -1, -1, -1, -1, -1])
+    embeddings = np.array([[9.0, 9.0], [0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0],
+                           [np.nan, np.nan]])
+    groups = augment.group_items(item_ids, categories, 2, embeddings)
+    g = groups.group_of_column.tolist()
+    assert groups.names[0] == "category 4" and g[0] == 0
+    assert g[1] == g[2] and g[3] == g[4] and g[1] != g[3]
+    assert {groups.names[g[1]], groups.names[g[3]]} == {"kmeans 0", "kmeans 1"}
+    assert groups.names[g[5]] == f"hash {python_hash(15, 2)}" and g[5] == 3
+    report = groups.report()
+    assert (report["kmeans_groups"], report["items_by_kmeans"], report["items_hashed"]) == (
+        2, 4, 1)
+
+
+def test_item_embeddings_read_from_a_trained_ctr_model(monkeypatch):
+    """read_item_embeddings: the model's item table row of each id (vocabulary position + 2:
+    rows 0 and 1 are padding and OOV), NaN for an id the vocabulary lacks."""
+    from types import SimpleNamespace
+
+    from qrec_tf import evaluate, export
+
+    table = np.arange(12, dtype=np.float32).reshape(6, 2)
+    item_table = SimpleNamespace(embeddings=SimpleNamespace(numpy=lambda: table))
+    model = SimpleNamespace(
+        embeddings={S.VOCAB_ITEMS: item_table},
+        vocabularies=SimpleNamespace(values={S.VOCAB_ITEMS: [70, 50, 90, 60]}))
+    loaded = []
+    monkeypatch.setattr(export, "resolve_data_dir", lambda model_dir, data_dir: "data")
+    monkeypatch.setattr(evaluate, "load_trained_model",
+                        lambda model_dir, data_dir: loaded.append((model_dir, data_dir))
+                        or (None, model))
+    read = augment.read_item_embeddings("ctr_model", np.array([90, 12345, 70]))
+    assert loaded == [("ctr_model", "data")]
+    np.testing.assert_array_equal(read[[0, 2]], table[[4, 2]])
+    assert np.isnan(read[1]).all()
+
+
+def test_read_item_groups_clusters_by_the_ctr_models_embeddings_when_given(tmp_path, monkeypatch,
+                                                                            caplog):
+    """Without item_categories.tsv and with model.latent_item_embeddings: every item by k-means
+    on the model's embeddings (read once), none hashed."""
+    from qrec_tf.augment import grouping
+
+    vectors = np.array([[0.0, 0.0], [0.0, 0.1], [8.0, 8.0], [8.0, 8.1]], np.float32)
+    read = []
+    monkeypatch.setattr(grouping, "read_item_embeddings",
+                        lambda model_dir, ids: read.append(model_dir) or vectors)
+    caplog.set_level(logging.WARNING, "qrec_tf.augment")
+    groups = augment.read_item_groups(str(tmp_path), np.array([5, 6, 7, 8]), 2, "ctr_dir")
+    assert read == ["ctr_dir"] and "(k-means)" in caplog.text
+    g = groups.group_of_column.tolist()
+    assert g[0] == g[1] and g[2] == g[3] and g[0] != g[2]
+    assert groups.report()["items_by_kmeans"] == 4 and groups.report()["items_hashed"] == 0
 
 
 def test_hash_groups_are_fixed_and_spread_ids():
@@ -71,7 +147,8 @@ def test_groups_read_from_item_categories_or_hashed_without_it(tmp_path, caplog)
     os.remove(os.path.join(data_dir, S.ITEM_CATEGORIES_FILE))
     caplog.set_level(logging.WARNING, "qrec_tf.augment")
     groups = augment.read_item_groups(data_dir, np.array([20, 30, 10, 40]), 3)
-    assert "hashing all 4 items into 3 latent groups" in caplog.text
+    assert "grouping all 4 items without categories into at most 3 latent groups (hashing)" \
+        in caplog.text
     assert groups.report()["items_hashed"] == 4
     assert groups.group_of_column.tolist() == [
         sorted(set(python_hash(i, 3) for i in (20, 30, 10, 40))).index(python_hash(i, 3))
@@ -120,8 +197,9 @@ def latent_run(planted_with_categories, tmp_path_factory):
 def test_latent_stage_groups_by_category_and_beats_popularity(latent_run):
     _, summary = latent_run
     assert summary["latent_groups"] == {
-        "groups": TOPICS, "category_groups": TOPICS, "hash_groups": 0, "items_by_category": 80,
-        "items_hashed": 0, "largest_group": 10, "smallest_group": 10}
+        "groups": TOPICS, "category_groups": TOPICS, "kmeans_groups": 0, "hash_groups": 0,
+        "items_by_category": 80, "items_by_kmeans": 0, "items_hashed": 0, "largest_group": 10,
+        "smallest_group": 10}
     estimate = summary["memory"]["estimate"]
     assert estimate["latent_width"] == TOPICS * 8
     assert estimate["parameters"] == sum(augment.latent_parameter_count(
