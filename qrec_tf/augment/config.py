@@ -44,8 +44,9 @@ class AugmentModelConfig:
     noise_max: float = 5e-3
     reweight: bool = False
     sampling_steps: int = 0
-    # Latent diffusion (L-DiffRec): items split into groups by first-level category (hashed
-    # into latent_hash_groups groups when an item has none), each group's slice of x_q encoded
+    # Latent diffusion (L-DiffRec): items split into groups by first-level category (by k-means
+    # on latent_item_embeddings, else hashed, into latent_hash_groups groups when an item has
+    # none), each group's slice of x_q encoded
     # to latent_dim units; the diffusion runs in the concatenated latent space and per-group
     # decoders score the items. No item cap (data.max_items is not used): see
     # qrec_tf/augment/latent.py for its memory.
