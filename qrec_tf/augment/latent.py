@@ -1,8 +1,8 @@
 """Latent diffusion for large item spaces (`model.latent: true`; L-DiffRec, Wang et al. SIGIR
 2023): the model, its trainer, its scores for generation, its size and memory.
 
-The items are split into C groups (qrec_tf.augment.grouping: first-level categories, hashing
-for items without one). A query's vector is encoded group by group (GroupEncoder: its entries
+The items are split into C groups (qrec_tf.augment.grouping: first-level categories; for items
+without one, k-means on a CTR model's item embeddings or hashing). A query's vector is encoded group by group (GroupEncoder: its entries
 only, never [batch, N]) into L = C d latent units (d = model.latent_dim); the diffusion and its
 MLP denoiser (the dense path's, residual skip included, on L instead of N inputs) run there; a
 linear decoder per group (GroupDecoder) maps the denoised latent back to item scores. The loss
