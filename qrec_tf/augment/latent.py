@@ -3,9 +3,10 @@
 
 The items are split into C groups (qrec_tf.augment.grouping: first-level categories; for items
 without one, k-means on a CTR model's item embeddings or hashing). A query's vector is encoded
-group by group (GroupEncoder: its entries only, never [batch, N]) into L = C d latent units (d = model.latent_dim); the diffusion and its
-MLP denoiser (the dense path's, residual skip included, on L instead of N inputs) run there; a
-linear decoder per group (GroupDecoder) maps the denoised latent back to item scores. The loss
+group by group (GroupEncoder: its entries only, never [batch, N]) into L = C d latent units
+(d = model.latent_dim); the diffusion and its MLP denoiser (the dense path's, residual skip
+included, on L instead of N inputs) run there; a linear decoder per group (GroupDecoder) maps
+the denoised latent back to item scores. The loss
 is the dense path's squared error over all N items against x_q, summed instead of averaged (so
 that the gradients do not shrink below Adam's epsilon as N grows), computed from the
 entries and the decoders' Gram matrices (GroupDecoder.squared_sum), so a training step holds no
