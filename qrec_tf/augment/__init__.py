@@ -113,7 +113,12 @@ from qrec_tf.augment.latent import (
     latent_memory_estimate_mb,
     latent_parameter_count,
 )
-from qrec_tf.augment.quality import popularity_ranking, quality_check, ranking_quality
+from qrec_tf.augment.quality import (
+    below_popularity,
+    popularity_ranking,
+    quality_check,
+    ranking_quality,
+)
 from qrec_tf.augment.stage import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -155,7 +160,7 @@ __all__ = [
     "FusedLazyAdam", "LatentDiffusionTrainer", "build_latent_diffusion", "build_latent_trainer",
     "latent_generation_batch_size", "latent_item_scores", "latent_memory_estimate_mb",
     "latent_parameter_count",
-    "ranking_quality", "popularity_ranking", "quality_check",
+    "ranking_quality", "popularity_ranking", "quality_check", "below_popularity",
     "SUMMARY_FILE", "CONFIG_FILE", "WEIGHTS_FILE", "CHECKPOINT_DIR", "queries_to_fill", "run",
     "main",
 ]

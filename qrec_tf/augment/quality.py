@@ -57,6 +57,14 @@ def quality_check(item_scores: ItemScores, batch_size: int, train_dense: DenseRo
         return {**result, "diffusion": None, "popularity": None}
     ranked = rank_items(item_scores, train_dense, held_rows, k, True, batch_size,
                         config.train.seed + 1)
-    return {**result, "diffusion": ranking_quality(ranked, targets, k),
-            "popularity": ranking_quality(popularity_ranking(train_matrix, held_rows, k),
-                                          targets, k)}
+    result = {**result, "diffusion": ranking_quality(ranked, targets, k),
+              "popularity": ranking_quality(popularity_ranking(train_matrix, held_rows, k),
+                                            targets, k)}
+    return {**result, "below_popularity": below_popularity(result)}
+
+
+def below_popularity(quality: dict) -> bool:
+    """Whether the model's Recall@K on the held-out clicks is below that of ranking every query's
+    items by global click popularity (a model that a constant ranking beats)."""
+    model, popularity = quality.get("diffusion"), quality.get("popularity")
+    return bool(model and popularity and model["recall"] < popularity["recall"])

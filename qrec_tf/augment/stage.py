@@ -222,6 +222,14 @@ def run(config: AugmentConfig, data_dir: str, output_dir: str, verbose="auto",
                             train_matrix, full, held_rows, held, config)
     LOG.info("quality check on %d held-out queries: diffusion %s, popularity %s",
              quality["queries"], quality["diffusion"], quality["popularity"])
+    if quality.get("below_popularity"):
+        # The positives are still written (the stage's output is what it trained), but a user
+        # must know they are worse than a constant ranking before a CTR model reads them.
+        LOG.warning("the diffusion model ranks the held-out clicks worse than global popularity "
+                    "(Recall@%d %.4f < %.4f): its generated positives are weak; train longer or "
+                    "give it more capacity (model.latent_dim, model.hidden_units) before a CTR "
+                    "model reads them", quality["k"], quality["diffusion"]["recall"],
+                    quality["popularity"]["recall"])
 
     generating = time.perf_counter()
     progress = keras.utils.Progbar(len(to_generate), unit_name="query",

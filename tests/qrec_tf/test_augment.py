@@ -203,6 +203,20 @@ def test_diffusion_recovers_held_out_clicks_better_than_popularity(augmented):
     # A query's clicks are in its topic (1 of 6); popularity cannot know which.
     assert diffusion["recall"] >= popularity["recall"] + 0.25, quality
     assert diffusion["ndcg"] >= popularity["ndcg"] + 0.2, quality
+    assert quality["below_popularity"] is False
+
+
+def test_below_popularity_by_hand():
+    """The flag behind the stage's warning: the model's Recall@K strictly below popularity's;
+    False without held-out queries (no figures)."""
+    def quality(model, popularity):
+        return {"diffusion": {"recall": model, "ndcg": 0.0},
+                "popularity": {"recall": popularity, "ndcg": 0.0}}
+
+    assert augment.below_popularity(quality(0.0005, 0.0072)) is True
+    assert augment.below_popularity(quality(0.0072, 0.0072)) is False
+    assert augment.below_popularity(quality(0.2, 0.1)) is False
+    assert augment.below_popularity({"diffusion": None, "popularity": None}) is False
 
 
 def check_table_rules(table: dict, rows) -> dict[str, list[int]]:
