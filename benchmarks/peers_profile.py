@@ -36,7 +36,7 @@ from typing import Callable
 
 import tensorflow as tf
 
-from benchmarks import peers
+from benchmarks import peers, step_flops
 from qrec_tf import data
 from qrec_tf import schema as S
 from qrec_tf.config import load_config
@@ -269,12 +269,12 @@ def profile(data_dir: str, config_path: str, batch: int, calls: int) -> None:
           f"taking turns ({BATCHES_PER_CALL} batches per call of an input or whole step) ...",
           flush=True)
     take_turns(parts, calls)
-    matmul = peers.matmul_gflops()
-    shape = peers.din_shape(config.model, schema, batch, peers.mean_history_length(
+    matmul = step_flops.matmul_gflops()
+    shape = step_flops.din_shape(config.model, schema, batch, step_flops.mean_history_length(
         x[S.HIST_ITEM_IDS].numpy(), S.PAD_ID))
-    narrow = peers.matmul_gflops(batch * schema.history_length, shape.item_dim,
+    narrow = step_flops.matmul_gflops(batch * schema.history_length, shape.item_dim,
                                  shape.attention_units[0])
-    flops = peers.din_step_flops(shape) / 1e9
+    flops = step_flops.din_step_flops(shape) / 1e9
     print(f"{'part':58s} {'wall ms':>8s} {'CPU ms':>8s}")
     for part in parts:
         print(f"{part.name:58s} {statistics.median(part.wall) * 1e3:8.1f} "
@@ -333,9 +333,9 @@ def compare_variants(data_dir: str, config_path: str, batch: int, calls: int,
         first[name] = (float(step()), [v.numpy() for v in model.trainable_variables])
         parts.append(Part(name, lambda s=step: float(s()), BATCHES_PER_CALL, settle=False))
     din = load_config(config_path).model
-    real = peers.mean_history_length(x[S.HIST_ITEM_IDS].numpy(), S.PAD_ID)
+    real = step_flops.mean_history_length(x[S.HIST_ITEM_IDS].numpy(), S.PAD_ID)
     for packed, label in ((True, MATMULS_PACKED), (False, MATMULS)):
-        shape = peers.din_shape(din, schema, batch, real, packed=packed)
+        shape = step_flops.din_shape(din, schema, batch, real, packed=packed)
         parts.append(Part(label, step_matmuls(shape), BATCHES_PER_CALL, settle=False))
     print(f"the batch: {real:.1f} real history positions of {schema.history_length} per "
           "example", flush=True)
@@ -361,16 +361,16 @@ def compare_variants(data_dir: str, config_path: str, batch: int, calls: int,
               f"{base_cpu / cpu:7.2f} {abs(loss - base_loss):9.1e} {diff:11.1e}")
 
 
-def step_matmuls(shape: peers.DinShape) -> Callable[[], object]:
+def step_matmuls(shape: step_flops.DinShape) -> Callable[[], object]:
     """A call that runs the matmuls of one DIN training step at its shapes and nothing else:
-    each forward Dense matmul of `peers.din_matmuls` ([rows, fan_in] x [fan_in, units]) and its
+    each forward Dense matmul of `step_flops.din_matmuls` ([rows, fan_in] x [fan_in, units]) and its
     two backward ones (the inputs' gradient dY W^T, the kernel's X^T dY), on random float32
     tensors (each output summed, so that none is pruned): about the floor of the step's time
     on this machine (its matmul FLOPs at the rate these shapes get), with no element-wise
     work."""
     tensors = [(tf.random.normal([rows, fan_in]), tf.random.normal([fan_in, units]),
                 tf.random.normal([rows, units]))
-               for rows, fan_in, units in peers.din_matmuls(shape)]
+               for rows, fan_in, units in step_flops.din_matmuls(shape)]
 
     @tf.function
     def run():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from benchmarks import peers
+from benchmarks import peers, step_flops
 from benchmarks.step_timer import median_after_warmup
 from qrec_tf import schema as S
 from qrec_tf.config import load_config
@@ -64,20 +64,29 @@ def test_a_split_is_exported_in_file_order_as_our_lookups_indices(tmp_path):
 
 
 def test_din_step_flops_by_hand():
-    shape = peers.DinShape(batch=2, history=3, item_dim=4, attention_units=(5,), mlp_units=(6,),
-                           mlp_input=7)
+    shape = step_flops.DinShape(batch=2, history=3, item_dim=4, attention_units=(5,),
+                                mlp_units=(6,), mlp_input=7)
     # blockwise first layer: 3 * 2 * (2*4*5) + 2*4*5 = 280; score: 3 * 2*5*1 = 30;
     # pooling: 2*3*4 = 24; MLP 7 -> 6 -> 1: 84 + 12 = 96. Forward 430; step 3 * 2 * 430.
-    assert peers.din_step_flops(shape) == 2580
+    assert step_flops.din_step_flops(shape) == 2580
     # concatenated first layer: 3 * 2*16*5 = 480; forward 630.
-    assert peers.din_step_flops(shape, blockwise=False) == 3780
+    assert step_flops.din_step_flops(shape, blockwise=False) == 3780
+
+
+def test_din_step_flops_of_the_real_positions_by_hand():
+    """scored_history 1 of 3 (a packed attention on rows with one real position each): the
+    attention's MLP on 2 rows instead of 6; the weighted sum still over every position."""
+    shape = step_flops.DinShape(batch=2, history=3, item_dim=4, attention_units=(5,),
+                                mlp_units=(6,), mlp_input=7, scored_history=1.0)
+    # first layer 1 * 80 + 40 = 120; score 1 * 10; pooling 24; MLP 96. Forward 250 per example.
+    assert step_flops.din_step_flops(shape) == 3 * 2 * 250
 
 
 def test_din_shape_of_the_shipped_config():
-    shape = peers.din_shape(load_config("configs/din.yaml").model, S.Schema(), 1024)
+    shape = step_flops.din_shape(load_config("configs/din.yaml").model, S.Schema(), 1024)
     # The MLP reads 5 user-group and the author embeddings (16 each), target and pooled history
     # (48 each).
-    assert shape == peers.DinShape(1024, 50, 48, (80, 40), (200, 80), 6 * 16 + 2 * 48)
+    assert shape == step_flops.DinShape(1024, 50, 48, (80, 40), (200, 80), 6 * 16 + 2 * 48)
 
 
 def test_runs_take_turns_abba():
