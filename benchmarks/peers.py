@@ -22,8 +22,8 @@
 5. AUC: each trains up to `--epochs` epochs with early stopping on validation AUC (patience
    `--patience`, the best epoch's weights kept) and scores the test split; exact AUC of both
    with `qrec_tf.metrics.auc`, and DeLong's test of their difference.
-6. This machine's float32 matmul GFLOP/s next to each step's achieved GFLOP/s (`benchmarks.step_flops`:
-   FLOPs of the layers' matmuls, training step = 3 x forward).
+6. This machine's float32 matmul GFLOP/s next to each step's achieved GFLOP/s
+   (`benchmarks.step_flops`: FLOPs of the layers' matmuls, training step = 3 x forward).
 """
 
 from __future__ import annotations
