@@ -23,6 +23,7 @@ from qrec_tf.layers.dense_stack import mlp
 from qrec_tf.layers.din_attention import DINAttention
 from qrec_tf.layers.embedding import SparseEmbedding
 from qrec_tf.layers.id_lookup import lookup_size, make_lookup
+from qrec_tf.layers.xla import static_shapes
 from qrec_tf.models import row_frequencies
 from qrec_tf.models.recording_features import RecordingFeatures
 
@@ -297,7 +298,8 @@ class CTRModel(keras.Model):
         if self._compiled_scoring is None:
             self._compiled_scoring = tf.function(self.score_candidate_features,
                                                  jit_compile=True)
-        with self.indexed_inputs():   # read while the compiled function traces
+        # Read while the compiled function traces; static_shapes: the layers' padded paths.
+        with self.indexed_inputs(), static_shapes():
             scores = self._compiled_scoring(context, candidates)
         return scores[:users, :n]
 

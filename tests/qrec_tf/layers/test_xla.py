@@ -1,23 +1,13 @@
-"""in_xla_context: true only while tracing what XLA compiles."""
+"""static_shapes / in_xla_context: true only inside the block, restored after it."""
 
-import tensorflow as tf
-
-from qrec_tf.layers.xla import in_xla_context
+from qrec_tf.layers.xla import in_xla_context, static_shapes
 
 
-def test_in_xla_context_only_inside_jit_compiled_functions():
-    seen = {}
-
-    @tf.function(jit_compile=True)
-    def compiled(x):
-        seen["compiled"] = in_xla_context()
-        return x
-
-    @tf.function
-    def plain(x):
-        seen["plain"] = in_xla_context()
-        return compiled(x)                          # called from a plain function: still XLA
-
-    plain(tf.constant(1.0))
-    seen["eager"] = in_xla_context()
-    assert seen == {"plain": False, "compiled": True, "eager": False}
+def test_in_xla_context_only_inside_static_shapes():
+    assert not in_xla_context()
+    with static_shapes():
+        assert in_xla_context()
+        with static_shapes():
+            assert in_xla_context()
+        assert in_xla_context()                    # the nested block restores, not clears
+    assert not in_xla_context()
