@@ -161,13 +161,17 @@ def read_item_embeddings(model_dir: str, item_ids: np.ndarray) -> np.ndarray:
 
 
 def read_item_groups(data_dir: str, item_ids: np.ndarray, hash_group_count: int,
-                     embeddings_model_dir: str = "", seed: int = 0) -> ItemGroups:
+                     embeddings_model_dir: str = "", seed: int = 0, level: int = 1
+                     ) -> ItemGroups:
     """The groups of `item_ids` from the Beam job's `<data_dir>/item_categories.tsv` (read by
-    data.item_categories); the items without a category by k-means on the item embeddings of
-    the CTR model in `embeddings_model_dir` (if given), else hashed. Without the categories
+    data.item_categories): its first-level categories (`level` 1) or its second-level ones
+    (`level` 2, finer groups); the items without a category by k-means on the item embeddings
+    of the CTR model in `embeddings_model_dir` (if given), else hashed. Without the categories
     file every item goes that way, with a warning."""
+    if level not in (1, 2):
+        raise ValueError(f"the category level must be 1 or 2, got {level}")
     if tf.io.gfile.exists(f"{data_dir}/{S.ITEM_CATEGORIES_FILE}"):
-        categories = data.item_categories(data_dir, item_ids.tolist())[2:, 0]
+        categories = data.item_categories(data_dir, item_ids.tolist())[2:, level - 1]
     else:
         LOG.warning("%s/%s not found: grouping all %d items without categories into at most %d "
                     "latent groups (%s)", data_dir, S.ITEM_CATEGORIES_FILE, len(item_ids),

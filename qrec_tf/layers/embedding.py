@@ -1,9 +1,22 @@
-"""An Embedding whose cost per step does not grow with the size of its table."""
+"""An Embedding whose cost per step does not grow with the size of its table, and the row read
+it is built on."""
 
 from __future__ import annotations
 
 import keras
 import tensorflow as tf
+
+
+def sparse_rows(variable: keras.Variable, ids: tf.Tensor) -> tf.Tensor:
+    """variable[ids] read as a resource gather of those rows only: [*ids.shape, *row shape].
+
+    `keras.ops.take` on a variable reads it as a whole tensor first: O(table) per call, and once
+    an optimizer has scattered rows into the variable, TensorFlow copies the whole table on each
+    such read (its copy-on-read mode for sparsely written variables). This costs O(ids), and its
+    gradient stays a `tf.IndexedSlices` (measured: docs/RESULTS.md, "Training throughput and
+    vocabulary size" and the latent diffusion's step at 2M items).
+    """
+    return tf.nn.embedding_lookup(variable.value, ids)
 
 
 @keras.saving.register_keras_serializable(package="qrec_tf")
@@ -21,5 +34,5 @@ class SparseEmbedding(keras.layers.Embedding):
     def call(self, inputs):
         if inputs.dtype not in (tf.int32, tf.int64):
             inputs = tf.cast(inputs, tf.int64)
-        outputs = tf.nn.embedding_lookup(self.embeddings.value, inputs)
+        outputs = sparse_rows(self.embeddings, inputs)
         return tf.cast(outputs, self.compute_dtype)

@@ -9,6 +9,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from qrec_tf.layers.embedding import sparse_rows
+
 if TYPE_CHECKING:
     import tensorflow as tf
 
@@ -70,8 +72,8 @@ class GroupDecoder(keras.layers.Layer):
         group = ops.take(ops.convert_to_tensor(self._group_of_row), row)
         latent = ops.take(ops.reshape(z, (-1, self.units)),
                           ops.cast(batch_row, "int32") * self.groups + group, axis=0)
-        return (ops.sum(latent * ops.take(self.kernel, row, axis=0), axis=-1)
-                + ops.take(self.bias, row))
+        return (ops.sum(latent * sparse_rows(self.kernel, row), axis=-1)
+                + sparse_rows(self.bias, row))
 
     def squared_sum(self, z: tf.Tensor, offset: float = 0.0) -> tf.Tensor:
         total = 0.0

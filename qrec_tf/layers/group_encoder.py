@@ -9,6 +9,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from qrec_tf.layers.embedding import sparse_rows
+
 if TYPE_CHECKING:
     import tensorflow as tf
 
@@ -69,7 +71,7 @@ class GroupEncoder(keras.layers.Layer):
             value = ops.abs(value)
         group = ops.take(ops.convert_to_tensor(self._group_of_row), ops.mod(row, self.items))
         segment = ops.cast(batch_row, "int32") * self.groups + group
-        summed = ops.segment_sum(ops.take(self.kernel, row, axis=0) * value[:, None], segment,
+        summed = ops.segment_sum(sparse_rows(self.kernel, row) * value[:, None], segment,
                                  num_segments=batch * self.groups)
         z = ops.reshape(summed, (batch, self.groups, self.units)) + self.bias
         return ops.reshape(self.activation(z), (batch, self.groups * self.units))

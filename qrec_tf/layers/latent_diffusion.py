@@ -10,6 +10,7 @@ import tensorflow as tf
 from keras import ops
 
 from qrec_tf.layers.diffusion import GaussianDiffusion
+from qrec_tf.layers.embedding import sparse_rows
 from qrec_tf.layers.group_decoder import GroupDecoder
 from qrec_tf.layers.group_encoder import GroupEncoder
 
@@ -62,7 +63,7 @@ class LatentDiffusion(keras.layers.Layer):
         """float32 [E]: the skip's part of the score at each entry."""
         if not self.residual:
             return ops.zeros_like(value)
-        weights = ops.take(self.skip, ops.cast(row, "int32"), axis=0)
+        weights = sparse_rows(self.skip, ops.cast(row, "int32"))
         return weights[:, 0] * ops.relu(value) - weights[:, 1] * ops.relu(-value)
 
     def training_loss(self, batch_row: tf.Tensor, row: tf.Tensor, input_value: tf.Tensor,

@@ -156,6 +156,36 @@ def test_encoder_gradient_touches_only_the_entries_rows():
     assert sorted(gradient.indices.numpy().tolist()) == expected
 
 
+def variable_readers(function, variable):
+    """The types of the ops that read `variable` in `function`'s traced graph."""
+    graph = function.get_concrete_function().graph
+    handle = next(internal for external, internal in graph.captures
+                  if external is variable.value.handle)
+    return {consumer.type for consumer in handle.consumers()}
+
+
+def test_entry_reads_gather_rows_without_reading_the_whole_variable():
+    """The encoder, the decoder's entry scores and the skip read their rows by a resource
+    gather (layers.embedding.sparse_rows), never the whole variable: a whole read costs O(N) a
+    step, and a copy of the table once LazyAdam has scattered rows into it."""
+    model = latent_model()
+    z = tf.constant(np.random.default_rng(5).normal(size=(3, 12)).astype(np.float32))
+
+    @tf.function
+    def entry_scores():
+        return (model.decoder.at(z, BATCH_ROW, ROW) + model._skip(ROW, VALUE)
+                + tf.reduce_sum(model.encode(BATCH_ROW, ROW, VALUE, 3)))
+
+    for variable in (model.decoder.kernel, model.decoder.bias, model.skip,
+                     model.encoder.kernel):
+        assert variable_readers(entry_scores, variable) == {"ResourceGather"}, variable.path
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(entry_scores())
+    for gradient in tape.gradient(loss, [model.decoder.kernel, model.decoder.bias, model.skip]):
+        assert isinstance(gradient, tf.IndexedSlices)
+        assert sorted(gradient.indices.numpy().tolist()) == sorted(ROW.tolist())
+
+
 def test_mismatched_encoder_and_decoder_are_refused():
     with pytest.raises(ValueError, match="same groups"):
         LatentDiffusion(GroupEncoder(SIZES, UNITS), latent_model().diffusion,
