@@ -53,6 +53,9 @@ class AugmentModelConfig:
     latent: bool = False
     latent_dim: int = 16                # latent units per group
     latent_hash_groups: int = 16        # groups of the items without a category
+    # Group by first-level (1) or second-level (2) categories: finer groups give each latent
+    # unit fewer items (measured at 200k and 2M items: docs/RESULTS.md).
+    latent_category_level: int = 1
     # A trained CTR model (`python -m qrec_tf.train --model-dir`): the items without a category
     # are grouped by k-means on its item embeddings (latent_hash_groups clusters); the items it
     # does not know are still hashed. Empty: hashing only.
@@ -61,6 +64,9 @@ class AugmentModelConfig:
     def validate(self) -> None:
         if self.latent_dim < 1 or self.latent_hash_groups < 1:
             raise ValueError("model.latent_dim and model.latent_hash_groups must be >= 1")
+        if self.latent_category_level not in (1, 2):
+            raise ValueError("model.latent_category_level must be 1 (first-level categories) "
+                             "or 2 (second-level)")
         if not self.hidden_units or min(self.hidden_units) < 1:
             raise ValueError("model.hidden_units must be a non-empty list of positive sizes")
         if self.step_embedding_dim < 1 or self.steps < 1:

@@ -137,7 +137,8 @@ class _Model:
             self.groups = read_item_groups(data_dir, space.item_ids,
                                            config.model.latent_hash_groups,
                                            config.model.latent_item_embeddings,
-                                           config.train.seed)
+                                           config.train.seed,
+                                           config.model.latent_category_level)
             LOG.info("latent diffusion: %d items in %d groups (%d by category) of %d units",
                      items, len(self.groups.names), self.groups.report()["category_groups"],
                      config.model.latent_dim)

@@ -144,6 +144,12 @@ def test_groups_read_from_item_categories_or_hashed_without_it(tmp_path, caplog)
     groups = augment.read_item_groups(data_dir, np.array([20, 30, 10, 40]), 1)
     assert groups.names == ["category 2", "category 5", "hash 0"]
     assert groups.group_of_column.tolist() == [0, 2, 1, 2]
+    # level 2: the second-level categories, finer (item 99's 52 is not in the item space)
+    groups = augment.read_item_groups(data_dir, np.array([20, 30, 10, 40]), 1, level=2)
+    assert groups.names == ["category 21", "category 51", "hash 0"]
+    assert groups.group_of_column.tolist() == [0, 2, 1, 2]
+    with pytest.raises(ValueError, match="level must be 1 or 2"):
+        augment.read_item_groups(data_dir, np.array([20]), 1, level=3)
     os.remove(os.path.join(data_dir, S.ITEM_CATEGORIES_FILE))
     caplog.set_level(logging.WARNING, "qrec_tf.augment")
     groups = augment.read_item_groups(data_dir, np.array([20, 30, 10, 40]), 3)
@@ -253,3 +259,5 @@ def test_latent_false_is_the_dense_path(planted_with_categories, tmp_path):
 def test_latent_config_errors():
     with pytest.raises(ValueError, match="model.latent_dim and model.latent_hash_groups"):
         augment.load_augment_config(None, ["model.latent_dim=0"])
+    with pytest.raises(ValueError, match="model.latent_category_level must be 1"):
+        augment.load_augment_config(None, ["model.latent_category_level=0"])
