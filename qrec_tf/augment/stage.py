@@ -228,8 +228,9 @@ def run(config: AugmentConfig, data_dir: str, output_dir: str, verbose="auto",
         # must know they are worse than a constant ranking before a CTR model reads them.
         LOG.warning("the diffusion model ranks the held-out clicks worse than global popularity "
                     "(Recall@%d %.4f < %.4f): its generated positives are weak; train longer or "
-                    "give it more capacity (model.latent_dim, model.hidden_units) before a CTR "
-                    "model reads them", quality["k"], quality["diffusion"]["recall"],
+                    "give it more capacity (model.hidden_units; with model.latent, finer groups: "
+                    "model.latent_category_level=2, or model.latent_dim) before a CTR model "
+                    "reads them", quality["k"], quality["diffusion"]["recall"],
                     quality["popularity"]["recall"])
 
     generating = time.perf_counter()
