@@ -2,7 +2,7 @@
 (`model.latent: true`) at N = 20k items, then latent diffusion alone at N = 200k and 2M.
 
     python -m benchmarks.augment_scale [--work DIR] [--sizes 20000 200000 2000000]
-        [--compare-epochs 10] [--scale-epochs 1] [--cases dense latent]
+        [--compare-epochs 10] [--scale-epochs 1] [--cases dense latent latent2]
 
 Data. The search log of `pipelines.synthetic` (its World and search sessions: 8 x 4 topics,
 Zipf item popularity within a sub-topic, 20% off-topic results, ~40% click-less sessions),
@@ -19,7 +19,9 @@ Cases. Each runs `qrec_tf.augment.run` (the whole stage: read, train, quality ch
 generation for every click-less query, table) in its own process, so that its peak resident
 memory (getrusage ru_maxrss, in the summary) is its own:
   dense   the default config (hidden [256], data.max_items = 20,000), only at the first size;
-  latent  model.latent=true (16 units per group, groups = the 8 first-level categories).
+  latent  model.latent=true (16 units per group, groups = the 8 first-level categories);
+  latent2 the same with model.latent_category_level=2 (the 32 second-level categories).
+The latent cases run at every size.
 Both use the same seed, item space and held-out queries at the first size (its log shows at
 most 20,000 items, so the dense cap drops nothing), so their Recall@10 / NDCG@10 compare
 directly. Time per epoch is measured by a callback (the first epoch includes tracing).
@@ -49,6 +51,9 @@ QUERIES_PER_SUBTOPIC = {20_000: 150, 200_000: 1000, 2_000_000: 3000}
 SESSIONS_PER_USER = 8
 CHUNK_USERS = 20_000
 NO_CHECKPOINTS = "train.checkpoint_seconds=1000000000.0"
+# Each case's overrides (module docstring, "Cases").
+CASES = {"dense": [], "latent": ["model.latent=true"],
+         "latent2": ["model.latent=true", "model.latent_category_level=2"]}
 
 
 def search_table(size: int, items: int, catalogue: int, seed: int) -> tuple[dict, World]:
@@ -181,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="epochs of both cases at the first size")
     parser.add_argument("--scale-epochs", type=int, default=1,
                         help="epochs of the latent case at the other sizes")
-    parser.add_argument("--cases", nargs="+", default=["dense", "latent"])
+    parser.add_argument("--cases", nargs="+", default=["dense", "latent"], choices=list(CASES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], help="extra config override")
     parser.add_argument("--case", nargs=2, metavar=("DATA", "OUTPUT"), help=argparse.SUPPRESS)
@@ -203,10 +208,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"N = {items:,}: {json.load(f)}", flush=True)
         epochs = args.compare_epochs if index == 0 else args.scale_epochs
         common = [f"train.epochs={epochs}", NO_CHECKPOINTS, *args.set]
-        for name in args.cases if index == 0 else ["latent"]:
-            extra = ["model.latent=true"] if name == "latent" else []
+        for name in args.cases if index == 0 else [c for c in args.cases if c != "dense"]:
             summary = case(data_dir, os.path.join(args.work, f"{name}_{items}"),
-                           [*common, *extra])
+                           [*common, *CASES[name]])
             rows.append(row(name, summary))
             print("\n".join([HEADER, *rows]), flush=True)
     return 0
