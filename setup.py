@@ -29,6 +29,7 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "gpu": ["tensorflow[and-cuda]==2.21.0"],
-        "dev": ["pytest>=9,<10", "hypothesis>=6.100,<7", "ruff>=0.6,<1"],
+        "dev": ["pytest>=9,<10", "pytest-xdist>=3.6,<4", "hypothesis>=6.100,<7",
+                "ruff>=0.6,<1"],
     },
 )
