@@ -92,7 +92,9 @@ def mini_batch_aware_l2(table: tf.Variable, indices: tf.Tensor,
     """
     import tensorflow as tf  # unique and the resource gather have no keras.ops equivalent
 
+    from qrec_tf.layers.embedding import sparse_rows
+
     rows, _ = tf.unique(tf.reshape(tf.cast(indices, tf.int64), [-1]))
-    vectors = tf.cast(tf.nn.embedding_lookup(table, rows), tf.float32)
+    vectors = tf.cast(sparse_rows(table, rows), tf.float32)
     weights = tf.gather(tf.cast(inverse_frequency, tf.float32), rows)
     return tf.reduce_sum(weights * tf.reduce_sum(tf.square(vectors), axis=-1))

@@ -6,6 +6,8 @@ the vocabularies, sequences with left padding), so a model built on these vocabu
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from qrec_tf import schema as S
@@ -90,3 +92,14 @@ def random_data_constants(config, vocabularies: Vocabularies, seed: int = 0) -> 
             [rng.choice(vocabularies.values[S.VOCAB_CATEGORIES], rows),
              rng.choice(vocabularies.values[S.VOCAB_SUBCATEGORIES], rows)], 1).astype(np.int64)
     return constants
+
+
+def variable_readers(function: Callable, variable) -> set[str]:
+    """The types of the ops that read `variable` (a Keras or tf variable) in the graph that the
+    tf.function `function` traces without arguments: {"ResourceGather"} when it reads rows
+    only, "ReadVariableOp" when it reads the whole variable."""
+    handle = (variable.value if hasattr(variable, "path") else variable).handle   # Keras: .value
+    graph = function.get_concrete_function().graph
+    internal = next(inner for outer, inner in graph.captures if outer is handle)
+    return {consumer.type for consumer in internal.consumers()}
+

@@ -7,7 +7,7 @@ import keras
 import tensorflow as tf
 
 
-def sparse_rows(variable: keras.Variable, ids: tf.Tensor) -> tf.Tensor:
+def sparse_rows(variable: keras.Variable | tf.Variable, ids: tf.Tensor) -> tf.Tensor:
     """variable[ids] read as a resource gather of those rows only: [*ids.shape, *row shape].
 
     `keras.ops.take` on a variable reads it as a whole tensor first: O(table) per call, and once
@@ -16,7 +16,10 @@ def sparse_rows(variable: keras.Variable, ids: tf.Tensor) -> tf.Tensor:
     gradient stays a `tf.IndexedSlices` (measured: docs/RESULTS.md, "Training throughput and
     vocabulary size" and the latent diffusion's step at 2M items).
     """
-    return tf.nn.embedding_lookup(variable.value, ids)
+    # A Keras variable is not a tf.Variable: tf.nn.embedding_lookup would read it whole. Its
+    # `.value` is the tf.Variable underneath, which embedding_lookup gathers from.
+    table = variable.value if isinstance(variable, keras.Variable) else variable
+    return tf.nn.embedding_lookup(table, ids)
 
 
 @keras.saving.register_keras_serializable(package="qrec_tf")

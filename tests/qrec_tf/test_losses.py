@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from qrec_tf import losses
+from qrec_tf.testing import variable_readers
 
 
 def softplus(x):
@@ -119,6 +120,18 @@ def test_contrastive_stable_with_small_temperature_and_finite_gradients():
     loss = losses.query_item_contrastive_loss(POS_SCORES[2:], C_POS_MASK[2:],
                                               NEG_SCORES[2:], C_NEG_MASK[2:], 0.5)
     assert float(loss) == 0.0
+
+
+def test_mini_batch_aware_l2_reads_only_the_touched_rows_of_a_keras_variable():
+    """The models pass their Keras embedding variables: a whole read of one costs O(table) a
+    step, and a copy of the table once LazyAdam has scattered rows into it."""
+    import keras
+
+    table = keras.Variable(np.ones((6, 2), np.float32))
+    penalty = tf.function(lambda: losses.mini_batch_aware_l2(
+        table, tf.constant([1, 2, 2]), tf.ones(6)))
+    assert variable_readers(penalty, table) == {"ResourceGather"}
+    assert float(penalty()) == pytest.approx(4.0)      # rows 1 and 2, ||(1, 1)||^2 each
 
 
 def test_mini_batch_aware_l2_by_hand():

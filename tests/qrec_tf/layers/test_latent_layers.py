@@ -12,6 +12,7 @@ from qrec_tf.layers.diffusion import GaussianDiffusion
 from qrec_tf.layers.group_decoder import GroupDecoder
 from qrec_tf.layers.group_encoder import GroupEncoder
 from qrec_tf.layers.latent_diffusion import LatentDiffusion
+from qrec_tf.testing import variable_readers
 
 SIZES = [3, 5, 2]          # groups of items: rows 0-2, 3-7, 8-9
 UNITS = 4
@@ -154,14 +155,6 @@ def test_encoder_gradient_touches_only_the_entries_rows():
     # positive entries read rows r, negative ones rows 10 + r
     expected = sorted(np.where(VALUE < 0, ROW + 10, ROW).tolist())
     assert sorted(gradient.indices.numpy().tolist()) == expected
-
-
-def variable_readers(function, variable):
-    """The types of the ops that read `variable` in `function`'s traced graph."""
-    graph = function.get_concrete_function().graph
-    handle = next(internal for external, internal in graph.captures
-                  if external is variable.value.handle)
-    return {consumer.type for consumer in handle.consumers()}
 
 
 def test_entry_reads_gather_rows_without_reading_the_whole_variable():
