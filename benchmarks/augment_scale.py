@@ -117,7 +117,7 @@ def write_data(data_dir: str, size: int, items: int, catalogue: int, seed: int) 
     with open(S.vocab_path(data_dir, S.VOCAB_ITEMS), "w") as f:
         f.writelines(f"{i}\t1\n" for i in ids)
     with open(os.path.join(data_dir, S.ITEM_CATEGORIES_FILE), "w") as f:
-        f.writelines(f"{i}\t{c}\t{s}\n" for i, c, s in zip(
+        f.writelines(f"{i}\t{c}\t{s}\t-1\n" for i, c, s in zip(
             ids, world.first_ids[world.item_first], world.second_ids[world.item_sub]))
     facts = {"queries": written, "clickless_queries": clickless,
              "query_item_pairs": int(len(query)), "shown_items": int(len(np.unique(item))),

@@ -259,7 +259,8 @@ def build_pipeline(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, kuaisar
              FileSystems.join(output, S.QUERY_ITEMS_DIR, "query_items"),
              file_name_suffix=".tfrecord.gz", compression_type=CompressionTypes.GZIP))
 
-    _ = (items | "Item categories" >> beam.Map(lambda kv: f"{kv[0]}\t{kv[1][1]}\t{kv[1][2]}")
+    _ = (items | "Item categories" >> beam.Map(
+            lambda kv: f"{kv[0]}\t{kv[1][1]}\t{kv[1][2]}\t{kv[1][0]}")
          | "Write item categories" >> beam.io.WriteToText(
              FileSystems.join(output, S.ITEM_CATEGORIES_FILE), shard_name_template=""))
     item_vocab_counts = items | "Item feature vocab" >> beam.FlatMap(lambda kv: [

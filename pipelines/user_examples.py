@@ -13,6 +13,11 @@ Rules (docs/PAPER.md "Data protocol", docs/ARCHITECTURE.md "Data and inputs"):
 - Per-query clicks: aligned with the queries, the distinct items clicked in each query's search
   session, ascending item id, the first `query_clicked_items`, right-padded. The log dates a click
   only by its session, so a session's clicks count as events of the session's time.
+- Per-query time and results: aligned with the queries, the session's timestamp
+  (`query_timestamps`) and the first- and second-level category that most of the session's
+  shown items belong to (`query_category_ids`, `query_subcategory_ids`; each level counted on
+  its own over the shown rows whose item has features, a tie going to the smaller id; PAD_ID when
+  no shown item has features). Padding slots hold PAD_ID.
 - NIP targets (train examples only): clicked (positives) and shown-but-not-clicked (negatives) feed
   items of the user's *train* interactions strictly after t, never an item of the user's valid or
   test interaction. When there are more than `nip_positives` (`nip_negatives`), a uniform sample
@@ -125,6 +130,9 @@ class _Timeline:
         clicks = clicked_items_by_session(search)
         self._session_clicks = [_right_pad(clicks.get(s.session_id, ()), c, S.PAD_ID)
                                 for s in sessions]
+        results = result_categories_by_session(search, item_features)
+        self._session_categories = [results.get(s.session_id, NO_RESULT_CATEGORIES)
+                                    for s in sessions]
         self._no_words, self._no_clicks = [S.PAD_ID] * w, [S.PAD_ID] * c
         self._hist_end = self._query_end = -1
         self._features: dict = {}
@@ -147,6 +155,10 @@ class _Timeline:
             out[S.QUERY_CLICKED_ITEM_IDS] = [
                 v for row in _left_pad(self._session_clicks[start:end], q, self._no_clicks)
                 for v in row]
+            out[S.QUERY_TIMESTAMPS] = _left_pad(self._session_ts[start:end], q, S.PAD_ID)
+            categories = _left_pad(self._session_categories[start:end], q, NO_RESULT_CATEGORIES)
+            out[S.QUERY_CATEGORY_IDS] = [c for c, _ in categories]
+            out[S.QUERY_SUBCATEGORY_IDS] = [s for _, s in categories]
         return out
 
 
@@ -158,6 +170,33 @@ def clicked_items_by_session(search_rows: Iterable[SearchRow]) -> dict[int, list
         if clicked:
             clicks[session_id].add(item)
     return {sid: sorted(items) for sid, items in clicks.items()}
+
+
+NO_RESULT_CATEGORIES = (MISSING, MISSING)
+
+
+def _most_common(counts: collections.Counter) -> int:
+    """The most counted value, the smaller one on a tie; MISSING when there is none."""
+    return min(counts, key=lambda value: (-counts[value], value)) if counts else MISSING
+
+
+def result_categories_by_session(search_rows: Iterable[SearchRow],
+                                 item_features: Mapping[int, ItemFeatures]
+                                 ) -> dict[int, tuple[int, int]]:
+    """{search session id: (the first-level, the second-level category most of its shown items
+    belong to)}: where a query's results lie, also for a session without a click. Rows whose
+    item has no features (or a missing category) do not vote."""
+    votes: dict[int, tuple[collections.Counter, collections.Counter]] = {}
+    for _, session_id, _, item, _ in search_rows:
+        _, category, subcategory = item_features.get(item, NO_ITEM_FEATURES)
+        first, second = votes.setdefault(session_id,
+                                         (collections.Counter(), collections.Counter()))
+        if category != MISSING:
+            first[category] += 1
+        if subcategory != MISSING:
+            second[subcategory] += 1
+    return {sid: (_most_common(first), _most_common(second))
+            for sid, (first, second) in votes.items()}
 
 
 def training_period_end(rec_rows: Sequence[RecRow]) -> int | None:

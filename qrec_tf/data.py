@@ -264,23 +264,29 @@ def query_items(path: str) -> Iterator[dict]:
 
 
 def item_categories(path: str, item_values: Sequence) -> np.ndarray:
-    """int64 [len(item_values) + 2, 2]: the raw (category, sub-category) ids of each item row of
-    the item vocabulary (row 0 padding, 1 OOV, then `item_values` in order), from the Beam job's
-    `<path>/item_categories.tsv` (its item_features rows); PAD_ID for an item without a row.
+    """int64 [len(item_values) + 2, 3]: the raw (category, sub-category, author) ids of each item
+    row of the item vocabulary (row 0 padding, 1 OOV, then `item_values` in order), from the Beam
+    job's `<path>/item_categories.tsv` (its item_features rows); PAD_ID for an item without a row.
 
     Lets a model place an item it knows only by id (a query's clicked item) in the categories
     its targets are represented with, without reading a split."""
     file = os.path.join(path, S.ITEM_CATEGORIES_FILE)
     if not tf.io.gfile.exists(file):
         raise FileNotFoundError(f"{file} not found: rebuild {path!r} with this version of "
-                                "`python -m pipelines.build_tfrecords` (model.query_clicked_items "
-                                "reads it)")
+                                "`python -m pipelines.build_tfrecords` (model.query_item_context "
+                                "and model.search_match read it)")
     row_of = {int(value): row for row, value in enumerate(item_values, start=2)}
-    table = np.full((len(item_values) + 2, 2), S.PAD_ID, np.int64)
+    table = np.full((len(item_values) + 2, 3), S.PAD_ID, np.int64)
     with tf.io.gfile.GFile(file) as f:
-        for line in f:
-            item, category, subcategory = (int(x) for x in line.split("\t"))
+        for number, line in enumerate(f, start=1):
+            fields = line.split("\t")
+            if len(fields) != 4:
+                raise S.SchemaMismatch(
+                    f"{file} line {number} has {len(fields)} columns, not 4 (item, category, "
+                    "sub-category, author): the data was written by an older version of "
+                    "pipelines.build_tfrecords; run it again with this version")
+            item, category, subcategory, author = (int(x) for x in fields)
             row = row_of.get(item)
             if row is not None:
-                table[row] = (category, subcategory)
+                table[row] = (category, subcategory, author)
     return table

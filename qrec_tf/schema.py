@@ -14,6 +14,11 @@ Conventions (docs/ARCHITECTURE.md, "Data and inputs"):
   first `max_query_words` word ids (right-padded), and the items clicked in that search session
   (`query_clicked_item_ids`: the first `query_clicked_items` by item id, right-padded; a query
   slot that is padding has none).
+- Every query slot also carries *when* its session happened (`query_timestamps`, ms, as the
+  impression's `timestamp`) and where its results lie (`query_category_ids`,
+  `query_subcategory_ids`: the category most of the session's shown items belong to, so that a
+  session without a click is placed too). The model computes each query's age, `timestamp -
+  query_timestamps`, inside the graph: a served request carries both raw times, never ages.
 
 Tensor shapes below are per example; `qrec_tf.data` adds a leading batch dimension.
 """
@@ -35,7 +40,8 @@ PAD_KEY = b""
 
 # --- feature names -------------------------------------------------------------------------
 LABEL = "label"                                   # int64 [] click (1) or not (0) on the impression
-TIMESTAMP = "timestamp"                           # int64 [] ms of the impression
+TIMESTAMP = "timestamp"                           # int64 [] ms of the impression: a model
+                                                  # input (query ages are computed from it)
 DOMAIN = "domain"                                 # int64 [] FEED_DOMAIN or SEARCH_DOMAIN
 USER_ID = "user_id"                               # int64 []
 ITEM_ID = "item_id"                               # int64 [] the target (candidate) item
@@ -53,6 +59,10 @@ QUERY_KEYS = "query_keys"                         # string [queries] queries iss
 QUERY_WORD_IDS = "query_word_ids"                 # int64 [queries, query_words]
 QUERY_CLICKED_ITEM_IDS = "query_clicked_item_ids" # int64 [queries, query_clicked_items] items
                                                   # clicked in each query's session (SESRec)
+QUERY_TIMESTAMPS = "query_timestamps"             # int64 [queries] ms of each query's session
+QUERY_CATEGORY_IDS = "query_category_ids"         # int64 [queries] the first-level category most
+                                                  # of the session's results belong to
+QUERY_SUBCATEGORY_IDS = "query_subcategory_ids"   # int64 [queries] the same, second level
 NIP_POS_ITEM_IDS = "nip_pos_item_ids"             # int64 [nip_pos] train clicks after t
 NIP_NEG_ITEM_IDS = "nip_neg_item_ids"             # int64 [nip_neg] train non-clicks after t
 
@@ -98,8 +108,9 @@ QUERY_ITEMS_DIR = "query_items"
 DEAD_LETTER_DIR = "dead_letter"
 STATS_FILE = "stats.json"
 SCHEMA_FILE = "schema.json"
-# One line per item_features row: "item_id<TAB>category<TAB>sub-category" (raw ids, PAD_ID for a
-# missing one), in no particular order: how a model places an item it knows only by id.
+# One line per item_features row: "item_id<TAB>category<TAB>sub-category<TAB>author" (raw ids,
+# PAD_ID for a missing one), in no particular order: how a model places an item it knows only by
+# id (a query's clicked item).
 ITEM_CATEGORIES_FILE = "item_categories.tsv"
 EXAMPLE_FILE_PATTERN = "*.tfrecord.gz"
 COMPRESSION = "GZIP"
@@ -114,8 +125,9 @@ class Feature:
       dtype: "int64" or "string".
       shape: per-example shape; () for a scalar.
       vocab: the vocabulary (under `vocab/`) that maps its raw values to indices, or None.
-      group: what the feature describes: "label", "context" (never a model input), "user",
-        "item", "history", "query", or "nip" (training-only targets).
+      group: what the feature describes: "label", "context" (never a model input), "request"
+        (the impression's time: a model input, sent once per user when scoring candidates),
+        "user", "item", "history", "query", or "nip" (training-only targets).
     """
 
     name: str
@@ -168,7 +180,7 @@ class Schema:
         h, q, w = self.history_length, self.max_queries, self.max_query_words
         return (
             Feature(LABEL, "int64", (), None, "label"),
-            Feature(TIMESTAMP, "int64", (), None, "context"),
+            Feature(TIMESTAMP, "int64", (), None, "request"),
             Feature(DOMAIN, "int64", (), None, "context"),
             Feature(USER_ID, "int64", (), VOCAB_USERS, "user"),
             Feature(SEARCH_ACTIVE_LEVEL, "int64", (), VOCAB_SEARCH_ACTIVE_LEVELS, "user"),
@@ -186,6 +198,9 @@ class Schema:
             Feature(QUERY_WORD_IDS, "int64", (q, w), VOCAB_WORDS, "query"),
             Feature(QUERY_CLICKED_ITEM_IDS, "int64", (q, self.query_clicked_items), VOCAB_ITEMS,
                     "query"),
+            Feature(QUERY_TIMESTAMPS, "int64", (q,), None, "query"),
+            Feature(QUERY_CATEGORY_IDS, "int64", (q,), VOCAB_CATEGORIES, "query"),
+            Feature(QUERY_SUBCATEGORY_IDS, "int64", (q,), VOCAB_SUBCATEGORIES, "query"),
             Feature(NIP_POS_ITEM_IDS, "int64", (self.nip_positives,), VOCAB_ITEMS, "nip"),
             Feature(NIP_NEG_ITEM_IDS, "int64", (self.nip_negatives,), VOCAB_ITEMS, "nip"),
         )

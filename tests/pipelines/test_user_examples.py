@@ -61,6 +61,24 @@ def test_per_query_clicks_are_aligned_with_the_queries():
     assert only[S.QUERY_CLICKED_ITEM_IDS] == [P, P, 7, 8, P, P]
 
 
+def test_each_query_slot_has_its_session_time_and_result_categories():
+    # Session 1 (t=5): shown items 7, 8, 9 with (category, sub-category) (1, 10), (2, 20),
+    # (2, 21), and 6 without features: category 2 (two votes), sub-categories 10, 20, 21 one vote
+    # each: the smallest, 10. Session 2 (t=6, no click): item 6 only, no features: PAD_ID.
+    features = {7: (0, 1, 10), 8: (0, 2, 20), 9: (0, 2, 21)}
+    search = [(5, 1, (3,), 9, 1), (5, 1, (3,), 7, 0), (5, 1, (3,), 8, 0), (5, 1, (3,), 6, 0),
+              (6, 2, (4,), 6, 0)]
+    (_, only), = build_user_examples(1, [(10, 100, 1)], search, None, features, SCHEMA)
+    assert only[S.QUERY_KEYS] == ["", "3", "4"]
+    assert only[S.QUERY_TIMESTAMPS] == [P, 5, 6]
+    assert only[S.QUERY_CATEGORY_IDS] == [P, 2, P]
+    assert only[S.QUERY_SUBCATEGORY_IDS] == [P, 10, P]
+    assert only[S.TIMESTAMP] == 10
+    # Left-padded and cut like the query keys: the last max_queries sessions before t.
+    _, last = make()[-1]
+    assert last[S.QUERY_TIMESTAMPS] == [55, 95, 135]
+
+
 def test_search_examples_come_from_the_training_period_only():
     rec = [(10, 100, 1), (20, 101, 0), (30, 102, 1), (40, 103, 0)]   # valid at 30, test at 40
     search = [(5, 1, (1,), 500, 1), (20, 2, (2,), 502, 1), (20, 2, (2,), 501, 0),

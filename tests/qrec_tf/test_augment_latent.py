@@ -140,7 +140,7 @@ def test_groups_read_from_item_categories_or_hashed_without_it(tmp_path, caplog)
     data_dir = str(tmp_path)
     with open(os.path.join(data_dir, S.ITEM_CATEGORIES_FILE), "w") as f:
         # item 30 has no first-level category (PAD_ID); item 40 has no row at all
-        f.write("10\t5\t51\n20\t2\t21\n30\t-1\t-1\n99\t5\t52\n")
+        f.write("10\t5\t51\t7\n20\t2\t21\t7\n30\t-1\t-1\t-1\n99\t5\t52\t8\n")
     groups = augment.read_item_groups(data_dir, np.array([20, 30, 10, 40]), 1)
     assert groups.names == ["category 2", "category 5", "hash 0"]
     assert groups.group_of_column.tolist() == [0, 2, 1, 2]
@@ -188,7 +188,7 @@ def planted_with_categories(tmp_path_factory):
     vocabulary = sorted({i for _, c, u in rows for i in [*c, *u]})
     data_dir = write_data(tmp_path_factory.mktemp("latent"), rows, vocabulary)
     with open(os.path.join(data_dir, S.ITEM_CATEGORIES_FILE), "w") as f:
-        f.writelines(f"{i}\t{(i - 1000) // 100 + 1}\t{i}\n" for i in vocabulary)
+        f.writelines(f"{i}\t{(i - 1000) // 100 + 1}\t{i}\t-1\n" for i in vocabulary)
     return data_dir, rows
 
 

@@ -21,14 +21,18 @@ def test_every_feature_is_named_once_with_its_shape():
     schema = S.Schema(history_length=4, max_queries=3, max_query_words=2, nip_positives=2,
                       nip_negatives=1, query_clicked_items=5)
     names = schema.feature_names
-    assert len(names) == len(set(names)) == 20
+    assert len(names) == len(set(names)) == 23
     assert schema.feature(S.QUERY_WORD_IDS).shape == (3, 2)
     assert schema.feature(S.HIST_ITEM_IDS).vocab == S.VOCAB_ITEMS
     clicked = schema.feature(S.QUERY_CLICKED_ITEM_IDS)
     assert (clicked.shape, clicked.vocab, clicked.group) == ((3, 5), S.VOCAB_ITEMS, "query")
     assert schema.feature(S.DOMAIN).group == "context"
+    # The impression's time is a model input (query ages are computed in the graph from it).
+    assert schema.feature(S.TIMESTAMP).group == "request"
+    assert schema.feature(S.QUERY_TIMESTAMPS).shape == (3,)
+    assert schema.feature(S.QUERY_SUBCATEGORY_IDS).vocab == S.VOCAB_SUBCATEGORIES
     assert {f.name for f in schema.model_features} == set(names) - {
-        S.LABEL, S.TIMESTAMP, S.DOMAIN, S.NIP_POS_ITEM_IDS, S.NIP_NEG_ITEM_IDS}
+        S.LABEL, S.DOMAIN, S.NIP_POS_ITEM_IDS, S.NIP_NEG_ITEM_IDS}
     specs = schema.tensor_specs(batch_size=None)
     assert specs[S.QUERY_KEYS] == tf.TensorSpec((None, 3), tf.string, name=S.QUERY_KEYS)
     with pytest.raises(KeyError, match="no feature named"):
