@@ -221,9 +221,9 @@ def query_side_parts(model, x: dict) -> list[Part]:
                              if k != "user" and v.dtype.is_floating))),
              Part("query: embed the query list", piece(
                  lambda: model.embed_queries(user["query_idx"], word_idx, True)))]
-    if cfg.query_clicked_items:
-        parts.append(Part("query: clicked items' context", piece(
-            lambda: model.clicked_items_context(user))))
+    if cfg.query_item_context:
+        parts.append(Part("query: clicked items' and results' context", piece(
+            lambda: model.clicked_items_context(user) + model.results_context(user))))
     if cfg.query_encoder:
         parts.append(Part("query: SAS encoder", piece(lambda: model.query_encoder(
             user["queries"], user["query_idx"] != 0, training=True), user["queries"])))
@@ -233,9 +233,9 @@ def query_side_parts(model, x: dict) -> list[Part]:
     if cfg.query_pooling:
         parts.append(Part("query: query attention", piece(lambda: model.pool_queries(
             user, item_idx, target, training=True), user["queries"], target)))
-    if cfg.query_category_match:
-        parts.append(Part("query: category match", piece(
-            lambda: model.search_category_match(user, x))))
+    if cfg.search_match:
+        parts.append(Part("query: search match", piece(
+            lambda: model.search_match_features(user, x, item_idx))))
     if cfg.contrastive_weight:
         parts.append(Part("query: contrastive loss", piece(lambda: model._contrastive_loss(
             user["query_idx"], user["query_text"][:, -1]), user["query_text"])))

@@ -210,21 +210,21 @@ class ModelConfig:
     # queries the query attention reads, so it can weigh recent queries above old ones.
     query_attention_positions: bool = False
     # True: each query's vector also holds the items clicked in its search session
-    # (query_clicked_item_ids), as the target is represented ([item || category ||
-    # sub-category], categories from the training data) and projected by the same matrix as the
-    # target (needs query_attention_target: item), so the query attention can match a query with
-    # a target of the same sub-category even when the query's words are rare.
-    query_clicked_items: bool = False
-    # True: the CTR MLP also reads how many of the items clicked in the user's search sessions
-    # share the target's category and sub-category (counts and shares, layers.category_match).
-    # It has no weights; it hands the MLP the search -> feed match the query attention did not
-    # learn on its own. docs/ARCHITECTURE.md, "The query branch".
-    query_category_match: bool = False
-    # Where the match counts join the click logit: "mlp" (the CTR MLP reads them beside its
-    # other inputs) or "logit" (a linear term, w^T m with w starting at 0, added to the logit:
-    # four weights fitted on every training row, which cannot combine the counts with the
-    # embeddings). docs/RESULTS.md, "QueryRec on logs...", part 10.
-    query_category_match_path: str = "mlp"
+    # (query_clicked_item_ids) and the categories its session's results lie in
+    # (query_category_ids, query_subcategory_ids), represented as the target is ([item ||
+    # category || sub-category]) and projected by the same matrix as the target (needs
+    # query_attention_target: item), so the query attention can match a query with a target of
+    # the same sub-category even when the query's words are rare or it got no click.
+    query_item_context: bool = False
+    # True: a learned vector per age bucket of each query (the impression's timestamp minus the
+    # query's, layers.age_embedding; zero at the start) is added to the query vectors that the
+    # query attention and the SAS encoder read: a search of an hour ago and one of nine days ago
+    # differ. docs/ARCHITECTURE.md, "The query branch".
+    query_age_embedding: bool = False
+    # True: the click logit adds a linear term (weights starting at 0) of time-decayed counts of
+    # the user's search events that share the target's item, author, category or sub-category
+    # (layers.search_match). docs/ARCHITECTURE.md, "The query branch".
+    search_match: bool = False
     # DIN's mini-batch aware L2 on the embedding rows a batch touches, each weighted by the
     # inverse of its id's frequency (Zhou et al. KDD'18); 0 = off. docs/PAPER.md, "MBA".
     embedding_l2: float = 0.0
@@ -262,15 +262,16 @@ class ModelConfig:
             raise ValueError("model.query_fusion must be concat or bilinear")
         if self.query_fusion == "bilinear" and not (self.query_pooling or self.query_encoder):
             raise ValueError("model.query_fusion bilinear needs query_pooling or query_encoder")
-        if self.query_category_match_path not in ("mlp", "logit"):
-            raise ValueError("model.query_category_match_path must be mlp or logit")
         if self.query_attention_target not in ("item_id", "item"):
             raise ValueError("model.query_attention_target must be item_id or item")
-        if self.query_clicked_items and not (self.query_pooling
-                                             and self.query_attention_target == "item"):
-            raise ValueError("model.query_clicked_items needs model.query_pooling and "
+        if self.query_item_context and not (self.query_pooling
+                                            and self.query_attention_target == "item"):
+            raise ValueError("model.query_item_context needs model.query_pooling and "
                              "model.query_attention_target: item (the clicked items and the "
                              "target share one projection)")
+        if self.query_age_embedding and not (self.query_pooling or self.query_encoder):
+            raise ValueError("model.query_age_embedding needs model.query_pooling or "
+                             "model.query_encoder (it changes the query vectors they read)")
         if self.embedding_l2 < 0:
             raise ValueError("model.embedding_l2 must be >= 0")
         if self.embedding_l2_counts not in ("vocab", "rows"):
@@ -299,6 +300,11 @@ class TrainConfig:
     shuffle_buffer: int = 100_000
     steps_per_epoch: int | None = None      # None: one pass over train/
     validation_steps: int | None = None     # None: one pass over valid/
+    # True: TensorFlow's deterministic ops (tf.config.experimental.enable_op_determinism): the
+    # same seed, data and machine give the same weights, at some speed (docs/RESULTS.md,
+    # "Runs, seeds and machines"). Other CPUs (other instruction sets) may still round
+    # differently.
+    deterministic: bool = False
 
     def validate(self) -> None:
         if self.batch_size < 1 or self.epochs < 1:

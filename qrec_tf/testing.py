@@ -59,7 +59,20 @@ def random_batch(schema: S.Schema, vocabularies: Vocabularies, batch_size: int,
             drawn[padded] = f.pad.decode() if f.dtype == "string" else f.pad
         features[f.name] = drawn.astype(bytes) if f.dtype == "string" else drawn
     _words_follow_keys(features, vocabularies, schema.max_query_words)
+    _queries_before_the_impression(features, rng)
     return features, rng.integers(0, 2, batch_size)
+
+
+def _queries_before_the_impression(features: dict, rng: np.random.Generator) -> None:
+    """Impression times in a 10-day span of ms, and every real query slot at an age of up to 20
+    days before it, older slots first (as the Beam job writes them); PAD_ID on padding."""
+    start = 1_684_684_800_000
+    timestamps = start + rng.integers(0, 10 * 86_400_000, len(features[S.TIMESTAMP]))
+    features[S.TIMESTAMP] = timestamps
+    ages = np.sort(rng.integers(0, 20 * 86_400_000, features[S.QUERY_TIMESTAMPS].shape),
+                   axis=1)[:, ::-1]
+    real = features[S.QUERY_KEYS] != S.PAD_KEY
+    features[S.QUERY_TIMESTAMPS] = np.where(real, timestamps[:, None] - ages, S.PAD_ID)
 
 
 def _words_follow_keys(features: dict, vocabularies: Vocabularies, n_words: int) -> None:
@@ -85,12 +98,12 @@ def random_data_constants(config, vocabularies: Vocabularies, seed: int = 0) -> 
         rows = vocabularies.size(S.VOCAB_QUERIES)
         constants["query_positives"] = rng.integers(
             2, vocabularies.size(S.VOCAB_ITEMS), (rows, config.contrastive_positives))
-    if getattr(config, "query_clicked_items", False) or getattr(
-            config, "query_category_match", False):
+    if getattr(config, "query_item_context", False) or getattr(config, "search_match", False):
         rows = vocabularies.size(S.VOCAB_ITEMS)
         constants["item_categories"] = np.stack(
-            [rng.choice(vocabularies.values[S.VOCAB_CATEGORIES], rows),
-             rng.choice(vocabularies.values[S.VOCAB_SUBCATEGORIES], rows)], 1).astype(np.int64)
+            [rng.choice(vocabularies.values[vocab], rows)
+             for vocab in (S.VOCAB_CATEGORIES, S.VOCAB_SUBCATEGORIES, S.VOCAB_AUTHORS)],
+            1).astype(np.int64)
     return constants
 
 

@@ -119,6 +119,8 @@ def train(config: Config, data_dir: str, model_dir: str, strategy_name: str = "d
     with open(model_layout.config_path(model_dir), "w") as f:
         f.write(config.to_yaml())
     keras.utils.set_random_seed(config.train.seed)
+    if config.train.deterministic:
+        tf.config.experimental.enable_op_determinism()
     if mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     tc = config.train

@@ -24,12 +24,13 @@ import tensorflow as tf
 from qrec_tf import data, losses
 from qrec_tf import schema as S
 from qrec_tf.config import ModelConfig
-from qrec_tf.layers.category_match import CategoryMatch
+from qrec_tf.layers.age_embedding import AgeEmbedding, ages_in_hours
 from qrec_tf.layers.contrastive import BilinearSimilarity
 from qrec_tf.layers.id_lookup import OOV_INDEX
 from qrec_tf.layers.layer_scale import LayerScale
 from qrec_tf.layers.query_embedding import SparseQueryEmbedding
 from qrec_tf.layers.sas_encoder import SASEncoder
+from qrec_tf.layers.search_match import SearchMatch
 from qrec_tf.models.base import CTRModel, Vocabularies
 from qrec_tf.positives import load as load_positives
 from qrec_tf.positives import positives_matrix
@@ -52,9 +53,9 @@ class QueryRecModel(CTRModel):
                  item_categories: np.ndarray | None = None, **kwargs):
         """`query_positives`: int [query vocabulary rows, P] item *indices* (0 = none) of the
         positives of each query index (the contrastive loss's I+_q); needed when
-        config.contrastive_weight > 0. `item_categories`: int [item vocabulary rows, 2] raw
-        (category, sub-category) ids of each item row (`data.item_categories`); needed when
-        config.query_clicked_items or config.query_category_match."""
+        config.contrastive_weight > 0. `item_categories`: int [item vocabulary rows, 3] raw
+        (category, sub-category, author) ids of each item row (`data.item_categories`); needed
+        when config.query_item_context or config.search_match."""
         super().__init__(config, schema, vocabularies, **kwargs)
         d = config.embedding_dim
         self.uses_queries = config.query_pooling or config.query_encoder or bool(
@@ -75,25 +76,29 @@ class QueryRecModel(CTRModel):
             if config.query_attention_positions:
                 self.query_positions = self.add_weight(
                     shape=(schema.max_queries, d), initializer="zeros", name="query_positions")
-        self.reads_clicked_categories = (config.query_clicked_items
-                                         or config.query_category_match)
+        self.reads_clicked_categories = config.query_item_context or config.search_match
         if self.reads_clicked_categories:
             if item_categories is None:
-                raise ValueError("model.query_clicked_items and model.query_category_match need "
-                                 "the item categories table")
+                raise ValueError("model.query_item_context and model.search_match need the item "
+                                 "categories table")
             # As vocabulary indices (0 padding, 1 OOV): the table is read inside
             # `indexed_inputs()` too, where `lookup` passes its input through.
             self.item_category_indices = tf.constant(np.stack([
                 _vocabulary_indices(item_categories[:, column], vocabularies.values[vocab])
-                for column, vocab in enumerate((S.VOCAB_CATEGORIES, S.VOCAB_SUBCATEGORIES))],
-                1), tf.int64)
-        self.category_match = (CategoryMatch(name="query_category_match")
-                               if config.query_category_match else None)
-        self.category_match_logit = None
-        if config.query_category_match and config.query_category_match_path == "logit":
+                for column, vocab in enumerate(
+                    (S.VOCAB_CATEGORIES, S.VOCAB_SUBCATEGORIES, S.VOCAB_AUTHORS))], 1), tf.int64)
+        # Ages of the queries (the impression's time minus each session's) inside the graph.
+        self.reads_query_times = config.query_age_embedding or config.search_match
+        self.query_age = None
+        if config.query_age_embedding:
+            self.query_age = AgeEmbedding(d, name="query_age")
+            self.query_age.build((None, schema.max_queries))
+        self.search_match = None
+        if config.search_match:
+            self.search_match = SearchMatch(name="search_match")
             # Zero at the start: the model begins as if it had no match input.
-            self.category_match_logit = keras.layers.Dense(
-                1, use_bias=False, kernel_initializer="zeros", name="query_category_match_logit")
+            self.search_match_logit = keras.layers.Dense(
+                1, use_bias=False, kernel_initializer="zeros", name="search_match_logit")
         if config.query_encoder:
             self.query_encoder = SASEncoder(schema.max_queries, d, num_blocks=config.sas_blocks,
                                             num_heads=config.sas_heads, dropout=config.sas_dropout,
@@ -133,10 +138,10 @@ class QueryRecModel(CTRModel):
     @classmethod
     def data_constants(cls, config, data_dir, schema, vocabularies):
         """{"query_positives": the contrastive loss's table (`positives_matrix`)} when the
-        config has a contrastive loss, {"item_categories": ...} with query_clicked_items or
-        query_category_match."""
+        config has a contrastive loss, {"item_categories": ...} with query_item_context or
+        search_match."""
         constants = {}
-        if config.query_clicked_items or config.query_category_match:
+        if config.query_item_context or config.search_match:
             constants["item_categories"] = data.item_categories(
                 data_dir, vocabularies.values[S.VOCAB_ITEMS])
         if not config.contrastive_weight:
@@ -171,7 +176,10 @@ class QueryRecModel(CTRModel):
         Returns {"user": user-feature embeddings [rows, dim] each, "history_idx" [rows, H],
         "history" [rows, H, 3 * dim], and with queries "query_idx" [rows, Q], "queries"
         [rows, Q, dim], with the encoder "e_qt" [rows, dim], with the search-clicked items'
-        categories "clicked_idx" [rows, Q, C] and "clicked_categories" [rows, Q, C, 2]}.
+        attributes "clicked_idx" [rows, Q, C] and "clicked_categories" [rows, Q, C, 3]
+        (category, sub-category, author indices) and the query slots' result categories
+        "result_categories" [rows, Q, 2], with query times "query_ages" [rows, Q] (hours) and
+        "query_present" bool [rows, Q]}.
         """
         history_idx, history = self.item_representation(
             features[S.HIST_ITEM_IDS], features[S.HIST_CATEGORY_IDS],
@@ -182,14 +190,27 @@ class QueryRecModel(CTRModel):
             clicked = self.lookup(S.QUERY_CLICKED_ITEM_IDS, features[S.QUERY_CLICKED_ITEM_IDS])
             user["clicked_idx"] = clicked
             user["clicked_categories"] = tf.gather(self.item_category_indices, clicked)
+            user["result_categories"] = tf.stack(
+                [self.lookup(S.QUERY_CATEGORY_IDS, features[S.QUERY_CATEGORY_IDS]),
+                 self.lookup(S.QUERY_SUBCATEGORY_IDS, features[S.QUERY_SUBCATEGORY_IDS])], -1)
+        if self.reads_query_times:
+            # A slot is a query when its key is not padding ("" -> index 0).
+            user["query_present"] = self.lookup(S.QUERY_KEYS, features[S.QUERY_KEYS]) != 0
+            user["query_ages"] = ages_in_hours(features[S.TIMESTAMP],
+                                               features[S.QUERY_TIMESTAMPS])
         if self.uses_queries:
             query_idx = self.lookup(S.QUERY_KEYS, features[S.QUERY_KEYS])
             word_idx = self.lookup(S.QUERY_WORD_IDS, features[S.QUERY_WORD_IDS])
             user["query_idx"] = query_idx
             user["query_text"] = self.embed_queries(query_idx, word_idx, training)  # [rows, Q, d]
             user["queries"] = user["query_text"]
-            if self.config.query_clicked_items:
-                user["queries"] = user["queries"] + self.clicked_items_context(user)
+            if self.config.query_item_context:
+                user["queries"] = (user["queries"] + self.clicked_items_context(user)
+                                   + self.results_context(user))
+            if self.query_age is not None:
+                age = self.query_age(user["query_ages"])                           # [rows, Q, d]
+                user["queries"] = user["queries"] + tf.where(
+                    (query_idx != 0)[..., None], tf.cast(age, user["queries"].dtype), 0.0)
         if self.config.query_encoder:
             user["e_qt"] = self.query_encoder(user["queries"], user["query_idx"] != 0,
                                               training=training)               # [rows, d]
@@ -217,6 +238,18 @@ class QueryRecModel(CTRModel):
         count = tf.math.unsorted_segment_sum(tf.ones_like(projected[:, :1]), slot, slots)
         return tf.reshape(total / tf.maximum(count, 1.0),
                           tf.concat([shape[:2], [self.config.embedding_dim]], 0))
+
+    def results_context(self, user: dict) -> tf.Tensor:
+        """[rows, Q, dim]: per query slot, where its session's results lie: [0 || category ||
+        sub-category] of the results' majority categories through the query attention's target
+        projection (0 for a slot without them), so that a query without a click, or whose words
+        are rare, still points at the part of the catalogue it is about."""
+        categories = user["result_categories"]                               # [rows, Q, 2]
+        category = self.embed(S.CATEGORY_ID, categories[..., 0])
+        subcategory = self.embed(S.SUBCATEGORY_ID, categories[..., 1])
+        rep = tf.concat([tf.zeros_like(category), category, subcategory], axis=-1)
+        projected = self.query_target_projection(rep)                        # [rows, Q, d]
+        return tf.where((categories[..., 1:] != 0), projected, tf.zeros_like(projected))
 
     def embed_queries(self, query_idx: tf.Tensor, word_idx: tf.Tensor,
                       training: bool = False) -> tf.Tensor:
@@ -256,13 +289,9 @@ class QueryRecModel(CTRModel):
                                      training=training, queries_per_key_row=items_per_user)
         parts = [*per_row[:len(user["user"])], *self.item_embeddings(features), target, v_b]
         match_logit = 0.0
-        if self.category_match is not None:
-            match = self.search_category_match(user, features)
-            if self.category_match_logit is None:
-                parts.append(match)
-            else:
-                match_logit = tf.cast(
-                    tf.squeeze(self.category_match_logit(match), -1), tf.float32)
+        if self.search_match is not None:
+            match_logit = tf.cast(tf.squeeze(self.search_match_logit(
+                self.search_match_features(user, features, item_idx)), -1), tf.float32)
         query_parts = []
         if self.config.query_pooling:
             query_parts.append(self.query_input("pooled", self.pool_queries(
@@ -298,16 +327,35 @@ class QueryRecModel(CTRModel):
         return self.query_attention(query_target, queries, user["query_idx"] != 0,
                                     training=training, queries_per_key_row=items_per_user)
 
-    def search_category_match(self, user: dict, features: Mapping[str, tf.Tensor]
-                              ) -> tf.Tensor:
-        """[rows, 4] (layers.category_match): counts and shares of the user's search-clicked
-        items in the target's category and sub-category, model.query_category_match."""
-        target = tf.stack([self.lookup(S.CATEGORY_ID, features[S.CATEGORY_ID]),
-                           self.lookup(S.SUBCATEGORY_ID, features[S.SUBCATEGORY_ID])], -1)
-        users = tf.shape(user["clicked_idx"])[0]
-        clicked = tf.reshape(user["clicked_categories"], [users, -1, 2])     # [users, Q * C, 2]
-        mask = tf.reshape(user["clicked_idx"] != 0, [users, -1])
-        return self.category_match(target, clicked, mask)
+    def search_match_features(self, user: dict, features: Mapping[str, tf.Tensor],
+                              item_idx: tf.Tensor) -> tf.Tensor:
+        """[rows, 40] (layers.search_match, model.search_match): time-decayed counts of the
+        user's search events that share an attribute with the target, at 5 half-lives each:
+        - the items clicked in search sessions (item, author, category, sub-category);
+        - the results of the sessions with a click (category, sub-category);
+        - the results of the sessions without one (category, sub-category): a search that found
+          nothing to click may leave a need the feed can meet, and one that did may not."""
+        category = self.lookup(S.CATEGORY_ID, features[S.CATEGORY_ID])
+        subcategory = self.lookup(S.SUBCATEGORY_ID, features[S.SUBCATEGORY_ID])
+        author = self.lookup(S.AUTHOR_ID, features[S.AUTHOR_ID])
+        clicked, attributes = user["clicked_idx"], user["clicked_categories"]  # [U, Q, C(, 3)]
+        users = tf.shape(clicked)[0]
+        events = tf.stack([clicked, attributes[..., 2], attributes[..., 0], attributes[..., 1]],
+                          -1)                                                  # [U, Q, C, 4]
+        ages = user["query_ages"]                                              # [U, Q]
+        clicked_ages = tf.reshape(tf.broadcast_to(ages[..., None], tf.shape(clicked)),
+                                  [users, -1])                                 # [U, Q * C]
+        match = self.search_match
+        from_clicks = match(tf.stack([item_idx, author, category, subcategory], -1),
+                            tf.reshape(events, [users, -1, 4]), clicked_ages,
+                            tf.reshape(clicked != 0, [users, -1]))
+        had_click = tf.reduce_any(clicked != 0, axis=-1)                       # [U, Q]
+        target = tf.stack([category, subcategory], -1)
+        results = user["result_categories"]
+        present = user["query_present"]
+        with_click = match(target, results, ages, present & had_click)
+        without_click = match(target, results, ages, present & ~had_click)
+        return tf.concat([from_clicks, with_click, without_click], -1)
 
     def query_input(self, name: str, x: tf.Tensor, training: bool = False) -> tf.Tensor:
         """A query-side CTR input [rows, dim] ("pooled" v_q or "encoded" e_qt) as the MLP reads

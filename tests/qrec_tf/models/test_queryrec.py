@@ -431,138 +431,137 @@ def test_query_attention_target_is_checked():
         load_config("configs/queryrec.yaml", ["model.query_attention_target=category"])
 
 
-def test_query_clicked_items_add_the_projected_mean_of_the_clicked_items_to_each_query():
-    """query_clicked_items: a query slot's vector is its text embedding plus W times the mean
-    [item || category || sub-category] of its clicked items (W: the target projection), with
-    the categories from the item table; a slot without clicks gets its text embedding only."""
+def test_query_item_context_adds_the_clicked_items_and_the_results_to_each_query():
+    """query_item_context: a query slot's vector is its text embedding plus W times the mean
+    [item || category || sub-category] of its clicked items plus W [0 || category ||
+    sub-category] of its results' categories (W: the target projection), the clicked items'
+    categories from the item table; a slot without clicks or results gets neither."""
     config = load_config("configs/din_query.yaml",
                          [*TINY, "model.query_attention_target=item",
-                          "model.query_clicked_items=true"]).model
+                          "model.query_item_context=true"]).model
     table = random_data_constants(config, VOCABS, seed=6)["item_categories"]
     model = MODELS["din_query"][0](config, SCHEMA, VOCABS, name="m", item_categories=table)
     features = batch()
     clicked = features[S.QUERY_CLICKED_ITEM_IDS].copy()
     clicked[0, 0] = S.PAD_ID                                     # slot (0, 0): no clicks
-    features = {**features, S.QUERY_CLICKED_ITEM_IDS: clicked}
+    results = features[S.QUERY_SUBCATEGORY_IDS].copy()
+    results[0, 0] = S.PAD_ID                                     # ... and no results
+    features = {**features, S.QUERY_CLICKED_ITEM_IDS: clicked, S.QUERY_SUBCATEGORY_IDS: results}
     model(features, training=False)
     user = model.encode_user(features)
     embed = {v: model.embeddings[v].embeddings.numpy()
              for v in (S.VOCAB_ITEMS, S.VOCAB_CATEGORIES, S.VOCAB_SUBCATEGORIES)}
     kernel = model.query_target_projection.kernel.numpy()
     item_idx = model.lookup(S.QUERY_CLICKED_ITEM_IDS, clicked).numpy()
-    for r, q in [(0, 0), (1, 2), (3, SCHEMA.max_queries - 1)]:
-        reps = []
-        for idx in item_idx[r, q]:
-            if idx == 0:
-                continue
-            category, subcategory = table[idx]
-            reps.append(np.concatenate([
-                embed[S.VOCAB_ITEMS][idx],
-                embed[S.VOCAB_CATEGORIES][model.lookup(S.CATEGORY_ID, [category]).numpy()[0]],
+
+    def category_rows(category, subcategory):
+        return (embed[S.VOCAB_CATEGORIES][model.lookup(S.CATEGORY_ID, [category]).numpy()[0]],
                 embed[S.VOCAB_SUBCATEGORIES][
-                    model.lookup(S.SUBCATEGORY_ID, [subcategory]).numpy()[0]]]))
+                    model.lookup(S.SUBCATEGORY_ID, [subcategory]).numpy()[0]])
+
+    for r, q in [(0, 0), (1, 2), (3, SCHEMA.max_queries - 1)]:
+        reps = [np.concatenate([embed[S.VOCAB_ITEMS][idx], *category_rows(*table[idx][:2])])
+                for idx in item_idx[r, q] if idx != 0]
         context = np.mean(reps, 0) @ kernel if reps else 0.0
+        if results[r, q] != S.PAD_ID:
+            context = context + np.concatenate([
+                np.zeros(config.embedding_dim),
+                *category_rows(features[S.QUERY_CATEGORY_IDS][r, q], results[r, q])]) @ kernel
         np.testing.assert_allclose(user["queries"][r, q].numpy(),
                                    user["query_text"][r, q].numpy() + context,
                                    rtol=1e-5, atol=1e-6)
     assert not any(item_idx[0, 0])
+    np.testing.assert_allclose(user["queries"][0, 0].numpy(), user["query_text"][0, 0].numpy())
 
 
-def test_query_clicked_items_need_the_item_projection():
-    with pytest.raises(ValueError, match="query_clicked_items needs"):
+def test_query_item_context_needs_the_item_projection():
+    with pytest.raises(ValueError, match="query_item_context needs"):
         load_config("configs/queryrec.yaml", ["model.query_attention_target=item_id"])
 
 
 def test_item_categories_agree_with_the_training_split(data_dir):
     """data.item_categories (the Beam job's item_categories.tsv): each training target's row
-    holds the target's (category, sub-category); the padding and OOV rows hold PAD_ID."""
+    holds the target's (category, sub-category, author); the padding and OOV rows hold PAD_ID."""
     from qrec_tf import data as qdata
 
     items = [value for value, _ in S.read_vocab(data_dir, S.VOCAB_ITEMS)]
     table = qdata.item_categories(data_dir, items)
-    assert table.shape == (len(items) + 2, 2) and (table[:2] == S.PAD_ID).all()
+    assert table.shape == (len(items) + 2, 3) and (table[:2] == S.PAD_ID).all()
     row_of = {int(v): r for r, v in enumerate(items, start=2)}
     seen = 0
     for batch in qdata.make_dataset(data_dir, "train", 512, shuffle=False):
-        for item, category, subcategory in zip(batch[S.ITEM_ID].numpy(),
-                                               batch[S.CATEGORY_ID].numpy(),
-                                               batch[S.SUBCATEGORY_ID].numpy()):
-            assert tuple(table[row_of[int(item)]]) == (category, subcategory)
+        for item, category, subcategory, author in zip(
+                batch[S.ITEM_ID].numpy(), batch[S.CATEGORY_ID].numpy(),
+                batch[S.SUBCATEGORY_ID].numpy(), batch[S.AUTHOR_ID].numpy()):
+            assert tuple(table[row_of[int(item)]]) == (category, subcategory, author)
             seen += 1
     assert seen > 1000
 
 
-def test_query_category_match_feeds_the_mlp_the_counts_of_the_targets_categories():
-    """query_category_match: the model's CTR input ends with CategoryMatch of the target's
-    (category, sub-category) against the categories of the items clicked in the user's searches
-    (item table), and scores change when only those clicked items change."""
-    config = load_config("configs/din.yaml", [*TINY, "model.query_category_match=true"]).model
-    table = random_data_constants(config, VOCABS, seed=6)["item_categories"]
-    model = MODELS["din"][0](config, SCHEMA, VOCABS, name="m", item_categories=table)
+def test_query_age_embedding_adds_the_vector_of_each_querys_age_bucket():
+    """query_age_embedding: each real query slot's vector gains the age bucket's vector of
+    (timestamp - query_timestamps) in hours, computed inside the graph from the raw times; a
+    padding slot gains nothing. The table starts at zero: the model then scores as without it."""
+    config = load_config("configs/din_query.yaml", [*TINY, "model.query_age_embedding=true"]).model
+    tf.keras.utils.set_random_seed(0)
+    model = MODELS["din_query"][0](config, SCHEMA, VOCABS, name="m")
     features = batch()
     model(features, training=False)
     user = model.encode_user(features)
-    match = model.search_category_match(user, features).numpy()
-    clicked = model.lookup(S.QUERY_CLICKED_ITEM_IDS, features[S.QUERY_CLICKED_ITEM_IDS]).numpy()
-    for r in range(len(match)):
-        target = (model.lookup(S.CATEGORY_ID, features[S.CATEGORY_ID][r:r + 1]).numpy()[0],
-                  model.lookup(S.SUBCATEGORY_ID, features[S.SUBCATEGORY_ID][r:r + 1]).numpy()[0])
-        rows = [idx for idx in clicked[r].ravel() if idx != 0]
-        counts = []
-        for level, (raw, vocab) in enumerate([(table[:, 0], S.CATEGORY_ID),
-                                              (table[:, 1], S.SUBCATEGORY_ID)]):
-            indices = model.lookup(vocab, raw[rows]).numpy() if rows else np.array([])
-            counts.append(int(((indices == target[level]) & (indices >= 2)).sum()))
-        expected = [np.log1p(counts[0]), np.log1p(counts[1]),
-                    counts[0] / max(len(rows), 1), counts[1] / max(len(rows), 1)]
-        np.testing.assert_allclose(match[r], expected, rtol=1e-6, atol=1e-7)
-    # Give item row 2 row 0's target categories and make it every clicked item: row 0's
-    # sub-category share becomes 1 and its score moves.
-    table[2] = [features[S.CATEGORY_ID][0], features[S.SUBCATEGORY_ID][0]]
-    model = MODELS["din"][0](config, SCHEMA, VOCABS, name="m", item_categories=table)
-    model(features, training=False)
-    item = VOCABS.values[S.VOCAB_ITEMS][0]
-    moved = {**features, S.QUERY_CLICKED_ITEM_IDS: np.full_like(
-        features[S.QUERY_CLICKED_ITEM_IDS], item)}
-    assert model.search_category_match(model.encode_user(moved), moved).numpy()[0, 3] == 1.0
-    assert score(model, moved)[0] != score(model, features)[0]
+    np.testing.assert_array_equal(user["queries"].numpy(), user["query_text"].numpy())
+    table = np.random.default_rng(3).normal(size=model.query_age.table.embeddings.shape)
+    model.query_age.table.embeddings.assign(table.astype(np.float32))
+    user = model.encode_user(features)
+    hours = (features[S.TIMESTAMP][:, None] - features[S.QUERY_TIMESTAMPS]) / 3_600_000
+    bucket = np.searchsorted(model.query_age.boundaries_hours, hours, side="right")
+    real = features[S.QUERY_KEYS] != S.PAD_KEY
+    expected = user["query_text"].numpy() + np.where(real[..., None], table[bucket], 0.0)
+    np.testing.assert_allclose(user["queries"].numpy(), expected, rtol=1e-5, atol=1e-6)
+    # The same ages from other absolute times give the same scores; other ages other scores.
+    shifted = {**features, S.TIMESTAMP: features[S.TIMESTAMP] + 86_400_000,
+               S.QUERY_TIMESTAMPS: np.where(real, features[S.QUERY_TIMESTAMPS] + 86_400_000,
+                                            S.PAD_ID)}
+    np.testing.assert_allclose(score(model, shifted), score(model, features), rtol=1e-6)
+    later = {**features, S.TIMESTAMP: features[S.TIMESTAMP] + 30 * 86_400_000}
+    assert np.abs(score(model, later) - score(model, features)).max() > 1e-6
 
 
-@pytest.mark.parametrize("fusion", ["concat", "bilinear"])
-def test_query_category_match_path_logit_adds_w_dot_match_to_the_logit(fusion):
-    """query_category_match_path logit: the MLP does not read the match counts; a linear term
-    w^T m, w starting at 0 (the logits of the same model without the match), is added to the
-    logit."""
-    extra = ["model.query_category_match=true", "model.query_category_match_path=logit",
-             f"model.query_fusion={fusion}"]
-    config = load_config("configs/queryrec.yaml", [*TINY, *extra]).model
+def test_search_match_adds_a_linear_term_of_the_time_decayed_counts_to_the_logit():
+    """search_match: the logit is the model's own plus w^T m, m the 40 time-decayed match counts
+    (clicked items x 4 attributes, results of sessions with and without a click x 2, 5
+    half-lives each), w starting at 0. The counts are checked by hand for one user whose only
+    search clicked the target item itself 6 hours before the impression."""
+    config = load_config("configs/din.yaml", [*TINY, "model.search_match=true"]).model
     constants = random_data_constants(config, VOCABS)
-    features = batch()
-    # The first item (table row 2: 0 and 1 are padding and OOV) gets row 0's target categories,
-    # so that clicking it moves row 0's match.
-    constants["item_categories"][2] = [features[S.CATEGORY_ID][0], features[S.SUBCATEGORY_ID][0]]
-    model = MODELS["queryrec"][0](config, SCHEMA, VOCABS, name="m", **constants)
-    model(features, training=False)
-    logit = model.category_match_logit
-    assert tuple(logit.kernel.shape) == (4, 1)
+    features = batch(size=3)
+    # Item row 2 (the first item): row 0's target, with its category, sub-category and author.
     item = VOCABS.values[S.VOCAB_ITEMS][0]
-    moved = {**features, S.QUERY_CLICKED_ITEM_IDS: np.full_like(
-        features[S.QUERY_CLICKED_ITEM_IDS], item)}
-    base = model.forward(features)["logits"].numpy()
-    user, user_moved = model.encode_user(features), model.encode_user(moved)
-    match = model.search_category_match(user, features).numpy()
-    match_moved = model.search_category_match(user_moved, moved).numpy()
-    assert not np.allclose(match, match_moved)
-    # Moving the clicked items moves the query side too; remove that part with w = 0.
-    base_moved = model.forward(moved)["logits"].numpy()
-    w = np.array([[0.5], [-1.0], [2.0], [3.0]], np.float32)
-    logit.kernel.assign(w)
-    np.testing.assert_allclose(model.forward(features)["logits"].numpy(),
-                               base + match @ w[:, 0], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(model.forward(moved)["logits"].numpy(),
-                               base_moved + match_moved @ w[:, 0], rtol=1e-5, atol=1e-6)
-
-
-def test_query_category_match_path_is_checked():
-    with pytest.raises(ValueError, match="query_category_match_path must be mlp or logit"):
-        load_config("configs/din.yaml", ["model.query_category_match_path=wide"])
+    target = [features[n][0] for n in (S.CATEGORY_ID, S.SUBCATEGORY_ID, S.AUTHOR_ID)]
+    constants["item_categories"][2] = target
+    model = MODELS["din"][0](config, SCHEMA, VOCABS, name="m", **constants)
+    q, c = SCHEMA.max_queries, SCHEMA.query_clicked_items
+    one = {**features}
+    one[S.ITEM_ID] = np.array([item, *features[S.ITEM_ID][1:]])
+    one[S.QUERY_KEYS] = np.array([[b""] * (q - 1) + [b"7"]] * 3)
+    one[S.QUERY_TIMESTAMPS] = np.where(one[S.QUERY_KEYS] != b"",
+                                       features[S.TIMESTAMP][:, None] - 6 * 3_600_000, -1)
+    clicked = np.full((3, q, c), S.PAD_ID)
+    clicked[:, -1, 0] = item
+    one[S.QUERY_CLICKED_ITEM_IDS] = clicked
+    # The session's results: row 0's target categories (a session with a click).
+    one[S.QUERY_CATEGORY_IDS] = np.where(one[S.QUERY_KEYS] != b"", target[0], -1)
+    one[S.QUERY_SUBCATEGORY_IDS] = np.where(one[S.QUERY_KEYS] != b"", target[1], -1)
+    model(one, training=False)
+    kernel = model.search_match_logit.kernel
+    assert tuple(kernel.shape) == (40, 1) and not kernel.numpy().any()
+    base = model.forward(one)["logits"].numpy()
+    m = model.search_match_features(model.encode_user(one), one,
+                                    model.lookup(S.ITEM_ID, one[S.ITEM_ID])).numpy()
+    decay = np.log1p(0.5 ** (6.0 / np.array([1.0, 6.0, 24.0, 72.0, 240.0])))
+    np.testing.assert_allclose(m[0, :20], np.tile(decay, 4), rtol=1e-6)   # item, author, ...
+    np.testing.assert_allclose(m[0, 20:30], np.tile(decay, 2), rtol=1e-6)  # results, clicked
+    np.testing.assert_array_equal(m[0, 30:], 0.0)                         # no click-less one
+    w = np.random.default_rng(0).normal(size=(40, 1)).astype(np.float32)
+    kernel.assign(w)
+    np.testing.assert_allclose(model.forward(one)["logits"].numpy(), base + m @ w[:, 0],
+                               rtol=1e-5, atol=1e-5)

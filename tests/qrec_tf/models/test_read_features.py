@@ -36,17 +36,21 @@ def test_each_model_reads_what_its_code_reads():
     assert build("dcn").input_feature_names() == tuple(USER_ITEM_HISTORY)
     # PLE tells the tasks apart by the domain (in its loss, not its forward).
     assert build("ple").input_feature_names() == (S.DOMAIN, *USER_ITEM_HISTORY)
-    # queryrec: the queries, their clicked items, and the NIP targets (in training only).
+    # queryrec: the impression's time, the queries with their times, clicked items and
+    # results, and the NIP targets (in training only).
     assert build("queryrec").input_feature_names() == (
-        *USER_ITEM_HISTORY, S.QUERY_KEYS, S.QUERY_WORD_IDS, S.QUERY_CLICKED_ITEM_IDS,
-        S.NIP_POS_ITEM_IDS, S.NIP_NEG_ITEM_IDS)
-    assert S.QUERY_CLICKED_ITEM_IDS not in build(
-        "queryrec", "model.query_clicked_items=false",
-        "model.query_category_match=false").input_feature_names()
-    # The search -> feed match counts read the clicked items on their own too.
-    assert S.QUERY_CLICKED_ITEM_IDS in build(
-        "queryrec", "model.query_clicked_items=false",
-        "model.query_category_match=true").input_feature_names()
+        S.TIMESTAMP, *USER_ITEM_HISTORY, S.QUERY_KEYS, S.QUERY_WORD_IDS,
+        S.QUERY_CLICKED_ITEM_IDS, S.QUERY_TIMESTAMPS, S.QUERY_CATEGORY_IDS,
+        S.QUERY_SUBCATEGORY_IDS, S.NIP_POS_ITEM_IDS, S.NIP_NEG_ITEM_IDS)
+    without_time = build("queryrec", "model.query_item_context=false",
+                         "model.query_age_embedding=false",
+                         "model.search_match=false").input_feature_names()
+    assert not {S.TIMESTAMP, S.QUERY_TIMESTAMPS, S.QUERY_CLICKED_ITEM_IDS} & set(without_time)
+    # The search -> target match reads the clicked items, the results and the times on its own.
+    assert {S.TIMESTAMP, S.QUERY_TIMESTAMPS, S.QUERY_CLICKED_ITEM_IDS,
+            S.QUERY_SUBCATEGORY_IDS} <= set(build(
+                "queryrec", "model.query_item_context=false", "model.query_age_embedding=false",
+                "model.search_match=true").input_feature_names())
 
 
 def test_the_penalty_counts_only_the_rows_of_features_the_model_reads():
