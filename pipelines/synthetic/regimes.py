@@ -64,8 +64,19 @@ class Regime:
     recency_half_life_hours: float | None = None
     search_feed_mix: float = SEARCH_FEED_MIX
     queries_per_subtopic: int = QUERIES_PER_SUBTOPIC
+    query_zipf: float = QUERY_ZIPF
     rec_per_user: int = DEFAULT_REC_PER_USER
     sessions_per_user: int = DEFAULT_SESSIONS_PER_USER
+    # How a search changes the feed (EFFECTS): "subtopic" (the searched sub-topic's items get
+    # `recency_boost`), "creator" (only the searched creator's items do; `creator_query_share`
+    # of the sessions search a creator by name) or "unmet_need" (the searched sub-topic gets
+    # `recency_boost` after a session without a click and `satisfied_boost` after one with).
+    effect: str = "subtopic"
+    # "creator": creators per sub-topic (each item belongs to one), share of creator searches.
+    creators_per_subtopic: int = 0
+    creator_query_share: float = 0.0
+    # "unmet_need": the effect of a search whose session had a click (negative: satiation).
+    satisfied_boost: float = 0.0
 
     @property
     def subtopics(self) -> int:
@@ -88,7 +99,25 @@ REGIMES: dict[str, Regime] = {
     # Search tells nothing about the feed: independent tastes, no recency boost, no feed rows
     # that follow a search. Queries still exist and still predict the search log itself.
     "no_signal": Regime(search_feed_mix=0.0, follow_search_prob=0.0, recency_boost=0.0),
+    # Searches for creators: 60% of the sessions search a creator by name (creator-name words),
+    # their results and clicks are mostly that creator's videos, and for two days after it the
+    # user clicks more of that creator's videos in the feed (half-life 24 h), not of the
+    # creator's whole sub-topic (+0.5 halving every 24 h; 30% of the feed impressions in the
+    # window follow the search): a sub-topic count sees the creator's 1/12 of the sub-topic
+    # among eleven others without an effect. Topic searches change nothing in the feed.
+    "creator": Regime(effect="creator", creators_per_subtopic=12, creator_query_share=0.6,
+                      recency_window_hours=48, recency_half_life_hours=24, recency_boost=0.5,
+                      follow_search_prob=0.3, queries_per_subtopic=300),
+    # Searches that leave a need: a long tail of queries (600 per sub-topic, Zipf 0.8: most
+    # distinct queries are rare) and half the sessions without a click. A session without a
+    # click leaves its need to the feed (its sub-topic's click probability +0.35, halving every
+    # 24 h over 72 h); one with a click met the need (-0.1: satiation). Counts of search clicks
+    # see only the sessions with the opposite effect; the query's words and results see both.
+    "unmet_need": Regime(effect="unmet_need", no_click_session_prob=0.5, recency_boost=0.35,
+                         satisfied_boost=-0.1, recency_window_hours=72,
+                         recency_half_life_hours=24, queries_per_subtopic=600, query_zipf=0.8),
 }
+EFFECTS = ("subtopic", "creator", "unmet_need")
 
 class ArgumentError(ValueError):
     """Arguments generate() cannot work with; main() reports them via argparse, not a traceback."""

@@ -121,9 +121,12 @@ def item_columns(world: World, rng: np.random.Generator) -> Columns:
     first_name = [f"cat{i}" for i in _cells(first_id)]
     second_name = [f"sub{i}" for i in _cells(second_id)]
     third_name = [f"t{i}" for i in _cells(third_id)]
+    authors = 1 + rng.integers(0, max(1, n // 4), n)
+    if world.item_creator is not None:   # the "creator" effect: a creator's videos share its id
+        authors = world.creator_ids[world.item_creator[order]]
     return [
         _cells(world.item_ids[order]), captions,
-        _cells(1 + rng.integers(0, max(1, n // 4), n)),
+        _cells(authors),
         ["NORMAL"] * n, np.datetime_as_string(upload).tolist(),
         np.where(rng.random(n) < 0.7, "ShortImport", "LongImport").tolist(),
         _cells(first_id), first_name, first_name,

@@ -12,7 +12,6 @@ from pipelines.synthetic.regimes import (
     ITEM_ZIPF,
     ON_TOPIC_CLICK_WEIGHT,
     ON_TOPIC_SHARE,
-    QUERY_ZIPF,
     SEARCH_ALPHA,
     START_MS,
     SUBTOPIC_ALPHA,
@@ -107,7 +106,7 @@ class World:
         self.queries = queries
         self.query_sub = np.asarray(query_sub)
         self.draw_query = _grouped_sampler(self.query_sub,
-                                           _zipf_weights(self.query_sub, QUERY_ZIPF))
+                                           _zipf_weights(self.query_sub, regime.query_zipf))
 
         # Items: every sub-topic gets at least one; indices are sorted by sub-topic.
         per_sub = 1 + rng.multinomial(items - n_subtopics, np.full(n_subtopics, 1 / n_subtopics))
@@ -128,6 +127,31 @@ class World:
         # Click propensity per category relative to the user's favourite, in [0, 1]; with the
         # floor/range above the overall feed CTR lands near KuaiSAR's ~0.5.
         self.feed_affinity = self.feed_taste / self.feed_taste.max(axis=1, keepdims=True)
+        self.item_creator = None
+        if regime.effect == "creator":
+            self._creators(rng, regime.creators_per_subtopic)
+
+    def _creators(self, rng: np.random.Generator, per_subtopic: int) -> None:
+        """Creators (the "creator" effect): `per_subtopic` per sub-topic, every item made by one
+        of its sub-topic's creators, creator popularity Zipf within the sub-topic, and one name
+        query per creator from words of its own (after every sub-topic's words)."""
+        n_subtopics = len(self.words)
+        self.creator_sub = np.repeat(np.arange(n_subtopics), per_subtopic)
+        n_creators = len(self.creator_sub)
+        self.item_creator = (self.item_sub * per_subtopic
+                             + rng.integers(0, per_subtopic, len(self.item_sub)))
+        self.creator_ids = 1 + rng.choice(100 * n_creators, n_creators, replace=False)
+        self.draw_creator = _grouped_sampler(self.creator_sub,
+                                             _zipf_weights(self.creator_sub, 1.0))
+        order = np.argsort(self.item_creator, kind="stable")
+        draw_position = _grouped_sampler(self.item_creator[order],
+                                         np.ones(len(order), np.float64))
+        self.draw_creator_item = lambda creators, rng: order[draw_position(creators, rng)]
+        first_word = int(self.words.max()) + 1
+        names = (first_word + rng.permutation(2 * n_creators)).reshape(n_creators, 2)
+        self.creator_query = len(self.queries) + np.arange(n_creators)
+        self.queries.extend(tuple(int(w) for w in name) for name in names)
+        self.query_sub = np.concatenate([self.query_sub, self.creator_sub])
 
 
 def search_log(world: World, rng: np.random.Generator, sessions_per_user: np.ndarray,
@@ -144,18 +168,34 @@ def search_log(world: World, rng: np.random.Generator, sessions_per_user: np.nda
     shown_min, shown_max = world.regime.shown_per_session
     sess_shown = rng.integers(shown_min, shown_max + 1, n_sess)
     sess_source = rng.random(n_sess) < 0.75  # USER_INPUT, else RECOMMEND_QUERY
+    sess_creator = np.full(n_sess, -1)
+    if world.item_creator is not None:  # a share of the sessions search a creator by name
+        by_name = rng.random(n_sess) < world.regime.creator_query_share
+        sess_creator = np.where(by_name, world.draw_creator(sess_sub, rng), -1)
+        sess_query = np.where(by_name, world.creator_query[np.maximum(sess_creator, 0)],
+                              sess_query)
 
     row_sess = np.repeat(np.arange(n_sess), sess_shown)
     n_rows = len(row_sess)
     on_topic = rng.random(n_rows) < ON_TOPIC_SHARE
     row_item = np.where(on_topic, world.draw_item(sess_sub[row_sess], rng),
                         rng.integers(0, len(world.item_ids), n_rows))
+    if world.item_creator is not None:  # a creator search shows mostly the creator's videos
+        row_creator = sess_creator[row_sess]
+        by_creator = (row_creator >= 0) & (rng.random(n_rows) < ON_TOPIC_SHARE)
+        row_item = np.where(by_creator, world.draw_creator_item(np.maximum(row_creator, 0), rng),
+                            row_item)
 
     # Clicks: weighted sampling without replacement within a session (Efraimidis-Spirakis keys:
     # the largest u^(1/w) win), done for all sessions at once with one sort.
     clicks_wanted = np.where(rng.random(n_sess) < world.regime.no_click_session_prob, 0,
                              1 + (rng.random(n_sess) < TWO_CLICK_PROB))
-    weight = np.where(world.item_sub[row_item] == sess_sub[row_sess], ON_TOPIC_CLICK_WEIGHT, 1.0)
+    relevant = world.item_sub[row_item] == sess_sub[row_sess]
+    if world.item_creator is not None:
+        row_creator = sess_creator[row_sess]
+        relevant = np.where(row_creator >= 0, world.item_creator[row_item] == row_creator,
+                            relevant)
+    weight = np.where(relevant, ON_TOPIC_CLICK_WEIGHT, 1.0)
     key = rng.random(n_rows) ** (1.0 / weight)
     by_key = np.lexsort((-key, row_sess))
     first_row = np.concatenate([[0], np.cumsum(sess_shown)[:-1]])
@@ -164,7 +204,9 @@ def search_log(world: World, rng: np.random.Generator, sessions_per_user: np.nda
     row_click = (rank < clicks_wanted[row_sess]).astype(np.int64)
 
     return dict(sess_user=sess_user, sess_time=sess_time, sess_sub=sess_sub, sess_query=sess_query,
-                sess_source=sess_source, row_sess=row_sess, row_item=row_item, row_click=row_click)
+                sess_source=sess_source, sess_creator=sess_creator,
+                sess_clicked=clicks_wanted > 0, row_sess=row_sess, row_item=row_item,
+                row_click=row_click)
 
 
 def rec_log(world: World, rng: np.random.Generator, rec_per_user: np.ndarray, span_ms: int,
@@ -189,20 +231,35 @@ def rec_log(world: World, rng: np.random.Generator, rec_per_user: np.ndarray, sp
     follow = recent_search & (rng.random(n) < regime.follow_search_prob)
     sub = np.where(follow, sess_sub[last], sub)
     item = world.draw_item(sub, rng)
+    if regime.effect == "creator":  # after a creator search the feed follows the creator
+        followed = search["sess_creator"][last]
+        by_creator = follow & (followed >= 0)
+        item = np.where(by_creator, world.draw_creator_item(np.maximum(followed, 0), rng), item)
 
-    # The recency effect: did this user search the item's sub-topic in the previous 24 h (in any
-    # session, not only the last)? The last session with the same (user, sub-topic) decides.
-    pair = sess_user.astype(np.int64) * regime.subtopics + sess_sub
-    target = user.astype(np.int64) * regime.subtopics + world.item_sub[item]
+    # The recency effect: did this user search the item's sub-topic (or, for "creator", its
+    # creator) in the window before t (in any session, not only the last)? The last session with
+    # the same (user, sub-topic or creator) decides.
+    if regime.effect == "creator":
+        n_groups, sess_group = len(world.creator_sub), search["sess_creator"]
+        item_group = world.item_creator[item]
+    else:
+        n_groups, sess_group, item_group = regime.subtopics, sess_sub, world.item_sub[item]
+    pair = sess_user.astype(np.int64) * n_groups + sess_group
+    pair = np.where(sess_group >= 0, pair, -1)   # topic searches say nothing of a creator
+    target = user.astype(np.int64) * n_groups + item_group
     hit, found = _last_before(pair, sess_time, target, ts)
     age_ms = ts - sess_time[hit]
     recent = found & (age_ms <= window_ms)
-    boost = regime.recency_boost * recent
+    strength = np.full(n, regime.recency_boost)
+    if regime.effect == "unmet_need":  # a need met in search does not come back to the feed
+        strength = np.where(search["sess_clicked"][hit], regime.satisfied_boost, strength)
+    boost = strength * recent
     if regime.recency_half_life_hours is not None:
         boost = boost * 0.5 ** (age_ms / (regime.recency_half_life_hours * 3_600_000))
 
     p = regime.feed_ctr_floor + regime.feed_ctr_range * world.feed_affinity[
         user, world.item_first[item]]
-    p = np.minimum(p + boost, CTR_CAP)
+    p = np.clip(p + boost, 0.0, CTR_CAP)
     click = (rng.random(n) < p).astype(np.int64)
-    return dict(user=user, ts=ts, item=item, click=click, recent=recent, follow=follow)
+    return dict(user=user, ts=ts, item=item, click=click, recent=recent, follow=follow,
+                probability=p)
