@@ -35,6 +35,7 @@ import time
 
 import numpy as np
 
+from benchmarks import query_diagnostics
 from pipelines import build_tfrecords, synthetic
 from qrec_tf import augment, evaluate, metrics, train
 from qrec_tf.config import Config, load_config
@@ -76,24 +77,64 @@ def difference_to_din(results: dict[str, list[dict]], name: str) -> dict | None:
         np.stack([r["probability"] for r in runs["din"]]), resamples=1000, seed=0)
 
 
-def table(results: dict[str, list[dict]], args) -> str:
+def ceilings(results: dict[str, list[dict]], args) -> dict[str, list[dict]]:
+    """{model: [query_diagnostics.ceiling_of_predictions per seed]}: what the after-search flag
+    (the user searched the target's sub-category in the 48 h before it) adds to each run's test
+    AUC when fitted on validation next to the run's score."""
+    history = query_diagnostics.search_history(os.path.join(args.workdir, "log"))
+    data_dir = os.path.join(args.workdir, "data")
+    flags = {split: query_diagnostics.split_flags(history, data_dir, split)
+             for split in ("valid", "test")}
+    return {name: [query_diagnostics.ceiling_of_predictions(flags, {
+                "valid": evaluate.read_predictions(run["valid_predictions"]),
+                "test": evaluate.read_predictions(run["predictions"])}) for run in runs]
+            for name, runs in results.items()}
+
+
+def ceiling_share(flag_gains: list[float], din_gains: list[float]) -> float | None:
+    """What the flag adds over a model divided by what it adds over din, seed by seed, averaged
+    (None where the flag adds nothing over din: no signal to take)."""
+    shares = [gain / din for gain, din in zip(flag_gains, din_gains) if din > 0]
+    return float(np.mean(shares)) if shares else None
+
+
+def per_seed_differences(results: dict[str, list[dict]], name: str) -> list[float]:
+    """Test AUC of `name` minus din's, seed by seed (the same seed's din)."""
+    return [run["auc"] - din["auc"] for run, din in zip(results[name], results["din"])]
+
+
+def table(results: dict[str, list[dict]], args,
+          flag: dict[str, list[dict]] | None = None) -> str:
     begin, end = markers(args.regime)
     base = np.mean([r["auc"] for r in results["din"]]) if "din" in results else None
     title = "Ablation" + ("" if args.regime == "default" else f", regime {args.regime}")
     lines = [begin, "", f"## {title} (`benchmarks/ablation.py --regime {args.regime}`)", "",
              f"{describe_run(args)}. Interval: 95% paired bootstrap (1000 resamples of the test "
-             "rows) of the model's mean-over-seeds test AUC minus din's.", "",
-             "| model | test AUC mean | std | vs din | AUC - din [95% CI] | "
-             "paper AUC (KuaiSAR-small) |",
-             "|---|---|---|---|---|---|"]
+             "rows) of the model's mean-over-seeds test AUC minus din's; per seed: the model "
+             "minus din of the same training seed. Flag: what the after-search flag (the user "
+             "searched the target's sub-category in the 48 h before it), fitted on validation "
+             "next to the model's score, adds to its test AUC (per seed); ceiling share: that "
+             "over what it adds to din, averaged over the seeds.", "",
+             "| model | test AUC mean | std | vs din | AUC - din [95% CI] | per seed - din | "
+             "flag adds (per seed) | ceiling share | paper AUC (KuaiSAR-small) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    din_gains = ([c["difference"]["difference"] for c in flag["din"]]
+                 if flag and "din" in flag else [])
     for name, runs in results.items():
         aucs = [r["auc"] for r in runs]
         rel = f"{(np.mean(aucs) / base - 1) * 100:+.2f}%" if base else "n/a"
         ci = difference_to_din(results, name)
         interval = (f"{ci['difference']:+.4f} [{ci['low']:+.4f}, {ci['high']:+.4f}]"
                     if ci else "-")
+        seeds = (", ".join(f"{d:+.4f}" for d in per_seed_differences(results, name))
+                 if ci else "-")
+        gains = [c["difference"]["difference"] for c in flag[name]] if flag else []
+        share = ceiling_share(gains, din_gains) if gains and din_gains else None
         lines.append(f"| {name} | {np.mean(aucs):.4f} | {np.std(aucs):.4f} | {rel} | "
-                     f"{interval} | {PAPER_AUC.get(name, float('nan')):.4f} |")
+                     f"{interval} | {seeds} | "
+                     f"{', '.join(f'{g:+.4f}' for g in gains) or '-'} | "
+                     f"{'-' if share is None else f'{share:.2f}'} | "
+                     f"{PAPER_AUC.get(name, float('nan')):.4f} |")
     return "\n".join(lines + ["", end])
 
 
@@ -229,6 +270,7 @@ def run_models(args: argparse.Namespace) -> dict[str, list[dict]]:
             model_dir = os.path.join(args.workdir, "models", f"{name}_{seed}")
             result_file = os.path.join(model_dir, "benchmark_result.json")
             predictions = os.path.join(model_dir, "test_predictions.csv")
+            valid_predictions = os.path.join(model_dir, "valid_predictions.csv")
             # A run saved before a config key existed ran with that key's default.
             if args.reuse and os.path.exists(result_file) and os.path.exists(predictions) and \
                     Config.from_dict(json.load(open(result_file))["config"]).to_dict() == \
@@ -241,7 +283,11 @@ def run_models(args: argparse.Namespace) -> dict[str, list[dict]]:
                                            predictions_path=predictions)
                 with open(result_file, "w") as f:
                     json.dump({"config": cfg.to_dict(), "result": result}, f)
+            if not os.path.exists(valid_predictions):   # what the ceiling is fitted on
+                evaluate.evaluate(model_dir, data_dir, "valid",
+                                  predictions_path=valid_predictions)
             result["predictions"] = predictions
+            result["valid_predictions"] = valid_predictions
             results.setdefault(name, []).append(result)
             print(f"{name:18s} seed {seed}: test AUC {result['auc']:.4f} "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
@@ -252,8 +298,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_arguments(parser, ["din", "din_query", "din_nip", "din_con", "din_con_diffusion",
                            "queryrec", "dcn"], "bench_out/ablation")
+    parser.add_argument("--no-ceiling", action="store_true",
+                        help="leave out what the after-search flag adds to each run")
     args = parser.parse_args()
-    text = table(run_models(args), args)
+    results = run_models(args)
+    text = table(results, args, None if args.no_ceiling else ceilings(results, args))
     print(text)
     if not args.no_write:
         write_results(text, *markers(args.regime))

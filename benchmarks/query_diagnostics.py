@@ -98,30 +98,38 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, iterations: int = 50) -> np.ndarr
     return w
 
 
-def signal_ceiling(log_dir: str, data_dir: str, model_dir: str, window_hours: float = 48.0,
-                   resamples: int = 1000) -> dict:
-    """How much of the search signal a trained model leaves out.
-
-    Each validation and test row gets the after-search flag (after_search); a logistic
-    regression of the click on [logit of the model's score, flag] is fitted on validation and
-    scored on test. `flag_weight` is the flag's logit coefficient: what the flag still adds once
-    the model's score is known (a model that had learnt the search signal leaves ~0), and the
-    interval is of the test AUC of the combination minus the model's own (paired bootstrap).
-    """
-    from qrec_tf import data, evaluate, metrics
+def split_flags(history, data_dir: str, split: str, window_hours: float = 48.0) -> np.ndarray:
+    """bool [rows]: the after-search flag (after_search) of every example of a split, in the
+    split's file order (that of `qrec_tf.evaluate.predict`)."""
+    from qrec_tf import data
     from qrec_tf import schema as S
 
-    history = search_history(log_dir)
-    model = evaluate.load_trained_model(model_dir, data_dir)[1]
+    flags = []
+    for batch in data.make_dataset(data_dir, split, 4096, shuffle=False,
+                                   features=[S.USER_ID, S.ITEM_ID, S.TIMESTAMP]):
+        flags.extend(after_search(history, str(u), str(i), float(t), window_hours)
+                     for u, i, t in zip(batch[S.USER_ID].numpy(), batch[S.ITEM_ID].numpy(),
+                                        batch[S.TIMESTAMP].numpy()))
+    return np.asarray(flags, np.bool_)
+
+
+def ceiling_of_predictions(flags: dict[str, np.ndarray], predictions: dict[str, dict],
+                           resamples: int = 1000) -> dict:
+    """What the after-search flag adds to a model's scores: a logistic regression of the click
+    on [logit of the score, flag] fitted on the validation rows and scored on test.
+
+    `flags` and `predictions` ({"valid", "test"} -> split_flags / `evaluate.predict` results,
+    same row order). `flag_weight` is the flag's logit coefficient: what the flag still adds once
+    the model's score is known (a model that had learnt the search signal leaves ~0);
+    `difference` is the paired bootstrap interval of the test AUC of the combination minus the
+    model's own."""
+    from qrec_tf import metrics
+
     rows = {}
     for split in ("valid", "test"):
-        scored = evaluate.predict(model, data_dir, split)
-        times = np.concatenate([batch[S.TIMESTAMP].numpy() for batch in
-                                data.make_dataset(data_dir, split, 4096, shuffle=False)])
-        flags = np.array([after_search(history, str(u), str(i), float(t), window_hours)
-                          for u, i, t in zip(scored["user_id"], scored["item_id"], times)])
-        p = np.clip(scored["probability"].astype(np.float64), 1e-7, 1 - 1e-7)
-        rows[split] = (np.stack([np.log(p / (1 - p)), flags], 1), scored["label"], p)
+        scored = predictions[split]
+        p = np.clip(np.asarray(scored["probability"], np.float64), 1e-7, 1 - 1e-7)
+        rows[split] = (np.stack([np.log(p / (1 - p)), flags[split]], 1), scored["label"], p)
     weights = fit_logistic(*rows["valid"][:2])
     x, labels, p = rows["test"]
     combined = 1.0 / (1.0 + np.exp(-(x @ weights[:-1] + weights[-1])))
@@ -132,6 +140,20 @@ def signal_ceiling(log_dir: str, data_dir: str, model_dir: str, window_hours: fl
             "auc_model_and_flag": round(metrics.auc(labels, combined), 4),
             "difference": metrics.paired_bootstrap_auc_difference(labels, combined, p,
                                                                    resamples)}
+
+
+def signal_ceiling(log_dir: str, data_dir: str, model_dir: str, window_hours: float = 48.0,
+                   resamples: int = 1000) -> dict:
+    """How much of the search signal a trained model leaves out (ceiling_of_predictions, with
+    the model's scores of the validation and test splits)."""
+    from qrec_tf import evaluate
+
+    history = search_history(log_dir)
+    model = evaluate.load_trained_model(model_dir, data_dir)[1]
+    splits = ("valid", "test")
+    return ceiling_of_predictions(
+        {split: split_flags(history, data_dir, split, window_hours) for split in splits},
+        {split: evaluate.predict(model, data_dir, split) for split in splits}, resamples)
 
 
 def fingerprint(data_dir: str) -> dict:
