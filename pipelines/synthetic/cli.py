@@ -35,7 +35,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the planted structure (pipelines.synthetic.REGIMES): default; "
                              "sparse_feed (few feed impressions per user, fine topics, a "
                              "decaying search->feed effect); no_signal (search says nothing "
-                             "about the feed). The options below override its values")
+                             "about the feed); creator (creator-name searches raise that "
+                             "creator's feed clicks only); unmet_need (a long query tail; a "
+                             "click-less search raises its sub-topic's feed clicks, a "
+                             "satisfied one lowers them). The options below override its values")
     parser.add_argument("--rec-per-user", type=int, default=None,
                         help=f"mean feed impressions per user (default {DEFAULT_REC_PER_USER})")
     parser.add_argument("--sessions-per-user", type=int, default=None,

@@ -119,6 +119,7 @@ REGIMES: dict[str, Regime] = {
 }
 EFFECTS = ("subtopic", "creator", "unmet_need")
 
+
 class ArgumentError(ValueError):
     """Arguments generate() cannot work with; main() reports them via argparse, not a traceback."""
 
