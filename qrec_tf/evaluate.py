@@ -15,6 +15,7 @@ import csv
 import json
 import os
 import sys
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -42,10 +43,24 @@ def load_trained_model(model_dir: str, data_dir: str):
 PREDICTION_COLUMNS = ("row", "user_id", "item_id", "label", "probability")
 
 
+# One traced scoring function per model, so that predicting several splits with one model (the
+# ablation scores valid and test) traces once, not once per call (TF warns about the retracing).
+_SCORING_FUNCTIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _scoring_function(model):
+    if model not in _SCORING_FUNCTIONS:
+        # A weak reference inside: a strong one in the value would keep the key alive forever.
+        held = weakref.ref(model)
+        _SCORING_FUNCTIONS[model] = tf.function(lambda batch: held()(batch, training=False),
+                                                reduce_retracing=True)
+    return _SCORING_FUNCTIONS[model]
+
+
 def predict(model, data_dir: str, split: str, batch_size: int = 4096) -> dict[str, np.ndarray]:
     """{"user_id", "item_id", "label", "probability"}: one value per example of a whole split,
     in the split's file order (the same order for every model)."""
-    score = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
+    score = _scoring_function(model)
     columns: dict[str, list] = {"user_id": [], "item_id": [], "label": [], "probability": []}
     for batch in data.make_dataset(data_dir, split, batch_size, shuffle=False):
         columns["probability"].append(score(batch).numpy())

@@ -11,8 +11,12 @@ model's own metadata (GetModelMetadata), not from a list here.
 A request file holds one user's context (every `score_candidates` input that is not a candidate,
 per-user values without a batch axis) and the candidates' item features, one list each:
 
-    {"context": {"user_id": 7, "hist_item_ids": [...], "query_keys": [...], ...},
+    {"context": {"user_id": 7, "timestamp": 1654041600000, "hist_item_ids": [...],
+                 "query_keys": [...], "query_timestamps": [...], ...},
      "candidates": {"item_id": [11, 12], "author_id": [3, 4], "category_id": [...], ...}}
+
+Times are raw milliseconds (`timestamp`: the request's, `query_timestamps`: each query's session,
+-1 where padded): the model computes the ages itself, so a client sends what the log has.
 
 `--data DIR` builds such a request from a split of the Beam job's output instead: the user's example
 gives the context, the split's other examples give candidate items with their features.
