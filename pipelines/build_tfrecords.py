@@ -57,7 +57,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import GlobalWindows
 
-from pipelines import kuaisar
+from pipelines import kuaisar, row_checks
 from pipelines.beam_support import (
     BEAM_EPILOG,
     InputError,
@@ -67,8 +67,10 @@ from pipelines.beam_support import (
     with_local_defaults,
 )
 from pipelines.build_stats import (
+    build_warnings,
     check_examples,
     check_input_errors,
+    check_item_features,
     check_rejections,
     check_written,
     nest_stats,
@@ -78,6 +80,7 @@ from pipelines.log_reading import (
     find_input,
     group_by_user,
     read_logs,
+    sample_lines,
     sum_then_flatten,
 )
 from pipelines.user_examples import QueryItems, build_user_examples, query_items_of, sessions_of
@@ -94,11 +97,14 @@ class BuildUserExamples(beam.DoFn):
     vocabulary counts, query->items partials and statistics."""
 
     VOCAB, QUERY_ITEMS, STATS = "vocab", "query_items", "stats"
+    MISSING_ITEMS = "missing_items"   # feed items of kept users without an item_features row
 
-    def __init__(self, schema: S.Schema, seed: int, search_examples: bool = False):
+    def __init__(self, schema: S.Schema, seed: int, search_examples: bool = False,
+                 keep_duplicates: bool = False):
         self._schema = schema
         self._seed = seed
         self._search_examples = search_examples
+        self._keep_duplicates = keep_duplicates
         self._serializer = None
         self._users = 0
         self._last_log = 0.0
@@ -119,6 +125,12 @@ class BuildUserExamples(beam.DoFn):
         search = logs[kuaisar.SRC_INTER][0] if logs[kuaisar.SRC_INTER] else []
         features = logs[kuaisar.USER_FEATURES][0] if logs[kuaisar.USER_FEATURES] else []
         vocab, stats = self._vocab, self._stats
+        # Exact duplicate rows (replayed log lines) are counted; feature rows always, and feed and
+        # search rows unless --keep-duplicate-rows, are dropped: rows_used counts rows used, so
+        # rows_read == rows_used + rows_rejected + the rows_dropped reasons.
+        rec = self._dedupe(kuaisar.REC_INTER, rec, self._keep_duplicates)
+        search = self._dedupe(kuaisar.SRC_INTER, search, self._keep_duplicates)
+        features = self._dedupe(kuaisar.USER_FEATURES, features, False)
         if len(features) > 1:
             stats["users/duplicate_feature_rows"] += len(features) - 1
         # Search-side tables use every parsed search row, kept user or not: they describe queries.
@@ -139,6 +151,16 @@ class BuildUserExamples(beam.DoFn):
             stats[f"{kuaisar.SRC_INTER}/rows_of_dropped_users"] += len(search)
             return
 
+        # Leave-one-out holds out two different interactions (with --keep-duplicate-rows, or a
+        # row logged both clicked and not, one interaction could be both valid and test).
+        rec, repeats = row_checks.distinct_held_out(sorted(rec))
+        self._drop(kuaisar.REC_INTER, "repeat_of_held_out", repeats)
+        missing = {row[1] for row in rec if row[1] not in items}
+        stats[f"{kuaisar.ITEM_FEATURES}/feed_rows_of_kept_users"] += len(rec)
+        stats[f"{kuaisar.ITEM_FEATURES}/feed_rows_without_features"] += sum(
+            row[1] in missing for row in rec)
+        for item in missing:
+            yield beam.pvalue.TaggedOutput(self.MISSING_ITEMS, item)
         self._users += 1
         if self._users % 5_000 == 0 and time.monotonic() - self._last_log > 10:
             self._last_log = time.monotonic()
@@ -171,10 +193,43 @@ class BuildUserExamples(beam.DoFn):
             stats[f"examples/{S.SEARCH_TRAIN}/count"] += 0
             stats["search_examples/outside_training_period"] += len(search) - search_examples
 
+    def _drop(self, file: str, reason: str, rows: int) -> None:
+        if rows:
+            self._stats[f"{file}/rows_dropped/{reason}"] += rows
+            self._stats[f"{file}/rows_used"] -= rows   # read_logs counted every parsed row
+
+    def _dedupe(self, file: str, rows: list, keep: bool) -> list:
+        rows, duplicates = row_checks.dedupe(rows, keep)
+        if duplicates:
+            self._stats[f"{file}/duplicate_rows"] += duplicates
+            self._drop(file, "duplicate", 0 if keep else duplicates)
+        return rows
+
     def finish_bundle(self):
         for tag, counts in ((self.VOCAB, self._vocab), (self.STATS, self._stats)):
             for key, count in counts.items():
                 yield beam.pvalue.TaggedOutput(tag, GlobalWindows.windowed_value((key, count)))
+
+
+class ResolveItems(beam.DoFn):
+    """(item_id, [its parsed item_features rows]) -> (item_id, the one row used:
+    row_checks.CHOSEN_ITEM_ROW), and "stats" counts of duplicate and conflicting rows."""
+
+    STATS = "stats"
+
+    def process(self, element):
+        item, rows = element
+        chosen, duplicates, conflicting = row_checks.resolve_item_rows(rows)
+        name = kuaisar.ITEM_FEATURES
+        counts = {f"{name}/items": 1, f"{name}/duplicate_rows": duplicates,
+                  f"{name}/rows_dropped/duplicate": duplicates,
+                  f"{name}/rows_dropped/conflicting": conflicting,
+                  f"{name}/conflicting_items": 1 if conflicting else 0,
+                  f"{name}/rows_used": -duplicates - conflicting}
+        for key, count in counts.items():
+            if count or key.endswith("/items"):
+                yield beam.pvalue.TaggedOutput(self.STATS, (key, count))
+        yield item, chosen
 
 
 class MergeQueryItems(beam.CombineFn):
@@ -209,7 +264,7 @@ class WriteVocab(beam.DoFn):
 
     def process(self, element):
         name, rows = element
-        rows = sorted(rows, key=_sort_key)
+        rows = sorted((row for row in rows if row is not None), key=_sort_key)
         with FileSystems.create(FileSystems.join(self._dir, name + ".txt")) as f:
             f.write("".join(f"{value}\t{count}\n" for value, count in rows).encode("utf-8"))
         yield f"vocab/{name}", len(rows)
@@ -228,16 +283,26 @@ class WriteJson(beam.DoFn):
 # --- the pipeline ----------------------------------------------------------------------------
 def build_pipeline(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, kuaisar.Header]],
                    output: str, schema: S.Schema, *, seed: int, min_count: int, num_shards: int,
-                   search_examples: bool = False) -> None:
+                   search_examples: bool = False, keep_duplicates: bool = False) -> None:
     parsed, stats = read_logs(pipeline, inputs, output)
-    items = parsed[kuaisar.ITEM_FEATURES]
+    # One row per item (ResolveItems), for the examples, item_categories.tsv and the vocabularies.
+    resolved = (parsed[kuaisar.ITEM_FEATURES]
+                | "Item rows per item" >> beam.CombinePerKey(beam.combiners.ToListCombineFn())
+                | "Resolve item rows" >> beam.ParDo(ResolveItems()).with_outputs(
+                    ResolveItems.STATS, main="items"))
+    items = resolved.items
+    stats.append(resolved[ResolveItems.STATS])
     by_user = group_by_user(parsed, (kuaisar.REC_INTER, kuaisar.SRC_INTER, kuaisar.USER_FEATURES))
     built = by_user | "Build examples" >> beam.ParDo(
-        BuildUserExamples(schema, seed, search_examples),
+        BuildUserExamples(schema, seed, search_examples, keep_duplicates),
         items=beam.pvalue.AsDict(items)).with_outputs(
             BuildUserExamples.VOCAB, BuildUserExamples.QUERY_ITEMS, BuildUserExamples.STATS,
-            *S.EXAMPLE_SPLITS)
+            BuildUserExamples.MISSING_ITEMS, *S.EXAMPLE_SPLITS)
     stats.append(built[BuildUserExamples.STATS])
+    stats.append(built[BuildUserExamples.MISSING_ITEMS]
+                 | "Distinct missing items" >> beam.Distinct()
+                 | "Key missing items" >> beam.Map(
+                     lambda _: (f"{kuaisar.ITEM_FEATURES}/feed_items_without_features", 1)))
 
     for split in (*S.SPLITS, *([S.SEARCH_TRAIN] if search_examples else [])):
         prefix = FileSystems.join(output, split, split)
@@ -267,11 +332,16 @@ def build_pipeline(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, kuaisar
         ((vocab, str(value)), 1)
         for vocab, value in zip((S.VOCAB_AUTHORS, S.VOCAB_CATEGORIES, S.VOCAB_SUBCATEGORIES), kv[1])
         if value != kuaisar.MISSING])
-    vocab_sizes = (sum_then_flatten("vocab counts", [built[BuildUserExamples.VOCAB],
-                                                     item_vocab_counts])
-                   | "Sum vocab counts" >> beam.CombinePerKey(sum)
-                   | "Min count" >> beam.Filter(lambda kv: kv[1] >= min_count)
-                   | "Key by vocab" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1])))
+    # One None per vocabulary, so that every vocabulary file is written, empty or not (the
+    # trainer reads them all).
+    every_vocab = (pipeline | "Vocab names" >> beam.Create(S.VOCABULARIES)
+                   | "Empty vocab" >> beam.Map(lambda name: (name, None)))
+    vocab_sizes = ((sum_then_flatten("vocab counts", [built[BuildUserExamples.VOCAB],
+                                                      item_vocab_counts])
+                    | "Sum vocab counts" >> beam.CombinePerKey(sum)
+                    | "Min count" >> beam.Filter(lambda kv: kv[1] >= min_count)
+                    | "Key by vocab" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1]))),
+                    every_vocab) | "With every vocab" >> beam.Flatten()
                    | "Group vocab" >> beam.GroupByKey()
                    | "Write vocab" >> beam.ParDo(
                        WriteVocab(FileSystems.join(output, S.VOCAB_DIR))))
@@ -312,6 +382,16 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
                         help="vocabulary entries seen fewer times map to OOV (default 1)")
     parser.add_argument("--max-rejected-fraction", type=float, default=0.01,
                         help="fail when a file's rejected share exceeds this (default 0.01)")
+    parser.add_argument("--max-conflicting-fraction", type=float, default=0.01,
+                        help="fail when more than this share of the items has item_features "
+                             "rows that differ (default 0.01; the rule that picks one: README)")
+    parser.add_argument("--max-missing-item-features", type=float, default=0.5,
+                        help="fail when more than this share of the kept users' feed rows has "
+                             "an item without an item_features row (default 0.5; any: a "
+                             "warning)")
+    parser.add_argument("--keep-duplicate-rows", action="store_true",
+                        help="use exact duplicate feed and search rows as often as they occur "
+                             "(default: counted in stats.json and dropped)")
     # Multi-worker training reads whole shards per worker when a split has at least as many
     # shards as workers (qrec_tf.data.Sharding); the runner's choice is often a single file.
     parser.add_argument("--num-shards", type=int, default=DEFAULT_NUM_SHARDS,
@@ -328,8 +408,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     args, beam_args = parser.parse_known_args(argv)
     if args.min_count < 1:
         parser.error("--min-count must be >= 1")
-    if not 0.0 <= args.max_rejected_fraction <= 1.0:
-        parser.error("--max-rejected-fraction must be in [0, 1]")
+    for flag in ("max_rejected_fraction", "max_conflicting_fraction",
+                 "max_missing_item_features"):
+        if not 0.0 <= getattr(args, flag) <= 1.0:   # also NaN
+            parser.error(f"--{flag.replace('_', '-')} must be in [0, 1]")
     if args.num_shards < 0:
         parser.error("--num-shards must be >= 0")
     try:
@@ -353,6 +435,10 @@ def run(argv: Sequence[str] | None = None) -> dict:
     """Runs the job; returns stats.json's content. Raises InputError / SystemExit on failure."""
     args, beam_args = parse_args(argv)
     inputs = {name: find_input(args.input, name) for name in kuaisar.LOG_FILES}
+    row_checks.check_timestamp_units({
+        name: (header, sample_lines(path, row_checks.SAMPLE_ROWS))
+        for name, (path, header) in inputs.items() if name in (kuaisar.REC_INTER,
+                                                               kuaisar.SRC_INTER)})
     out = StagedOutput(args.output, (*OUTPUT_DIRS, S.STATS_FILE, S.SCHEMA_FILE,
                                      S.ITEM_CATEGORIES_FILE),
                        overwrite=args.overwrite, stale=augment_outputs())
@@ -365,7 +451,8 @@ def run(argv: Sequence[str] | None = None) -> dict:
         with beam.Pipeline(options=options) as pipeline:
             build_pipeline(pipeline, inputs, out.staging, args.schema, seed=args.seed,
                            min_count=args.min_count, num_shards=args.num_shards,
-                           search_examples=args.search_examples)
+                           search_examples=args.search_examples,
+                           keep_duplicates=args.keep_duplicate_rows)
         elapsed = time.monotonic() - started
         with FileSystems.open(out.staged(S.STATS_FILE)) as f:
             stats = json.loads(f.read())
@@ -377,8 +464,12 @@ def run(argv: Sequence[str] | None = None) -> dict:
              stats_rows / max(elapsed, 1e-9), summary(stats))
     problems = (check_input_errors(stats, inputs)
                 + check_rejections(stats, args.max_rejected_fraction) + check_examples(stats)
+                + check_item_features(stats, args.max_conflicting_fraction,
+                                      args.max_missing_item_features)
                 + check_written(stats, out.staging, (*S.SPLITS, *([S.SEARCH_TRAIN]
                                                                  if args.search_examples else []))))
+    for warning in build_warnings(stats):
+        LOG.warning("%s", warning)
     if problems:
         failed = out.fail()
         raise SystemExit(f"build_tfrecords FAILED; this run's outputs are in {failed} for "

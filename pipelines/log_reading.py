@@ -84,6 +84,22 @@ def find_input(input_dir: str, name: str) -> tuple[str, kuaisar.Header]:
     return path, header
 
 
+def sample_lines(path: str, count: int) -> list[bytes]:
+    """The first `count` data lines of an input file (without the header and line breaks), for
+    the checks that run before the job (row_checks.check_timestamp_units)."""
+    lines = []
+    try:
+        with (open_gzip(path) if path.endswith(".gz") else FileSystems.open(path)) as f:
+            f.readline()
+            for line in f:
+                if len(lines) >= count:
+                    break
+                lines.append(line.rstrip(b"\r\n"))
+    except GZIP_ERRORS:
+        pass  # the job reads the file again and reports the error naming it
+    return lines
+
+
 class ReadGzipLines(beam.DoFn):
     """A .csv.gz path -> its data lines (bytes, without the line break; the header is skipped).
 
