@@ -150,7 +150,7 @@ def test_a_split_without_queries_is_warned_about(tmp_path, caplog):
     assert len(warned) == 3 and warned[0].startswith("train: none of 8 examples")
 
 
-# --- 4. missing item features ----------------------------------------------------------------------
+# --- 4. missing item features ---------------------------------------------------------------
 def test_a_header_only_item_features_fails_and_every_vocab_file_is_written(tmp_path):
     """Issue 31.4: exit 0, then the trainer failed with vocab/authors.txt not found."""
     inp = hand_log.write(tmp_path / "in", files={**hand_log.FILES,
