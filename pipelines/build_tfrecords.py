@@ -18,21 +18,30 @@ filesystem. Output (see qrec_tf/schema.py for the names):
     dead_letter/                 JSON lines {"file", "reason", "line"}, one per rejected line (and
                                  per cut or corrupt .csv.gz, with the error as "line")
 
-Accounting: for every input file rows_read == rows_used + rows_rejected, where a rejected row is
-a line that cannot be parsed (it is in dead_letter/ with its reason). Rows of users dropped for
-lacking a search or a feed history are parsed and used for the search tables; they are reported in
-stats.json as `rows_of_dropped_users`, never silently. A .csv.gz that is cut short or corrupt is
-counted as `<file>/input_errors/<reason>` (and dead-lettered with the error).
+Accounting: for every input file rows_read == rows_used + rows_rejected + sum(rows_dropped), where
+rows_read counts records (blank lines apart: blank_lines), a rejected row is a record that cannot
+be parsed (it is in dead_letter/ with its reason) and a dropped one parses but is not used:
+an exact duplicate (`duplicate`, see --keep-duplicate-rows), an item_features row that differs
+from the one used for its item (`conflicting`, row_checks.CHOSEN_ITEM_ROW), or a second row of a
+held-out interaction (`repeat_of_held_out`: valid and test are two different interactions).
+Rows of users dropped for lacking a search or a feed history are parsed and used for the search
+tables; they are reported in stats.json as `rows_of_dropped_users`, never silently. A .csv.gz
+that is cut short or corrupt is counted as `<file>/input_errors/<reason>` (and dead-lettered with
+the error).
 
 Outputs are written into a staging directory inside --output and swapped in only when the job
 succeeded (beam_support.StagedOutput). The job fails (exit 1), leaving --output's earlier outputs
 as they were and this run's in --output/failed_run/ for inspection, when a compressed input is cut
-or corrupt, when a file's rejected share exceeds --max-rejected-fraction, or when there is no
-training example.
+or corrupt, when a file's rejected share exceeds --max-rejected-fraction, when more items than
+--max-conflicting-fraction have conflicting item_features rows, when more feed rows than
+--max-missing-item-features have an item without one, or when there is no training example. It
+fails before anything runs (exit 2) when a flag is neither its own nor a Beam option, or when
+timestamps are in seconds (row_checks.check_timestamp_units).
 
 Vocabulary counts: users = feed interactions of kept users; items = feed interactions of kept users
 plus search impressions; queries = search sessions; words = word occurrences in search sessions;
-categories/subcategories/authors = rows of item_features; user-feature vocabularies = kept users.
+categories/subcategories/authors = items (one item_features row each); user-feature vocabularies =
+kept users. Every vocabulary file is written, empty or not.
 
 Runs locally on pipelines.beam_support.LocalRunner (the DirectRunner's FnApiRunner without its
 Prism attempt; one process: Beam's multi-process mode loses elements, README "Running on a
@@ -73,9 +82,9 @@ from pipelines.build_stats import (
     check_item_features,
     check_rejections,
     check_written,
-    nest_stats,
     summary,
 )
+from pipelines.build_transforms import MergeQueryItems, ResolveItems, WriteJson, WriteVocab
 from pipelines.log_reading import (
     find_input,
     group_by_user,
@@ -83,7 +92,7 @@ from pipelines.log_reading import (
     sample_lines,
     sum_then_flatten,
 )
-from pipelines.user_examples import QueryItems, build_user_examples, query_items_of, sessions_of
+from pipelines.user_examples import build_user_examples, query_items_of, sessions_of
 from qrec_tf import schema as S
 
 LOG = logging.getLogger("pipelines.build_tfrecords")
@@ -209,75 +218,6 @@ class BuildUserExamples(beam.DoFn):
         for tag, counts in ((self.VOCAB, self._vocab), (self.STATS, self._stats)):
             for key, count in counts.items():
                 yield beam.pvalue.TaggedOutput(tag, GlobalWindows.windowed_value((key, count)))
-
-
-class ResolveItems(beam.DoFn):
-    """(item_id, [its parsed item_features rows]) -> (item_id, the one row used:
-    row_checks.CHOSEN_ITEM_ROW), and "stats" counts of duplicate and conflicting rows."""
-
-    STATS = "stats"
-
-    def process(self, element):
-        item, rows = element
-        chosen, duplicates, conflicting = row_checks.resolve_item_rows(rows)
-        name = kuaisar.ITEM_FEATURES
-        counts = {f"{name}/items": 1, f"{name}/duplicate_rows": duplicates,
-                  f"{name}/rows_dropped/duplicate": duplicates,
-                  f"{name}/rows_dropped/conflicting": conflicting,
-                  f"{name}/conflicting_items": 1 if conflicting else 0,
-                  f"{name}/rows_used": -duplicates - conflicting}
-        for key, count in counts.items():
-            if count or key.endswith("/items"):
-                yield beam.pvalue.TaggedOutput(self.STATS, (key, count))
-        yield item, chosen
-
-
-class MergeQueryItems(beam.CombineFn):
-    def create_accumulator(self):
-        return None
-
-    def add_input(self, accumulator, partial: QueryItems):
-        if accumulator is None:
-            return QueryItems(partial.words, collections.Counter(partial.clicks),
-                              set(partial.shown), partial.sessions)
-        return accumulator.merge(partial)
-
-    def merge_accumulators(self, accumulators):
-        merged = None
-        for acc in accumulators:
-            if acc is not None:
-                merged = self.add_input(merged, acc)
-        return merged
-
-    def extract_output(self, accumulator):
-        return accumulator
-
-
-def _sort_key(value_count: tuple[str, int]):
-    value, count = value_count
-    return (-count, 0, int(value), "") if value.lstrip("-").isdigit() else (-count, 1, 0, value)
-
-
-class WriteVocab(beam.DoFn):
-    def __init__(self, vocab_dir: str):
-        self._dir = vocab_dir
-
-    def process(self, element):
-        name, rows = element
-        rows = sorted((row for row in rows if row is not None), key=_sort_key)
-        with FileSystems.create(FileSystems.join(self._dir, name + ".txt")) as f:
-            f.write("".join(f"{value}\t{count}\n" for value, count in rows).encode("utf-8"))
-        yield f"vocab/{name}", len(rows)
-
-
-class WriteJson(beam.DoFn):
-    def __init__(self, path: str):
-        self._path = path
-
-    def process(self, stats: dict):
-        with FileSystems.create(self._path) as f:
-            f.write(json.dumps(nest_stats(stats), indent=2, sort_keys=True).encode("utf-8"))
-        yield self._path
 
 
 # --- the pipeline ----------------------------------------------------------------------------

@@ -9,7 +9,7 @@
 - `check_timestamp_units`: feed and search timestamps in seconds instead of milliseconds (the
   first SAMPLE_ROWS data lines of each file against its datetime column and against each other).
 
-Plain Python (no Beam): the units under test; pipelines.build_tfrecords applies them.
+Plain Python (no Beam transforms): the units under test; pipelines.build_tfrecords applies them.
 """
 
 from __future__ import annotations
