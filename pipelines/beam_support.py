@@ -122,14 +122,35 @@ class InputError(ValueError):
 
 
 BEAM_EPILOG = (
-    "Unrecognised flags are Beam pipeline options, passed through unchanged "
+    "Other flags must be Beam pipeline options, passed through unchanged (any other is an "
+    "error) "
     "(e.g. --runner=DataflowRunner; README, \"Running on a cluster\").\n"
     "Without --runner the job runs locally with:\n  " + " ".join(LOCAL_DEFAULTS) + "\n"
     "(--runner=DirectRunner instead would first try Beam's Prism runner.)")
 
 
+def unknown_beam_args(beam_args: Sequence[str]) -> list[str]:
+    """The arguments that no Beam pipeline option takes (Beam itself only logs "Discarding
+    unparseable args" and runs with its defaults): parsed as PipelineOptions.get_all_options
+    does, with every options class defined (pipeline_options holds those of Beam's runners)."""
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    classes = {str(cls): cls for cls in PipelineOptions.__subclasses__()}
+    for cls in classes.values():
+        cls._add_argparse_args(parser)  # pylint: disable=protected-access
+    _, unknown = parser.parse_known_args(list(beam_args))
+    return unknown
+
+
 def with_local_defaults(beam_args: list[str]) -> list[str]:
-    """Beam options with LOCAL_DEFAULTS filled in, unless a --runner was given."""
+    """Beam options with LOCAL_DEFAULTS filled in, unless a --runner was given. An argument that
+    neither the job's parser nor Beam knows (a misspelled flag: `--min_count 5`) is an
+    InputError."""
+    unknown = unknown_beam_args(beam_args)
+    if unknown:
+        raise InputError(f"unrecognized arguments: {' '.join(unknown)} (neither a flag of this "
+                         "job, see --help, nor a Beam pipeline option)")
     given = {a.split("=", 1)[0] for a in beam_args if a.startswith("--")}
     if "--runner" in given:
         return beam_args

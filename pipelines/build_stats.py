@@ -89,6 +89,51 @@ def check_rejections(stats: dict, max_fraction: float) -> list[str]:
     return problems
 
 
+def check_item_features(stats: dict, max_conflicting: float, max_missing: float) -> list[str]:
+    """Items whose item_features rows differ (one is used: row_checks.CHOSEN_ITEM_ROW), and feed
+    rows whose item has no features row, each above its limit."""
+    entry = stats.get(kuaisar.ITEM_FEATURES, {})
+    problems = []
+    items, conflicting = entry.get("items", 0), entry.get("conflicting_items", 0)
+    if items and conflicting / items > max_conflicting:
+        problems.append(f"{kuaisar.ITEM_FEATURES}: {conflicting:,} of {items:,} items have rows "
+                        f"that differ ({conflicting / items:.2%} > {max_conflicting:.2%}, "
+                        "--max-conflicting-fraction)")
+    rows, missing = (entry.get("feed_rows_of_kept_users", 0),
+                     entry.get("feed_rows_without_features", 0))
+    if rows and missing / rows > max_missing:
+        problems.append(f"{kuaisar.ITEM_FEATURES}: {missing:,} of {rows:,} feed rows of kept users "
+                        f"({missing / rows:.2%} > {max_missing:.2%}, --max-missing-item-features)"
+                        f" have an item without a features row "
+                        f"({entry.get('feed_items_without_features', 0):,} distinct items)")
+    return problems
+
+
+def build_warnings(stats: dict) -> list[str]:
+    """What a build that passes its checks may still get wrong: logged as warnings."""
+    warnings = []
+    entry = stats.get(kuaisar.ITEM_FEATURES, {})
+    if entry.get("feed_rows_without_features"):
+        warnings.append(f"{entry['feed_rows_without_features']:,} of "
+                        f"{entry.get('feed_rows_of_kept_users', 0):,} feed rows of kept users "
+                        f"({entry.get('feed_items_without_features', 0):,} distinct items) have "
+                        "no item_features row: their author and categories are missing")
+    if entry.get("conflicting_items"):
+        warnings.append(f"{entry['conflicting_items']:,} items have item_features rows that "
+                        "differ; one is used (README, \"What a bad input gets\")")
+    for name in (kuaisar.REC_INTER, kuaisar.SRC_INTER):
+        if stats.get(name, {}).get("duplicate_rows"):
+            warnings.append(f"{name}: {stats[name]['duplicate_rows']:,} exact duplicate rows")
+    if stats.get(kuaisar.SRC_INTER, {}).get("rows_used", 0) > 0:
+        for split in S.SPLITS:
+            e = stats.get("examples", {}).get(split, {})
+            if e.get("count") and not e.get("with_queries"):
+                warnings.append(f"{split}: none of {e['count']:,} examples has a query before "
+                                "it although the search log is not empty (timestamps of the two "
+                                "logs in different units or periods?)")
+    return warnings
+
+
 def summary(stats: dict) -> str:
     lines = []
     for name in kuaisar.LOG_FILES:

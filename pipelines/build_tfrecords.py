@@ -18,21 +18,30 @@ filesystem. Output (see qrec_tf/schema.py for the names):
     dead_letter/                 JSON lines {"file", "reason", "line"}, one per rejected line (and
                                  per cut or corrupt .csv.gz, with the error as "line")
 
-Accounting: for every input file rows_read == rows_used + rows_rejected, where a rejected row is
-a line that cannot be parsed (it is in dead_letter/ with its reason). Rows of users dropped for
-lacking a search or a feed history are parsed and used for the search tables; they are reported in
-stats.json as `rows_of_dropped_users`, never silently. A .csv.gz that is cut short or corrupt is
-counted as `<file>/input_errors/<reason>` (and dead-lettered with the error).
+Accounting: for every input file rows_read == rows_used + rows_rejected + sum(rows_dropped), where
+rows_read counts records (blank lines apart: blank_lines), a rejected row is a record that cannot
+be parsed (it is in dead_letter/ with its reason) and a dropped one parses but is not used:
+an exact duplicate (`duplicate`, see --keep-duplicate-rows), an item_features row that differs
+from the one used for its item (`conflicting`, row_checks.CHOSEN_ITEM_ROW), or a second row of a
+held-out interaction (`repeat_of_held_out`: valid and test are two different interactions).
+Rows of users dropped for lacking a search or a feed history are parsed and used for the search
+tables; they are reported in stats.json as `rows_of_dropped_users`, never silently. A .csv.gz
+that is cut short or corrupt is counted as `<file>/input_errors/<reason>` (and dead-lettered with
+the error).
 
 Outputs are written into a staging directory inside --output and swapped in only when the job
 succeeded (beam_support.StagedOutput). The job fails (exit 1), leaving --output's earlier outputs
 as they were and this run's in --output/failed_run/ for inspection, when a compressed input is cut
-or corrupt, when a file's rejected share exceeds --max-rejected-fraction, or when there is no
-training example.
+or corrupt, when a file's rejected share exceeds --max-rejected-fraction, when more items than
+--max-conflicting-fraction have conflicting item_features rows, when more feed rows than
+--max-missing-item-features have an item without one, or when there is no training example. It
+fails before anything runs (exit 2) when a flag is neither its own nor a Beam option, or when
+timestamps are in seconds (row_checks.check_timestamp_units).
 
 Vocabulary counts: users = feed interactions of kept users; items = feed interactions of kept users
 plus search impressions; queries = search sessions; words = word occurrences in search sessions;
-categories/subcategories/authors = rows of item_features; user-feature vocabularies = kept users.
+categories/subcategories/authors = items (one item_features row each); user-feature vocabularies =
+kept users. Every vocabulary file is written, empty or not.
 
 Runs locally on pipelines.beam_support.LocalRunner (the DirectRunner's FnApiRunner without its
 Prism attempt; one process: Beam's multi-process mode loses elements, README "Running on a
@@ -57,7 +66,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import GlobalWindows
 
-from pipelines import kuaisar
+from pipelines import kuaisar, row_checks
 from pipelines.beam_support import (
     BEAM_EPILOG,
     InputError,
@@ -67,20 +76,23 @@ from pipelines.beam_support import (
     with_local_defaults,
 )
 from pipelines.build_stats import (
+    build_warnings,
     check_examples,
     check_input_errors,
+    check_item_features,
     check_rejections,
     check_written,
-    nest_stats,
     summary,
 )
+from pipelines.build_transforms import MergeQueryItems, ResolveItems, WriteJson, WriteVocab
 from pipelines.log_reading import (
     find_input,
     group_by_user,
     read_logs,
+    sample_lines,
     sum_then_flatten,
 )
-from pipelines.user_examples import QueryItems, build_user_examples, query_items_of, sessions_of
+from pipelines.user_examples import build_user_examples, query_items_of, sessions_of
 from qrec_tf import schema as S
 
 LOG = logging.getLogger("pipelines.build_tfrecords")
@@ -94,11 +106,14 @@ class BuildUserExamples(beam.DoFn):
     vocabulary counts, query->items partials and statistics."""
 
     VOCAB, QUERY_ITEMS, STATS = "vocab", "query_items", "stats"
+    MISSING_ITEMS = "missing_items"   # feed items of kept users without an item_features row
 
-    def __init__(self, schema: S.Schema, seed: int, search_examples: bool = False):
+    def __init__(self, schema: S.Schema, seed: int, search_examples: bool = False,
+                 keep_duplicates: bool = False):
         self._schema = schema
         self._seed = seed
         self._search_examples = search_examples
+        self._keep_duplicates = keep_duplicates
         self._serializer = None
         self._users = 0
         self._last_log = 0.0
@@ -119,6 +134,12 @@ class BuildUserExamples(beam.DoFn):
         search = logs[kuaisar.SRC_INTER][0] if logs[kuaisar.SRC_INTER] else []
         features = logs[kuaisar.USER_FEATURES][0] if logs[kuaisar.USER_FEATURES] else []
         vocab, stats = self._vocab, self._stats
+        # Exact duplicate rows (replayed log lines) are counted; feature rows always, and feed and
+        # search rows unless --keep-duplicate-rows, are dropped: rows_used counts rows used, so
+        # rows_read == rows_used + rows_rejected + the rows_dropped reasons.
+        rec = self._dedupe(kuaisar.REC_INTER, rec, self._keep_duplicates)
+        search = self._dedupe(kuaisar.SRC_INTER, search, self._keep_duplicates)
+        features = self._dedupe(kuaisar.USER_FEATURES, features, False)
         if len(features) > 1:
             stats["users/duplicate_feature_rows"] += len(features) - 1
         # Search-side tables use every parsed search row, kept user or not: they describe queries.
@@ -139,6 +160,16 @@ class BuildUserExamples(beam.DoFn):
             stats[f"{kuaisar.SRC_INTER}/rows_of_dropped_users"] += len(search)
             return
 
+        # Leave-one-out holds out two different interactions (with --keep-duplicate-rows, or a
+        # row logged both clicked and not, one interaction could be both valid and test).
+        rec, repeats = row_checks.distinct_held_out(sorted(rec))
+        self._drop(kuaisar.REC_INTER, "repeat_of_held_out", repeats)
+        missing = {row[1] for row in rec if row[1] not in items}
+        stats[f"{kuaisar.ITEM_FEATURES}/feed_rows_of_kept_users"] += len(rec)
+        stats[f"{kuaisar.ITEM_FEATURES}/feed_rows_without_features"] += sum(
+            row[1] in missing for row in rec)
+        for item in missing:
+            yield beam.pvalue.TaggedOutput(self.MISSING_ITEMS, item)
         self._users += 1
         if self._users % 5_000 == 0 and time.monotonic() - self._last_log > 10:
             self._last_log = time.monotonic()
@@ -171,73 +202,47 @@ class BuildUserExamples(beam.DoFn):
             stats[f"examples/{S.SEARCH_TRAIN}/count"] += 0
             stats["search_examples/outside_training_period"] += len(search) - search_examples
 
+    def _drop(self, file: str, reason: str, rows: int) -> None:
+        if rows:
+            self._stats[f"{file}/rows_dropped/{reason}"] += rows
+            self._stats[f"{file}/rows_used"] -= rows   # read_logs counted every parsed row
+
+    def _dedupe(self, file: str, rows: list, keep: bool) -> list:
+        rows, duplicates = row_checks.dedupe(rows, keep)
+        if duplicates:
+            self._stats[f"{file}/duplicate_rows"] += duplicates
+            self._drop(file, "duplicate", 0 if keep else duplicates)
+        return rows
+
     def finish_bundle(self):
         for tag, counts in ((self.VOCAB, self._vocab), (self.STATS, self._stats)):
             for key, count in counts.items():
                 yield beam.pvalue.TaggedOutput(tag, GlobalWindows.windowed_value((key, count)))
 
 
-class MergeQueryItems(beam.CombineFn):
-    def create_accumulator(self):
-        return None
-
-    def add_input(self, accumulator, partial: QueryItems):
-        if accumulator is None:
-            return QueryItems(partial.words, collections.Counter(partial.clicks),
-                              set(partial.shown), partial.sessions)
-        return accumulator.merge(partial)
-
-    def merge_accumulators(self, accumulators):
-        merged = None
-        for acc in accumulators:
-            if acc is not None:
-                merged = self.add_input(merged, acc)
-        return merged
-
-    def extract_output(self, accumulator):
-        return accumulator
-
-
-def _sort_key(value_count: tuple[str, int]):
-    value, count = value_count
-    return (-count, 0, int(value), "") if value.lstrip("-").isdigit() else (-count, 1, 0, value)
-
-
-class WriteVocab(beam.DoFn):
-    def __init__(self, vocab_dir: str):
-        self._dir = vocab_dir
-
-    def process(self, element):
-        name, rows = element
-        rows = sorted(rows, key=_sort_key)
-        with FileSystems.create(FileSystems.join(self._dir, name + ".txt")) as f:
-            f.write("".join(f"{value}\t{count}\n" for value, count in rows).encode("utf-8"))
-        yield f"vocab/{name}", len(rows)
-
-
-class WriteJson(beam.DoFn):
-    def __init__(self, path: str):
-        self._path = path
-
-    def process(self, stats: dict):
-        with FileSystems.create(self._path) as f:
-            f.write(json.dumps(nest_stats(stats), indent=2, sort_keys=True).encode("utf-8"))
-        yield self._path
-
-
 # --- the pipeline ----------------------------------------------------------------------------
 def build_pipeline(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, kuaisar.Header]],
                    output: str, schema: S.Schema, *, seed: int, min_count: int, num_shards: int,
-                   search_examples: bool = False) -> None:
+                   search_examples: bool = False, keep_duplicates: bool = False) -> None:
     parsed, stats = read_logs(pipeline, inputs, output)
-    items = parsed[kuaisar.ITEM_FEATURES]
+    # One row per item (ResolveItems), for the examples, item_categories.tsv and the vocabularies.
+    resolved = (parsed[kuaisar.ITEM_FEATURES]
+                | "Item rows per item" >> beam.CombinePerKey(beam.combiners.ToListCombineFn())
+                | "Resolve item rows" >> beam.ParDo(ResolveItems()).with_outputs(
+                    ResolveItems.STATS, main="items"))
+    items = resolved.items
+    stats.append(resolved[ResolveItems.STATS])
     by_user = group_by_user(parsed, (kuaisar.REC_INTER, kuaisar.SRC_INTER, kuaisar.USER_FEATURES))
     built = by_user | "Build examples" >> beam.ParDo(
-        BuildUserExamples(schema, seed, search_examples),
+        BuildUserExamples(schema, seed, search_examples, keep_duplicates),
         items=beam.pvalue.AsDict(items)).with_outputs(
             BuildUserExamples.VOCAB, BuildUserExamples.QUERY_ITEMS, BuildUserExamples.STATS,
-            *S.EXAMPLE_SPLITS)
+            BuildUserExamples.MISSING_ITEMS, *S.EXAMPLE_SPLITS)
     stats.append(built[BuildUserExamples.STATS])
+    stats.append(built[BuildUserExamples.MISSING_ITEMS]
+                 | "Distinct missing items" >> beam.Distinct()
+                 | "Key missing items" >> beam.Map(
+                     lambda _: (f"{kuaisar.ITEM_FEATURES}/feed_items_without_features", 1)))
 
     for split in (*S.SPLITS, *([S.SEARCH_TRAIN] if search_examples else [])):
         prefix = FileSystems.join(output, split, split)
@@ -267,11 +272,16 @@ def build_pipeline(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, kuaisar
         ((vocab, str(value)), 1)
         for vocab, value in zip((S.VOCAB_AUTHORS, S.VOCAB_CATEGORIES, S.VOCAB_SUBCATEGORIES), kv[1])
         if value != kuaisar.MISSING])
-    vocab_sizes = (sum_then_flatten("vocab counts", [built[BuildUserExamples.VOCAB],
-                                                     item_vocab_counts])
-                   | "Sum vocab counts" >> beam.CombinePerKey(sum)
-                   | "Min count" >> beam.Filter(lambda kv: kv[1] >= min_count)
-                   | "Key by vocab" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1])))
+    # One None per vocabulary, so that every vocabulary file is written, empty or not (the
+    # trainer reads them all).
+    every_vocab = (pipeline | "Vocab names" >> beam.Create(S.VOCABULARIES)
+                   | "Empty vocab" >> beam.Map(lambda name: (name, None)))
+    vocab_sizes = ((sum_then_flatten("vocab counts", [built[BuildUserExamples.VOCAB],
+                                                      item_vocab_counts])
+                    | "Sum vocab counts" >> beam.CombinePerKey(sum)
+                    | "Min count" >> beam.Filter(lambda kv: kv[1] >= min_count)
+                    | "Key by vocab" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1]))),
+                    every_vocab) | "With every vocab" >> beam.Flatten()
                    | "Group vocab" >> beam.GroupByKey()
                    | "Write vocab" >> beam.ParDo(
                        WriteVocab(FileSystems.join(output, S.VOCAB_DIR))))
@@ -312,6 +322,16 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
                         help="vocabulary entries seen fewer times map to OOV (default 1)")
     parser.add_argument("--max-rejected-fraction", type=float, default=0.01,
                         help="fail when a file's rejected share exceeds this (default 0.01)")
+    parser.add_argument("--max-conflicting-fraction", type=float, default=0.01,
+                        help="fail when more than this share of the items has item_features "
+                             "rows that differ (default 0.01; the rule that picks one: README)")
+    parser.add_argument("--max-missing-item-features", type=float, default=0.5,
+                        help="fail when more than this share of the kept users' feed rows has "
+                             "an item without an item_features row (default 0.5; any: a "
+                             "warning)")
+    parser.add_argument("--keep-duplicate-rows", action="store_true",
+                        help="use exact duplicate feed and search rows as often as they occur "
+                             "(default: counted in stats.json and dropped)")
     # Multi-worker training reads whole shards per worker when a split has at least as many
     # shards as workers (qrec_tf.data.Sharding); the runner's choice is often a single file.
     parser.add_argument("--num-shards", type=int, default=DEFAULT_NUM_SHARDS,
@@ -328,8 +348,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     args, beam_args = parser.parse_known_args(argv)
     if args.min_count < 1:
         parser.error("--min-count must be >= 1")
-    if not 0.0 <= args.max_rejected_fraction <= 1.0:
-        parser.error("--max-rejected-fraction must be in [0, 1]")
+    for flag in ("max_rejected_fraction", "max_conflicting_fraction",
+                 "max_missing_item_features"):
+        if not 0.0 <= getattr(args, flag) <= 1.0:   # also NaN
+            parser.error(f"--{flag.replace('_', '-')} must be in [0, 1]")
     if args.num_shards < 0:
         parser.error("--num-shards must be >= 0")
     try:
@@ -353,6 +375,10 @@ def run(argv: Sequence[str] | None = None) -> dict:
     """Runs the job; returns stats.json's content. Raises InputError / SystemExit on failure."""
     args, beam_args = parse_args(argv)
     inputs = {name: find_input(args.input, name) for name in kuaisar.LOG_FILES}
+    row_checks.check_timestamp_units({
+        name: (header, sample_lines(path, row_checks.SAMPLE_ROWS))
+        for name, (path, header) in inputs.items() if name in (kuaisar.REC_INTER,
+                                                               kuaisar.SRC_INTER)})
     out = StagedOutput(args.output, (*OUTPUT_DIRS, S.STATS_FILE, S.SCHEMA_FILE,
                                      S.ITEM_CATEGORIES_FILE),
                        overwrite=args.overwrite, stale=augment_outputs())
@@ -365,7 +391,8 @@ def run(argv: Sequence[str] | None = None) -> dict:
         with beam.Pipeline(options=options) as pipeline:
             build_pipeline(pipeline, inputs, out.staging, args.schema, seed=args.seed,
                            min_count=args.min_count, num_shards=args.num_shards,
-                           search_examples=args.search_examples)
+                           search_examples=args.search_examples,
+                           keep_duplicates=args.keep_duplicate_rows)
         elapsed = time.monotonic() - started
         with FileSystems.open(out.staged(S.STATS_FILE)) as f:
             stats = json.loads(f.read())
@@ -377,8 +404,12 @@ def run(argv: Sequence[str] | None = None) -> dict:
              stats_rows / max(elapsed, 1e-9), summary(stats))
     problems = (check_input_errors(stats, inputs)
                 + check_rejections(stats, args.max_rejected_fraction) + check_examples(stats)
+                + check_item_features(stats, args.max_conflicting_fraction,
+                                      args.max_missing_item_features)
                 + check_written(stats, out.staging, (*S.SPLITS, *([S.SEARCH_TRAIN]
                                                                  if args.search_examples else []))))
+    for warning in build_warnings(stats):
+        LOG.warning("%s", warning)
     if problems:
         failed = out.fail()
         raise SystemExit(f"build_tfrecords FAILED; this run's outputs are in {failed} for "

@@ -2,9 +2,11 @@
 
 `find_input` locates and checks one input file and its header; `read_logs` reads every input
 (a .csv.gz with Python's gzip, so that a cut or corrupt stream fails the job instead of ending
-it silently), parses the lines, writes rejected ones to dead_letter/ and counts rows read, used
-and rejected per file; `group_by_user` joins the user-keyed logs; `sum_then_flatten` and
-`nest_keys` turn (key, count) statistics into stats.json's nested form.
+it silently; a .gz and the feature tables quote-aware, so that a quoted line break stays in its
+record), skips and counts blank lines, parses the records, writes rejected ones to
+dead_letter/ and counts records read, used and rejected per file; `group_by_user` joins the
+user-keyed logs; `sum_then_flatten` and `nest_keys` turn (key, count) statistics into
+stats.json's nested form.
 """
 
 from __future__ import annotations
@@ -84,12 +86,55 @@ def find_input(input_dir: str, name: str) -> tuple[str, kuaisar.Header]:
     return path, header
 
 
-class ReadGzipLines(beam.DoFn):
-    """A .csv.gz path -> its data lines (bytes, without the line break; the header is skipped).
+def sample_lines(path: str, count: int) -> list[bytes]:
+    """The first `count` data lines of an input file (without the header and line breaks), for
+    the checks that run before the job (row_checks.check_timestamp_units)."""
+    lines = []
+    try:
+        with (open_gzip(path) if path.endswith(".gz") else FileSystems.open(path)) as f:
+            f.readline()
+            for line in f:
+                if len(lines) >= count:
+                    break
+                lines.append(line.rstrip(b"\r\n"))
+    except GZIP_ERRORS:
+        pass  # the job reads the file again and reports the error naming it
+    return lines
 
-    A stream that is cut or corrupt ends the file's lines with one "input_error" output,
-    (file, reason, message naming the path), so the job fails instead of using half the file.
-    A gzip file cannot be split, so one worker reads it, as Beam's ReadFromText would.
+
+# A record that a quoted field spreads over several lines is joined up to this many lines (a
+# caption with line breaks); a quote left open longer ends the record there (a dead letter).
+MAX_RECORD_LINES = 1_000
+# Read by ReadRecords (quote-aware: a quoted line break stays inside its record) also when not
+# compressed: the tables with free-text columns (captions, category names). The two logs (ids,
+# times and keyword lists only, and by far the largest files) are split across workers by
+# ReadFromText, which cuts records at every line break.
+QUOTE_AWARE_FILES = (kuaisar.ITEM_FEATURES, kuaisar.USER_FEATURES)
+
+
+def join_quoted(lines: Iterator[bytes]) -> Iterator[bytes]:
+    """Lines (without line breaks) -> CSV records: a line that leaves a double quote open is
+    joined with the next ones ("\n" between them) until the quotes balance, for at most
+    MAX_RECORD_LINES lines or MAX_FIELD_CHARS characters."""
+    pending: list[bytes] = []
+    quotes = size = 0
+    for line in lines:
+        pending.append(line)
+        quotes += line.count(b'"')
+        size += len(line)
+        if quotes % 2 == 0 or len(pending) >= MAX_RECORD_LINES or size > kuaisar.MAX_FIELD_CHARS:
+            yield b"\n".join(pending)
+            pending, quotes, size = [], 0, 0
+    if pending:
+        yield b"\n".join(pending)
+
+
+class ReadRecords(beam.DoFn):
+    """An input path -> its CSV records (bytes, without the line break; the header is skipped),
+    quote-aware (join_quoted). A .gz is read with Python's gzip: a stream that is cut or corrupt
+    ends the file's records with one "input_error" output, (file, reason, message naming the
+    path), so the job fails instead of using half the file. One worker reads a file, as Beam's
+    ReadFromText does for a gzip file (which cannot be split).
     """
 
     ERROR = "input_error"
@@ -99,14 +144,20 @@ class ReadGzipLines(beam.DoFn):
 
     def process(self, path: str):
         lines = 0
+
+        def data_lines(f):
+            nonlocal lines
+            f.readline()  # the header, checked by find_input
+            for line in f:
+                # Like ReadFromText: the line without its "\n" or "\r\n".
+                line = line[:-1] if line.endswith(b"\n") else line
+                lines += 1
+                yield line[:-1] if line.endswith(b"\r") else line
+
         try:
-            with open_gzip(path) as f:
-                f.readline()  # the header, checked by find_input
-                for line in f:
-                    # Like ReadFromText: the line without its "\n" or "\r\n".
-                    line = line[:-1] if line.endswith(b"\n") else line
-                    yield line[:-1] if line.endswith(b"\r") else line
-                    lines += 1
+            with (open_gzip(path) if path.endswith(".gz") else FileSystems.open(
+                    path, compression_type=CompressionTypes.UNCOMPRESSED)) as f:
+                yield from join_quoted(data_lines(f))
         except GZIP_ERRORS as error:
             message = (f"{path}: {type(error).__name__}: {error} (after {lines:,} data lines)")
             LOG.error("%s", message)
@@ -160,7 +211,8 @@ def read_logs(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, kuaisar.Head
     """Reads and parses each input file; rejected lines go to `output`/dead_letter/.
 
     Returns the parsed rows per file (kuaisar.LineParser's tuples) and (key, count) statistics
-    branches: `<file>/rows_read`, `rows_used`, `rows_rejected`,
+    branches: `<file>/rows_read` (records, blank lines not included), `rows_used`,
+    `rows_rejected`, `<file>/blank_lines` (when there are any),
     `<file>/rejected_by_reason/<reason>` and, for a cut or corrupt .csv.gz,
     `<file>/input_errors/<reason>` (its lines before the error are read as usual).
     """
@@ -169,22 +221,28 @@ def read_logs(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, kuaisar.Head
     dead_letters = []   # rejected lines, counted by reason
     input_errors = []   # cut or corrupt files, counted apart (they are not lines)
     for name, (path, header) in inputs.items():
-        if path.endswith(".gz"):
+        if path.endswith(".gz") or name in QUOTE_AWARE_FILES:
             read = (pipeline | f"Path {name}" >> beam.Create([path])
-                    | f"Read {name}" >> beam.ParDo(ReadGzipLines(name)).with_outputs(
-                        ReadGzipLines.ERROR, main="lines"))
+                    | f"Read {name}" >> beam.ParDo(ReadRecords(name)).with_outputs(
+                        ReadRecords.ERROR, main="lines"))
             lines = read.lines
-            stats.append(read[ReadGzipLines.ERROR] | f"Key input errors {name}" >> beam.Map(
+            stats.append(read[ReadRecords.ERROR] | f"Key input errors {name}" >> beam.Map(
                 lambda e: (f"{e[0]}/input_errors/{e[1]}", 1)))
-            input_errors.append(read[ReadGzipLines.ERROR])
+            input_errors.append(read[ReadRecords.ERROR])
         else:
             lines = pipeline | f"Read {name}" >> beam.io.ReadFromText(
                 path, skip_header_lines=1, coder=BytesCoder())
-        results = lines | f"Parse {name}" >> beam.ParDo(ParseLines(header)).with_outputs(
+        # A blank line (or one of spaces) is no record: skipped and counted apart.
+        records = lines | f"Records {name}" >> beam.Filter(lambda line: bool(line.strip()))
+        stats.append(lines | f"Blank lines {name}" >> beam.Filter(lambda line: not line.strip())
+                     | f"Count blank lines {name}" >> beam.combiners.Count.Globally()
+                     | f"Key blank lines {name}" >> beam.FlatMap(
+                         lambda n, k=f"{name}/blank_lines": [(k, n)] if n else []))
+        results = records | f"Parse {name}" >> beam.ParDo(ParseLines(header)).with_outputs(
             ParseLines.DEAD, main="rows")
         parsed[name] = results.rows
         dead_letters.append(results[ParseLines.DEAD])
-        for what, pcoll in (("rows_read", lines), ("rows_used", results.rows),
+        for what, pcoll in (("rows_read", records), ("rows_used", results.rows),
                             ("rows_rejected", results[ParseLines.DEAD])):
             stats.append(pcoll | f"Count {what} {name}" >> beam.combiners.Count.Globally()
                          | f"Key {what} {name}" >> beam.Map(lambda n, k=f"{name}/{what}": (k, n)))

@@ -5,6 +5,8 @@ the command line with `--set section.key=value` (values parsed as YAML: 32, 1e-3
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import typing
 from typing import Any, Iterable
 
@@ -283,6 +285,12 @@ class ModelConfig:
             raise ValueError("model.nip_weight > 0 needs model.query_encoder: true (NIP trains it)")
         if self.contrastive_weight and self.contrastive_temperature <= 0:
             raise ValueError("model.contrastive_temperature must be > 0")
+        if self.sas_heads < 1 or self.sas_blocks < 1:
+            raise ValueError("model.sas_heads and model.sas_blocks must be >= 1")
+        for key in ("mlp_units", "attention_units"):
+            if not getattr(self, key) or min(getattr(self, key)) < 1:
+                raise ValueError(f"model.{key} must be a non-empty list of integers >= 1, got "
+                                 f"{getattr(self, key)}")
         if self.query_encoder and self.embedding_dim % self.sas_heads:
             raise ValueError("model.embedding_dim must be divisible by model.sas_heads")
         for section in (self.dcn, self.ple, self.sesrec, self.iv4rec):
@@ -311,6 +319,15 @@ class TrainConfig:
             raise ValueError("train.batch_size and train.epochs must be >= 1")
         if self.learning_rate <= 0:
             raise ValueError("train.learning_rate must be > 0")
+        if self.shuffle_buffer < 1:
+            raise ValueError(f"train.shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
+        if self.early_stopping_patience < 0:
+            raise ValueError("train.early_stopping_patience must be >= 0, got "
+                             f"{self.early_stopping_patience}")
+        for key in ("steps_per_epoch", "validation_steps"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ValueError(f"train.{key} must be >= 1 or null (one pass over the split), "
+                                 f"got {getattr(self, key)}")
 
 
 @dataclasses.dataclass
@@ -356,6 +373,10 @@ def _is_section(hint) -> bool:
     return dataclasses.is_dataclass(hint) and isinstance(hint, type)
 
 
+# A number in exponent notation without a dot ("1e-3", "5E4"), which YAML 1.2 reads as a float.
+_YAML11_FLOAT = re.compile(r"[-+]?[0-9]+(\.[0-9]*)?[eE][-+]?[0-9]+")
+
+
 def _coerce(value: Any, hint, key: str):
     """Checks a YAML value against the field's type (ints are accepted where floats are)."""
     if _is_section(hint):
@@ -372,8 +393,12 @@ def _coerce(value: Any, hint, key: str):
         if not isinstance(value, list):
             raise ValueError(f"{key} must be a list, got {value!r}")
         return [_coerce(v, args[0], key) for v in value]
+    if hint is float and isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+        value = float(value)   # "1e-3": PyYAML (YAML 1.1) reads a float without a "." as text
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{key} must be a finite number, got {value!r}")
     if hint is bool and not isinstance(value, bool):
         raise ValueError(f"{key} must be true or false, got {value!r}")
     if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
@@ -401,7 +426,12 @@ def apply_overrides(values: dict, overrides: Iterable[str]) -> dict:
             if not isinstance(target, dict):
                 raise ValueError(f"config section {'.'.join(sections[:depth + 1])!r} is not a "
                                  "mapping")
-        target[key] = yaml.safe_load(raw)
+        try:
+            target[key] = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            problem = getattr(error, "problem", None) or type(error).__name__
+            raise ValueError(f"--set {item}: the value is not valid YAML ({problem}); quote "
+                             "lists as a whole, e.g. --set 'model.mlp_units=[64, 32]'") from None
     return values
 
 

@@ -97,6 +97,37 @@ class Sharding:
         return cls(index, count, by_files=False)
 
 
+class CorruptData(ValueError):
+    """A TFRecord shard that is cut short or corrupt (a one-line message naming the file)."""
+
+
+def corrupt_shards(path: str, splits: Iterable[str]) -> list[tuple[str, str]]:
+    """(file, error) for every shard of `splits` under `path` that cannot be read to its end."""
+    bad = []
+    for split in splits:
+        if not os.path.isdir(os.path.join(path, split)):
+            continue
+        for file in shard_files(path, split):
+            try:
+                for _ in tf.data.TFRecordDataset(file, compression_type=S.COMPRESSION):
+                    pass
+            except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
+                bad.append((file, error.message.splitlines()[0] if error.message else
+                            type(error).__name__))
+    return bad
+
+
+def corrupt_data_error(path: str, splits: Iterable[str], error: tf.errors.OpError
+                       ) -> CorruptData:
+    """The one-line error for a DataLossError met while reading `splits` of `path`: it names the
+    damaged files (read again one by one to find them) and says to rebuild."""
+    bad = corrupt_shards(path, splits)
+    what = ("; ".join(f"{file} ({message})" for file, message in bad) if bad else
+            f"a shard under {path} ({error.message.splitlines()[0] if error.message else ''})")
+    return CorruptData(f"truncated or corrupt TFRecord data: {what}; rebuild {path} with "
+                       "`python -m pipelines.build_tfrecords --overwrite`")
+
+
 def _records(path: str, split: str, shuffle: bool, shuffle_buffer: int,
              seed: int | None, shard: tuple[int, int] | None = None) -> tf.data.Dataset:
     """Serialized examples of one split (or of its `shard`: (index, count)), shuffled (shards

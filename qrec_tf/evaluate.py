@@ -111,7 +111,10 @@ def evaluate(model_dir: str, data_dir: str, split: str, batch_size: int = 4096,
     """The metrics of a trained model on a split; with `predictions_path` also writes its
     per-example scores there (write_predictions)."""
     config, model = load_trained_model(model_dir, data_dir)
-    predictions = predict(model, data_dir, split, batch_size)
+    try:
+        predictions = predict(model, data_dir, split, batch_size)
+    except tf.errors.DataLossError as error:
+        raise data.corrupt_data_error(data_dir, [split], error) from None
     if predictions_path:
         write_predictions(predictions_path, predictions)
     result = metrics.all_metrics(predictions["user_id"], predictions["label"],
@@ -133,13 +136,20 @@ def main(argv=None) -> int:
                         help="also write every example's score to this CSV (row, user_id, "
                              "item_id, label, probability), for python -m qrec_tf.compare")
     args = parser.parse_args(argv)
+    output = args.output or os.path.join(args.model_dir, f"metrics_{args.split}.json")
+    for path, flag in ((args.output, "--output"), (args.predictions, "--predictions")):
+        # Checked before scoring: a path that cannot be written would lose the metrics.
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if folder and not os.path.isdir(folder):
+            parser.error(f"{flag} {path}: directory {folder} does not exist")
+        if path and os.path.isdir(path):
+            parser.error(f"{flag} {path} is a directory; give a file name")
     try:
         result = evaluate(args.model_dir, args.data, args.split, args.batch_size,
                           args.predictions)
     except (FileNotFoundError, ValueError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
-    output = args.output or os.path.join(args.model_dir, f"metrics_{args.split}.json")
     with open(output, "w") as f:
         json.dump(result, f, indent=2)
     print(json.dumps(result, indent=2))

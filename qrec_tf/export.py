@@ -53,6 +53,7 @@ from qrec_tf import data, model_layout
 from qrec_tf import schema as S
 from qrec_tf.evaluate import load_trained_model
 from qrec_tf.models.base import CTRModel
+from qrec_tf.train import TrainingDiverged, check_finite_weights
 
 LOG = logging.getLogger("qrec_tf.export")
 
@@ -372,6 +373,10 @@ def export(model_dir: str, output: str, data_dir: str | None = None,
         raise FileExistsError(f"{os.path.join(output, str(version))} exists; versions are never "
                               "overwritten")
     _, model = load_trained_model(model_dir, data_dir)
+    try:   # a model that scores NaN is never served
+        check_finite_weights(model, f"{model_layout.weights_path(model_dir)} is not exported")
+    except TrainingDiverged as error:
+        raise ValueError(str(error)) from None
     schema = model.schema
     model_name = os.path.basename(os.path.normpath(output))
     os.makedirs(output, exist_ok=True)

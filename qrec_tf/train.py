@@ -106,12 +106,53 @@ class ResumableHistory(keras.callbacks.Callback):
         return {k: [e.get(k, float("nan")) for e in self.epochs] for k in names}
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights became NaN or infinite: nothing is saved as the model."""
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Raises TrainingDiverged at the first batch whose loss is NaN or infinite. (Keras'
+    TerminateOnNaN only stops the epoch, whose validation and checkpoint then still run on the
+    NaN weights and report an AUC of them.) First among the callbacks, so none sees that batch."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)):
+            raise TrainingDiverged(
+                f"the training loss is {float(loss)} at epoch {self._epoch + 1}, step {batch + 1}:"
+                " training stopped and no weights were saved as the model (try a smaller "
+                "train.learning_rate)")
+
+
+def check_finite_weights(model: keras.Model, what: str) -> None:
+    """TrainingDiverged naming the first variable that holds a NaN or an infinity."""
+    for variable in model.weights:
+        if not np.isfinite(keras.ops.convert_to_numpy(variable.value)).all():
+            raise TrainingDiverged(f"{what}: variable {variable.path} holds NaN or infinite "
+                                   "values")
+
+
 def train(config: Config, data_dir: str, model_dir: str, strategy_name: str = "default",
           mixed_precision: bool = False, verbose="auto",
           extra_callbacks: list | None = None, worker_dir: str | None = None) -> dict:
     """Runs training; returns what run.json holds. Under several workers only the chief writes
     `model_dir`; the others write to `worker_dir` (kept) or a private temporary directory."""
     S.Schema.load(data_dir)  # a clear error early when --data is not the Beam job's output
+    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+        raise ValueError(f"--model-dir {model_dir} is a file, not a directory")
+    try:
+        return _train(config, data_dir, model_dir, strategy_name, mixed_precision, verbose,
+                      extra_callbacks, worker_dir)
+    except tf.errors.DataLossError as error:
+        raise data.corrupt_data_error(data_dir, S.EXAMPLE_SPLITS, error) from None
+
+
+def _train(config: Config, data_dir: str, model_dir: str, strategy_name: str,
+           mixed_precision: bool, verbose, extra_callbacks: list | None,
+           worker_dir: str | None) -> dict:
     # First: a MultiWorkerMirroredStrategy must configure the runtime before it starts.
     strategy = make_strategy(strategy_name)
     dirs = distribute.WorkerDirs.for_strategy(strategy, model_dir, worker_dir)
@@ -149,6 +190,7 @@ def train(config: Config, data_dir: str, model_dir: str, strategy_name: str = "d
     backup_dir = model_layout.backup_dir(model_dir)
     history = ResumableHistory(backup_dir, checkpoint, early_stopping)
     callbacks = [
+        StopOnNonFiniteLoss(),
         keras.callbacks.TensorBoard(model_layout.tensorboard_dir(model_dir)),
         throughput,
         history,  # after throughput (its examples/s), before the backup (written first)
@@ -165,6 +207,7 @@ def train(config: Config, data_dir: str, model_dir: str, strategy_name: str = "d
     # The served and evaluated weights are those of the best validation AUC.
     if os.path.exists(best_weights):
         model.load_weights(best_weights)
+    check_finite_weights(model, "the trained weights were not saved")
     model.save_weights(model_layout.weights_path(model_dir))
     val_auc = history.history.get("val_auc", [])  # every epoch, those before a resume too
     summary = {
@@ -212,6 +255,9 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
+    except TrainingDiverged as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 1
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as error:
         if args.strategy != "multi_worker":
             raise

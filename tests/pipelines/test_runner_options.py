@@ -27,7 +27,7 @@ def test_help_lists_the_jobs_flags_and_names_the_local_runner(job, capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--input INPUT" in out and "--output OUTPUT" in out and "--overwrite" in out
-    assert "Unrecognised flags are Beam pipeline options" in out
+    assert "Other flags must be Beam pipeline options" in out
     assert ("--runner=pipelines.beam_support.LocalRunner --direct_running_mode=in_memory"
             in out)
 
@@ -40,8 +40,10 @@ def test_beam_options_pass_through_and_a_runner_replaces_the_local_defaults():
     assert (args.input, args.output, args.num_shards) == ("in", "out", 4)
     assert beam_args == portable
     args, beam_args = analysis.parse_args(["--input", "in", "--output", "out",
-                                           "--some_beam_flag=1"])
-    assert beam_args == [*beam_support.LOCAL_DEFAULTS, "--some_beam_flag=1"]
+                                           "--job_name=qrec"])
+    assert beam_args == [*beam_support.LOCAL_DEFAULTS, "--job_name=qrec"]
+    with pytest.raises(beam_support.InputError, match="unrecognized arguments: --some_flag=1"):
+        analysis.parse_args(["--input", "in", "--output", "out", "--some_flag=1"])
     assert PipelineOptions(beam_args).get_all_options()["runner"] == beam_support.LOCAL_RUNNER
     assert isinstance(create_runner(beam_support.LOCAL_RUNNER), beam_support.LocalRunner)
 
