@@ -78,8 +78,11 @@ def test_saved_model_cli_lists_the_three_signatures_with_the_schemas_names_and_d
         "inputs": {export.EXAMPLES_KEY: ("DT_STRING", (-1,))}, "outputs": ctr}
     assert "candidate_item_id" in signatures[export.SCORE_CANDIDATES]["inputs"]
     # What a served model must not ask for.
-    for name in (S.LABEL, S.TIMESTAMP, S.NIP_POS_ITEM_IDS, S.NIP_NEG_ITEM_IDS):
+    for name in (S.LABEL, S.NIP_POS_ITEM_IDS, S.NIP_NEG_ITEM_IDS):
         assert all(name not in s["inputs"] for s in signatures.values())
+    # The raw times it must ask for: the ages are computed in the graph (issue 30).
+    for name in (S.TIMESTAMP, S.QUERY_TIMESTAMPS):
+        assert rows[name][0] == "DT_INT64" and name in signatures[export.SCORE_CANDIDATES]["inputs"]
 
 
 def test_saved_model_cli_run_on_serving_default_gives_the_trained_models_score(
