@@ -30,6 +30,10 @@ as they were and this run's in --output/failed_run/ for inspection, when a compr
 or corrupt, when a file's rejected share exceeds --max-rejected-fraction, or when there is no
 training example.
 
+With --previous-data DIR the vocabularies extend DIR's: its values keep their indices, new ones
+are appended, counts are decayed sums; schema.json's "lineage" names the build it extends
+(pipelines.vocab_lineage).
+
 Vocabulary counts: users = feed interactions of kept users; items = feed interactions of kept users
 plus search impressions; queries = search sessions; words = word occurrences in search sessions;
 categories/subcategories/authors = rows of item_features; user-feature vocabularies = kept users.
@@ -45,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import datetime
 import json
 import logging
 import sys
@@ -57,7 +62,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import GlobalWindows
 
-from pipelines import kuaisar
+from pipelines import kuaisar, vocab_lineage
 from pipelines.beam_support import (
     BEAM_EPILOG,
     InputError,
@@ -95,10 +100,12 @@ class BuildUserExamples(beam.DoFn):
 
     VOCAB, QUERY_ITEMS, STATS = "vocab", "query_items", "stats"
 
-    def __init__(self, schema: S.Schema, seed: int, search_examples: bool = False):
+    def __init__(self, schema: S.Schema, seed: int, search_examples: bool = False,
+                 time_split: tuple[int, int] | None = None):
         self._schema = schema
         self._seed = seed
         self._search_examples = search_examples
+        self._time_split = time_split
         self._serializer = None
         self._users = 0
         self._last_log = 0.0
@@ -159,7 +166,8 @@ class BuildUserExamples(beam.DoFn):
 
         search_examples = 0
         for split, values in build_user_examples(user_id, rec, search, user_features, items,
-                                                 self._schema, self._seed, self._search_examples):
+                                                 self._schema, self._seed, self._search_examples,
+                                                 self._time_split):
             stats[f"examples/{split}/count"] += 1
             stats[f"examples/{split}/clicks"] += values[S.LABEL]
             stats[f"examples/{split}/with_queries"] += values[S.QUERY_KEYS][-1] != ""
@@ -204,15 +212,28 @@ def _sort_key(value_count: tuple[str, int]):
 
 
 class WriteVocab(beam.DoFn):
-    def __init__(self, vocab_dir: str):
+    """(name, [(value, count)]) -> vocab/<name>.txt: most frequent first, values below
+    `min_count` left out; with `previous_dir` (--previous-data) its values first, in its order,
+    then the new ones (pipelines.vocab_lineage.merge_rows)."""
+
+    def __init__(self, vocab_dir: str, min_count: int, previous_dir: str | None = None,
+                 decay: float = vocab_lineage.DEFAULT_DECAY):
         self._dir = vocab_dir
+        self._min_count = min_count
+        self._previous_dir = previous_dir
+        self._decay = decay
 
     def process(self, element):
         name, rows = element
-        rows = sorted(rows, key=_sort_key)
-        with FileSystems.create(FileSystems.join(self._dir, name + ".txt")) as f:
-            f.write("".join(f"{value}\t{count}\n" for value, count in rows).encode("utf-8"))
+        previous = []
+        if self._previous_dir is not None:
+            previous = vocab_lineage.read_rows(vocab_lineage.vocab_file(self._previous_dir, name))
+        rows, appended = vocab_lineage.merge_rows(previous, rows, self._decay, self._min_count,
+                                                  _sort_key)
+        vocab_lineage.write_rows(FileSystems.join(self._dir, name + ".txt"), rows)
         yield f"vocab/{name}", len(rows)
+        if self._previous_dir is not None:
+            yield f"vocab_appended/{name}", appended
 
 
 class WriteJson(beam.DoFn):
@@ -228,12 +249,14 @@ class WriteJson(beam.DoFn):
 # --- the pipeline ----------------------------------------------------------------------------
 def build_pipeline(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, kuaisar.Header]],
                    output: str, schema: S.Schema, *, seed: int, min_count: int, num_shards: int,
-                   search_examples: bool = False) -> None:
+                   search_examples: bool = False, previous_data: str | None = None,
+                   vocab_decay: float = vocab_lineage.DEFAULT_DECAY,
+                   time_split: tuple[int, int] | None = None) -> None:
     parsed, stats = read_logs(pipeline, inputs, output)
     items = parsed[kuaisar.ITEM_FEATURES]
     by_user = group_by_user(parsed, (kuaisar.REC_INTER, kuaisar.SRC_INTER, kuaisar.USER_FEATURES))
     built = by_user | "Build examples" >> beam.ParDo(
-        BuildUserExamples(schema, seed, search_examples),
+        BuildUserExamples(schema, seed, search_examples, time_split),
         items=beam.pvalue.AsDict(items)).with_outputs(
             BuildUserExamples.VOCAB, BuildUserExamples.QUERY_ITEMS, BuildUserExamples.STATS,
             *S.EXAMPLE_SPLITS)
@@ -270,11 +293,11 @@ def build_pipeline(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, kuaisar
     vocab_sizes = (sum_then_flatten("vocab counts", [built[BuildUserExamples.VOCAB],
                                                      item_vocab_counts])
                    | "Sum vocab counts" >> beam.CombinePerKey(sum)
-                   | "Min count" >> beam.Filter(lambda kv: kv[1] >= min_count)
                    | "Key by vocab" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1])))
                    | "Group vocab" >> beam.GroupByKey()
                    | "Write vocab" >> beam.ParDo(
-                       WriteVocab(FileSystems.join(output, S.VOCAB_DIR))))
+                       WriteVocab(FileSystems.join(output, S.VOCAB_DIR), min_count,
+                                  previous_data, vocab_decay)))
     stats.append(vocab_sizes)
 
     _ = (sum_then_flatten("stats", stats)
@@ -284,6 +307,9 @@ def build_pipeline(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, kuaisar
 
 
 # --- command line ----------------------------------------------------------------------------
+DAY_MS = 24 * 3600 * 1000
+BEIJING = datetime.timezone(datetime.timedelta(hours=8))   # KuaiSAR's days (kuaisar.beijing_time)
+
 # Shards per split: up to this many training workers read whole files (qrec_tf.data.Sharding).
 DEFAULT_NUM_SHARDS = 8
 
@@ -323,6 +349,24 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     parser.add_argument("--search-examples", action="store_true",
                         help="also write search impressions of each user's training period to "
                              f"{S.SEARCH_TRAIN}/ (the auxiliary task of the ple model)")
+    parser.add_argument("--previous-data", default=None, metavar="DIR",
+                        help="the output of an earlier build to extend: every id, query and word "
+                             "in its vocabularies keeps its index, new ones are appended, counts "
+                             "are decayed sums (pipelines.vocab_lineage); schema.json records "
+                             "the build it extends")
+    parser.add_argument("--vocab-decay", type=float, default=vocab_lineage.DEFAULT_DECAY,
+                        help="with --previous-data: count = round(decay * previous count) + "
+                             "this build's count (default %(default)s)")
+    parser.add_argument("--split-by", choices=("leave_one_out", "time"), default="leave_one_out",
+                        help="leave_one_out (the paper's: each user's last feed interaction is "
+                             "test, the one before valid) or time (impressions of the days up to "
+                             "--train-until train, the next --valid-days valid, later ones test)")
+    parser.add_argument("--train-until", metavar="YYYY-MM-DD", default=None,
+                        help="with --split-by time: the last training day (Beijing time, "
+                             "KuaiSAR's; synthetic day 1 is 2023-05-22)")
+    parser.add_argument("--valid-days", type=int, default=1,
+                        help="with --split-by time: days after --train-until that are valid "
+                             "(default 1); the days after them are test")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the outputs of an earlier run in --output")
     args, beam_args = parser.parse_known_args(argv)
@@ -330,6 +374,21 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         parser.error("--min-count must be >= 1")
     if not 0.0 <= args.max_rejected_fraction <= 1.0:
         parser.error("--max-rejected-fraction must be in [0, 1]")
+    if not 0.0 <= args.vocab_decay <= 1.0:
+        parser.error("--vocab-decay must be in [0, 1]")
+    args.time_split = None
+    if args.split_by == "time":
+        if args.train_until is None or args.valid_days < 1:
+            parser.error("--split-by time needs --train-until YYYY-MM-DD and --valid-days >= 1")
+        try:
+            day = datetime.date.fromisoformat(args.train_until)
+        except ValueError:
+            parser.error(f"--train-until {args.train_until!r} is not a date YYYY-MM-DD")
+        valid_from = int(datetime.datetime(day.year, day.month, day.day, tzinfo=BEIJING
+                                           ).timestamp() * 1000) + DAY_MS
+        args.time_split = (valid_from, valid_from + args.valid_days * DAY_MS)
+    elif args.train_until is not None:
+        parser.error("--train-until needs --split-by time")
     if args.num_shards < 0:
         parser.error("--num-shards must be >= 0")
     try:
@@ -353,6 +412,8 @@ def run(argv: Sequence[str] | None = None) -> dict:
     """Runs the job; returns stats.json's content. Raises InputError / SystemExit on failure."""
     args, beam_args = parse_args(argv)
     inputs = {name: find_input(args.input, name) for name in kuaisar.LOG_FILES}
+    previous, previous_lineage = (vocab_lineage.load_previous(args.previous_data, args.schema)
+                                  if args.previous_data else (None, None))
     out = StagedOutput(args.output, (*OUTPUT_DIRS, S.STATS_FILE, S.SCHEMA_FILE,
                                      S.ITEM_CATEGORIES_FILE),
                        overwrite=args.overwrite, stale=augment_outputs())
@@ -365,8 +426,14 @@ def run(argv: Sequence[str] | None = None) -> dict:
         with beam.Pipeline(options=options) as pipeline:
             build_pipeline(pipeline, inputs, out.staging, args.schema, seed=args.seed,
                            min_count=args.min_count, num_shards=args.num_shards,
-                           search_examples=args.search_examples)
+                           search_examples=args.search_examples,
+                           previous_data=args.previous_data, vocab_decay=args.vocab_decay,
+                           time_split=args.time_split)
         elapsed = time.monotonic() - started
+        lineage = vocab_lineage.finish_vocabularies(out.staging, previous, args.vocab_decay,
+                                                    previous_lineage, args.previous_data)
+        with FileSystems.create(out.staged(S.SCHEMA_FILE)) as f:
+            f.write(args.schema.to_json(lineage).encode("utf-8"))
         with FileSystems.open(out.staged(S.STATS_FILE)) as f:
             stats = json.loads(f.read())
     except BaseException:
