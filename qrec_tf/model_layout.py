@@ -9,6 +9,8 @@ distribute read. Its file names live here only.
       tensorboard/       TENSORBOARD_DIR  every loss term, AUC, learning rate, examples/s
       backup/            BACKUP_DIR       BackupAndRestore's state while running (a killed run
                                           resumes from it; removed when the run ends)
+      vocab/             VOCAB_DIR        a copy of the data's vocab/: the values each table row
+                                          is of (qrec_tf.warm_start maps rows by them)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ BEST_WEIGHTS_FILE = "best.weights.h5"
 RUN_FILE = "run.json"
 TENSORBOARD_DIR = "tensorboard"
 BACKUP_DIR = "backup"
+VOCAB_DIR = "vocab"
 
 
 def config_path(model_dir: str) -> str:
@@ -46,6 +49,10 @@ def tensorboard_dir(model_dir: str) -> str:
 
 def backup_dir(model_dir: str) -> str:
     return os.path.join(model_dir, BACKUP_DIR)
+
+
+def vocab_dir(model_dir: str) -> str:
+    return os.path.join(model_dir, VOCAB_DIR)
 
 
 def write_run(model_dir: str, run: dict) -> None:
