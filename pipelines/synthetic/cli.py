@@ -72,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "--queries-per-subtopic are not supported with them")
         try:
             manifest = days_module.generate_days(
-                args.output, args.days or 1, args.start_day or 1, users=args.users,
+                args.output, 1 if args.days is None else args.days,
+                1 if args.start_day is None else args.start_day, users=args.users,
                 items=args.items, seed=args.seed, regime=args.regime, new_share=args.new_share,
                 drift=args.drift, gzip=args.gzip)
         except ArgumentError as error:

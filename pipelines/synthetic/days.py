@@ -131,10 +131,14 @@ def generate_days(output_dir: str, days: int, start_day: int = 1, users: int = 3
         recs += day_recs
 
     n_users, exists = plan.users_on(last), debut <= last
-    rng = np.random.default_rng(seed)
-    users_cols = user_columns(rng, np.arange(1, n_users + 1), sessions[:n_users], recs[:n_users],
-                              spec.sessions_per_user * days, spec.rec_per_user * days)
-    items_cols = item_columns(world, rng)
+    # Drawn for every user and item of the horizon, from streams of their own, then cut to the
+    # window: a user's or an item's features are the same in every window.
+    user_seed, item_seed = np.random.SeedSequence([seed, 1]).spawn(2)
+    users_cols = user_columns(np.random.default_rng(user_seed), np.arange(1, total_users + 1),
+                              sessions, recs, spec.sessions_per_user * days,
+                              spec.rec_per_user * days)
+    users_cols = [column[:n_users] for column in users_cols]
+    items_cols = item_columns(world, np.random.default_rng(item_seed))
     item_order = np.argsort(world.item_ids)       # item_columns' row order
     keep = exists[item_order]
     items_cols = [[cell for cell, k in zip(column, keep) if k] for column in items_cols]
