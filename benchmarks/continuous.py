@@ -20,7 +20,8 @@ not the build).
 
 --oov-buckets: trains day 1 with each bucket count on a build with --min-count 2 (ids seen once
 are OOV in training, so the buckets learn something) and scores day 2's test rows with the
-export, where day 2's new ids are all unseen: the measurement behind model.oov_buckets' default.
+export, where day 2's new ids are all unseen (every day-2 impression, and those of day 2's new
+users alone): the measurement behind model.oov_buckets' default.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import numpy as np
 from pipelines import build_tfrecords
 from pipelines.synthetic.days import generate_days
 from qrec_tf import compare, evaluate, export, metrics, model_layout, train
+from qrec_tf import schema as S
 from qrec_tf.config import load_config
 
 SMALL = ["model.embedding_dim=8", "model.mlp_units=[32]", "model.attention_units=[16]",
@@ -125,10 +127,15 @@ def oov(args) -> list[dict]:
         base = os.path.join(work, f"export_{buckets}")
         shutil.rmtree(base, ignore_errors=True)
         version = export.export(model_dir, base, xla=False)
-        scores = compare.predict_saved_model(version, day2, "test")
-        results.append({"oov_buckets": buckets,
-                        "day2_test_auc": metrics.auc(scores["label"], scores["probability"]),
-                        "rows": int(scores["label"].size)})
+        # every day-2 impression (all three splits): the day-1 model saw none of them
+        parts = [compare.predict_saved_model(version, day2, split) for split in S.SPLITS]
+        labels = np.concatenate([p["label"] for p in parts])
+        scores = np.concatenate([p["probability"] for p in parts])
+        users = np.concatenate([p["user_id"] for p in parts])
+        new_users = users > args.users   # ids above day 1's are new on day 2
+        results.append({"oov_buckets": buckets, "day2_auc": metrics.auc(labels, scores),
+                        "day2_new_user_auc": metrics.auc(labels[new_users], scores[new_users]),
+                        "rows": int(labels.size), "new_user_rows": int(new_users.sum())})
         print(json.dumps(results[-1]))
     return results
 
