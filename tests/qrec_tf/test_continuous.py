@@ -83,8 +83,10 @@ def test_before_its_first_step_the_warm_started_model_scores_day_one_like_v1(day
         tensors = {k: tf.constant(v) for k, v in features.items()}
         served = v1(**{n: tensors[n] for n in names})["ctr"].numpy()
         ours = warm(tensors, training=False).numpy()
+        # bit for bit as the v1 model; as its export up to float32 rounding of the SavedModel's
+        # graph (measured: 1 of 2,296 rows differed, by 6e-8)
         np.testing.assert_array_equal(ours, trained(tensors, training=False).numpy())
-        np.testing.assert_array_equal(ours, served)
+        np.testing.assert_allclose(ours, served, rtol=0, atol=1e-6)
         checked += len(ours)
     assert checked > 1000
     # day 2's new users are not all one row: their rows are new, not v1's OOV row
