@@ -83,12 +83,13 @@ def daily(args) -> list[dict]:
         return ["--split-by", "time", "--train-until", date, "--valid-days", "1"]
 
     table, previous_data, previous_model, previous_carry = [], None, None, None
+    previous_variant = None
     for day in range(1, args.days + 1):
         all_data = build(log(1, day + 2), os.path.join(work, f"data_1_{day}"), None, *split(day))
         full = fit(args, all_data, os.path.join(work, f"full_day_{day}"))
         if day == 1:
             day_data, warm_dir = all_data, os.path.join(work, f"full_day_{day}")
-            carry_dir = warm_dir
+            carry_dir = variant_dir = warm_dir
         else:
             day_data = build(log(day, day + 2), os.path.join(work, f"data_day_{day}"),
                              previous_data, *split(day))
@@ -98,14 +99,21 @@ def daily(args) -> list[dict]:
             carry = fit(args, day_data, carry_dir, warm=previous_carry,
                         overrides=("train.warm_start_optimizer=carry",))
             new = fit(args, day_data, os.path.join(work, f"new_day_{day}"))
+            variants = []
+            if args.warm_variant:
+                variant_dir = os.path.join(work, f"warm_{args.warm_variant}_day_{day}")
+                variants.append((f"warm_{args.warm_variant}", fit(
+                    args, day_data, variant_dir, warm=previous_variant,
+                    overrides=tuple(args.warm_set))))
             row = {"day": day, "same_test_rows": warm["rows"] == full["rows"] == new["rows"]
                    == carry["rows"], "test_rows": len(warm["rows"])}
             for name, result in (("warm", warm), ("warm_carry", carry), ("full", full),
-                                 ("new_day", new)):
+                                 ("new_day", new), *variants):
                 row[f"{name}_auc"], row[f"{name}_seconds"] = result["auc"], result["seconds"]
             table.append(row)
             print(json.dumps(row))
         previous_data, previous_model, previous_carry = day_data, warm_dir, carry_dir
+        previous_variant = variant_dir if args.warm_variant else None
     return table
 
 
@@ -150,6 +158,10 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default="configs/queryrec.yaml")
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--workdir", default="bench_out/continuous")
+    parser.add_argument("--warm-variant", metavar="TAG",
+                        help="also a warm chain warm_TAG trained with --warm-set's overrides")
+    parser.add_argument("--warm-set", action="append", default=[],
+                        help="config override of the --warm-variant chain (repeatable)")
     parser.add_argument("--oov-buckets", type=int, nargs="*", default=None,
                         help="measure these bucket counts instead of the daily table")
     args = parser.parse_args(argv)
@@ -164,10 +176,8 @@ def main(argv=None) -> int:
                   "warm_under_half_the_time": all(r["warm_seconds"] < r["full_seconds"] / 2
                                                   for r in table),
                   "warm_above_new_day": all(r["warm_auc"] > r["new_day_auc"] for r in table),
-                  "mean": {k: float(np.mean([r[k] for r in table])) for k in
-                           ("warm_auc", "warm_carry_auc", "full_auc", "new_day_auc",
-                            "warm_seconds", "warm_carry_seconds", "full_seconds",
-                            "new_day_seconds")}}
+                  "mean": {k: float(np.mean([r[k] for r in table])) for k in table[0]
+                           if k.endswith(("_auc", "_seconds"))}}
     path = os.path.join(args.workdir, "oov.json" if args.oov_buckets else "continuous.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
