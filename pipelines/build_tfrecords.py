@@ -38,6 +38,10 @@ or corrupt, when a file's rejected share exceeds --max-rejected-fraction, when m
 fails before anything runs (exit 2) when a flag is neither its own nor a Beam option, or when
 timestamps are in seconds (row_checks.check_timestamp_units).
 
+With --previous-data DIR the vocabularies extend DIR's: its values keep their indices, new ones
+are appended, counts are decayed sums; schema.json's "lineage" names the build it extends
+(pipelines.vocab_lineage).
+
 Vocabulary counts: users = feed interactions of kept users; items = feed interactions of kept users
 plus search impressions; queries = search sessions; words = word occurrences in search sessions;
 categories/subcategories/authors = items (one item_features row each); user-feature vocabularies =
@@ -54,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import datetime
 import json
 import logging
 import sys
@@ -66,7 +71,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import GlobalWindows
 
-from pipelines import kuaisar, row_checks
+from pipelines import kuaisar, row_checks, vocab_lineage
 from pipelines.beam_support import (
     BEAM_EPILOG,
     InputError,
@@ -109,11 +114,12 @@ class BuildUserExamples(beam.DoFn):
     MISSING_ITEMS = "missing_items"   # feed items of kept users without an item_features row
 
     def __init__(self, schema: S.Schema, seed: int, search_examples: bool = False,
-                 keep_duplicates: bool = False):
+                 keep_duplicates: bool = False, time_split: tuple[int, int] | None = None):
         self._schema = schema
         self._seed = seed
         self._search_examples = search_examples
         self._keep_duplicates = keep_duplicates
+        self._time_split = time_split
         self._serializer = None
         self._users = 0
         self._last_log = 0.0
@@ -190,7 +196,8 @@ class BuildUserExamples(beam.DoFn):
 
         search_examples = 0
         for split, values in build_user_examples(user_id, rec, search, user_features, items,
-                                                 self._schema, self._seed, self._search_examples):
+                                                 self._schema, self._seed, self._search_examples,
+                                                 self._time_split):
             stats[f"examples/{split}/count"] += 1
             stats[f"examples/{split}/clicks"] += values[S.LABEL]
             stats[f"examples/{split}/with_queries"] += values[S.QUERY_KEYS][-1] != ""
@@ -223,7 +230,10 @@ class BuildUserExamples(beam.DoFn):
 # --- the pipeline ----------------------------------------------------------------------------
 def build_pipeline(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, kuaisar.Header]],
                    output: str, schema: S.Schema, *, seed: int, min_count: int, num_shards: int,
-                   search_examples: bool = False, keep_duplicates: bool = False) -> None:
+                   search_examples: bool = False, keep_duplicates: bool = False,
+                   previous_data: str | None = None,
+                   vocab_decay: float = vocab_lineage.DEFAULT_DECAY,
+                   time_split: tuple[int, int] | None = None) -> None:
     parsed, stats = read_logs(pipeline, inputs, output)
     # One row per item (ResolveItems), for the examples, item_categories.tsv and the vocabularies.
     resolved = (parsed[kuaisar.ITEM_FEATURES]
@@ -234,7 +244,7 @@ def build_pipeline(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, kuaisar
     stats.append(resolved[ResolveItems.STATS])
     by_user = group_by_user(parsed, (kuaisar.REC_INTER, kuaisar.SRC_INTER, kuaisar.USER_FEATURES))
     built = by_user | "Build examples" >> beam.ParDo(
-        BuildUserExamples(schema, seed, search_examples, keep_duplicates),
+        BuildUserExamples(schema, seed, search_examples, keep_duplicates, time_split),
         items=beam.pvalue.AsDict(items)).with_outputs(
             BuildUserExamples.VOCAB, BuildUserExamples.QUERY_ITEMS, BuildUserExamples.STATS,
             BuildUserExamples.MISSING_ITEMS, *S.EXAMPLE_SPLITS)
@@ -273,18 +283,18 @@ def build_pipeline(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, kuaisar
         for vocab, value in zip((S.VOCAB_AUTHORS, S.VOCAB_CATEGORIES, S.VOCAB_SUBCATEGORIES), kv[1])
         if value != kuaisar.MISSING])
     # One None per vocabulary, so that every vocabulary file is written, empty or not (the
-    # trainer reads them all).
+    # trainer reads them all). --min-count applies in WriteVocab (to new values only).
     every_vocab = (pipeline | "Vocab names" >> beam.Create(S.VOCABULARIES)
                    | "Empty vocab" >> beam.Map(lambda name: (name, None)))
     vocab_sizes = ((sum_then_flatten("vocab counts", [built[BuildUserExamples.VOCAB],
                                                       item_vocab_counts])
                     | "Sum vocab counts" >> beam.CombinePerKey(sum)
-                    | "Min count" >> beam.Filter(lambda kv: kv[1] >= min_count)
                     | "Key by vocab" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1]))),
                     every_vocab) | "With every vocab" >> beam.Flatten()
                    | "Group vocab" >> beam.GroupByKey()
                    | "Write vocab" >> beam.ParDo(
-                       WriteVocab(FileSystems.join(output, S.VOCAB_DIR))))
+                       WriteVocab(FileSystems.join(output, S.VOCAB_DIR), min_count,
+                                  previous_data, vocab_decay)))
     stats.append(vocab_sizes)
 
     _ = (sum_then_flatten("stats", stats)
@@ -294,6 +304,9 @@ def build_pipeline(pipeline: beam.Pipeline, inputs: dict[str, tuple[str, kuaisar
 
 
 # --- command line ----------------------------------------------------------------------------
+DAY_MS = 24 * 3600 * 1000
+BEIJING = datetime.timezone(datetime.timedelta(hours=8))   # KuaiSAR's days (kuaisar.beijing_time)
+
 # Shards per split: up to this many training workers read whole files (qrec_tf.data.Sharding).
 DEFAULT_NUM_SHARDS = 8
 
@@ -343,15 +356,46 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     parser.add_argument("--search-examples", action="store_true",
                         help="also write search impressions of each user's training period to "
                              f"{S.SEARCH_TRAIN}/ (the auxiliary task of the ple model)")
+    parser.add_argument("--previous-data", default=None, metavar="DIR",
+                        help="the output of an earlier build to extend: every id, query and word "
+                             "in its vocabularies keeps its index, new ones are appended, counts "
+                             "are decayed sums (pipelines.vocab_lineage); schema.json records "
+                             "the build it extends")
+    parser.add_argument("--vocab-decay", type=float, default=vocab_lineage.DEFAULT_DECAY,
+                        help="with --previous-data: count = round(decay * previous count) + "
+                             "this build's count (default %(default)s)")
+    parser.add_argument("--split-by", choices=("leave_one_out", "time"), default="leave_one_out",
+                        help="leave_one_out (the paper's: each user's last feed interaction is "
+                             "test, the one before valid) or time (impressions of the days up to "
+                             "--train-until train, the next --valid-days valid, later ones test)")
+    parser.add_argument("--train-until", metavar="YYYY-MM-DD", default=None,
+                        help="with --split-by time: the last training day (Beijing time, "
+                             "KuaiSAR's; synthetic day 1 is 2023-05-22)")
+    parser.add_argument("--valid-days", type=int, default=1,
+                        help="with --split-by time: days after --train-until that are valid "
+                             "(default 1); the days after them are test")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the outputs of an earlier run in --output")
     args, beam_args = parser.parse_known_args(argv)
     if args.min_count < 1:
         parser.error("--min-count must be >= 1")
     for flag in ("max_rejected_fraction", "max_conflicting_fraction",
-                 "max_missing_item_features"):
+                 "max_missing_item_features", "vocab_decay"):
         if not 0.0 <= getattr(args, flag) <= 1.0:   # also NaN
             parser.error(f"--{flag.replace('_', '-')} must be in [0, 1]")
+    args.time_split = None
+    if args.split_by == "time":
+        if args.train_until is None or args.valid_days < 1:
+            parser.error("--split-by time needs --train-until YYYY-MM-DD and --valid-days >= 1")
+        try:
+            day = datetime.date.fromisoformat(args.train_until)
+        except ValueError:
+            parser.error(f"--train-until {args.train_until!r} is not a date YYYY-MM-DD")
+        valid_from = int(datetime.datetime(day.year, day.month, day.day, tzinfo=BEIJING
+                                           ).timestamp() * 1000) + DAY_MS
+        args.time_split = (valid_from, valid_from + args.valid_days * DAY_MS)
+    elif args.train_until is not None:
+        parser.error("--train-until needs --split-by time")
     if args.num_shards < 0:
         parser.error("--num-shards must be >= 0")
     try:
@@ -379,6 +423,8 @@ def run(argv: Sequence[str] | None = None) -> dict:
         name: (header, sample_lines(path, row_checks.SAMPLE_ROWS))
         for name, (path, header) in inputs.items() if name in (kuaisar.REC_INTER,
                                                                kuaisar.SRC_INTER)})
+    previous, previous_lineage = (vocab_lineage.load_previous(args.previous_data, args.schema)
+                                  if args.previous_data else (None, None))
     out = StagedOutput(args.output, (*OUTPUT_DIRS, S.STATS_FILE, S.SCHEMA_FILE,
                                      S.ITEM_CATEGORIES_FILE),
                        overwrite=args.overwrite, stale=augment_outputs())
@@ -392,8 +438,14 @@ def run(argv: Sequence[str] | None = None) -> dict:
             build_pipeline(pipeline, inputs, out.staging, args.schema, seed=args.seed,
                            min_count=args.min_count, num_shards=args.num_shards,
                            search_examples=args.search_examples,
-                           keep_duplicates=args.keep_duplicate_rows)
+                           keep_duplicates=args.keep_duplicate_rows,
+                           previous_data=args.previous_data, vocab_decay=args.vocab_decay,
+                           time_split=args.time_split)
         elapsed = time.monotonic() - started
+        lineage = vocab_lineage.finish_vocabularies(out.staging, previous, args.vocab_decay,
+                                                    previous_lineage, args.previous_data)
+        with FileSystems.create(out.staged(S.SCHEMA_FILE)) as f:
+            f.write(args.schema.to_json(lineage).encode("utf-8"))
         with FileSystems.open(out.staged(S.STATS_FILE)) as f:
             stats = json.loads(f.read())
     except BaseException:

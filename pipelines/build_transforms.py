@@ -9,7 +9,7 @@ import json
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import kuaisar, row_checks
+from pipelines import kuaisar, row_checks, vocab_lineage
 from pipelines.build_stats import nest_stats
 from pipelines.user_examples import QueryItems
 
@@ -62,15 +62,30 @@ def _sort_key(value_count: tuple[str, int]):
 
 
 class WriteVocab(beam.DoFn):
-    def __init__(self, vocab_dir: str):
+    """(name, [(value, count) or None]) -> vocab/<name>.txt: most frequent first, values below
+    `min_count` left out (None entries only make sure the file is written); with `previous_dir`
+    (--previous-data) its values first, in its order, then the new ones
+    (pipelines.vocab_lineage.merge_rows)."""
+
+    def __init__(self, vocab_dir: str, min_count: int = 1, previous_dir: str | None = None,
+                 decay: float = vocab_lineage.DEFAULT_DECAY):
         self._dir = vocab_dir
+        self._min_count = min_count
+        self._previous_dir = previous_dir
+        self._decay = decay
 
     def process(self, element):
         name, rows = element
-        rows = sorted((row for row in rows if row is not None), key=_sort_key)
-        with FileSystems.create(FileSystems.join(self._dir, name + ".txt")) as f:
-            f.write("".join(f"{value}\t{count}\n" for value, count in rows).encode("utf-8"))
+        previous = []
+        if self._previous_dir is not None:
+            previous = vocab_lineage.read_rows(vocab_lineage.vocab_file(self._previous_dir, name))
+        rows, appended = vocab_lineage.merge_rows(
+            previous, (row for row in rows if row is not None), self._decay, self._min_count,
+            _sort_key)
+        vocab_lineage.write_rows(FileSystems.join(self._dir, name + ".txt"), rows)
         yield f"vocab/{name}", len(rows)
+        if self._previous_dir is not None:
+            yield f"vocab_appended/{name}", appended
 
 
 class WriteJson(beam.DoFn):

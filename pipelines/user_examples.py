@@ -216,6 +216,7 @@ def build_user_examples(
     schema: S.Schema,
     seed: int = 0,
     search_examples: bool = False,
+    time_split: tuple[int, int] | None = None,
 ) -> Iterator[tuple[str, dict]]:
     """Yields (split, features) for each of the user's feed interactions, in time order, then
     with `search_examples` ("search_train", features) for each search impression of the user's
@@ -231,7 +232,12 @@ def build_user_examples(
     n = len(rec)
     if n == 0:
         return
-    n_train = max(n - 2, 0)
+    # Leave-one-out, or with `time_split` (valid_from_ms, test_from_ms; build_tfrecords
+    # --split-by time) by the impression's time: train before valid_from, test from test_from.
+    splits = ([split_of(position, n) for position in range(n)] if time_split is None else
+              ["train" if t < time_split[0] else "valid" if t < time_split[1] else "test"
+               for t, _, _ in rec])
+    n_train = splits.count("train")   # a prefix: rec is in time order
     held_out = {item for _, item, _ in rec[n_train:]}
     timeline = _Timeline(rec, search, item_features, schema)
 
@@ -257,7 +263,7 @@ def build_user_examples(
                 S.SUBCATEGORY_ID: subcategory}
 
     for position, (t, item, click) in enumerate(rec):
-        split = split_of(position, n)
+        split = splits[position]
         if split == "train":
             nip_pos = _right_pad(_sample_in_order(rng, pos_items[bisect.bisect_right(pos_ts, t):],
                                                   schema.nip_positives),
@@ -271,7 +277,7 @@ def build_user_examples(
                       S.NIP_POS_ITEM_IDS: nip_pos, S.NIP_NEG_ITEM_IDS: nip_neg}
 
     if search_examples:
-        end = training_period_end(rec)
+        end = training_period_end(rec) if time_split is None else time_split[0]
         for t, _, _, item, clicked in search:
             if t >= end:
                 break

@@ -151,6 +151,11 @@ class ModelConfig:
 
     name: str = "din"
     embedding_dim: int = 16
+    # Hashed rows for ids outside the vocabulary, per table (layers.id_lookup.bucketed): 0 = one
+    # shared OOV row; B > 0 = an unseen id gets one of B rows by a hash of its value, inside the
+    # graph (docs/ARCHITECTURE.md, "Continuous training"; the default is measured in
+    # docs/RESULTS.md, issue 33).
+    oov_buckets: int = 0
     mlp_units: list[int] = dataclasses.field(default_factory=lambda: [200, 80])
     mlp_activation: str = "dice"
     dropout: float = 0.0
@@ -250,6 +255,8 @@ class ModelConfig:
     def validate(self) -> None:
         if self.embedding_dim < 1:
             raise ValueError("model.embedding_dim must be >= 1")
+        if self.oov_buckets < 0:
+            raise ValueError("model.oov_buckets must be >= 0")
         if self.positives not in ("log", "diffusion", "auto"):
             raise ValueError("model.positives must be log, diffusion or auto")
         if self.positives_dir is not None and (not self.positives_dir
@@ -313,8 +320,13 @@ class TrainConfig:
     # "Runs, seeds and machines"). Other CPUs (other instruction sets) may still round
     # differently.
     deterministic: bool = False
+    # With --warm-start: "reset" (a fresh optimizer) or "carry" (the previous run's step count and
+    # Adam slots, mapped row by row as the weights; qrec_tf.warm_start). docs/RESULTS.md, issue 33.
+    warm_start_optimizer: str = "reset"
 
     def validate(self) -> None:
+        if self.warm_start_optimizer not in ("reset", "carry"):
+            raise ValueError("train.warm_start_optimizer must be reset or carry")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("train.batch_size and train.epochs must be >= 1")
         if self.learning_rate <= 0:

@@ -24,6 +24,7 @@ from qrec_tf import data, metrics, model_layout
 from qrec_tf import schema as S
 from qrec_tf.config import load_config
 from qrec_tf.models.registry import build_model
+from qrec_tf.warm_start import check_model_data
 
 
 def load_trained_model(model_dir: str, data_dir: str):
@@ -34,6 +35,7 @@ def load_trained_model(model_dir: str, data_dir: str):
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} not found: is {model_dir!r} the --model-dir of a "
                                     "finished `python -m qrec_tf.train` run?")
+    check_model_data(model_dir, data_dir)   # one clear message, not a shape error in Keras
     config = load_config(config_path)
     model = build_model(config.model, data_dir)
     model.load_weights(weights)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
@@ -252,17 +253,21 @@ class Schema:
         return ExampleSerializer(self).serialize(values)
 
     # --- persistence -----------------------------------------------------------------------
-    def to_json(self) -> str:
+    def to_json(self, lineage: Mapping[str, Any] | None = None) -> str:
         """The sequence lengths, and the features they give (so that data written by another
-        version of this module is recognised when it is read, instead of failing in the parser)."""
-        values = dataclasses.asdict(self)
+        version of this module is recognised when it is read, instead of failing in the parser);
+        with `lineage`, which build wrote the data and which one it extends (`read_lineage`)."""
+        values: dict[str, Any] = dataclasses.asdict(self)
         values["features"] = [[f.name, f.dtype, list(f.shape)] for f in self.features]
+        if lineage is not None:
+            values[LINEAGE] = dict(lineage)
         return json.dumps(values, indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "Schema":
         values = json.loads(text)
         written = values.pop("features", None)
+        values.pop(LINEAGE, None)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - known
         if unknown:
@@ -292,6 +297,32 @@ class Schema:
                 "`python -m pipelines.build_tfrecords`?")
         with tf.io.gfile.GFile(path) as f:
             return cls.from_json(f.read())
+
+
+# schema.json's record of the build (pipelines.build_tfrecords): {"build_id": this build's id,
+# "extends": the build id of --previous-data or None, "previous_data": its path or None,
+# "vocab_sizes": {vocabulary: values}, "vocab_fingerprints": {vocabulary: sha256 of its values in
+# index order}}. A model records the lineage of the data it was trained on (qrec_tf.train).
+LINEAGE = "lineage"
+
+
+def read_lineage(data_dir: str) -> dict | None:
+    """The lineage in <data_dir>/schema.json, or None for data written without one."""
+    path = os.path.join(data_dir, SCHEMA_FILE)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"{path} not found: is {data_dir!r} the output directory of "
+                                "`python -m pipelines.build_tfrecords`?")
+    with tf.io.gfile.GFile(path) as f:
+        return json.loads(f.read()).get(LINEAGE)
+
+
+def vocab_fingerprint(values: Iterable[str]) -> str:
+    """sha256 (hex) of a vocabulary's values in index order: equal iff the same ids get the same
+    indices. Values as written in vocab/<name>.txt (strings)."""
+    digest = hashlib.sha256()
+    for value in values:
+        digest.update(str(value).encode("utf-8") + b"\n")
+    return digest.hexdigest()
 
 
 class ExampleSerializer:

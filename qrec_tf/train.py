@@ -3,6 +3,7 @@
     python -m qrec_tf.train --config configs/queryrec.yaml --data DIR --model-dir DIR
         [--set model.embedding_dim=32 --set train.epochs=3 ...]
         [--strategy default|mirrored|multi_worker|tpu] [--mixed-precision]
+        [--warm-start PREVIOUS_MODEL_DIR]
 
 Writes into --model-dir: config.yaml (the resolved config), model.weights.h5 (best validation AUC),
 run.json (data dir, best epoch, history, throughput), tensorboard/ (every loss term, AUC, learning
@@ -23,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from qrec_tf import data, distribute, model_layout
+from qrec_tf import data, distribute, model_layout, warm_start
 from qrec_tf import schema as S
 from qrec_tf.config import Config, load_config
 from qrec_tf.distribute import STRATEGIES, make_strategy  # noqa: F401 (this module's API)
@@ -137,9 +138,12 @@ def check_finite_weights(model: keras.Model, what: str) -> None:
 
 def train(config: Config, data_dir: str, model_dir: str, strategy_name: str = "default",
           mixed_precision: bool = False, verbose="auto",
-          extra_callbacks: list | None = None, worker_dir: str | None = None) -> dict:
+          extra_callbacks: list | None = None, worker_dir: str | None = None,
+          warm_start_dir: str | None = None) -> dict:
     """Runs training; returns what run.json holds. Under several workers only the chief writes
-    `model_dir`; the others write to `worker_dir` (kept) or a private temporary directory."""
+    `model_dir`; the others write to `worker_dir` (kept) or a private temporary directory.
+    `warm_start_dir`: a finished run's --model-dir that the model starts from
+    (qrec_tf.warm_start)."""
     S.Schema.load(data_dir)  # a clear error early when --data is not the Beam job's output
     if os.path.exists(model_dir) and not os.path.isdir(model_dir):
         raise ValueError(f"--model-dir {model_dir} is a file, not a directory")
@@ -167,10 +171,15 @@ def _train(config: Config, data_dir: str, model_dir: str, strategy_name: str,
     tc = config.train
     with strategy.scope():
         model = build_model(config.model, data_dir)
+        warm = (warm_start.warm_start(model, warm_start_dir, data_dir) if warm_start_dir
+                else None)
         optimizer = make_optimizer(tc.optimizer, tc.learning_rate)
         if mixed_precision:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         model.compile(optimizer=optimizer)
+        if warm is not None and tc.warm_start_optimizer == "carry":
+            warm["optimizer_variables_carried"] = warm_start.carry_optimizer_state(
+                model, warm_start_dir)
 
     # Only what the model reads is parsed (~1/3 of an example's values for din).
     train_data, valid_data, steps_per_epoch, validation_steps = distribute.training_input(
@@ -209,6 +218,9 @@ def _train(config: Config, data_dir: str, model_dir: str, strategy_name: str,
         model.load_weights(best_weights)
     check_finite_weights(model, "the trained weights were not saved")
     model.save_weights(model_layout.weights_path(model_dir))
+    warm_start.save_vocabularies(data_dir, model_dir)
+    if warm_start.is_adam(model.optimizer):
+        warm_start.save_optimizer_state(model, model_dir)
     val_auc = history.history.get("val_auc", [])  # every epoch, those before a resume too
     summary = {
         "model": config.model.name,
@@ -220,6 +232,8 @@ def _train(config: Config, data_dir: str, model_dir: str, strategy_name: str,
         "train_seconds": elapsed,
         "examples_per_second": history.history.get("examples_per_second", throughput.rates),
         "history": history.history,
+        "data_lineage": S.read_lineage(data_dir),
+        "warm_start": warm,
     }
     model_layout.write_run(model_dir, summary)
     dirs.finish()
@@ -241,6 +255,12 @@ def main(argv=None) -> int:
                         help="with --strategy multi_worker: where a worker other than the chief "
                              "writes (kept; default: a private temporary directory, removed "
                              "after a finished run)")
+    parser.add_argument("--warm-start", metavar="MODEL_DIR", default=None,
+                        help="start from this finished run's model: every embedding row is "
+                             "copied to its vocabulary value's row, new values' rows are "
+                             "initialised, the optimizer starts fresh (qrec_tf.warm_start); the "
+                             "data's vocabularies should extend the run's (build_tfrecords "
+                             "--previous-data), and --data holds the window of days to train on")
     parser.add_argument("--verbose", default="auto", choices=("auto", "0", "1", "2"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -251,7 +271,7 @@ def main(argv=None) -> int:
     try:
         summary = train(config, args.data, args.model_dir, args.strategy, args.mixed_precision,
                         args.verbose if args.verbose == "auto" else int(args.verbose),
-                        worker_dir=args.worker_dir)
+                        worker_dir=args.worker_dir, warm_start_dir=args.warm_start)
     except (FileNotFoundError, ValueError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ import argparse
 import json
 from typing import Sequence
 
+from pipelines.synthetic import days as days_module
 from pipelines.synthetic.regimes import (
     DEFAULT_ITEMS,
     DEFAULT_REC_PER_USER,
@@ -51,7 +52,40 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="query pool per sub-topic (Zipf popularity): larger pools give more "
                              f"rare and click-less queries (default {QUERIES_PER_SUBTOPIC})")
     parser.add_argument("--gzip", action="store_true", help="write .csv.gz files")
+    parser.add_argument("--days", type=int, default=None,
+                        help="write this many consecutive days of one world (pipelines.synthetic"
+                             ".days: new users and items every day, drifting popularity); "
+                             "--users/--items are day 1's")
+    parser.add_argument("--start-day", type=int, default=None,
+                        help="first day written (1-based; default 1): day d's rows are the same "
+                             "in every window that holds it")
+    parser.add_argument("--new-share", type=float, default=days_module.DEFAULT_NEW_SHARE,
+                        help="with --days: new users and items per day, as a share of day 1's "
+                             "(default %(default)s)")
+    parser.add_argument("--drift", type=float, default=days_module.DEFAULT_DRIFT,
+                        help="with --days: daily step of the log item popularity random walk "
+                             "(default %(default)s)")
     args = parser.parse_args(argv)
+    if args.days is not None or args.start_day is not None:
+        if args.bad_rows or any(v is not None for v in (
+                args.rec_per_user, args.sessions_per_user, args.search_feed_mix,
+                args.queries_per_subtopic)):
+            parser.error("--days/--start-day take the regime's values: --bad-rows, "
+                         "--rec-per-user, --sessions-per-user, --search-feed-mix and "
+                         "--queries-per-subtopic are not supported with them")
+        try:
+            manifest = days_module.generate_days(
+                args.output, 1 if args.days is None else args.days,
+                1 if args.start_day is None else args.start_day, users=args.users,
+                items=args.items, seed=args.seed, regime=args.regime, new_share=args.new_share,
+                drift=args.drift, gzip=args.gzip)
+        except ArgumentError as error:
+            parser.error(str(error))
+        except OSError as error:
+            parser.exit(1, f"{parser.prog}: error: cannot write to {args.output}: {error}\n")
+        rows = ", ".join(f"{k} {v:,}" for k, v in manifest["rows"].items())
+        print(f"wrote {args.output}: days {sorted(manifest['days'])}: {rows}")
+        return 0
     try:
         manifest = generate(args.output, users=args.users, items=args.items, seed=args.seed,
                             bad_rows=args.bad_rows, rec_per_user=args.rec_per_user,

@@ -22,7 +22,7 @@ from qrec_tf.config import ModelConfig
 from qrec_tf.layers.dense_stack import mlp
 from qrec_tf.layers.din_attention import DINAttention
 from qrec_tf.layers.embedding import SparseEmbedding
-from qrec_tf.layers.id_lookup import lookup_size, make_lookup
+from qrec_tf.layers.id_lookup import bucketed, lookup_size, make_lookup, unbucketed, values_end
 from qrec_tf.layers.xla import static_shapes
 from qrec_tf.models import row_frequencies
 from qrec_tf.models.recording_features import RecordingFeatures
@@ -42,10 +42,17 @@ class Vocabularies:
 
     values: dict[str, list]
     counts: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    # Hashed OOV rows after the values (model.oov_buckets, layers.id_lookup.bucketed).
+    oov_buckets: int = 0
 
     def size(self, vocab: str) -> int:
-        """Embedding rows for a vocabulary: padding + OOV + values."""
-        return lookup_size(self.values[vocab])
+        """Embedding rows for a vocabulary: padding + OOV + values + OOV buckets."""
+        return lookup_size(self.values[vocab], self.oov_buckets)
+
+    def values_end(self, vocab: str) -> int:
+        """Rows of a table with one row per value (padding + OOV + values): where the buckets
+        start."""
+        return values_end(self.values[vocab])
 
     def inverse_frequencies(self, vocab: str) -> np.ndarray:
         """float32 [size(vocab)]: 1 / count per value's row, 0 for the padding and OOV rows."""
@@ -149,7 +156,14 @@ class CTRModel(keras.Model):
         inside `indexed_inputs()`."""
         if self._inputs_are_indices:
             return values
-        return self.lookups[self.schema.feature(feature).vocab](values)
+        vocab = self.schema.feature(feature).vocab
+        return bucketed(self.lookups[vocab](values), values, self.vocabularies.values_end(vocab),
+                        self.vocabularies.oov_buckets)
+
+    def unbucketed(self, vocab: str, indices: tf.Tensor) -> tf.Tensor:
+        """`lookup`'s indices with the OOV bucket rows as the OOV index (1): for the tables
+        with one row per vocabulary value (an item's categories, a query's positives)."""
+        return unbucketed(indices, self.vocabularies.values_end(vocab))
 
     @contextlib.contextmanager
     def indexed_inputs(self) -> Iterator[None]:

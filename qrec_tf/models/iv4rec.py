@@ -117,7 +117,8 @@ class IV4RecModel(CTRModel):
         v_b = self.history_attention(target, history, hist_idx != 0, training=training)
 
         # The item's instruments: the mean embedding of its queries from the table.
-        iv_keys = tf.gather(self.item_queries, item_idx)                        # [B, K]
+        iv_keys = tf.gather(self.item_queries,
+                            self.unbucketed(S.VOCAB_ITEMS, item_idx))           # [B, K]
         iv_queries = self.query_embedding(iv_keys, tf.gather(self.query_words, iv_keys))
         item_iv = masked_mean(iv_queries, iv_keys != 0, 1)                      # [B, d]
         item = self.item_decomposition(target, item_iv, tf.reduce_any(iv_keys != 0, -1))

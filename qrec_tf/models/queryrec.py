@@ -112,7 +112,7 @@ class QueryRecModel(CTRModel):
             # optimizer is built (a distribution strategy builds it before the first step).
             self.similarity.build((None, d))
             self.query_positives = tf.constant(query_positives, tf.int64)
-            self.item_rows = vocabularies.size(S.VOCAB_ITEMS)
+            self.item_rows = vocabularies.values_end(S.VOCAB_ITEMS)  # negatives: values only
         # The query side's CTR inputs (v_q, e_qt) may be dropped out and scaled (LayerScale)
         # before they join the MLP: docs/ARCHITECTURE.md, "The query branch".
         self.query_input_dropout = (keras.layers.Dropout(config.query_dropout,
@@ -189,7 +189,8 @@ class QueryRecModel(CTRModel):
         if self.reads_clicked_categories:
             clicked = self.lookup(S.QUERY_CLICKED_ITEM_IDS, features[S.QUERY_CLICKED_ITEM_IDS])
             user["clicked_idx"] = clicked
-            user["clicked_categories"] = tf.gather(self.item_category_indices, clicked)
+            user["clicked_categories"] = tf.gather(self.item_category_indices,
+                                                   self.unbucketed(S.VOCAB_ITEMS, clicked))
             user["result_categories"] = tf.stack(
                 [self.lookup(S.QUERY_CATEGORY_IDS, features[S.QUERY_CATEGORY_IDS]),
                  self.lookup(S.QUERY_SUBCATEGORY_IDS, features[S.QUERY_SUBCATEGORY_IDS])], -1)
@@ -267,7 +268,8 @@ class QueryRecModel(CTRModel):
             return self.query_embedding(query_idx, word_idx)
         keys = tf.reshape(query_idx, [-1])
         slots = tf.range(tf.size(keys, out_type=keys.dtype), dtype=keys.dtype)
-        distinct, slot_to_distinct = tf.unique(tf.where(keys == OOV_INDEX, -1 - slots, keys))
+        unseen = self.unbucketed(S.VOCAB_QUERIES, keys) == OOV_INDEX
+        distinct, slot_to_distinct = tf.unique(tf.where(unseen, -1 - slots, keys))
         first_slot = tf.math.unsorted_segment_min(slots, slot_to_distinct, tf.size(distinct))
         words = tf.gather(tf.reshape(word_idx, [tf.size(keys), -1]), first_slot)
         vectors = self.query_embedding(tf.gather(keys, first_slot), words)   # [distinct, dim]
@@ -386,7 +388,8 @@ class QueryRecModel(CTRModel):
         per batch and shared by every example (as sampled softmax does): the negatives' cost,
         embedding rows and their gradient, is then that of `contrastive_negatives` items, not of
         that many per example."""
-        positives = tf.gather(self.query_positives, key_idx[:, -1])           # [B, P]
+        positives = tf.gather(self.query_positives,
+                              self.unbucketed(S.VOCAB_QUERIES, key_idx[:, -1]))  # [B, P]
         negatives = tf.random.uniform([self.config.contrastive_negatives], 2, self.item_rows,
                                       dtype=tf.int64)                          # [N]
         # A sampled item that is one of an example's positives is not a negative for it.

@@ -3,6 +3,8 @@ hyper-parameters come from the config (configs/<name>.yaml)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from qrec_tf import schema as S
 from qrec_tf.config import IMPLIED_BY_NAME, ModelConfig, check_implied
 from qrec_tf.models.base import CTRModel, Vocabularies
@@ -53,7 +55,16 @@ def build_model(config: ModelConfig, data_dir: str) -> CTRModel:
     checkpoint restores need them."""
     check_name(config)
     schema = S.Schema.load(data_dir)
-    vocabularies = load_vocabularies(data_dir, schema)
+    vocabularies = dataclasses.replace(load_vocabularies(data_dir, schema),
+                                       oov_buckets=config.oov_buckets)
+    return build_with_vocabularies(config, data_dir, schema, vocabularies)
+
+
+def build_with_vocabularies(config: ModelConfig, data_dir: str, schema: S.Schema,
+                            vocabularies: Vocabularies) -> CTRModel:
+    """build_model with the given vocabularies (a warm start builds the previous model with its
+    own): the data constants come from `data_dir`, indexed by these vocabularies."""
+    check_name(config)
     cls = MODELS[config.name][0]
     model = cls(config, schema, vocabularies,
                 **cls.data_constants(config, data_dir, schema, vocabularies), name=config.name)

@@ -64,7 +64,7 @@ class SESRecModel(CTRModel):
             self.din_attention(f"{name}_attention") for name in ("feed", "search"))
         self.similarity = BilinearSimilarity(d, name="query_item_similarity")
         self.similarity.build((None, d))   # training-only: build before the optimizer is
-        self.item_rows = vocabularies.size(S.VOCAB_ITEMS)
+        self.item_rows = vocabularies.values_end(S.VOCAB_ITEMS)  # negatives: values only
         self.make_ctr_head()
 
     def aux_loss_names(self):
