@@ -149,14 +149,14 @@ def train(config: Config, data_dir: str, model_dir: str, strategy_name: str = "d
         raise ValueError(f"--model-dir {model_dir} is a file, not a directory")
     try:
         return _train(config, data_dir, model_dir, strategy_name, mixed_precision, verbose,
-                      extra_callbacks, worker_dir)
+                      extra_callbacks, worker_dir, warm_start_dir)
     except tf.errors.DataLossError as error:
         raise data.corrupt_data_error(data_dir, S.EXAMPLE_SPLITS, error) from None
 
 
 def _train(config: Config, data_dir: str, model_dir: str, strategy_name: str,
            mixed_precision: bool, verbose, extra_callbacks: list | None,
-           worker_dir: str | None) -> dict:
+           worker_dir: str | None, warm_start_dir: str | None) -> dict:
     # First: a MultiWorkerMirroredStrategy must configure the runtime before it starts.
     strategy = make_strategy(strategy_name)
     dirs = distribute.WorkerDirs.for_strategy(strategy, model_dir, worker_dir)
