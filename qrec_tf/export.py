@@ -38,7 +38,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -53,6 +52,7 @@ from qrec_tf import data, model_layout
 from qrec_tf import schema as S
 from qrec_tf.evaluate import load_trained_model
 from qrec_tf.models.base import CTRModel
+from qrec_tf.version_names import check_version, parse_version
 
 LOG = logging.getLogger("qrec_tf.export")
 
@@ -65,7 +65,6 @@ EXAMPLES_KEY = "examples"
 CANDIDATE_PREFIX = "candidate_"
 CANDIDATE_GROUP = "item"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-VERSION_PATTERN = re.compile(r"^\d+$")
 TOLERANCE = 1e-5
 STAGING_PREFIX = ".export-"
 STALE_STAGING_SECONDS = 60  # an unlocked staging directory this old belongs to no live export
@@ -182,8 +181,9 @@ def existing_versions(base_path: str) -> list[int]:
     """Numbered version directories under a TF Serving base path, ascending."""
     if not os.path.isdir(base_path):
         return []
-    return sorted(int(name) for name in os.listdir(base_path)
-                  if VERSION_PATTERN.match(name) and os.path.isdir(os.path.join(base_path, name)))
+    return sorted(parse_version(name) for name in os.listdir(base_path)
+                  if parse_version(name) is not None
+                  and os.path.isdir(os.path.join(base_path, name)))
 
 
 def next_version(base_path: str) -> int:
@@ -191,8 +191,8 @@ def next_version(base_path: str) -> int:
     takes its number too: the new version must not collide with it)."""
     if not os.path.isdir(base_path):
         return 1
-    taken = [int(name) for name in os.listdir(base_path) if VERSION_PATTERN.match(name)]
-    return max(taken) + 1 if taken else 1
+    taken = [v for v in map(parse_version, os.listdir(base_path)) if v is not None]
+    return check_version(max(taken) + 1 if taken else 1)
 
 
 # --- staging directories -----------------------------------------------------------------------
@@ -364,8 +364,8 @@ def export(model_dir: str, output: str, data_dir: str | None = None,
         --xla_cpu_compilation_enabled=true). serving_default and from_examples never use XLA.
     """
     data_dir = resolve_data_dir(model_dir, data_dir)
-    if version is not None and version < 1:
-        raise ValueError(f"version must be a positive integer, got {version}")
+    if version is not None:
+        check_version(version)  # TF Serving's int64 versions: a larger one would not be served
     if os.path.exists(output) and not os.path.isdir(output):
         raise ValueError(f"--output {output!r} exists and is not a directory")
     if version is not None and os.path.exists(os.path.join(output, str(version))):
