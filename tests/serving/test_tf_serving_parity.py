@@ -23,6 +23,8 @@ from tensorflow_serving.apis import (
 
 from qrec_tf import export
 from qrec_tf.version_names import MAX_VERSION, check_version, parse_version
+from serving.client import ServingClient
+from serving.client import main as client_main
 from serving.local_server import LocalServer
 from tests.serving.conftest import TIMEOUT, in_process
 from tests.serving.test_local_server import columnar, grpc_request, rest, wait_for
@@ -298,3 +300,16 @@ def test_removing_every_version_unloads_the_model(tiny, tmp_path):
         shutil.rmtree(base / "1")
         assert wait_for(lambda: rest(server, "GET", f"/v1/models/{MODEL_NAME}")[0] == 404)
         assert server.repository.current is None
+
+
+def test_client_label_pins_a_labelled_version(rollout, tiny, capsys):
+    for protocol, port in (("rest", rollout.rest_port), ("grpc", rollout.grpc_port)):
+        with ServingClient(f"127.0.0.1:{port}", MODEL_NAME, protocol, label="canary") as client:
+            assert [s["version"] for s in client.status()] == [2]
+    assert client_main(["--server", f"127.0.0.1:{rollout.grpc_port}", "--protocol", "grpc",
+                        "--model-name", MODEL_NAME, "--label", "stable", "--data", tiny.data_dir,
+                        "--candidates", "20", "--top", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["candidates"] == 20
+    assert client_main(["--server", f"127.0.0.1:{rollout.rest_port}", "--model-name",
+                        MODEL_NAME, "--label", "nightly", "--data", tiny.data_dir]) == 2
+    assert "Unrecognized servable version label" in capsys.readouterr().err
