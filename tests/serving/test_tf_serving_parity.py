@@ -15,6 +15,7 @@ import threading
 import grpc
 import numpy as np
 import pytest
+import tensorflow as tf
 from tensorflow_serving.apis import (
     get_model_status_pb2,
     model_service_pb2_grpc,
@@ -313,3 +314,29 @@ def test_client_label_pins_a_labelled_version(rollout, tiny, capsys):
     assert client_main(["--server", f"127.0.0.1:{rollout.rest_port}", "--model-name",
                         MODEL_NAME, "--label", "nightly", "--data", tiny.data_dir]) == 2
     assert "Unrecognized servable version label" in capsys.readouterr().err
+
+
+# --- warmup -------------------------------------------------------------------------------
+def test_warmup_covers_every_candidate_bucket_up_to_the_limit(tiny, model, rows, tmp_path):
+    """The default warmup: serving_default, from_examples, and one score_candidates request per
+    bucket of 1..512 candidates (13: 8, 12, 16, 24, ..., 384, 512), each with realistic request
+    times (every query before its impression)."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from qrec_tf import schema as S
+
+    count = export.write_warmup(str(tmp_path), MODEL_NAME, model.schema, *rows)
+    sizes, signatures = [], []
+    for record in tf.data.TFRecordDataset(str(tmp_path / export.WARMUP_FILE)):
+        request = prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
+        signatures.append(request.model_spec.signature_name)
+        if signatures[-1] == export.SCORE_CANDIDATES:
+            inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+            assert inputs["candidate_" + S.ITEM_ID].shape[0] == 1  # one user
+            sizes.append(inputs["candidate_" + S.ITEM_ID].shape[1])
+            times = inputs[S.QUERY_TIMESTAMPS][inputs[S.QUERY_TIMESTAMPS] > 0]
+            assert times.size and (times <= inputs[S.TIMESTAMP][:, None]).all()
+    assert count == len(signatures) == 15
+    assert signatures[:2] == [export.SERVING_DEFAULT, export.FROM_EXAMPLES]
+    assert sizes == [8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512]
+    assert {export.candidate_bucket(n) for n in range(1, 513)} == set(sizes)
