@@ -21,11 +21,13 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from serving.local_server.batching import Batcher
 from serving.local_server.metrics import Metrics
 from serving.local_server.validation import (
     DEFAULT_SIGNATURE,
     Limits,
     RequestError,
+    check_inputs,
     decode_proto_inputs,
 )
 from serving.local_server.versions import ModelRepository, ServedVersion
@@ -78,10 +80,11 @@ def _grpc_call(context, fn, metrics: Metrics | None = None, api: str = "",
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, repository: ModelRepository, limits: Limits = Limits(),
-                 metrics: Metrics | None = None):
+                 metrics: Metrics | None = None, batcher: Batcher | None = None):
         self.repository = repository
         self.limits = limits
         self.metrics = metrics
+        self.batcher = batcher
 
     def _served(self, model_spec) -> ServedVersion:
         return served_for(self.repository, model_spec)
@@ -92,7 +95,10 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             name = request.model_spec.signature_name or DEFAULT_SIGNATURE
             arrays = decode_proto_inputs(request.inputs, served.signature(name),
                                          self.limits.max_request_bytes)
-            outputs = served.predict(name, arrays, self.limits.max_scored_rows)
+            tensors = check_inputs(name, served.signature(name), arrays,
+                                   self.limits.max_scored_rows)
+            outputs = (self.batcher.run(served, name, tensors) if self.batcher is not None
+                       else served.run(name, tensors))
             if request.output_filter:
                 unknown = sorted(set(request.output_filter) - set(outputs))
                 if unknown:

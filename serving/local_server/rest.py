@@ -33,6 +33,7 @@ import numpy as np
 from google.protobuf import json_format
 
 from qrec_tf.version_names import parse_version
+from serving.local_server.batching import Batcher
 from serving.local_server.metrics import Metrics
 from serving.local_server.validation import Limits, RequestError, not_found, rest_request
 from serving.local_server.versions import ModelRepository, ServedVersion
@@ -210,8 +211,11 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
             served = repository.get(match["name"], _version(match), match["label"])
             signature_name, tensors, row_format = rest_request(
                 body, served, self.server.limits.max_scored_rows)
-            with self.server.model_slots:
-                outputs = served.run(signature_name, tensors)
+            if self.server.batcher is not None:  # the batch threads bound the model's work
+                outputs = self.server.batcher.run(served, signature_name, tensors)
+            else:
+                with self.server.model_slots:
+                    outputs = served.run(signature_name, tensors)
             return rest_response(outputs, row_format)
         match = _MODEL.match(path)
         if not match:
@@ -340,8 +344,10 @@ class RestServer(http.server.ThreadingHTTPServer):
     request_queue_size = LISTEN_BACKLOG  # listen(5), the standard library's, reset clients
 
     def __init__(self, address, repository: ModelRepository, limits: Limits, num_threads: int,
-                 metrics: Metrics | None = None, metrics_path: str | None = None):
+                 metrics: Metrics | None = None, metrics_path: str | None = None,
+                 batcher: Batcher | None = None):
         self.repository = repository
+        self.batcher = batcher
         self.limits = limits
         self.metrics = metrics
         self.metrics_path = metrics_path if metrics is not None else None

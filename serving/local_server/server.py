@@ -19,6 +19,7 @@ import time
 import grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
+from serving.local_server.batching import Batcher, BatchingParameters, read_batching_parameters
 from serving.local_server.grpc_api import ModelService, PredictionService
 from serving.local_server.metrics import Metrics, read_monitoring_config
 from serving.local_server.rest import RestServer
@@ -54,7 +55,7 @@ class LocalServer:
                  body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS,
                  header_timeout_seconds: float = DEFAULT_HEADER_TIMEOUT_SECONDS,
                  model_config_file: str | None = None, config_poll_seconds: float = 0.0,
-                 metrics_path: str | None = None):
+                 metrics_path: str | None = None, batching: BatchingParameters | None = None):
         if rest_api_port is None and grpc_port is None:
             raise ValueError("at least one of the REST and gRPC ports must be set")
         self.model_config_file = model_config_file
@@ -67,6 +68,8 @@ class LocalServer:
         self.repository = ModelRepository(config.name, config.base_path, config)
         self.metrics = Metrics() if metrics_path else None
         self.metrics_path = metrics_path
+        self.batching = batching
+        self.batcher: Batcher | None = None
         self.host = host
         self.poll_seconds = poll_seconds
         self._stop = threading.Event()
@@ -84,11 +87,13 @@ class LocalServer:
         rest_threads, grpc_threads = self._threads_per_front_end
         max_request_bytes = self.limits.max_request_bytes
         self.repository.poll()  # serve a version from the first request on, when there is one
+        if self.batching is not None:
+            self.batcher = Batcher(self.batching)
         try:
             if rest_api_port is not None:
                 self._rest = RestServer((self.host, rest_api_port), self.repository,
                                         self.limits, rest_threads, self.metrics,
-                                        self.metrics_path)
+                                        self.metrics_path, self.batcher)
                 self.rest_port = self._rest.server_address[1]
                 self._spawn(self._rest.serve_forever, "rest")
             if grpc_port is not None:
@@ -97,7 +102,8 @@ class LocalServer:
                     options=[("grpc.max_receive_message_length", max_request_bytes),
                              ("grpc.so_reuseport", 0)])  # a port in use is an error
                 prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-                    PredictionService(self.repository, self.limits, self.metrics), self._grpc)
+                    PredictionService(self.repository, self.limits, self.metrics, self.batcher),
+                    self._grpc)
                 model_service_pb2_grpc.add_ModelServiceServicer_to_server(
                     ModelService(self.repository, self.metrics), self._grpc)
                 self.grpc_port = self._grpc.add_insecure_port(f"{self.host}:{grpc_port}")
@@ -147,6 +153,8 @@ class LocalServer:
             self._rest.server_close()
         if self._grpc is not None:
             self._grpc.stop(grace=1).wait()
+        if self.batcher is not None:
+            self.batcher.stop()
         for thread in self._threads:
             thread.join(timeout=5)
 
@@ -172,6 +180,11 @@ def main(argv=None) -> int:
                              "--model_base_path")
     parser.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0.0,
                         help="re-read --model_config_file this often (default 0: never)")
+    parser.add_argument("--enable_batching", action="store_true",
+                        help="score concurrent requests of one signature together (TF "
+                             "Serving's request batching)")
+    parser.add_argument("--batching_parameters_file",
+                        help="a batching.config (BatchingParameters); with --enable_batching")
     parser.add_argument("--monitoring_config_file",
                         help="a monitoring.config; with prometheus_config enabled, metrics are "
                              "served on the REST port at its path")
@@ -237,6 +250,15 @@ def main(argv=None) -> int:
     if not os.path.isdir(base_path):
         parser.error(f"model base path {base_path!r} is not a directory (export a "
                      "model with `python -m qrec_tf.export --output DIR`)")
+    batching = None
+    if args.batching_parameters_file and not args.enable_batching:
+        parser.error("--batching_parameters_file needs --enable_batching")
+    if args.enable_batching:
+        try:
+            batching = (read_batching_parameters(args.batching_parameters_file)
+                        if args.batching_parameters_file else BatchingParameters())
+        except (OSError, ValueError) as error:
+            parser.error(f"cannot read --batching_parameters_file: {error}")
     metrics_path = None
     if args.monitoring_config_file:
         try:
@@ -258,7 +280,7 @@ def main(argv=None) -> int:
                          header_timeout_seconds=args.rest_api_header_timeout_seconds,
                          model_config_file=args.model_config_file,
                          config_poll_seconds=args.model_config_file_poll_wait_seconds,
-                         metrics_path=metrics_path)
+                         metrics_path=metrics_path, batching=batching)
     try:
         server.start()
     except (OSError, RuntimeError) as error:  # grpc raises RuntimeError when it cannot bind
