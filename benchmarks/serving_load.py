@@ -57,7 +57,9 @@ def bodies(data: str, workloads: list[str]) -> dict[str, tuple[bytes, int]]:
     for name in workloads:
         n = WORKLOADS[name]
         _, context, candidates = request_from_data(data, None, n)
-        n = len(candidates[S.ITEM_ID])
+        # A split may hold fewer distinct items than n: they are repeated up to n.
+        take = [i % len(candidates[S.ITEM_ID]) for i in range(n)]
+        candidates = {k: [v[i] for i in take] for k, v in candidates.items()}
         if name == "predict":
             inputs = {k: [v] * n for k, v in context.items()}
             inputs.update({k: list(v) for k, v in candidates.items()})
