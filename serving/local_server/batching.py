@@ -78,8 +78,12 @@ class _Task:
 class Batcher:
     """Scores requests in batches; `run` blocks until its request's outputs are ready."""
 
-    def __init__(self, params: BatchingParameters):
+    def __init__(self, params: BatchingParameters,
+                 power_of_two: tuple[str, ...] = ("score_candidates",)):
+        """`power_of_two`: signatures whose batches are cut to a power of two rows (the
+        export's score_candidates pads its users to one; qrec_tf.export)."""
         self.params = params
+        self.power_of_two = power_of_two
         self._queues: dict[tuple, collections.deque] = {}
         self._versions: dict[tuple, object] = {}
         self._cond = threading.Condition()
@@ -143,6 +147,11 @@ class Batcher:
                 while queue and rows + queue[0].rows <= self.params.max_batch_size:
                     rows += queue[0].rows
                     tasks.append(queue.popleft())
+                # score_candidates pads the users to a power of two: a batch of 20 would score
+                # 32. Those past the largest power of two wait for the next batch instead.
+                while key[1] in self.power_of_two and len(tasks) > 1 and rows & (rows - 1):
+                    rows -= tasks[-1].rows
+                    queue.appendleft(tasks.pop())
                 return self._versions[key], key[1], tasks
 
     def _work(self) -> None:

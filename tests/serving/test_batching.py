@@ -18,7 +18,7 @@ from tests.serving.tiny_model import MODEL_NAME
 
 def test_batching_config_is_read_as_batching_parameters(tmp_path):
     assert read_batching_parameters("serving/batching.config") == BatchingParameters(
-        max_batch_size=64, batch_timeout_micros=2000, max_enqueued_batches=100,
+        max_batch_size=4096, batch_timeout_micros=2000, max_enqueued_batches=100,
         num_batch_threads=2, pad_variable_length_inputs=True)
     bad = tmp_path / "bad.config"
     bad.write_text("max_batch_size { value: 8 }\nallowed_batch_sizes: 4\n")
