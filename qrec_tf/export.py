@@ -16,7 +16,7 @@ Signatures (docs/ARCHITECTURE.md, "Serving"); names, dtypes and shapes come from
 - `score_candidates`: users' context once, their candidates as a matrix: every non-item model
   feature [U, *shape] and `candidate_<item feature>` [U, N] -> `ctr` float32 [U, N]. One user is
   U = 1; inside, the user side is computed once per user, and everything after the vocabulary
-  lookups runs as one XLA computation (N padded by at most 1/8, users to a power of two: one
+  lookups runs as one XLA computation (N padded by at most 1/2, users to a power of two: one
   compilation per bucket). TF Serving needs `--xla_cpu_compilation_enabled=true` for it;
   `--no-xla` leaves XLA out. Every input has the users on axis 0 so that TF Serving's request
   batching (`--enable_batching`, which batches every signature and rejects inputs whose 0th
@@ -27,7 +27,9 @@ Signatures (docs/ARCHITECTURE.md, "Serving"); names, dtypes and shapes come from
 Vocabularies are inside the graph (raw ids in; unseen ids map to the OOV index). Only variables
 that these signatures read are saved: the training-only parts (NIP targets, the contrastive
 similarity and its positives table) are not in the served graph. `assets.extra/
-tf_serving_warmup_requests` holds one request per signature, which TF Serving replays on load.
+tf_serving_warmup_requests` holds one request each for serving_default and from_examples and one
+score_candidates request per candidate bucket up to --warmup-max-candidates (default 512: 13
+buckets), which TF Serving replays on load, so that no first request of those sizes compiles.
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -52,8 +53,9 @@ import tensorflow as tf
 from qrec_tf import data, model_layout
 from qrec_tf import schema as S
 from qrec_tf.evaluate import load_trained_model
-from qrec_tf.models.base import CTRModel
+from qrec_tf.models.base import MIN_CANDIDATE_STEP, CTRModel
 from qrec_tf.train import TrainingDiverged, check_finite_weights
+from qrec_tf.version_names import check_version, parse_version
 
 LOG = logging.getLogger("qrec_tf.export")
 
@@ -66,10 +68,13 @@ EXAMPLES_KEY = "examples"
 CANDIDATE_PREFIX = "candidate_"
 CANDIDATE_GROUP = "item"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-VERSION_PATTERN = re.compile(r"^\d+$")
 TOLERANCE = 1e-5
 STAGING_PREFIX = ".export-"
 STALE_STAGING_SECONDS = 60  # an unlocked staging directory this old belongs to no live export
+# The warmup file compiles score_candidates for one user and every candidate bucket up to this
+# many candidates (13 buckets: 8, 12, 16, 24, .., 384, 512): a larger request, or one of several
+# users, pays XLA's compilation (1.5-3 s) on the first request of its bucket.
+WARMUP_MAX_CANDIDATES = 512
 
 
 # --- signature specs (all derived from the schema) ---------------------------------------------
@@ -183,8 +188,9 @@ def existing_versions(base_path: str) -> list[int]:
     """Numbered version directories under a TF Serving base path, ascending."""
     if not os.path.isdir(base_path):
         return []
-    return sorted(int(name) for name in os.listdir(base_path)
-                  if VERSION_PATTERN.match(name) and os.path.isdir(os.path.join(base_path, name)))
+    return sorted(parse_version(name) for name in os.listdir(base_path)
+                  if parse_version(name) is not None
+                  and os.path.isdir(os.path.join(base_path, name)))
 
 
 def next_version(base_path: str) -> int:
@@ -192,8 +198,8 @@ def next_version(base_path: str) -> int:
     takes its number too: the new version must not collide with it)."""
     if not os.path.isdir(base_path):
         return 1
-    taken = [int(name) for name in os.listdir(base_path) if VERSION_PATTERN.match(name)]
-    return max(taken) + 1 if taken else 1
+    taken = [v for v in map(parse_version, os.listdir(base_path)) if v is not None]
+    return check_version(max(taken) + 1 if taken else 1)
 
 
 # --- staging directories -----------------------------------------------------------------------
@@ -307,19 +313,44 @@ def verify(export_path: str, model: CTRModel, schema: S.Schema,
     return worst
 
 
+def candidate_bucket(n: int) -> int:
+    """The XLA bucket of n candidates, as CTRModel.score_candidates pads them (base.py's
+    _candidate_bucket, in Python): the next power of two or 1.5 x a power of two, at least
+    MIN_CANDIDATE_STEP."""
+    power = 1 << (n - 1).bit_length()  # the smallest power of two >= n
+    return max(MIN_CANDIDATE_STEP, power * 3 // 4 if n <= power * 3 // 4 else power)
+
+
+def warmup_candidate_counts(max_candidates: int = WARMUP_MAX_CANDIDATES) -> list[int]:
+    """One candidate count per bucket that a request of 1..max_candidates falls in: the
+    buckets themselves, ascending."""
+    return sorted({candidate_bucket(n) for n in range(1, max_candidates + 1)})
+
+
+def tiled_candidate_request(rows: Mapping[str, np.ndarray], schema: S.Schema, n: int
+                            ) -> dict[str, np.ndarray]:
+    """candidate_request with `n` candidates: the rows' items repeated as needed."""
+    take = np.arange(n) % len(rows[S.ITEM_ID])
+    return candidate_request({k: v[take] for k, v in rows.items()}, schema)
+
+
 def write_warmup(export_path: str, model_name: str, schema: S.Schema,
-                 rows: Mapping[str, np.ndarray], serialized: np.ndarray) -> None:
-    """One PredictRequest per signature in TF Serving's warmup file (a TFRecord of PredictionLog),
-    replayed by the server when it loads the version so the first real request is not slow."""
+                 rows: Mapping[str, np.ndarray], serialized: np.ndarray,
+                 max_candidates: int = WARMUP_MAX_CANDIDATES) -> int:
+    """TF Serving's warmup file (a TFRecord of PredictionLog), replayed by the server when it
+    loads the version so that no first request pays a compilation: one request each for
+    serving_default and from_examples, and one score_candidates request (one user) per candidate
+    bucket up to `max_candidates` (warmup_candidate_counts). Returns the number of requests."""
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
     one = {k: v[:1] for k, v in rows.items()}
-    inputs = {SERVING_DEFAULT: one, FROM_EXAMPLES: {EXAMPLES_KEY: serialized[:1]},
-              SCORE_CANDIDATES: candidate_request(rows, schema)}
+    inputs = [(SERVING_DEFAULT, one), (FROM_EXAMPLES, {EXAMPLES_KEY: serialized[:1]})]
+    inputs += [(SCORE_CANDIDATES, tiled_candidate_request(rows, schema, n))
+               for n in warmup_candidate_counts(max_candidates)]
     path = os.path.join(export_path, WARMUP_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tf.io.TFRecordWriter(path) as writer:
-        for signature, tensors in inputs.items():
+        for signature, tensors in inputs:
             request = predict_pb2.PredictRequest()
             request.model_spec.name = model_name
             request.model_spec.signature_name = signature
@@ -329,6 +360,7 @@ def write_warmup(export_path: str, model_name: str, schema: S.Schema,
             log = prediction_log_pb2.PredictionLog(
                 predict_log=prediction_log_pb2.PredictLog(request=request))
             writer.write(log.SerializeToString())
+    return len(inputs)
 
 
 # --- the export --------------------------------------------------------------------------------
@@ -349,7 +381,8 @@ def resolve_data_dir(model_dir: str, data_dir: str | None) -> str:
 
 
 def export(model_dir: str, output: str, data_dir: str | None = None,
-           version: int | None = None, verify_split: str = "test", xla: bool = True) -> str:
+           version: int | None = None, verify_split: str = "test", xla: bool = True,
+           warmup_max_candidates: int = WARMUP_MAX_CANDIDATES) -> str:
     """Exports the trained model in `model_dir` to `<output>/<version>`; returns that path.
 
     Args:
@@ -363,10 +396,14 @@ def export(model_dir: str, output: str, data_dir: str | None = None,
       xla: `score_candidates` runs everything after the vocabulary lookups as one XLA
         computation (CTRModel.score_candidates(compiled=True); TF Serving then needs
         --xla_cpu_compilation_enabled=true). serving_default and from_examples never use XLA.
+      warmup_max_candidates: the warmup file covers every candidate bucket up to this many
+        candidates (write_warmup).
     """
     data_dir = resolve_data_dir(model_dir, data_dir)
-    if version is not None and version < 1:
-        raise ValueError(f"version must be a positive integer, got {version}")
+    if warmup_max_candidates < 1:
+        raise ValueError(f"--warmup-max-candidates must be >= 1, got {warmup_max_candidates}")
+    if version is not None:
+        check_version(version)  # TF Serving's int64 versions: a larger one would not be served
     if os.path.exists(output) and not os.path.isdir(output):
         raise ValueError(f"--output {output!r} exists and is not a directory")
     if version is not None and os.path.exists(os.path.join(output, str(version))):
@@ -387,7 +424,7 @@ def export(model_dir: str, output: str, data_dir: str | None = None,
     with staging_directory(output) as staging:
         started = time.perf_counter()
         build_archive(model, schema, xla).write_out(staging, verbose=False)
-        write_warmup(staging, model_name, schema, rows, serialized)
+        write_warmup(staging, model_name, schema, rows, serialized, warmup_max_candidates)
         difference = verify(staging, model, schema, rows, serialized)
         LOG.info("exported and checked in %.1f s: %d examples, largest difference %.2g",
                  time.perf_counter() - started, len(serialized), difference)
@@ -421,10 +458,15 @@ def main(argv=None) -> int:
     parser.add_argument("--no-xla", dest="xla", action="store_false",
                         help="score_candidates without XLA (for a TF Serving that cannot run "
                              "--xla_cpu_compilation_enabled=true; about 1.5x slower on CPU)")
+    parser.add_argument("--warmup-max-candidates", type=int, default=WARMUP_MAX_CANDIDATES,
+                        help="the warmup requests compile score_candidates for every candidate "
+                             "bucket up to this many candidates (default "
+                             f"{WARMUP_MAX_CANDIDATES}: {len(warmup_candidate_counts())} buckets)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        path = export(args.model_dir, args.output, args.data, args.version, xla=args.xla)
+        path = export(args.model_dir, args.output, args.data, args.version, xla=args.xla,
+                      warmup_max_candidates=args.warmup_max_candidates)
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         parser.error(str(error))
     except OSError as error:  # e.g. a full disk: nothing was published

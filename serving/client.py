@@ -2,7 +2,7 @@
 
     python -m serving.client --server localhost:8501 --model-name queryrec \
         (--request request.json | --data DIR [--user-id ID] [--candidates 200]) \
-        [--protocol rest|grpc] [--model-version V] [--top 10]
+        [--protocol rest|grpc] [--model-version V | --label stable] [--top 10]
 
 It speaks TF Serving's protocol only (REST `:predict` in the columnar format, gRPC
 PredictionService), so the same code path works against both servers. Input dtypes come from the
@@ -33,6 +33,7 @@ import argparse
 import base64
 import http.client
 import json
+import re
 import socket
 import sys
 import time
@@ -111,12 +112,19 @@ class ServingClient:
       protocol: "rest" or "grpc".
       version: a version number to pin, or None for the newest the server has.
       timeout: seconds per call.
+      label: a version label of the server's models.config ("stable", "canary") instead of a
+        version: REST `/labels/<label>`, gRPC `model_spec.version_label`.
     """
 
     def __init__(self, target: str, model_name: str, protocol: str = "rest",
-                 version: int | None = None, timeout: float = 10.0):
+                 version: int | None = None, timeout: float = 10.0, label: str | None = None):
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        if version is not None and label is not None:
+            raise ValueError("give a version or a label, not both")
+        if label is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", label):
+            raise ValueError(f"a version label is letters, digits, '_', '.', '-'; got {label!r}")
+        self.label = label
         target = target.removeprefix("http://").rstrip("/")
         host, _, port = target.rpartition(":")
         if not host or not port.isdigit():
@@ -136,6 +144,8 @@ class ServingClient:
     # --- transport --------------------------------------------------------------------------------
     def _model_path(self) -> str:
         path = f"/v1/models/{self.model_name}"
+        if self.label is not None:
+            return path + f"/labels/{self.label}"
         return path + (f"/versions/{self.version}" if self.version is not None else "")
 
     def _rest(self, method: str, path: str, body: dict | None = None) -> dict:
@@ -174,6 +184,8 @@ class ServingClient:
         spec.name = self.model_name
         if self.version is not None:
             spec.version.value = self.version
+        if self.label is not None:
+            spec.version_label = self.label
         if signature_name:
             spec.signature_name = signature_name
 
@@ -329,7 +341,10 @@ def main(argv=None) -> int:
                              "localhost:8501) or of the gRPC port (--protocol grpc)")
     parser.add_argument("--protocol", default="rest", choices=PROTOCOLS)
     parser.add_argument("--model-name", required=True)
-    parser.add_argument("--model-version", type=int, help="default: the newest served")
+    pin = parser.add_mutually_exclusive_group()
+    pin.add_argument("--model-version", type=int, help="default: the newest served")
+    pin.add_argument("--label", help="a version label of the server's models.config, e.g. "
+                                     "stable or canary (default: the newest served)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--request", help="JSON file {\"context\": {...}, \"candidates\": {...}}")
     source.add_argument("--data", help="Beam job output to build the request from")
@@ -361,7 +376,7 @@ def main(argv=None) -> int:
         parser.error(f"the candidates must be an object with at least {S.ITEM_ID!r}")
     try:
         with ServingClient(args.server, args.model_name, args.protocol, args.model_version,
-                           args.timeout) as client:
+                           args.timeout, args.label) as client:
             ctr = client.score_candidates(context, candidates)
     except (ServingError, ValueError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)

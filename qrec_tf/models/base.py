@@ -29,9 +29,10 @@ from qrec_tf.models.recording_features import RecordingFeatures
 
 # Item features embedded by item_representation; the item group's others join the CTR input alone.
 ITEM_REPRESENTATION = (S.ITEM_ID, S.CATEGORY_ID, S.SUBCATEGORY_ID)
-# score_candidates pads the candidate count n before XLA compiles it: up to a multiple of
-# max(MIN_CANDIDATE_STEP, the largest power of two <= n / 8), i.e. at most 1/8 more work and eight
-# shapes per doubling of n.
+# score_candidates pads the candidate count n before XLA compiles it: up to the next power of two
+# or 1.5 x a power of two (at least MIN_CANDIDATE_STEP): two shapes per doubling of n (13 up to
+# 512), each about 1.5-3 s of compilation that the export's warmup requests pay on load (issue
+# 32; eight per doubling made 32 buckets, over a minute of warmup), for at most 1/2 more work.
 MIN_CANDIDATE_STEP = 8
 
 
@@ -75,9 +76,13 @@ def _next_power_of_two(n: tf.Tensor) -> tf.Tensor:
 
 
 def _candidate_bucket(n: tf.Tensor) -> tf.Tensor:
-    """The candidate count n (int32 scalar >= 1) rounded up to its XLA bucket."""
-    step = tf.maximum(MIN_CANDIDATE_STEP, _next_power_of_two(n + 1) // 16)
-    return n + (step - n % step) % step
+    """The candidate count n (int32 scalar >= 1) rounded up to its XLA bucket: the smallest of
+    p / 2 + p / 4 and p >= n, p the smallest power of two >= n, and at least
+    MIN_CANDIDATE_STEP."""
+    power = _next_power_of_two(n)
+    three_quarters = power // 2 + power // 4
+    bucket = tf.where(n <= three_quarters, three_quarters, power)
+    return tf.maximum(MIN_CANDIDATE_STEP, bucket)
 
 
 class CTRModel(keras.Model):
@@ -301,7 +306,7 @@ class CTRModel(keras.Model):
         context, candidates = index(context), index(candidates)
         users, n = tf.unstack(tf.shape(candidates[S.ITEM_ID]))
         # Padding users and candidates are index 0 everywhere (the padding rows); their scores
-        # are cut off below. Users are padded to a power of two, candidates by at most 1/8
+        # are cut off below. Users are padded to a power of two, candidates by at most 1/2
         # (_candidate_bucket): a bounded number of shapes to compile under request batching.
         extra_users = _next_power_of_two(users) - users
         extra_n = _candidate_bucket(n) - n

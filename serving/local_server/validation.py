@@ -26,6 +26,7 @@ DEFAULT_MAX_REQUEST_BYTES = 16 << 20
 DEFAULT_MAX_SCORED_ROWS = 10_000  # 200 candidates take ~7 ms (docs/RESULTS.md); 200,000 ~a minute
 DEFAULT_IDLE_TIMEOUT_SECONDS = 30.0   # a kept-alive connection with no request is then closed
 DEFAULT_BODY_TIMEOUT_SECONDS = 5.0    # a body must arrive within this after its headers
+DEFAULT_HEADER_TIMEOUT_SECONDS = 10.0  # a request line and headers, from their first byte
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Limits:
     max_scored_rows: int = DEFAULT_MAX_SCORED_ROWS     # --max_candidates_per_request
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT_SECONDS  # --rest_api_idle_timeout_seconds
     body_timeout: float = DEFAULT_BODY_TIMEOUT_SECONDS  # --rest_api_body_timeout_seconds
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT_SECONDS  # --rest_api_header_timeout_seconds
 
 
 class RequestError(Exception):

@@ -37,7 +37,9 @@ def tiny_model(tmp_path_factory) -> TinyModel:
         build_tfrecords.run(["--input", log, "--output", data, "--direct_running_mode=in_memory"])
         train.train(load_config("configs/queryrec.yaml", TINY), data, model, verbose=0)
         base = str(root / "export" / MODEL_NAME)
-        version_dir = export.export(model, base)
+        # One candidate bucket in the warmup (8): every server start in the suite replays it, and
+        # each bucket is an XLA compilation of 1.5-3 s; the default (13 buckets) is tested alone.
+        version_dir = export.export(model, base, warmup_max_candidates=8)
         assert version_dir == os.path.join(base, "1")
         _cache["model"] = TinyModel(data, model, base, version_dir)
     return _cache["model"]

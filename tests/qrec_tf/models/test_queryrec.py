@@ -239,13 +239,15 @@ def test_next_power_of_two():
     assert int(_next_power_of_two(tf.constant(2**29 + 1))) == 2**30
 
 
-def test_candidate_buckets_waste_at_most_an_eighth():
+def test_candidate_buckets_are_two_per_doubling_and_waste_at_most_a_half():
+    from qrec_tf.export import candidate_bucket
     from qrec_tf.models.base import _candidate_bucket
     got = {n: int(_candidate_bucket(tf.constant(n))) for n in range(1, 1100)}
-    assert [got[n] for n in (1, 8, 9, 37, 100, 200, 255, 256, 257, 1000)] == [
-        8, 8, 16, 40, 104, 208, 256, 256, 288, 1024]
-    assert all(n <= got[n] <= n + max(7, n / 8) for n in got)
-    assert len(set(got.values())) < 90          # a bounded number of shapes to compile
+    assert [got[n] for n in (1, 8, 9, 13, 37, 100, 200, 255, 256, 257, 385, 1000)] == [
+        8, 8, 12, 16, 48, 128, 256, 256, 256, 384, 512, 1024]
+    assert all(n <= got[n] <= n + max(7, n / 2) for n in got)
+    assert len({b for n, b in got.items() if n <= 512}) == 13  # shapes to compile up to 512
+    assert all(candidate_bucket(n) == b for n, b in got.items())  # the export's Python copy
 
 
 def test_embedding_l2_is_the_mini_batch_aware_penalty_of_the_rows_a_batch_touches():
