@@ -29,12 +29,7 @@ from qrec_tf.warm_start import check_model_data
 
 def load_trained_model(model_dir: str, data_dir: str):
     """Rebuilds the model from <model_dir>/config.yaml and loads its trained weights."""
-    config_path = model_layout.config_path(model_dir)
-    weights = model_layout.weights_path(model_dir)
-    for path in (config_path, weights):
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} not found: is {model_dir!r} the --model-dir of a "
-                                    "finished `python -m qrec_tf.train` run?")
+    config_path, weights = model_layout.finished_run_files(model_dir, repr(model_dir))
     check_model_data(model_dir, data_dir)   # one clear message, not a shape error in Keras
     config = load_config(config_path)
     model = build_model(config.model, data_dir)

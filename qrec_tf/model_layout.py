@@ -38,6 +38,17 @@ def weights_path(model_dir: str) -> str:
     return os.path.join(model_dir, WEIGHTS_FILE)
 
 
+def finished_run_files(model_dir: str, named_as: str) -> tuple[str, str]:
+    """(config path, weights path) of a finished training run in `model_dir`; FileNotFoundError
+    naming `named_as` (how the user gave the directory, e.g. "--warm-start DIR") otherwise."""
+    paths = config_path(model_dir), weights_path(model_dir)
+    for path in paths:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} not found: is {named_as} the --model-dir of a "
+                                    "finished `python -m qrec_tf.train` run?")
+    return paths
+
+
 def best_weights_path(model_dir: str) -> str:
     return os.path.join(model_dir, BEST_WEIGHTS_FILE)
 

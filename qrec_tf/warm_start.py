@@ -83,12 +83,8 @@ def row_mapping(old: Vocabularies, new: Vocabularies, vocab: str) -> tuple[np.nd
 def warm_start(model: CTRModel, previous_dir: str, data_dir: str) -> dict:
     """Copies the trained model in `previous_dir` into `model` (built on `data_dir`); returns
     {"from", "tables": {vocab: {"kept", "new", "dropped"}}, "variables": copied count}."""
-    config_path = model_layout.config_path(previous_dir)
-    weights = model_layout.weights_path(previous_dir)
-    for path in (config_path, weights):
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} not found: is --warm-start {previous_dir!r} the "
-                                    "--model-dir of a finished `python -m qrec_tf.train` run?")
+    config_path, weights = model_layout.finished_run_files(previous_dir,
+                                                           f"--warm-start {previous_dir!r}")
     previous_config = load_config(config_path).model
     check_structure(previous_config, model.config, previous_dir)
     old_vocab = model_vocabularies(previous_dir, model.schema, previous_config.oov_buckets)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Sequence
+from typing import Callable, Sequence
 
 from pipelines.synthetic import days as days_module
 from pipelines.synthetic.regimes import (
@@ -73,30 +73,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--days/--start-day take the regime's values: --bad-rows, "
                          "--rec-per-user, --sessions-per-user, --search-feed-mix and "
                          "--queries-per-subtopic are not supported with them")
-        try:
-            manifest = days_module.generate_days(
-                args.output, 1 if args.days is None else args.days,
-                1 if args.start_day is None else args.start_day, users=args.users,
-                items=args.items, seed=args.seed, regime=args.regime, new_share=args.new_share,
-                drift=args.drift, gzip=args.gzip)
-        except ArgumentError as error:
-            parser.error(str(error))
-        except OSError as error:
-            parser.exit(1, f"{parser.prog}: error: cannot write to {args.output}: {error}\n")
+        manifest = _written(parser, args.output, lambda: days_module.generate_days(
+            args.output, 1 if args.days is None else args.days,
+            1 if args.start_day is None else args.start_day, users=args.users,
+            items=args.items, seed=args.seed, regime=args.regime, new_share=args.new_share,
+            drift=args.drift, gzip=args.gzip))
         rows = ", ".join(f"{k} {v:,}" for k, v in manifest["rows"].items())
         print(f"wrote {args.output}: days {sorted(manifest['days'])}: {rows}")
         return 0
-    try:
-        manifest = generate(args.output, users=args.users, items=args.items, seed=args.seed,
-                            bad_rows=args.bad_rows, rec_per_user=args.rec_per_user,
-                            sessions_per_user=args.sessions_per_user, gzip=args.gzip,
-                            search_feed_mix=args.search_feed_mix,
-                            queries_per_subtopic=args.queries_per_subtopic,
-                            regime=args.regime)
-    except ArgumentError as error:
-        parser.error(str(error))
-    except OSError as error:
-        parser.exit(1, f"{parser.prog}: error: cannot write to {args.output}: {error}\n")
+    manifest = _written(parser, args.output, lambda: generate(
+        args.output, users=args.users, items=args.items, seed=args.seed,
+        bad_rows=args.bad_rows, rec_per_user=args.rec_per_user,
+        sessions_per_user=args.sessions_per_user, gzip=args.gzip,
+        search_feed_mix=args.search_feed_mix, queries_per_subtopic=args.queries_per_subtopic,
+        regime=args.regime))
     rows = ", ".join(f"{k} {v:,}" for k, v in manifest["rows"].items())
     print(f"wrote {args.output}: {rows}; realised {json.dumps(manifest['realised'])}")
     return 0
+
+
+def _written(parser: argparse.ArgumentParser, output: str, write: Callable[[], dict]) -> dict:
+    """The manifest of `write()`; its argument errors and unwritable outputs as one-line
+    errors (argparse's exit codes), not tracebacks."""
+    try:
+        return write()
+    except ArgumentError as error:
+        parser.error(str(error))
+    except OSError as error:
+        parser.exit(1, f"{parser.prog}: error: cannot write to {output}: {error}\n")

@@ -5,7 +5,6 @@ back to v1 when v2 is removed; compare promotes only a candidate that is not wor
 import json
 import os
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -20,6 +19,7 @@ from qrec_tf.evaluate import load_trained_model
 from qrec_tf.models.registry import build_model
 from qrec_tf.warm_start import warm_start
 from serving.local_server import LocalServer
+from tests.serving.conftest import wait_for
 
 TINY = ["model.embedding_dim=8", "model.mlp_units=[16]", "model.attention_units=[8]",
         "model.sas_blocks=1", "train.batch_size=128", "train.shuffle_buffer=2000",
@@ -134,10 +134,3 @@ def served_version(server):
     return current.version if current is not None else None
 
 
-def wait_for(condition, timeout=TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False

@@ -2,6 +2,7 @@
 serving tests and stopped at the end of the session."""
 
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -17,6 +18,17 @@ MAX_CANDIDATES = 50   # the served model's cap on rows (users x candidates) per 
 # Seconds a test waits for an answer: generous, so that a busy 2-core machine (the suite runs
 # beside other work) is slow rather than failing; nothing waits this long when all is well.
 TIMEOUT = 120
+
+
+def wait_for(condition, timeout=TIMEOUT) -> bool:
+    """Polls `condition` until it holds (True) or `timeout` seconds pass (False): servers pick
+    up versions in their own time, and a busy machine must not fail a test."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import grpc
 import numpy as np
@@ -31,7 +30,7 @@ from qrec_tf import export
 from qrec_tf import schema as S
 from serving import local_server
 from serving.local_server import LocalServer
-from tests.serving.conftest import MAX_REQUEST_BYTES, TIMEOUT, in_process
+from tests.serving.conftest import MAX_REQUEST_BYTES, TIMEOUT, in_process, wait_for
 from tests.serving.tiny_model import MODEL_NAME
 
 
@@ -282,15 +281,6 @@ def test_malformed_grpc_requests_get_a_clear_error_and_the_server_goes_on(
 
 
 # --- versions ----------------------------------------------------------------------------------
-def wait_for(condition, timeout=TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def served_version(server):
     status, body = rest(server, "GET", f"/v1/models/{MODEL_NAME}")
     return int(body["model_version_status"][0]["version"]) if status == 200 else None
