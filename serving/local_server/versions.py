@@ -84,6 +84,13 @@ class ServedVersion:
         except tf.errors.InvalidArgumentError as error:
             # Checks inside the graph (e.g. score_candidates' shape asserts).
             raise RequestError(graph_error_text(error.message)) from None
+        except UnicodeDecodeError:
+            # TensorFlow quotes the bad bytes of an unparsable input (a serialized tf.Example
+            # that is not one) in its error message, and that message then fails to decode:
+            # still the request's fault, and TF Serving answers it as INVALID_ARGUMENT.
+            raise RequestError(f"{signature_name or DEFAULT_SIGNATURE}: an input could not be "
+                               "parsed (e.g. examples that are not serialized tf.Example "
+                               "records)") from None
         return {name: value.numpy() for name, value in outputs.items()}
 
     def warm_up(self) -> int:

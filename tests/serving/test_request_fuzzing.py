@@ -148,3 +148,12 @@ def test_any_body_over_http_is_answered_200_or_400_never_500(server, served, dat
     else:
         assert status == 400, (status, answer)
         assert set(answer) == {"error"} and answer["error"].strip()
+
+
+def test_examples_that_are_not_tf_examples_are_a_400(server):
+    """Found by the property above: one byte 0x80 as a serialized example made TensorFlow's error
+    message undecodable, and the server answered 500."""
+    body = {"signature_name": "from_examples", "inputs": {"examples": [{"b64": "gA=="}]}}
+    status, answer = post(server, json.dumps(body).encode())
+    assert status == 400, (status, answer)
+    assert "could not be parsed" in answer["error"] or "examples" in answer["error"]
