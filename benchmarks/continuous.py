@@ -13,8 +13,8 @@ build below holds the same (user, item, label) test rows, checked):
       day D with --warm-start from day D - 1's warm model (day 1: from scratch, as (b));
   (b) full: a build of days 1 .. D + 2 from scratch, trained from scratch on days 1 .. D;
   (c) new day: trained from scratch on (a)'s build (day D alone);
-  (a') warm_carry: as (a), with the optimizer's step and Adam slots carried over
-      (train.warm_start_optimizer=carry; its own chain of warm models).
+(Carrying the optimizer's step and Adam slots into the warm start was measured and not kept:
+docs/RESULTS.md, "Issue 33", at commit 68cf92d.)
 Wall time: qrec_tf.train's training time (run.json train_seconds: the fit, tracing included;
 not the build).
 
@@ -82,22 +82,19 @@ def daily(args) -> list[dict]:
         date = (datetime.date(2023, 5, 22) + datetime.timedelta(days=day - 1)).isoformat()
         return ["--split-by", "time", "--train-until", date, "--valid-days", "1"]
 
-    table, previous_data, previous_model, previous_carry = [], None, None, None
+    table, previous_data, previous_model = [], None, None
     previous_variant = None
     for day in range(1, args.days + 1):
         all_data = build(log(1, day + 2), os.path.join(work, f"data_1_{day}"), None, *split(day))
         full = fit(args, all_data, os.path.join(work, f"full_day_{day}"))
         if day == 1:
             day_data, warm_dir = all_data, os.path.join(work, f"full_day_{day}")
-            carry_dir = variant_dir = warm_dir
+            variant_dir = warm_dir
         else:
             day_data = build(log(day, day + 2), os.path.join(work, f"data_day_{day}"),
                              previous_data, *split(day))
             warm_dir = os.path.join(work, f"warm_day_{day}")
             warm = fit(args, day_data, warm_dir, warm=previous_model)
-            carry_dir = os.path.join(work, f"warm_carry_day_{day}")
-            carry = fit(args, day_data, carry_dir, warm=previous_carry,
-                        overrides=("train.warm_start_optimizer=carry",))
             new = fit(args, day_data, os.path.join(work, f"new_day_{day}"))
             variants = []
             if args.warm_variant:
@@ -105,14 +102,13 @@ def daily(args) -> list[dict]:
                 variants.append((f"warm_{args.warm_variant}", fit(
                     args, day_data, variant_dir, warm=previous_variant,
                     overrides=tuple(args.warm_set))))
-            row = {"day": day, "same_test_rows": warm["rows"] == full["rows"] == new["rows"]
-                   == carry["rows"], "test_rows": len(warm["rows"])}
-            for name, result in (("warm", warm), ("warm_carry", carry), ("full", full),
-                                 ("new_day", new), *variants):
+            row = {"day": day, "same_test_rows": warm["rows"] == full["rows"] == new["rows"],
+                   "test_rows": len(warm["rows"])}
+            for name, result in (("warm", warm), ("full", full), ("new_day", new), *variants):
                 row[f"{name}_auc"], row[f"{name}_seconds"] = result["auc"], result["seconds"]
             table.append(row)
             print(json.dumps(row))
-        previous_data, previous_model, previous_carry = day_data, warm_dir, carry_dir
+        previous_data, previous_model = day_data, warm_dir
         previous_variant = variant_dir if args.warm_variant else None
     return table
 

@@ -320,13 +320,8 @@ class TrainConfig:
     # "Runs, seeds and machines"). Other CPUs (other instruction sets) may still round
     # differently.
     deterministic: bool = False
-    # With --warm-start: "reset" (a fresh optimizer) or "carry" (the previous run's step count and
-    # Adam slots, mapped row by row as the weights; qrec_tf.warm_start). docs/RESULTS.md, issue 33.
-    warm_start_optimizer: str = "reset"
 
     def validate(self) -> None:
-        if self.warm_start_optimizer not in ("reset", "carry"):
-            raise ValueError("train.warm_start_optimizer must be reset or carry")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("train.batch_size and train.epochs must be >= 1")
         if self.learning_rate <= 0:

@@ -9,8 +9,6 @@ distribute read. Its file names live here only.
       tensorboard/       TENSORBOARD_DIR  every loss term, AUC, learning rate, examples/s
       backup/            BACKUP_DIR       BackupAndRestore's state while running (a killed run
                                           resumes from it; removed when the run ends)
-      optimizer_state.npz OPTIMIZER_STATE_FILE  the optimizer's step and Adam slots after the
-                                          last epoch (train.warm_start_optimizer: carry)
       vocab/             VOCAB_DIR        a copy of the data's vocab/: the values each table row
                                           is of (qrec_tf.warm_start maps rows by them)
 """
@@ -27,7 +25,6 @@ RUN_FILE = "run.json"
 TENSORBOARD_DIR = "tensorboard"
 BACKUP_DIR = "backup"
 VOCAB_DIR = "vocab"
-OPTIMIZER_STATE_FILE = "optimizer_state.npz"
 
 
 def config_path(model_dir: str) -> str:
@@ -67,10 +64,6 @@ def backup_dir(model_dir: str) -> str:
 
 def vocab_dir(model_dir: str) -> str:
     return os.path.join(model_dir, VOCAB_DIR)
-
-
-def optimizer_state_path(model_dir: str) -> str:
-    return os.path.join(model_dir, OPTIMIZER_STATE_FILE)
 
 
 def write_run(model_dir: str, run: dict) -> None:

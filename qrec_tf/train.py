@@ -177,9 +177,6 @@ def _train(config: Config, data_dir: str, model_dir: str, strategy_name: str,
         if mixed_precision:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         model.compile(optimizer=optimizer)
-        if warm is not None and tc.warm_start_optimizer == "carry":
-            warm["optimizer_variables_carried"] = warm_start.carry_optimizer_state(
-                model, warm_start_dir)
 
     # Only what the model reads is parsed (~1/3 of an example's values for din).
     train_data, valid_data, steps_per_epoch, validation_steps = distribute.training_input(
@@ -219,8 +216,6 @@ def _train(config: Config, data_dir: str, model_dir: str, strategy_name: str,
     check_finite_weights(model, "the trained weights were not saved")
     model.save_weights(model_layout.weights_path(model_dir))
     warm_start.save_vocabularies(data_dir, model_dir)
-    if warm_start.is_adam(model.optimizer):
-        warm_start.save_optimizer_state(model, model_dir)
     val_auc = history.history.get("val_auc", [])  # every epoch, those before a resume too
     summary = {
         "model": config.model.name,

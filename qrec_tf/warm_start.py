@@ -23,7 +23,6 @@ import dataclasses
 import os
 import shutil
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -144,63 +143,3 @@ def check_model_data(model_dir: str, data_dir: str) -> None:
                 + ". Score new data with the model's export (python -m qrec_tf.compare "
                   "--saved-models), or train on it with python -m qrec_tf.train --warm-start "
                   f"{model_dir}")
-
-
-# --- optimizer slots (train.warm_start_optimizer: carry) ---------------------------------------
-def is_adam(optimizer) -> bool:
-    return isinstance(getattr(optimizer, "inner_optimizer", optimizer), keras.optimizers.Adam)
-
-
-def _adam(optimizer):
-    inner = getattr(optimizer, "inner_optimizer", optimizer)   # LossScaleOptimizer
-    if not isinstance(inner, keras.optimizers.Adam):
-        raise ValueError("train.warm_start_optimizer carry needs an Adam optimizer (adam, "
-                         f"lazy_adam, fused_adam), not {type(inner).__name__}")
-    return inner
-
-
-def save_optimizer_state(model: CTRModel, model_dir: str) -> None:
-    """<model_dir>/optimizer_state.npz: the step count and Adam's m and v of every trainable
-    variable by its path (the state after the last epoch run)."""
-    optimizer = _adam(model.optimizer)
-    arrays = {"iterations": np.asarray(optimizer.iterations.numpy())}
-    for variable in model.trainable_variables:
-        index = optimizer._get_variable_index(variable)
-        arrays[f"m:{variable.path}"] = optimizer._momentums[index].numpy()
-        arrays[f"v:{variable.path}"] = optimizer._velocities[index].numpy()
-    np.savez(model_layout.optimizer_state_path(model_dir), **arrays)
-
-
-def carry_optimizer_state(model: CTRModel, previous_dir: str) -> int:
-    """Builds `model.optimizer` and sets its step count and Adam slots from `previous_dir`'s
-    optimizer_state.npz, each table's rows by the same value mapping as the weights (new rows'
-    slots 0, as a fresh optimizer's); returns the variables carried."""
-    path = model_layout.optimizer_state_path(previous_dir)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: train.warm_start_optimizer carry needs a "
-                                "previous run that saved its optimizer state")
-    previous_config = load_config(model_layout.config_path(previous_dir)).model
-    old_vocab = model_vocabularies(previous_dir, model.schema, previous_config.oov_buckets)
-    optimizer = _adam(model.optimizer)
-    optimizer.build(model.trainable_variables)
-    tables = {id(v): name for name, v in model.embedding_tables().items()}
-    carried = 0
-    with np.load(path) as state:
-        optimizer.iterations.assign(int(state["iterations"]))
-        for variable in model.trainable_variables:
-            index = optimizer._get_variable_index(variable)
-            for prefix, slots in (("m", optimizer._momentums), ("v", optimizer._velocities)):
-                key = f"{prefix}:{variable.path}"
-                if key not in state:
-                    continue
-                old = state[key]
-                vocab = tables.get(id(variable))
-                if vocab is None:
-                    slots[index].assign(old)
-                else:
-                    source, target = row_mapping(old_vocab, model.vocabularies, vocab)
-                    rows = np.zeros(tuple(variable.shape), old.dtype)
-                    rows[target] = old[source]
-                    slots[index].assign(rows)
-            carried += 1
-    return carried
