@@ -55,7 +55,12 @@ class AgeEmbedding(keras.layers.Layer):
                                     boundaries=list(self.boundaries_hours))
 
     def call(self, ages_hours: tf.Tensor) -> tf.Tensor:
-        return self.table(self.bucket(ages_hours))
+        # A one-hot product, not the table's gather: with a dozen rows the gradient is then a
+        # dense [buckets, dim] matrix instead of IndexedSlices of every event, whose
+        # segment-sum and sparse optimizer update cost more than the product (same values).
+        weights = tf.convert_to_tensor(self.table.embeddings)
+        one_hot = tf.one_hot(self.bucket(ages_hours), self.table.input_dim, dtype=weights.dtype)
+        return tf.cast(tf.tensordot(one_hot, weights, 1), self.compute_dtype)
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return (*input_shape, self.dim)

@@ -34,11 +34,13 @@ DEFAULT_HALF_LIVES_HOURS = (1.0, 6.0, 24.0, 72.0, 240.0)
 class SearchMatch(keras.layers.Layer):
     """Time-decayed counts of the search events that share each attribute with the target.
 
-    Call: `(target, events, ages, mask)`:
+    Call: `(target, events, ages, mask=None)`:
       - target: int [rows, A] attribute indices of each target item (A levels);
-      - events: int [users, L, A] those of each search event;
+      - events: int [users, L, A] those of each search event, or [users, L, S, A] for S events
+        per age (e.g. the items clicked in one search session, which share its age);
       - ages: float [users, L] hours from each event to the impression (>= 0);
-      - mask: bool [users, L], True where an event is present.
+      - mask: bool [users, L] (or [users, L, S]), True where an event is present; None when
+        absent events are given as index 0 (padding never matches).
     `rows` is `users` times the number of targets per user (a user's targets consecutive, as in
     `score_candidates`). Returns float32 [rows, A * K]: log(1 + m[a, k]), level-major.
     """
@@ -51,17 +53,23 @@ class SearchMatch(keras.layers.Layer):
         self.half_lives_hours = tuple(float(h) for h in half_lives_hours)
 
     def call(self, target: tf.Tensor, events: tf.Tensor, ages: tf.Tensor,
-             mask: tf.Tensor) -> tf.Tensor:
+             mask: tf.Tensor | None = None) -> tf.Tensor:
+        if events.shape.rank == 3:                                           # one event per age
+            events = events[:, :, None]
+            mask = None if mask is None else mask[..., None]
         users = tf.shape(events)[0]
         levels = target.shape[-1]
-        targets = tf.reshape(target, [users, -1, 1, levels])                # [U, K, 1, A]
-        events = events[:, None]                                             # [U, 1, L, A]
-        present = tf.logical_and(mask[:, None, :, None],
-                                 events >= FIRST_VOCABULARY_INDEX)           # [U, 1, L, A]
-        equal = tf.cast(tf.logical_and(tf.equal(targets, events), present), tf.float32)
+        targets = tf.reshape(target, [users, -1, 1, 1, levels])             # [U, K, 1, 1, A]
+        events = events[:, None]                                             # [U, 1, L, S, A]
+        present = events >= FIRST_VOCABULARY_INDEX
+        if mask is not None:
+            present = tf.logical_and(present, mask[:, None, :, :, None])
+        equal = tf.logical_and(tf.equal(targets, events), present)           # [U, K, L, S, A]
+        # Events of one age first, then the time decay: one pow per age, not per event.
+        matches = tf.reduce_sum(tf.cast(equal, tf.float32), axis=3)           # [U, K, L, A]
         half_lives = tf.constant(self.half_lives_hours, tf.float32)
         decay = tf.pow(0.5, tf.cast(ages, tf.float32)[..., None] / half_lives)  # [U, L, H]
-        counts = tf.einsum("ukla,ulh->ukah", equal, decay)  # [U, K, A, H]
+        counts = tf.einsum("ukla,ulh->ukah", matches, decay)                 # [U, K, A, H]
         return tf.reshape(tf.math.log1p(counts), [-1, levels * len(self.half_lives_hours)])
 
     def compute_output_shape(self, target_shape, *shapes):

@@ -341,23 +341,29 @@ class QueryRecModel(CTRModel):
         subcategory = self.lookup(S.SUBCATEGORY_ID, features[S.SUBCATEGORY_ID])
         author = self.lookup(S.AUTHOR_ID, features[S.AUTHOR_ID])
         clicked, attributes = user["clicked_idx"], user["clicked_categories"]  # [U, Q, C(, 3)]
-        users = tf.shape(clicked)[0]
-        events = tf.stack([clicked, attributes[..., 2], attributes[..., 0], attributes[..., 1]],
-                          -1)                                                  # [U, Q, C, 4]
-        ages = user["query_ages"]                                              # [U, Q]
-        clicked_ages = tf.reshape(tf.broadcast_to(ages[..., None], tf.shape(clicked)),
-                                  [users, -1])                                 # [U, Q * C]
-        match = self.search_match
-        from_clicks = match(tf.stack([item_idx, author, category, subcategory], -1),
-                            tf.reshape(events, [users, -1, 4]), clicked_ages,
-                            tf.reshape(clicked != 0, [users, -1]))
-        had_click = tf.reduce_any(clicked != 0, axis=-1)                       # [U, Q]
-        target = tf.stack([category, subcategory], -1)
-        results = user["result_categories"]
-        present = user["query_present"]
-        with_click = match(target, results, ages, present & had_click)
-        without_click = match(target, results, ages, present & ~had_click)
-        return tf.concat([from_clicks, with_click, without_click], -1)
+        is_clicked = (clicked != 0)[..., None]                                  # [U, Q, C, 1]
+        from_clicks = tf.where(is_clicked, tf.stack(
+            [clicked, attributes[..., 2], attributes[..., 0], attributes[..., 1]], -1),
+            tf.zeros_like(clicked)[..., None])                                 # [U, Q, C, 4]
+        # A session's results as four more levels (category and sub-category of the sessions
+        # with a click, then of those without), in its first click slot; the kind it is not,
+        # and absent sessions, are padding (index 0 never matches). All of it is one call of
+        # eight levels: the columns of one call per part concatenated, in fewer ops.
+        had_click = tf.reduce_any(is_clicked, axis=2)                          # [U, Q, 1]
+        results = tf.where(user["query_present"][..., None], user["result_categories"],
+                           tf.zeros_like(user["result_categories"]))           # [U, Q, 2]
+        zeros = tf.zeros_like(results)
+        by_kind = tf.concat([tf.where(had_click, results, zeros),
+                             tf.where(had_click, zeros, results)], -1)         # [U, Q, 4]
+        slots = tf.shape(clicked)[2]
+        from_results = tf.concat(
+            [by_kind[:, :, None],
+             tf.zeros(tf.concat([tf.shape(by_kind)[:2], [slots - 1, 4]], 0), by_kind.dtype)],
+            2)                                                                 # [U, Q, C, 4]
+        target = tf.stack([item_idx, author, category, subcategory,
+                           category, subcategory, category, subcategory], -1)
+        return self.search_match(target, tf.concat([from_clicks, from_results], -1),
+                                 user["query_ages"])
 
     def query_input(self, name: str, x: tf.Tensor, training: bool = False) -> tf.Tensor:
         """A query-side CTR input [rows, dim] ("pooled" v_q or "encoded" e_qt) as the MLP reads

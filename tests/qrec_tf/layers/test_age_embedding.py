@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from qrec_tf.layers.age_embedding import AgeEmbedding, ages_in_hours
 
@@ -28,3 +29,17 @@ def test_config_round_trip_and_bad_boundaries():
     assert (again.dim, again.boundaries_hours) == (4, (2.0, 5.0))
     with pytest.raises(ValueError, match="sorted and positive"):
         AgeEmbedding(4, boundaries_hours=(5.0, 2.0))
+
+
+def test_each_age_reads_its_bucket_row_and_the_gradient_lands_on_it():
+    layer = AgeEmbedding(2, boundaries_hours=(1.0, 24.0))
+    layer.build((1, 3))
+    rows = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], np.float32)
+    layer.table.embeddings.assign(rows)
+    ages = tf.constant([[0.5, 30.0, 40.0]])
+    with tf.GradientTape() as tape:
+        out = layer(ages)
+        loss = tf.reduce_sum(out * tf.constant([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]]))
+    np.testing.assert_array_equal(out.numpy(), [rows[[0, 2, 2]]])
+    grad = tf.convert_to_tensor(tape.gradient(loss, layer.table.embeddings))
+    np.testing.assert_array_equal(grad.numpy(), [[1.0, 0.0], [0.0, 0.0], [1.0, 2.0]])

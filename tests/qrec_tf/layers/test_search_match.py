@@ -31,3 +31,20 @@ def test_config_round_trip_and_bad_half_lives():
     assert SearchMatch.from_config(layer.get_config()).half_lives_hours == (2.0, 3.0)
     with pytest.raises(ValueError, match="positive"):
         SearchMatch(half_lives_hours=(0.0,))
+
+
+def test_events_sharing_an_age_count_once_each_at_that_age():
+    # One user, one target; two ages with two event slots each; absent events are index 0.
+    layer = SearchMatch(half_lives_hours=(1.0, 4.0))
+    target = np.array([[5, 7]])
+    events = np.array([[[[5, 7], [5, 0]],       # age 1 h: two events of category 5
+                        [[0, 0], [6, 7]]]])     # age 4 h: one event, sub-category 7 only
+    ages = np.array([[1.0, 4.0]], np.float32)
+    out = layer(target, events, ages).numpy()
+    expected = [np.log1p(2 * 0.5), np.log1p(2 * 0.5 ** 0.25),
+                np.log1p(0.5 + 0.5 ** 4), np.log1p(0.5 ** 0.25 + 0.5)]
+    np.testing.assert_allclose(out, [expected], rtol=1e-6)
+    # The same events one per age (each slot its own event at its session's age): same counts.
+    flat = events.reshape(1, 4, 2)
+    flat_ages = np.repeat(ages, 2, axis=1)
+    np.testing.assert_allclose(layer(target, flat, flat_ages).numpy(), out, rtol=1e-6)

@@ -563,6 +563,13 @@ def test_search_match_adds_a_linear_term_of_the_time_decayed_counts_to_the_logit
     np.testing.assert_allclose(m[0, :20], np.tile(decay, 4), rtol=1e-6)   # item, author, ...
     np.testing.assert_allclose(m[0, 20:30], np.tile(decay, 2), rtol=1e-6)  # results, clicked
     np.testing.assert_array_equal(m[0, 30:], 0.0)                         # no click-less one
+    # The same session without its click: its results count as a click-less session's.
+    clickless = {**one, S.QUERY_CLICKED_ITEM_IDS: np.full((3, q, c), S.PAD_ID)}
+    m_clickless = model.search_match_features(
+        model.encode_user(clickless), clickless,
+        model.lookup(S.ITEM_ID, clickless[S.ITEM_ID])).numpy()
+    np.testing.assert_array_equal(m_clickless[0, :30], 0.0)
+    np.testing.assert_allclose(m_clickless[0, 30:], np.tile(decay, 2), rtol=1e-6)
     w = np.random.default_rng(0).normal(size=(40, 1)).astype(np.float32)
     kernel.assign(w)
     np.testing.assert_allclose(model.forward(one)["logits"].numpy(), base + m @ w[:, 0],
