@@ -39,6 +39,10 @@ DEMO_OVERRIDES = ["model.mlp_units=[64, 32]", "model.attention_units=[32, 16]",
 AUGMENT_OVERRIDES = ["train.epochs=5"]
 DEMO_USERS, DEMO_EPOCHS = 1000, 3
 CALL_TIMEOUT_S = 300.0
+# Loading a version replays its warmup requests (one XLA compilation per candidate bucket): about
+# a minute on an idle 2-core machine, over three minutes on a busy one; the server listens only
+# once its first version is loaded, as TF Serving does.
+SERVER_START_TIMEOUT_S = 900.0
 
 
 def free_port() -> int:
@@ -112,6 +116,22 @@ def start_server(base_path: str, log_path: str) -> tuple[subprocess.Popen, int, 
         stdout=log, stderr=subprocess.STDOUT)
     log.close()
     return process, rest_port, grpc_port
+
+
+def wait_for_server(rest, process: subprocess.Popen) -> int:
+    """The version the server serves once it is up; ServingError if it exits first or is not up
+    after SERVER_START_TIMEOUT_S."""
+    from serving.client import ServingError
+
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while True:
+        if process.poll() is not None:
+            raise ServingError("UNAVAILABLE", f"the server exited with status {process.returncode}")
+        try:
+            return rest.wait_until_available(timeout=10)
+        except ServingError:
+            if time.monotonic() > deadline:
+                raise
 
 
 def stop_server(process: subprocess.Popen) -> None:
@@ -213,8 +233,10 @@ def main(argv=None) -> int:
         # that takes longer than the client's default 10 s per call.
         with ServingClient(f"127.0.0.1:{rest_port}", MODEL_NAME, "rest",
                            timeout=CALL_TIMEOUT_S) as rest:
+            steps.note("loading the version and replaying its warmup requests (a minute or "
+                       "more)")
             try:
-                version = rest.wait_until_available(timeout=180)
+                version = wait_for_server(rest, process)
             except ServingError as error:
                 with open(server_log) as f:
                     tail = f.read()[-2000:]

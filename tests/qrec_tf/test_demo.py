@@ -28,3 +28,28 @@ def test_the_old_300_user_demo_is_not_called_clear():
     chance, _ = auc_verdict(metrics(0.55, 0.03, 0.5, 0.05, 0.01, 1e-4))
     assert chance == "AUC - 2 SE = 0.4900: NOT clearly above chance (a larger --users gives " \
                      "more test rows)"
+
+
+def test_waiting_for_the_server_stops_when_it_exits():
+    """A server that dies while loading is reported at once, not after the start timeout."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    from qrec_tf.demo import wait_for_server
+    from serving.client import ServingError
+
+    class NeverUp:
+        calls = 0
+
+        def wait_until_available(self, timeout):
+            self.calls += 1
+            raise ServingError("UNAVAILABLE", "connection refused")
+
+    process = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    process.wait()
+    rest = NeverUp()
+    with pytest.raises(ServingError, match="exited with status 3"):
+        wait_for_server(rest, process)
+    assert rest.calls == 0
