@@ -291,6 +291,8 @@ def main(argv=None) -> int:
                         help="also measure the first request per size on a fresh server")
     parser.add_argument("--curve", action="store_true",
                         help="also time the signature in process per batch size (batch_curve)")
+    parser.add_argument("--no-load", action="store_true",
+                        help="no load cells (with --curve or --first-request)")
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args(argv)
     if bool(args.export) != bool(args.data):
@@ -311,6 +313,8 @@ def main(argv=None) -> int:
           "| req/s | candidates/s | p50 ms | p99 ms | mean batch | queue ms | batch run ms "
           "| server CPU ms/req (python + tf pool) | client CPU ms/req |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    if args.no_load:
+        modes = {}
     with contextlib.ExitStack() as stack:
         # Every mode's server at once (an idle one costs nothing): the modes alternate cell by
         # cell, so that the machine's load (shared, noisy) drifts over all of them alike.

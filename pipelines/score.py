@@ -309,8 +309,7 @@ def run(argv: list[str]) -> str:
             raise InputError("--data goes with a CSV --input (a TFRecord --input is scored as "
                              "it is)")
         pattern = resolve_input(args.input, args.split)
-    handler_check = model_handler(model)  # a missing tensorflow_hub: an error before the job
-    del handler_check
+    model_handler(model)  # a missing tensorflow_hub is a one-line error before the job starts
     options = PipelineOptions(with_local_defaults(beam_args))
     with beam.Pipeline(options=options) as pipeline:
         build(pipeline, model, pattern, args.output, csv_pattern, schema)
