@@ -56,4 +56,4 @@ COPY setup.py ./
 COPY qrec_tf/ qrec_tf/
 COPY pipelines/ pipelines/
 COPY serving/ serving/
-RUN pip install --no-cache-dir . && python -c "import pipelines.build_tfrecords, pipelines.analysis"
+RUN pip install --no-cache-dir ".[score]" && python -c "import pipelines.build_tfrecords, pipelines.analysis, pipelines.score, apache_beam.ml.inference.tensorflow_inference"

@@ -18,6 +18,10 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.9,<4",   # pipelines.analysis writes its histogram as PNG
     "optuna>=5.0,<6",       # qrec_tf.tune: hyper-parameter search on the validation split
 ]
+# pipelines.score: Beam's TensorFlow model handler (apache_beam.ml.inference.
+# tensorflow_inference) imports tensorflow_hub, which pulls tf-keras (pinned to TensorFlow's
+# version; Keras 3 stays the tf.keras: tf-keras is used only with TF_USE_LEGACY_KERAS=1).
+SCORE_REQUIRES = ["tensorflow-hub==0.16.1", "tf-keras==2.21.0"]
 
 setup(
     name="qrec_tf",
@@ -29,7 +33,9 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "gpu": ["tensorflow[and-cuda]==2.21.0"],
+        "score": SCORE_REQUIRES,
+        # the tests run pipelines.score, so the development install has its extra too
         "dev": ["pytest>=9,<10", "pytest-xdist>=3.6,<4", "hypothesis>=6.100,<7",
-                "ruff>=0.6,<1"],
+                "ruff>=0.6,<1", *SCORE_REQUIRES],
     },
 )

@@ -25,6 +25,7 @@ import grpc
 import numpy as np
 import tensorflow as tf
 
+from serving.local_server.metrics import Metrics
 from serving.local_server.validation import RequestError
 
 
@@ -79,11 +80,15 @@ class Batcher:
     """Scores requests in batches; `run` blocks until its request's outputs are ready."""
 
     def __init__(self, params: BatchingParameters,
-                 power_of_two: tuple[str, ...] = ("score_candidates",)):
+                 power_of_two: tuple[str, ...] = ("score_candidates",),
+                 metrics: Metrics | None = None, model_name: str = ""):
         """`power_of_two`: signatures whose batches are cut to a power of two rows (the
-        export's score_candidates pads its users to one; qrec_tf.export)."""
+        export's score_candidates pads its users to one; qrec_tf.export). `metrics` gets each
+        batch's size, its requests' queueing times and its run time (Metrics.record_batch)."""
         self.params = params
         self.power_of_two = power_of_two
+        self.metrics = metrics
+        self.model_name = model_name
         self._queues: dict[tuple, collections.deque] = {}
         self._versions: dict[tuple, object] = {}
         self._cond = threading.Condition()
@@ -159,11 +164,17 @@ class Batcher:
             served, signature_name, tasks = batch
             self.batches += 1
             self.batched_requests += len(tasks)
+            started = time.monotonic()
             try:
                 self._score(served, signature_name, tasks)
             except BaseException as error:  # the batch failed: each request alone, own errors
                 for task in tasks:
                     self._score(served, signature_name, [task], error)
+            if self.metrics is not None:
+                self.metrics.record_batch(
+                    self.model_name, signature_name,
+                    sum(t.rows for t in tasks), [started - t.enqueued for t in tasks],
+                    time.monotonic() - started)
 
     def _score(self, served, signature_name: str, tasks: list[_Task],
                batch_error: BaseException | None = None) -> None:

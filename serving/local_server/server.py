@@ -88,7 +88,8 @@ class LocalServer:
         max_request_bytes = self.limits.max_request_bytes
         self.repository.poll()  # serve a version from the first request on, when there is one
         if self.batching is not None:
-            self.batcher = Batcher(self.batching)
+            self.batcher = Batcher(self.batching, metrics=self.metrics,
+                                   model_name=self.repository.model_name)
         try:
             if rest_api_port is not None:
                 self._rest = RestServer((self.host, rest_api_port), self.repository,
