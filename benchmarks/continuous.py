@@ -35,7 +35,7 @@ import shutil
 import numpy as np
 
 from pipelines import build_tfrecords
-from pipelines.synthetic.days import generate_days
+from pipelines.synthetic.days import DAYS_MANIFEST, generate_days
 from qrec_tf import compare, evaluate, export, metrics, model_layout, train
 from qrec_tf import schema as S
 from qrec_tf.config import load_config
@@ -124,7 +124,7 @@ def daily(args) -> list[dict]:
 
     def log(first: int, last: int) -> str:
         path = os.path.join(work, f"log_{first}_{last}")
-        if not os.path.exists(path):
+        if not os.path.exists(os.path.join(path, DAYS_MANIFEST)):   # written last
             generate_days(path, last - first + 1, first, users=args.users, items=args.items,
                           seed=args.seed)
         return path
