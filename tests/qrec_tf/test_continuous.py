@@ -175,7 +175,8 @@ def test_a_two_day_warm_window_trains_on_both_days_from_day_ones_model(tmp_path)
     work = str(tmp_path / "bench")
     tiny = [f"--set={override}" for override in TINY if "oov" not in override]
     assert continuous.main(["--days", "2", "--users", "40", "--items", "200", "--workdir", work,
-                            "--warm-window", "2", "--warm-set", "", "--bootstrap", "20",
+                            "--warm-window", "2", "--warm-context-days", "0", "--warm-set", "",
+                            "--bootstrap", "20",
                             *tiny]) == 0
     result = json.load(open(os.path.join(work, "continuous_warm_w2_own.json")))
     (row,) = result["daily"]
