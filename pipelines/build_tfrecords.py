@@ -371,6 +371,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     parser.add_argument("--train-until", metavar="YYYY-MM-DD", default=None,
                         help="with --split-by time: the last training day (Beijing time, "
                              "KuaiSAR's; synthetic day 1 is 2023-05-22)")
+    parser.add_argument("--train-from", metavar="YYYY-MM-DD", default=None,
+                        help="with --split-by time: the first training day; earlier impressions "
+                             "are only history of the later examples (a window of days)")
     parser.add_argument("--valid-days", type=int, default=1,
                         help="with --split-by time: days after --train-until that are valid "
                              "(default 1); the days after them are test")
@@ -394,8 +397,17 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         valid_from = int(datetime.datetime(day.year, day.month, day.day, tzinfo=BEIJING
                                            ).timestamp() * 1000) + DAY_MS
         args.time_split = (valid_from, valid_from + args.valid_days * DAY_MS)
-    elif args.train_until is not None:
-        parser.error("--train-until needs --split-by time")
+        if args.train_from is not None:   # a third value: user_examples.build_user_examples
+            try:
+                first = datetime.date.fromisoformat(args.train_from)
+            except ValueError:
+                parser.error(f"--train-from {args.train_from!r} is not a date YYYY-MM-DD")
+            if first > day:
+                parser.error("--train-from must not be after --train-until")
+            args.time_split += (int(datetime.datetime(first.year, first.month, first.day,
+                                                      tzinfo=BEIJING).timestamp() * 1000),)
+    elif args.train_until is not None or args.train_from is not None:
+        parser.error("--train-until and --train-from need --split-by time")
     if args.num_shards < 0:
         parser.error("--num-shards must be >= 0")
     try:

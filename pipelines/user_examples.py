@@ -216,7 +216,7 @@ def build_user_examples(
     schema: S.Schema,
     seed: int = 0,
     search_examples: bool = False,
-    time_split: tuple[int, int] | None = None,
+    time_split: tuple[int, ...] | None = None,
 ) -> Iterator[tuple[str, dict]]:
     """Yields (split, features) for each of the user's feed interactions, in time order, then
     with `search_examples` ("search_train", features) for each search impression of the user's
@@ -238,6 +238,9 @@ def build_user_examples(
               ["train" if t < time_split[0] else "valid" if t < time_split[1] else "test"
                for t, _, _ in rec])
     n_train = splits.count("train")   # a prefix: rec is in time order
+    # A third value (build_tfrecords --train-from): training impressions before it are no
+    # examples, only the history of later ones, so a window of days sees the earlier clicks.
+    train_from = time_split[2] if time_split is not None and len(time_split) > 2 else None
     held_out = {item for _, item, _ in rec[n_train:]}
     timeline = _Timeline(rec, search, item_features, schema)
 
@@ -264,6 +267,8 @@ def build_user_examples(
 
     for position, (t, item, click) in enumerate(rec):
         split = splits[position]
+        if train_from is not None and t < train_from:
+            continue
         if split == "train":
             nip_pos = _right_pad(_sample_in_order(rng, pos_items[bisect.bisect_right(pos_ts, t):],
                                                   schema.nip_positives),
@@ -281,6 +286,8 @@ def build_user_examples(
         for t, _, _, item, clicked in search:
             if t >= end:
                 break
+            if train_from is not None and t < train_from:
+                continue
             yield S.SEARCH_TRAIN, {**impression(t, item, clicked, S.SEARCH_DOMAIN),
                                    S.NIP_POS_ITEM_IDS: no_pos, S.NIP_NEG_ITEM_IDS: no_neg}
 

@@ -42,3 +42,28 @@ def test_train_until_is_a_beijing_day_and_the_flags_are_checked(capsys):
         with pytest.raises(SystemExit):
             build_tfrecords.parse_args(["--input", "i", "--output", "o", *argv])
     assert "--train-until" in capsys.readouterr().err
+
+
+def test_train_from_keeps_earlier_impressions_as_history_only():
+    rec = [(10, 100, 1), (20, 101, 0), (30, 102, 1), (40, 103, 1), (50, 104, 0), (60, 105, 1)]
+    search = [(5, 1, (4,), 100, 1), (28, 2, (4,), 102, 1)]
+    examples = list(build_user_examples(1, rec, search, None, {}, SCHEMA,
+                                        time_split=(35, 55, 25), search_examples=True))
+    feed = [(split, ex[S.TIMESTAMP]) for split, ex in examples if split != S.SEARCH_TRAIN]
+    assert feed == [("train", 30), ("valid", 40), ("valid", 50), ("test", 60)]
+    # the example at 30 sees the click at 10, before the window (left-padded history)
+    assert examples[0][1][S.HIST_ITEM_IDS] == [S.PAD_ID, S.PAD_ID, S.PAD_ID, 100]
+    # and the same features as without --train-from: only the examples before 25 are gone
+    full = dict((ex[S.TIMESTAMP], ex) for _, ex in build_user_examples(
+        1, rec, search, None, {}, SCHEMA, time_split=(35, 55), search_examples=True))
+    assert examples[0][1][S.HIST_ITEM_IDS] == full[30][S.HIST_ITEM_IDS]
+    assert [ex[S.TIMESTAMP] for split, ex in examples if split == S.SEARCH_TRAIN] == [28]
+    args, _ = build_tfrecords.parse_args(["--input", "i", "--output", "o", "--split-by", "time",
+                                          "--train-until", "2023-05-23",
+                                          "--train-from", "2023-05-22"])
+    assert args.time_split[2] == 1_684_684_800_000
+    for argv in (["--train-from", "2023-05-22"],
+                 ["--split-by", "time", "--train-until", "2023-05-22", "--train-from",
+                  "2023-05-23"]):
+        with pytest.raises(SystemExit):
+            build_tfrecords.parse_args(["--input", "i", "--output", "o", *argv])
