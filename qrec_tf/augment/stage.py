@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 import yaml
 
-from qrec_tf import positives
+from qrec_tf import layout, positives
 from qrec_tf import schema as S
 from qrec_tf.augment.config import AugmentConfig, AugmentOutputConfig
 from qrec_tf.augment.generation import (
@@ -51,10 +51,11 @@ from qrec_tf.augment.vectors import (
 LOG = logging.getLogger("qrec_tf.augment")
 # What the stage writes into --output (besides positives/): the summary, the resolved config,
 # the trained weights and, while training runs, the checkpoints.
-SUMMARY_FILE = "augment_summary.json"
-CONFIG_FILE = "augment_config.yaml"
-WEIGHTS_FILE = "diffusion.weights.h5"
-CHECKPOINT_DIR = "checkpoints"
+# (qrec_tf.layout names them: a new Beam build of the same directory removes them.)
+SUMMARY_FILE = layout.AUGMENT_SUMMARY_FILE
+CONFIG_FILE = layout.AUGMENT_CONFIG_FILE
+WEIGHTS_FILE = layout.AUGMENT_WEIGHTS_FILE
+CHECKPOINT_DIR = layout.AUGMENT_CHECKPOINT_DIR
 
 
 def _peak_rss_mb() -> float:
