@@ -129,18 +129,15 @@ class CTRModel(keras.Model):
         self._tracing_reads = False       # only while input_feature_names() traces
 
     def use_row_counts(self, counts: Mapping[str, np.ndarray]) -> None:
-        """The mini-batch aware L2's n_j counted per table row in examples
-        (`model.embedding_l2_counts: rows`, `row_frequencies.count_example_rows`) instead of the
-        vocabularies' counts; `registry.build_model` counts them with this model's lookups
-        before it returns the model, so nothing outside construction sets them."""
+        """The L2's n_j per row counted in examples (`embedding_l2_counts: rows`), not the
+        vocabularies' counts: `registry.build_model` gives them before returning the model."""
         self.inverse_frequencies.update({
             vocab: tf.constant(row_frequencies.inverse_frequencies(rows))
             for vocab, rows in counts.items()})
 
     @classmethod
     def data_constants(cls, config: ModelConfig, data, vocabularies: Vocabularies) -> dict:
-        """Extra keyword arguments of the constructor read from the data directory (`data`, a
-        `qrec_tf.data_dir.DataDirectory`; none here)."""
+        """Constructor keywords read from `data` (a `data_dir.DataDirectory`; none here)."""
         return {}
 
     # --- pieces subclasses use -----------------------------------------------------------------
