@@ -98,6 +98,7 @@ from pipelines.log_reading import (
     sum_then_flatten,
 )
 from pipelines.user_examples import build_user_examples, query_items_of, sessions_of
+from qrec_tf import layout
 from qrec_tf import schema as S
 
 LOG = logging.getLogger("pipelines.build_tfrecords")
@@ -419,14 +420,6 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     return args, with_local_defaults(beam_args)
 
 
-def augment_outputs() -> tuple[str, ...]:
-    """What `python -m qrec_tf.augment --output <data dir>` writes: derived from one build, so
-    a new build removes them (imported here, not at module level: Beam workers need no Keras)."""
-    from qrec_tf import augment, positives
-    return (positives.POSITIVES_DIR, augment.SUMMARY_FILE, augment.CONFIG_FILE,
-            augment.WEIGHTS_FILE, augment.CHECKPOINT_DIR)
-
-
 def run(argv: Sequence[str] | None = None) -> dict:
     """Runs the job; returns stats.json's content. Raises InputError / SystemExit on failure."""
     args, beam_args = parse_args(argv)
@@ -439,7 +432,9 @@ def run(argv: Sequence[str] | None = None) -> dict:
                                   if args.previous_data else (None, None))
     out = StagedOutput(args.output, (*OUTPUT_DIRS, S.STATS_FILE, S.SCHEMA_FILE,
                                      S.ITEM_CATEGORIES_FILE),
-                       overwrite=args.overwrite, stale=augment_outputs())
+                       overwrite=args.overwrite,
+                       # derived from the previous build: a new build removes them
+                       stale=layout.AUGMENT_OUTPUTS)
     try:
         with FileSystems.create(out.staged(S.SCHEMA_FILE)) as f:
             f.write(args.schema.to_json().encode("utf-8"))

@@ -51,10 +51,14 @@ def compare_predictions(a: dict[str, np.ndarray], b: dict[str, np.ndarray],
             "delong": metrics.delong_test(labels, a["probability"], b["probability"])}
 
 
-def compare_models(model_dir_a: str, model_dir_b: str, data_dir: str, split: str = "test",
+def compare_models(model_dir_a: str, model_dir_b: str, data_dir, split: str = "test",
                    resamples: int = 2000, seed: int = 0, confidence: float = 0.95) -> dict:
+    """Both trained models scored on one split of `data_dir` (a path or a loaded
+    `qrec_tf.data_dir.DataDirectory`: loaded once for both) and compared."""
     from qrec_tf import evaluate
+    from qrec_tf.data_dir import DataDirectory
 
+    data_dir = DataDirectory.of(data_dir)
     predictions = [evaluate.predict(evaluate.load_trained_model(model_dir, data_dir)[1],
                                     data_dir, split) for model_dir in (model_dir_a, model_dir_b)]
     result = compare_predictions(*predictions, resamples=resamples, seed=seed,
@@ -62,19 +66,22 @@ def compare_models(model_dir_a: str, model_dir_b: str, data_dir: str, split: str
     return {"a": model_dir_a, "b": model_dir_b, "split": split, **result}
 
 
-def predict_saved_model(path: str, data_dir: str, split: str, batch_size: int = 4096
+def predict_saved_model(path: str, data_dir, split: str, batch_size: int = 4096
                         ) -> dict[str, np.ndarray]:
-    """As qrec_tf.evaluate.predict, with an exported version's serving_default signature."""
+    """As qrec_tf.evaluate.predict, with an exported version's serving_default signature
+    (`data_dir`: a path or a loaded `qrec_tf.data_dir.DataDirectory`)."""
     import tensorflow as tf
 
     from qrec_tf import data
+    from qrec_tf.data_dir import DataDirectory
 
     if not os.path.exists(os.path.join(path, "saved_model.pb")):
         raise FileNotFoundError(f"{path} is not an exported version (no saved_model.pb)")
     function = tf.saved_model.load(path).signatures["serving_default"]
     names = list(function.structured_input_signature[1])
     columns: dict[str, list] = {"user_id": [], "item_id": [], "label": [], "probability": []}
-    for batch in data.make_dataset(data_dir, split, batch_size, shuffle=False):
+    for batch in data.make_dataset(DataDirectory.of(data_dir), split, batch_size,
+                                   shuffle=False):
         columns["probability"].append(function(**{n: batch[n] for n in names})["ctr"].numpy())
         for key in ("user_id", "item_id", "label"):
             columns[key].append(batch[key].numpy())
@@ -135,9 +142,12 @@ def main(argv=None) -> int:
             result = compare_models(*args.model_dirs, args.data, args.split, args.resamples,
                                     args.seed, args.confidence)
         elif args.saved_models:
+            from qrec_tf.data_dir import DataDirectory
+
+            loaded = DataDirectory.of(args.data)   # read once for both exports
             result = {"a": args.saved_models[0], "b": args.saved_models[1],
                       "split": args.split, **compare_predictions(
-                          *(predict_saved_model(path, args.data, args.split)
+                          *(predict_saved_model(path, loaded, args.split)
                             for path in args.saved_models),
                           resamples=args.resamples, seed=args.seed, confidence=args.confidence)}
         else:

@@ -10,11 +10,12 @@ table. With `shard=(index, count)` both read one worker's disjoint part of the d
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
 import os
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -42,13 +43,24 @@ def shard_files(path: str, split: str) -> list[str]:
 
 
 def split_size(path: str, split: str) -> int | None:
-    """Examples in a split as the Beam job counted them (stats.json), or None if unknown."""
+    """Examples in a split as the Beam job counted them (stats.json), or None if unknown. (A
+    loaded `qrec_tf.data_dir.DataDirectory` reads stats.json once for every split.)"""
     stats_path = os.path.join(path, S.STATS_FILE)
     if not tf.io.gfile.exists(stats_path):
         return None
     with tf.io.gfile.GFile(stats_path) as f:
         count = json.load(f).get("examples", {}).get(split, {}).get("count")
     return int(count) if count is not None else None
+
+
+def _source(source, schema: S.Schema | None) -> tuple[str, S.Schema, Callable]:
+    """(path, schema, split -> examples) of a path, or of a loaded data directory
+    (`qrec_tf.data_dir.DataDirectory`, taken by its attributes: that module builds on this one),
+    whose schema.json and stats.json are then not read again."""
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        return path, schema or S.Schema.load(path), functools.partial(split_size, path)
+    return source.path, schema or source.schema, source.split_size
 
 
 def parse_examples(serialized: tf.Tensor, schema: S.Schema,
@@ -172,7 +184,7 @@ def _batch_and_parse(records: tf.data.Dataset, schema: S.Schema, names: list[str
 
 
 def make_dataset(
-    path: str,
+    path,
     split: str,
     batch_size: int,
     *,
@@ -189,7 +201,8 @@ def make_dataset(
     """A batched, prefetched dataset of one split.
 
     Args:
-      path: the pipeline's output directory (holds schema.json and train/ valid/ test/).
+      path: the pipeline's output directory (holds schema.json and train/ valid/ test/), or
+        that directory loaded (`qrec_tf.data_dir.DataDirectory`: its schema and split sizes).
       split: "train", "valid", "test" (or "search_train", the search examples alone).
       batch_size: examples per batch; the last batch is smaller unless `drop_remainder`.
       shuffle: shuffle shards and examples; defaults to True for "train" only. The pipeline
@@ -200,7 +213,7 @@ def make_dataset(
       drop_remainder: drop a last, smaller batch (static batch dimension, e.g. for TPUs).
       features: the feature names to parse (default: all in the schema).
       supervised: yield (features without the label, label) pairs for `keras.Model.fit`.
-      schema: defaults to `Schema.load(path)`.
+      schema: defaults to the data's (`Schema.load(path)`).
       shard: (index, count): read only the index-th of `count` disjoint parts of the split (one
         per worker; `Sharding`): by files when the split has at least `count` of them, else by
         example. The part's length is then unknown to the dataset.
@@ -209,20 +222,20 @@ def make_dataset(
       A dataset of {name: tensor [batch, *shape]} (or (features, label [batch]) pairs).
     """
     _check_sizes(batch_size, num_epochs)
-    schema = schema or S.Schema.load(path)
+    path, schema, sizes = _source(path, schema)
     names = _names(schema, features, supervised)
     shuffle = split == "train" if shuffle is None else shuffle
     records = _records(path, split, shuffle, shuffle_buffer, seed, shard)
     if num_epochs != 1:
         records = records.repeat(num_epochs)
-    size = split_size(path, split) if num_epochs is not None and shard is None else None
+    size = sizes(split) if num_epochs is not None and shard is None else None
     return _batch_and_parse(records, schema, names, batch_size, drop_remainder,
                             None if size is None else size * num_epochs, supervised,
                             deterministic=seed is not None or not shuffle)
 
 
 def make_multitask_dataset(
-    path: str,
+    path,
     batch_size: int,
     *,
     splits: Sequence[str] = ("train", S.SEARCH_TRAIN),
@@ -245,14 +258,14 @@ def make_multitask_dataset(
     _check_sizes(batch_size, num_epochs)
     if len(splits) < 2 or len(set(splits)) != len(splits):
         raise ValueError(f"splits must name two or more distinct splits, got {list(splits)}")
-    schema = schema or S.Schema.load(path)
+    path, schema, split_sizes = _source(path, schema)
     names = _names(schema, features, supervised)
     sources = []
     for i, split in enumerate(splits):
         records = _records(path, split, True, shuffle_buffer, None if seed is None else seed + i,
                            shard)
         sources.append(records.repeat(num_epochs) if num_epochs != 1 else records)
-    sizes = [split_size(path, split) for split in splits]
+    sizes = [split_sizes(split) for split in splits]
     if None in sizes:
         LOG.warning("stats.json does not count %s: mixing the splits in equal shares",
                     [s for s, n in zip(splits, sizes) if n is None])
@@ -301,13 +314,17 @@ def item_categories(path: str, item_values: Sequence) -> np.ndarray:
 
     Lets a model place an item it knows only by id (a query's clicked item) in the categories
     its targets are represented with, without reading a split."""
+    return item_categories_table(read_item_categories(path), item_values)
+
+
+def read_item_categories(path: str) -> dict[int, tuple[int, int, int]]:
+    """item id -> (category, sub-category, author) raw ids of `<path>/item_categories.tsv`."""
     file = os.path.join(path, S.ITEM_CATEGORIES_FILE)
     if not tf.io.gfile.exists(file):
         raise FileNotFoundError(f"{file} not found: rebuild {path!r} with this version of "
                                 "`python -m pipelines.build_tfrecords` (model.query_item_context "
                                 "and model.search_match read it)")
-    row_of = {int(value): row for row, value in enumerate(item_values, start=2)}
-    table = np.full((len(item_values) + 2, 3), S.PAD_ID, np.int64)
+    rows = {}
     with tf.io.gfile.GFile(file) as f:
         for number, line in enumerate(f, start=1):
             fields = line.split("\t")
@@ -317,7 +334,17 @@ def item_categories(path: str, item_values: Sequence) -> np.ndarray:
                     "sub-category, author): the data was written by an older version of "
                     "pipelines.build_tfrecords; run it again with this version")
             item, category, subcategory, author = (int(x) for x in fields)
-            row = row_of.get(item)
-            if row is not None:
-                table[row] = (category, subcategory, author)
+            rows[item] = (category, subcategory, author)
+    return rows
+
+
+def item_categories_table(rows: dict[int, tuple[int, int, int]], item_values: Sequence
+                          ) -> np.ndarray:
+    """`item_categories`' table from `read_item_categories`' rows (a later row of an item wins,
+    as it did when the file was written into the table line by line)."""
+    table = np.full((len(item_values) + 2, 3), S.PAD_ID, np.int64)
+    for row, value in enumerate(item_values, start=2):
+        found = rows.get(int(value))
+        if found is not None:
+            table[row] = found
     return table

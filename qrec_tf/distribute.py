@@ -26,8 +26,9 @@ from typing import Callable, Sequence
 
 import tensorflow as tf
 
-from qrec_tf import data, model_layout
+from qrec_tf import model_layout
 from qrec_tf import schema as S
+from qrec_tf.data_dir import DataDirectory
 
 LOG = logging.getLogger(__name__)
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
@@ -164,9 +165,12 @@ def steps_for(examples: int | None, global_batch: int, what: str, key: str) -> i
     return math.ceil(examples / global_batch)
 
 
-def training_input(strategy: tf.distribute.Strategy, data_dir: str, train_config,
-                   multitask: bool, features: Sequence[str] | None = None) -> tuple:
+def training_input(strategy: tf.distribute.Strategy, data_dir: DataDirectory | str,
+                   train_config, multitask: bool, features: Sequence[str] | None = None
+                   ) -> tuple:
     """(train data, valid data, steps_per_epoch, validation_steps) for `keras.Model.fit`.
+
+    `data_dir`: the loaded data directory (its schema and stats.json's split sizes).
 
     `features`: the features to parse (the model's `input_feature_names`; default every one).
 
@@ -177,25 +181,26 @@ def training_input(strategy: tf.distribute.Strategy, data_dir: str, train_config
     (stats.json) at the global batch; validation likewise (train.validation_steps).
     """
     tc = train_config
+    data_dir = DataDirectory.of(data_dir)
     workers = in_multi_worker_mode(strategy)
     steps, valid_steps = tc.steps_per_epoch, tc.validation_steps
     if workers:
         splits = ("train", S.SEARCH_TRAIN) if multitask else ("train",)
-        sizes = [data.split_size(data_dir, split) for split in splits]
+        sizes = [data_dir.split_size(split) for split in splits]
         steps = steps or steps_for(None if None in sizes else sum(sizes), tc.batch_size,
                                    "train", "train.steps_per_epoch")
-        valid_steps = valid_steps or steps_for(data.split_size(data_dir, "valid"), tc.batch_size,
+        valid_steps = valid_steps or steps_for(data_dir.split_size("valid"), tc.batch_size,
                                                "valid", "train.validation_steps")
 
     def train_input(batch: int, shard: tuple[int, int] | None) -> tf.data.Dataset:
         options = dict(seed=tc.seed, shuffle_buffer=tc.shuffle_buffer, supervised=True,
                        num_epochs=None if steps else 1, shard=shard, features=features)
-        return (data.make_multitask_dataset(data_dir, batch, **options) if multitask
-                else data.make_dataset(data_dir, "train", batch, **options))
+        return (data_dir.multitask_dataset(batch, **options) if multitask
+                else data_dir.dataset("train", batch, **options))
 
     def valid_input(batch: int, shard: tuple[int, int] | None) -> tf.data.Dataset:
-        return data.make_dataset(data_dir, "valid", batch, supervised=True, shard=shard,
-                                 num_epochs=None if valid_steps else 1, features=features)
+        return data_dir.dataset("valid", batch, supervised=True, shard=shard,
+                                num_epochs=None if valid_steps else 1, features=features)
 
     if distributes_input(strategy):
         return (distribute_datasets(strategy, tc.batch_size, train_input),

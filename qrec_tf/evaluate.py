@@ -20,22 +20,12 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-from qrec_tf import data, metrics, model_layout
+from qrec_tf import data, metrics
 from qrec_tf import schema as S
-from qrec_tf.config import load_config
-from qrec_tf.models.registry import build_model
-from qrec_tf.warm_start import check_model_data
+from qrec_tf.data_dir import DataDirectory
 
-
-def load_trained_model(model_dir: str, data_dir: str):
-    """Rebuilds the model from <model_dir>/config.yaml and loads its trained weights."""
-    config_path, weights = model_layout.finished_run_files(model_dir, repr(model_dir))
-    check_model_data(model_dir, data_dir)   # one clear message, not a shape error in Keras
-    config = load_config(config_path)
-    model = build_model(config.model, data_dir)
-    model.load_weights(weights)
-    return config, model
-
+# Rebuilds a trained model on a data directory: the CLIs' (and export's) name for it.
+from qrec_tf.models.registry import load_trained_model  # noqa: F401 (this module's API)
 
 PREDICTION_COLUMNS = ("row", "user_id", "item_id", "label", "probability")
 
@@ -54,12 +44,13 @@ def _scoring_function(model):
     return _SCORING_FUNCTIONS[model]
 
 
-def predict(model, data_dir: str, split: str, batch_size: int = 4096) -> dict[str, np.ndarray]:
+def predict(model, data_dir: DataDirectory | str, split: str, batch_size: int = 4096
+            ) -> dict[str, np.ndarray]:
     """{"user_id", "item_id", "label", "probability"}: one value per example of a whole split,
     in the split's file order (the same order for every model)."""
     score = _scoring_function(model)
     columns: dict[str, list] = {"user_id": [], "item_id": [], "label": [], "probability": []}
-    for batch in data.make_dataset(data_dir, split, batch_size, shuffle=False):
+    for batch in data.make_dataset(DataDirectory.of(data_dir), split, batch_size, shuffle=False):
         columns["probability"].append(score(batch).numpy())
         columns["user_id"].append(batch[S.USER_ID].numpy())
         columns["item_id"].append(batch[S.ITEM_ID].numpy())
@@ -67,10 +58,11 @@ def predict(model, data_dir: str, split: str, batch_size: int = 4096) -> dict[st
     return {name: np.concatenate(values) for name, values in columns.items()}
 
 
-def item_popularity(data_dir: str, item_ids: np.ndarray) -> np.ndarray:
+def item_popularity(data_dir: DataDirectory | str, item_ids: np.ndarray) -> np.ndarray:
     """float64 [rows]: how often each item occurs in the training data (the Beam job's
     vocab/items.txt counts; 0 for an item outside it): the popularity baseline's score."""
-    counts = {int(value): count for value, count in S.read_vocab(data_dir, S.VOCAB_ITEMS)}
+    counts = {int(value): count
+              for value, count in DataDirectory.of(data_dir).vocab(S.VOCAB_ITEMS)}
     return np.array([counts.get(int(item), 0) for item in np.ravel(item_ids)], np.float64)
 
 
@@ -103,15 +95,16 @@ def read_predictions(path: str) -> dict[str, np.ndarray]:
             "label": values[:, 3].astype(np.int64), "probability": values[:, 4]}
 
 
-def evaluate(model_dir: str, data_dir: str, split: str, batch_size: int = 4096,
+def evaluate(model_dir: str, data_dir: DataDirectory | str, split: str, batch_size: int = 4096,
              predictions_path: str | None = None) -> dict:
     """The metrics of a trained model on a split; with `predictions_path` also writes its
     per-example scores there (write_predictions)."""
+    data_dir = DataDirectory.of(data_dir)
     config, model = load_trained_model(model_dir, data_dir)
     try:
         predictions = predict(model, data_dir, split, batch_size)
     except tf.errors.DataLossError as error:
-        raise data.corrupt_data_error(data_dir, [split], error) from None
+        raise data.corrupt_data_error(data_dir.path, [split], error) from None
     if predictions_path:
         write_predictions(predictions_path, predictions)
     result = metrics.all_metrics(predictions["user_id"], predictions["label"],

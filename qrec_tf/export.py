@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import shutil
@@ -52,6 +51,7 @@ import tensorflow as tf
 
 from qrec_tf import data, model_layout
 from qrec_tf import schema as S
+from qrec_tf.data_dir import DataDirectory
 from qrec_tf.evaluate import load_trained_model
 from qrec_tf.models.base import MIN_CANDIDATE_STEP, CTRModel
 from qrec_tf.train import TrainingDiverged, check_finite_weights
@@ -256,10 +256,10 @@ def remove_stale_staging(output: str, min_age_seconds: float = STALE_STAGING_SEC
 
 
 # --- sample requests: verification and TF Serving warmup ----------------------------------------
-def sample_rows(data_dir: str, schema: S.Schema, split: str = "test", rows: int = 64
-                ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def sample_rows(data_dir: DataDirectory | str, schema: S.Schema, split: str = "test",
+                rows: int = 64) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Up to `rows` examples of a split: (model features {name: [B, *shape]}, serialized [B])."""
-    files = data.shard_files(data_dir, split)
+    files = data.shard_files(DataDirectory.of(data_dir).path, split)
     serialized = np.array([r.numpy() for r in tf.data.TFRecordDataset(
         files, compression_type=S.COMPRESSION).take(rows)], dtype=object)
     parsed = data.parse_examples(tf.constant(serialized, tf.string), schema,
@@ -364,23 +364,11 @@ def write_warmup(export_path: str, model_name: str, schema: S.Schema,
 
 
 # --- the export --------------------------------------------------------------------------------
-def resolve_data_dir(model_dir: str, data_dir: str | None) -> str:
-    """--data, or the data directory the model was trained on (run.json)."""
-    if data_dir:
-        return data_dir
-    run_file = model_layout.run_path(model_dir)
-    if not os.path.exists(run_file):
-        raise FileNotFoundError(f"{run_file} not found: pass --data (the Beam job's output the "
-                                "model was trained on)")
-    with open(run_file) as f:
-        recorded = json.load(f).get("data_dir")
-    if not recorded or not os.path.isdir(recorded):
-        raise FileNotFoundError(f"{run_file} records data_dir {recorded!r}, which does not exist "
-                                "here: pass --data")
-    return recorded
+# (It lives in model_layout, which the augment stage may import; the name stays here.)
+resolve_data_dir = model_layout.resolve_data_dir
 
 
-def export(model_dir: str, output: str, data_dir: str | None = None,
+def export(model_dir: str, output: str, data_dir: DataDirectory | str | None = None,
            version: int | None = None, verify_split: str = "test", xla: bool = True,
            warmup_max_candidates: int = WARMUP_MAX_CANDIDATES) -> str:
     """Exports the trained model in `model_dir` to `<output>/<version>`; returns that path.
@@ -399,7 +387,7 @@ def export(model_dir: str, output: str, data_dir: str | None = None,
       warmup_max_candidates: the warmup file covers every candidate bucket up to this many
         candidates (write_warmup).
     """
-    data_dir = resolve_data_dir(model_dir, data_dir)
+    data_dir = DataDirectory.of(resolve_data_dir(model_dir, data_dir))   # loaded once
     if warmup_max_candidates < 1:
         raise ValueError(f"--warmup-max-candidates must be >= 1, got {warmup_max_candidates}")
     if version is not None:

@@ -74,3 +74,19 @@ def write_run(model_dir: str, run: dict) -> None:
 def read_run(model_dir: str) -> dict:
     with open(run_path(model_dir)) as f:
         return json.load(f)
+
+
+def resolve_data_dir(model_dir: str, data_dir: str | None) -> str:
+    """--data, or the data directory the model was trained on (run.json)."""
+    if data_dir:
+        return data_dir
+    run_file = run_path(model_dir)
+    if not os.path.exists(run_file):
+        raise FileNotFoundError(f"{run_file} not found: pass --data (the Beam job's output the "
+                                "model was trained on)")
+    with open(run_file) as f:
+        recorded = json.load(f).get("data_dir")
+    if not recorded or not os.path.isdir(recorded):
+        raise FileNotFoundError(f"{run_file} records data_dir {recorded!r}, which does not exist "
+                                "here: pass --data")
+    return recorded

@@ -14,10 +14,10 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from qrec_tf import data
+from qrec_tf import data, layout
 from qrec_tf import schema as S
 
-POSITIVES_DIR = "positives"
+POSITIVES_DIR = layout.POSITIVES_DIR   # <data>/positives/ (qrec_tf.layout)
 POSITIVES_SPEC = {"query_key": tf.io.FixedLenFeature((), tf.string),
                   "item_ids": tf.io.VarLenFeature(tf.int64)}
 

@@ -30,11 +30,28 @@ import functools
 import hashlib
 import json
 import math
-import os
 from typing import Any, Iterable, Mapping
 
 import tensorflow as tf
 from tensorflow.core.example import example_pb2
+
+# The data directory's names live in qrec_tf.layout (dependency-free, for the Beam jobs too);
+# re-exported here, where every reader of the data has always found them.
+from qrec_tf.layout import (  # noqa: F401 (re-exported)
+    COMPRESSION,
+    DEAD_LETTER_DIR,
+    EXAMPLE_FILE_PATTERN,
+    EXAMPLE_SPLITS,
+    ITEM_CATEGORIES_FILE,
+    QUERY_ITEMS_DIR,
+    SCHEMA_FILE,
+    SEARCH_TRAIN,
+    SPLITS,
+    STATS_FILE,
+    VOCAB_DIR,
+    schema_path,
+    vocab_path,
+)
 
 PAD_ID = -1
 PAD_KEY = b""
@@ -97,25 +114,6 @@ QI_CLICKED_ITEM_IDS = "clicked_item_ids"          # int64 [None] clicked after t
 QI_CLICK_COUNTS = "click_counts"                  # int64 [None] clicks per clicked item
 QI_UNCLICKED_ITEM_IDS = "unclicked_item_ids"      # int64 [None] shown, never clicked
 QI_SESSIONS = "sessions"                          # int64 [] search sessions with this query
-
-# --- files the Beam job writes under its output directory ----------------------------------
-SPLITS = ("train", "valid", "test")
-# Search impressions as training examples (`build_tfrecords --search-examples`): a directory of
-# its own, so that only a model that asks for them (PLE) ever reads them.
-SEARCH_TRAIN = "search_train"
-EXAMPLE_SPLITS = (*SPLITS, SEARCH_TRAIN)
-VOCAB_DIR = "vocab"
-QUERY_ITEMS_DIR = "query_items"
-DEAD_LETTER_DIR = "dead_letter"
-STATS_FILE = "stats.json"
-SCHEMA_FILE = "schema.json"
-# One line per item_features row: "item_id<TAB>category<TAB>sub-category<TAB>author" (raw ids,
-# PAD_ID for a missing one), in no particular order: how a model places an item it knows only by
-# id (a query's clicked item).
-ITEM_CATEGORIES_FILE = "item_categories.tsv"
-EXAMPLE_FILE_PATTERN = "*.tfrecord.gz"
-COMPRESSION = "GZIP"
-
 
 @dataclasses.dataclass(frozen=True)
 class Feature:
@@ -290,13 +288,7 @@ class Schema:
 
     @classmethod
     def load(cls, data_dir: str) -> "Schema":
-        path = os.path.join(data_dir, SCHEMA_FILE)
-        if not tf.io.gfile.exists(path):
-            raise FileNotFoundError(
-                f"{path} not found: is {data_dir!r} the output directory of "
-                "`python -m pipelines.build_tfrecords`?")
-        with tf.io.gfile.GFile(path) as f:
-            return cls.from_json(f.read())
+        return load_with_lineage(data_dir)[0]
 
 
 # schema.json's record of the build (pipelines.build_tfrecords): {"build_id": this build's id,
@@ -306,14 +298,22 @@ class Schema:
 LINEAGE = "lineage"
 
 
+def load_with_lineage(data_dir: str) -> tuple[Schema, dict | None]:
+    """The schema and the lineage of <data_dir>/schema.json, from one read of the file (the one
+    reader of it: `Schema.load`, `read_lineage` and `qrec_tf.data_dir.DataDirectory` use it)."""
+    path = schema_path(data_dir)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(
+            f"{path} not found: is {data_dir!r} the output directory of "
+            "`python -m pipelines.build_tfrecords`?")
+    with tf.io.gfile.GFile(path) as f:
+        text = f.read()
+    return Schema.from_json(text), json.loads(text).get(LINEAGE)
+
+
 def read_lineage(data_dir: str) -> dict | None:
     """The lineage in <data_dir>/schema.json, or None for data written without one."""
-    path = os.path.join(data_dir, SCHEMA_FILE)
-    if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"{path} not found: is {data_dir!r} the output directory of "
-                                "`python -m pipelines.build_tfrecords`?")
-    with tf.io.gfile.GFile(path) as f:
-        return json.loads(f.read()).get(LINEAGE)
+    return load_with_lineage(data_dir)[1]
 
 
 def vocab_fingerprint(values: Iterable[str]) -> str:
@@ -397,10 +397,6 @@ def query_items_example(query_key: str, word_ids: Iterable[int], clicked: Mappin
     out[QI_UNCLICKED_ITEM_IDS].int64_list.value.extend(sorted(unclicked))
     out[QI_SESSIONS].int64_list.value.append(sessions)
     return example.SerializeToString(deterministic=True)  # key order, as ExampleSerializer
-
-
-def vocab_path(data_dir: str, vocab: str) -> str:
-    return os.path.join(data_dir, VOCAB_DIR, vocab + ".txt")
 
 
 def read_vocab(data_dir: str, vocab: str) -> list[tuple[str, int]]:

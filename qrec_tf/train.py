@@ -27,8 +27,8 @@ import tensorflow as tf
 from qrec_tf import data, distribute, model_layout, warm_start
 from qrec_tf import schema as S
 from qrec_tf.config import Config, load_config
+from qrec_tf.data_dir import DataDirectory
 from qrec_tf.distribute import STRATEGIES, make_strategy  # noqa: F401 (this module's API)
-from qrec_tf.models import row_frequencies
 from qrec_tf.models.registry import build_model
 from qrec_tf.optimizers import make_optimizer
 
@@ -136,25 +136,28 @@ def check_finite_weights(model: keras.Model, what: str) -> None:
                                    "values")
 
 
-def train(config: Config, data_dir: str, model_dir: str, strategy_name: str = "default",
+def train(config: Config, data_dir: str | DataDirectory, model_dir: str,
+          strategy_name: str = "default",
           mixed_precision: bool = False, verbose="auto",
           extra_callbacks: list | None = None, worker_dir: str | None = None,
           warm_start_dir: str | None = None) -> dict:
     """Runs training; returns what run.json holds. Under several workers only the chief writes
     `model_dir`; the others write to `worker_dir` (kept) or a private temporary directory.
     `warm_start_dir`: a finished run's --model-dir that the model starts from
-    (qrec_tf.warm_start)."""
-    S.Schema.load(data_dir)  # a clear error early when --data is not the Beam job's output
+    (qrec_tf.warm_start). `data_dir`: the data directory, loaded once here when given as a path
+    and passed to everything that reads it."""
+    data_dir = DataDirectory.of(data_dir)
+    data_dir.schema  # a clear error early when --data is not the Beam job's output
     if os.path.exists(model_dir) and not os.path.isdir(model_dir):
         raise ValueError(f"--model-dir {model_dir} is a file, not a directory")
     try:
         return _train(config, data_dir, model_dir, strategy_name, mixed_precision, verbose,
                       extra_callbacks, worker_dir, warm_start_dir)
     except tf.errors.DataLossError as error:
-        raise data.corrupt_data_error(data_dir, S.EXAMPLE_SPLITS, error) from None
+        raise data.corrupt_data_error(data_dir.path, S.EXAMPLE_SPLITS, error) from None
 
 
-def _train(config: Config, data_dir: str, model_dir: str, strategy_name: str,
+def _train(config: Config, data_dir: DataDirectory, model_dir: str, strategy_name: str,
            mixed_precision: bool, verbose, extra_callbacks: list | None,
            worker_dir: str | None, warm_start_dir: str | None) -> dict:
     # First: a MultiWorkerMirroredStrategy must configure the runtime before it starts.
@@ -181,12 +184,6 @@ def _train(config: Config, data_dir: str, model_dir: str, strategy_name: str,
     # Only what the model reads is parsed (~1/3 of an example's values for din).
     train_data, valid_data, steps_per_epoch, validation_steps = distribute.training_input(
         strategy, data_dir, tc, model.trains_on_search_examples, model.input_feature_names())
-    if config.model.embedding_l2 and config.model.embedding_l2_counts == "rows":
-        counted = row_frequencies.count_example_rows(model, data.make_dataset(
-            data_dir, "train", 4096, shuffle=False, features=model.input_feature_names()))
-        model.inverse_frequencies.update({
-            vocab: tf.constant(row_frequencies.inverse_frequencies(counts))
-            for vocab, counts in counted.items()})
     best_weights = model_layout.best_weights_path(model_dir)
     throughput = ThroughputLogger(model_layout.tensorboard_dir(model_dir), tc.batch_size)
     checkpoint = keras.callbacks.ModelCheckpoint(best_weights, monitor="val_auc", mode="max",
@@ -219,7 +216,7 @@ def _train(config: Config, data_dir: str, model_dir: str, strategy_name: str,
     val_auc = history.history.get("val_auc", [])  # every epoch, those before a resume too
     summary = {
         "model": config.model.name,
-        "data_dir": os.path.abspath(data_dir),
+        "data_dir": os.path.abspath(data_dir.path),
         "epochs_run": len(val_auc),
         "best_epoch": (int(max(range(len(val_auc)), key=val_auc.__getitem__)) + 1
                        if val_auc else None),
@@ -227,7 +224,7 @@ def _train(config: Config, data_dir: str, model_dir: str, strategy_name: str,
         "train_seconds": elapsed,
         "examples_per_second": history.history.get("examples_per_second", throughput.rates),
         "history": history.history,
-        "data_lineage": S.read_lineage(data_dir),
+        "data_lineage": data_dir.lineage,
         "warm_start": warm,
     }
     model_layout.write_run(model_dir, summary)

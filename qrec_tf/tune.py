@@ -30,7 +30,6 @@ import sys
 import keras
 import yaml
 
-from qrec_tf import schema as S
 from qrec_tf.config import Config, load_config
 
 
@@ -113,13 +112,17 @@ class _ReportValidationAUC(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def tune(config_path: str, data_dir: str, output_dir: str, trials: int,
+def tune(config_path: str, data_dir, output_dir: str, trials: int,
          overrides: list[str] = (), space: list[Dimension] | None = None, seed: int = 0,
          verbose: int = 0) -> dict:
-    """Runs the study; returns what study.json holds."""
+    """Runs the study; returns what study.json holds. `data_dir`: a path or a loaded
+    `qrec_tf.data_dir.DataDirectory`, loaded once for every trial."""
     import optuna
 
     from qrec_tf import train as trainer
+    from qrec_tf.data_dir import DataDirectory
+
+    data_dir = DataDirectory.of(data_dir)
 
     dimensions = {d.key: d for d in default_space(load_config(config_path, overrides))}
     dimensions.update({d.key: d for d in space or []})
@@ -161,7 +164,7 @@ def tune(config_path: str, data_dir: str, output_dir: str, trials: int,
         f.write(f"# qrec_tf.tune: best of {len(study.trials)} trials, validation AUC "
                 f"{best.value:.4f} (trial {best.number})\n")
         f.write(best_config.to_yaml())
-    result = {"config": config_path, "data_dir": os.path.abspath(data_dir), "seed": seed,
+    result = {"config": config_path, "data_dir": os.path.abspath(data_dir.path), "seed": seed,
               "space": {key: d.describe() for key, d in dimensions.items()},
               "trials": len(study.trials), "complete": len(complete),
               "pruned": len(study.trials) - len(complete),
@@ -204,8 +207,11 @@ def main(argv=None) -> int:
         space = [parse_dimension(text) for text in args.space]
         config = load_config(args.config, args.set)
         output = args.output or os.path.join("tune_out", config.model.name)
-        S.Schema.load(args.data)   # a clear error early when --data is not the Beam job's
-        result = tune(args.config, args.data, output, args.trials, args.set, space, args.seed)
+        from qrec_tf.data_dir import DataDirectory
+
+        data = DataDirectory.of(args.data)
+        data.schema   # a clear error early when --data is not the Beam job's output
+        result = tune(args.config, data, output, args.trials, args.set, space, args.seed)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2

@@ -29,15 +29,17 @@ import tensorflow as tf
 from qrec_tf import model_layout
 from qrec_tf import schema as S
 from qrec_tf.config import ModelConfig, load_config
+from qrec_tf.data_dir import DataDirectory
 from qrec_tf.models.base import CTRModel, Vocabularies
-from qrec_tf.models.registry import build_with_vocabularies
+from qrec_tf.models.registry import build_with_vocabularies, load_vocabularies
 
 # Config values that fix the variables' shapes and meaning: a warm start keeps them.
 STRUCTURAL = ("name", "embedding_dim", "oov_buckets", "mlp_units", "attention_units")
 
 
-def save_vocabularies(data_dir: str, model_dir: str) -> None:
+def save_vocabularies(data_dir: DataDirectory | str, model_dir: str) -> None:
     """Copies <data_dir>/vocab/ to <model_dir>/vocab/: what a later warm start maps rows by."""
+    data_dir = DataDirectory.of(data_dir).path
     target = model_layout.vocab_dir(model_dir)
     if os.path.exists(target):
         shutil.rmtree(target)
@@ -48,8 +50,6 @@ def save_vocabularies(data_dir: str, model_dir: str) -> None:
 
 def model_vocabularies(model_dir: str, schema: S.Schema, oov_buckets: int) -> Vocabularies:
     """The vocabularies a trained model was built with (<model_dir>/vocab/)."""
-    from qrec_tf.models.registry import load_vocabularies
-
     vocab_dir = model_layout.vocab_dir(model_dir)
     if not os.path.isdir(vocab_dir):
         raise FileNotFoundError(f"{vocab_dir} not found: --warm-start needs a model trained by "
@@ -79,7 +79,7 @@ def row_mapping(old: Vocabularies, new: Vocabularies, vocab: str) -> tuple[np.nd
     return rows[:, 0], rows[:, 1]
 
 
-def warm_start(model: CTRModel, previous_dir: str, data_dir: str) -> dict:
+def warm_start(model: CTRModel, previous_dir: str, data_dir: DataDirectory | str) -> dict:
     """Copies the trained model in `previous_dir` into `model` (built on `data_dir`); returns
     {"from", "tables": {vocab: {"kept", "new", "dropped"}}, "variables": copied count}."""
     config_path, weights = model_layout.finished_run_files(previous_dir,
@@ -87,7 +87,7 @@ def warm_start(model: CTRModel, previous_dir: str, data_dir: str) -> dict:
     previous_config = load_config(config_path).model
     check_structure(previous_config, model.config, previous_dir)
     old_vocab = model_vocabularies(previous_dir, model.schema, previous_config.oov_buckets)
-    old = build_with_vocabularies(previous_config, data_dir, model.schema, old_vocab)
+    old = build_with_vocabularies(previous_config, data_dir, old_vocab)
     old.load_weights(weights)
 
     old_tables = {id(v): name for name, v in old.embedding_tables().items()}
@@ -117,29 +117,3 @@ def warm_start(model: CTRModel, previous_dir: str, data_dir: str) -> dict:
             target.assign(variable)
         report["variables"] += 1
     return report
-
-
-def check_model_data(model_dir: str, data_dir: str) -> None:
-    """ValueError, in one message, when the model in `model_dir` was built on other
-    vocabularies than `data_dir`'s (its rows would be read as other ids). A model without
-    <model_dir>/vocab/ (trained before it was kept) is not checked."""
-    vocab_dir = model_layout.vocab_dir(model_dir)
-    if not os.path.isdir(vocab_dir):
-        return
-    lineage = S.read_lineage(data_dir) or {}
-    run = model_layout.read_run(model_dir) if os.path.exists(
-        model_layout.run_path(model_dir)) else {}
-    trained_on = (run.get("data_lineage") or {}).get("build_id", "unrecorded")
-    for vocab in S.VOCABULARIES:
-        mine = [value for value, _ in S.read_vocab(model_dir, vocab)]
-        theirs = [value for value, _ in S.read_vocab(data_dir, vocab)]
-        if mine != theirs:
-            extended = theirs[:len(mine)] == mine
-            raise ValueError(
-                f"the model in {model_dir} (trained on build {trained_on}) does not match the "
-                f"data in {data_dir} (build {lineage.get('build_id', 'unrecorded')}): vocabulary "
-                f"{vocab!r} has {len(mine)} values there and {len(theirs)} here"
-                + (", which extend them" if extended else ", in another order")
-                + ". Score new data with the model's export (python -m qrec_tf.compare "
-                  "--saved-models), or train on it with python -m qrec_tf.train --warm-start "
-                  f"{model_dir}")

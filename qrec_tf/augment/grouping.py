@@ -16,8 +16,9 @@ import logging
 import numpy as np
 import tensorflow as tf
 
-from qrec_tf import data
+from qrec_tf import layout
 from qrec_tf import schema as S
+from qrec_tf.data_dir import DataDirectory
 
 LOG = logging.getLogger("qrec_tf.augment")
 # Knuth's multiplicative hash (2^64 / golden ratio): spreads sequential or strided item ids
@@ -147,11 +148,13 @@ def group_items(item_ids: np.ndarray, categories: np.ndarray, hash_group_count: 
 
 def read_item_embeddings(model_dir: str, item_ids: np.ndarray) -> np.ndarray:
     """float32 [N, d]: the item embedding table of a trained CTR model (the --model-dir of
-    `python -m qrec_tf.train`) at each of `item_ids`, NaN rows for the ids its vocabulary lacks."""
-    from qrec_tf.evaluate import load_trained_model
-    from qrec_tf.export import resolve_data_dir
+    `python -m qrec_tf.train`) at each of `item_ids`, NaN rows for the ids its vocabulary lacks.
+    (The model through `models.registry`, imported here: only this option loads model code.)"""
+    from qrec_tf import model_layout
+    from qrec_tf.models import registry
 
-    _, model = load_trained_model(model_dir, resolve_data_dir(model_dir, None))
+    _, model = registry.load_trained_model(model_dir,
+                                           model_layout.resolve_data_dir(model_dir, None))
     table = model.embeddings[S.VOCAB_ITEMS].embeddings.numpy()
     row_of_id = {int(v): i + 2 for i, v in enumerate(model.vocabularies.values[S.VOCAB_ITEMS])}
     rows = np.array([row_of_id.get(int(i), -1) for i in item_ids], np.int64)
@@ -160,7 +163,7 @@ def read_item_embeddings(model_dir: str, item_ids: np.ndarray) -> np.ndarray:
     return out
 
 
-def read_item_groups(data_dir: str, item_ids: np.ndarray, hash_group_count: int,
+def read_item_groups(data_dir: DataDirectory | str, item_ids: np.ndarray, hash_group_count: int,
                      embeddings_model_dir: str = "", seed: int = 0, level: int = 1
                      ) -> ItemGroups:
     """The groups of `item_ids` from the Beam job's `<data_dir>/item_categories.tsv` (read by
@@ -170,8 +173,10 @@ def read_item_groups(data_dir: str, item_ids: np.ndarray, hash_group_count: int,
     file every item goes that way, with a warning."""
     if level not in (1, 2):
         raise ValueError(f"the category level must be 1 or 2, got {level}")
-    if tf.io.gfile.exists(f"{data_dir}/{S.ITEM_CATEGORIES_FILE}"):
-        categories = data.item_categories(data_dir, item_ids.tolist())[2:, level - 1]
+    loaded = DataDirectory.of(data_dir)
+    data_dir = loaded.path
+    if tf.io.gfile.exists(layout.item_categories_path(data_dir)):
+        categories = loaded.item_categories(item_ids.tolist())[2:, level - 1]
     else:
         LOG.warning("%s/%s not found: grouping all %d items without categories into at most %d "
                     "latent groups (%s)", data_dir, S.ITEM_CATEGORIES_FILE, len(item_ids),

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 import yaml
 
-from qrec_tf import positives
+from qrec_tf import layout, positives
 from qrec_tf import schema as S
 from qrec_tf.augment.config import AugmentConfig, AugmentOutputConfig
 from qrec_tf.augment.generation import (
@@ -47,14 +47,16 @@ from qrec_tf.augment.vectors import (
     hold_out,
     read_query_items,
 )
+from qrec_tf.data_dir import DataDirectory
 
 LOG = logging.getLogger("qrec_tf.augment")
 # What the stage writes into --output (besides positives/): the summary, the resolved config,
 # the trained weights and, while training runs, the checkpoints.
-SUMMARY_FILE = "augment_summary.json"
-CONFIG_FILE = "augment_config.yaml"
-WEIGHTS_FILE = "diffusion.weights.h5"
-CHECKPOINT_DIR = "checkpoints"
+# (qrec_tf.layout names them: a new Beam build of the same directory removes them.)
+SUMMARY_FILE = layout.AUGMENT_SUMMARY_FILE
+CONFIG_FILE = layout.AUGMENT_CONFIG_FILE
+WEIGHTS_FILE = layout.AUGMENT_WEIGHTS_FILE
+CHECKPOINT_DIR = layout.AUGMENT_CHECKPOINT_DIR
 
 
 def _peak_rss_mb() -> float:
@@ -130,7 +132,7 @@ class _Model:
     DenseRows, the queries per generation batch, the memory estimate and what the summary says
     of its item groups (latent path only)."""
 
-    def __init__(self, config: AugmentConfig, data_dir: str, space: ItemSpace,
+    def __init__(self, config: AugmentConfig, data_dir: DataDirectory, space: ItemSpace,
                  train_dense: DenseRows, train_rows: np.ndarray):
         self.config, items = config, len(space.item_ids)
         if config.model.latent:
@@ -162,13 +164,16 @@ class _Model:
         return memory_estimate_mb(self.config, items, entries, queries)
 
 
-def run(config: AugmentConfig, data_dir: str, output_dir: str, verbose="auto",
+def run(config: AugmentConfig, data_dir: DataDirectory | str, output_dir: str, verbose="auto",
         extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict:
-    """Runs the stage; returns what augment_summary.json holds."""
+    """Runs the stage; returns what augment_summary.json holds. `data_dir`: the Beam job's
+    output (only query_items/, vocab/items.txt and, for latent groups, item_categories.tsv are
+    read), a path or loaded (`qrec_tf.data_dir.DataDirectory`)."""
     started = time.perf_counter()
+    loaded = DataDirectory.of(data_dir)
+    data_dir = loaded.path
     table = read_query_items(data_dir)
-    vocabulary = np.array([int(value) for value, _ in S.read_vocab(data_dir, S.VOCAB_ITEMS)],
-                          np.int64)
+    vocabulary = np.array([int(value) for value, _ in loaded.vocab(S.VOCAB_ITEMS)], np.int64)
     clicks_per_query = np.bincount(table.clicked_rows, minlength=len(table.keys))
     has_clicks = clicks_per_query > 0
     to_generate = queries_to_fill(clicks_per_query, config.output)
@@ -208,7 +213,7 @@ def run(config: AugmentConfig, data_dir: str, output_dir: str, verbose="auto",
 
     _write_config(config, output_dir)
     train_dense = DenseRows(train_matrix, items, config.data)
-    model = _Model(config, data_dir, space, train_dense, train_rows)
+    model = _Model(config, loaded, space, train_dense, train_rows)
     trainer = model.trainer
     trained = time.perf_counter()
     history = trainer.fit(

@@ -128,10 +128,16 @@ class CTRModel(keras.Model):
         self._input_feature_names: tuple[str, ...] | None = None  # input_feature_names()
         self._tracing_reads = False       # only while input_feature_names() traces
 
+    def use_row_counts(self, counts: Mapping[str, np.ndarray]) -> None:
+        """The L2's n_j per row counted in examples (`embedding_l2_counts: rows`), not the
+        vocabularies' counts: `registry.build_model` gives them before returning the model."""
+        self.inverse_frequencies.update({
+            vocab: tf.constant(row_frequencies.inverse_frequencies(rows))
+            for vocab, rows in counts.items()})
+
     @classmethod
-    def data_constants(cls, config: ModelConfig, data_dir: str, schema: S.Schema,
-                       vocabularies: Vocabularies) -> dict:
-        """Extra keyword arguments of the constructor read from the data directory (none here)."""
+    def data_constants(cls, config: ModelConfig, data, vocabularies: Vocabularies) -> dict:
+        """Constructor keywords read from `data` (a `data_dir.DataDirectory`; none here)."""
         return {}
 
     # --- pieces subclasses use -----------------------------------------------------------------

@@ -31,7 +31,6 @@ from typing import Mapping
 import numpy as np
 import tensorflow as tf
 
-from qrec_tf import data
 from qrec_tf import schema as S
 from qrec_tf.config import ModelConfig
 from qrec_tf.layers.dense_stack import masked_mean
@@ -98,10 +97,10 @@ class IV4RecModel(CTRModel):
         self.make_ctr_head()
 
     @classmethod
-    def data_constants(cls, config, data_dir, schema, vocabularies):
+    def data_constants(cls, config, data, vocabularies):
         item_queries, query_words = instrument_tables(
-            data.query_items(data_dir), vocabularies, config.iv4rec.item_queries,
-            schema.max_query_words)
+            data.query_items(), vocabularies, config.iv4rec.item_queries,
+            data.schema.max_query_words)
         with_queries = int((item_queries[2:, 0] != 0).sum())
         LOG.info("iv4rec: %d of %d items have queries as instruments", with_queries,
                  len(item_queries) - 2)

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from qrec_tf import data, losses
+from qrec_tf import losses
 from qrec_tf import schema as S
 from qrec_tf.config import ModelConfig
 from qrec_tf.layers.age_embedding import AgeEmbedding, ages_in_hours
@@ -32,7 +32,6 @@ from qrec_tf.layers.query_embedding import SparseQueryEmbedding
 from qrec_tf.layers.sas_encoder import SASEncoder
 from qrec_tf.layers.search_match import SearchMatch
 from qrec_tf.models.base import CTRModel, Vocabularies
-from qrec_tf.positives import load as load_positives
 from qrec_tf.positives import positives_matrix
 
 LOG = logging.getLogger(__name__)
@@ -136,17 +135,17 @@ class QueryRecModel(CTRModel):
         self.make_ctr_head()
 
     @classmethod
-    def data_constants(cls, config, data_dir, schema, vocabularies):
+    def data_constants(cls, config, data, vocabularies):
         """{"query_positives": the contrastive loss's table (`positives_matrix`)} when the
         config has a contrastive loss, {"item_categories": ...} with query_item_context or
-        search_match."""
+        search_match; both from `data` (a loaded `qrec_tf.data_dir.DataDirectory`)."""
         constants = {}
         if config.query_item_context or config.search_match:
             constants["item_categories"] = data.item_categories(
-                data_dir, vocabularies.values[S.VOCAB_ITEMS])
+                vocabularies.values[S.VOCAB_ITEMS])
         if not config.contrastive_weight:
             return constants
-        table, source = load_positives(data_dir, config.positives, config.positives_dir)
+        table, source = data.positives(config.positives, config.positives_dir)
         query_positives = positives_matrix(
             table, vocabularies.values[S.VOCAB_QUERIES], vocabularies.values[S.VOCAB_ITEMS],
             config.contrastive_positives)

@@ -91,7 +91,8 @@ def test_item_embeddings_read_from_a_trained_ctr_model(monkeypatch):
     rows 0 and 1 are padding and OOV), NaN for an id the vocabulary lacks."""
     from types import SimpleNamespace
 
-    from qrec_tf import evaluate, export
+    from qrec_tf import model_layout
+    from qrec_tf.models import registry
 
     table = np.arange(12, dtype=np.float32).reshape(6, 2)
     item_table = SimpleNamespace(embeddings=SimpleNamespace(numpy=lambda: table))
@@ -99,8 +100,8 @@ def test_item_embeddings_read_from_a_trained_ctr_model(monkeypatch):
         embeddings={S.VOCAB_ITEMS: item_table},
         vocabularies=SimpleNamespace(values={S.VOCAB_ITEMS: [70, 50, 90, 60]}))
     loaded = []
-    monkeypatch.setattr(export, "resolve_data_dir", lambda model_dir, data_dir: "data")
-    monkeypatch.setattr(evaluate, "load_trained_model",
+    monkeypatch.setattr(model_layout, "resolve_data_dir", lambda model_dir, data_dir: "data")
+    monkeypatch.setattr(registry, "load_trained_model",
                         lambda model_dir, data_dir: loaded.append((model_dir, data_dir))
                         or (None, model))
     read = augment.read_item_embeddings("ctr_model", np.array([90, 12345, 70]))

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from qrec_tf import schema as S
 from qrec_tf.config import load_config
+from qrec_tf.data_dir import DataDirectory
 from qrec_tf.models.base import Vocabularies
 from qrec_tf.models.iv4rec import IV4RecModel, instrument_tables
 from qrec_tf.models.ple import PLEModel
@@ -183,7 +184,7 @@ def test_compiled_scoring_equals_the_plain_one(cls, name):
 def test_a_model_takes_only_its_own_data_constants(cls, name):
     """One constructor shape: `build_model` passes exactly what the class's `data_constants`
     returns, so a baseline neither needs nor silently swallows the contrastive positives."""
-    assert cls.data_constants(load_config(f"configs/{name}.yaml", TINY).model, "/nonexistent",
-                              SCHEMA, VOCABS) == {}
+    assert cls.data_constants(load_config(f"configs/{name}.yaml", TINY).model,
+                              DataDirectory("/nonexistent"), VOCABS) == {}
     with pytest.raises((TypeError, ValueError), match="query_positives"):
         build(cls, name, query_positives=np.zeros((3, 1), np.int64))

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from qrec_tf import schema as S
 from qrec_tf.config import load_config
+from qrec_tf.data_dir import DataDirectory
 from qrec_tf.models.registry import MODELS
 from qrec_tf.testing import random_batch, random_data_constants, random_vocabularies
 
@@ -352,11 +353,12 @@ def test_query_encoder_ctr_gradient_false_needs_nip():
 def test_positives_come_from_data_constants_only_with_a_contrastive_loss():
     """A model without the contrastive loss reads no positives table (no data directory
     needed); with it, `data_constants` is what passes the table to the constructor."""
+    missing = DataDirectory("/nonexistent")
     config = load_config("configs/din.yaml", TINY).model
-    assert MODELS["din"][0].data_constants(config, "/nonexistent", SCHEMA, VOCABS) == {}
+    assert MODELS["din"][0].data_constants(config, missing, VOCABS) == {}
     config = load_config("configs/din_con.yaml", TINY).model
     with pytest.raises(Exception, match="nonexistent"):
-        MODELS["din_con"][0].data_constants(config, "/nonexistent", SCHEMA, VOCABS)
+        MODELS["din_con"][0].data_constants(config, missing, VOCABS)
 
 
 def test_a_layer_regulariser_adds_exactly_its_penalty_to_the_trained_loss():
