@@ -43,7 +43,7 @@ def test_beam_scores_equal_the_servers(tmp_path_factory, tmp_path):
         data.shard_files(tiny.data_dir, "test"), compression_type=S.COMPRESSION)]
     with LocalServer(MODEL_NAME, tiny.base_path, rest_api_port=None, grpc_port=0) as server:
         with ServingClient(f"127.0.0.1:{server.grpc_port}", MODEL_NAME, "grpc",
-                           timeout=120) as client:
+                           timeout=600) as client:
             served = client.predict({"examples": serialized}, "from_examples")["ctr"]
     server_scores = collections.defaultdict(list)
     for record, value in zip(serialized, served):
@@ -132,7 +132,7 @@ def server_scores(tiny, wanted, items) -> dict[tuple[int, int], list[float]]:
     expected = {}
     with LocalServer(MODEL_NAME, tiny.base_path, rest_api_port=None, grpc_port=0) as server:
         with ServingClient(f"127.0.0.1:{server.grpc_port}", MODEL_NAME, "grpc",
-                           timeout=120) as client:
+                           timeout=600) as client:
             for user, (example, chosen) in wanted.items():
                 parsed = tf.io.parse_single_example(example.SerializeToString(), spec)
                 context = {name: parsed[name].numpy() for name in context_names}

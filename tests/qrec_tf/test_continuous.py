@@ -25,7 +25,9 @@ TINY = ["model.embedding_dim=8", "model.mlp_units=[16]", "model.attention_units=
         "model.sas_blocks=1", "train.batch_size=128", "train.shuffle_buffer=2000",
         "train.epochs=1", "model.oov_buckets=8"]
 BEAM = ["--direct_running_mode=in_memory", "--num-shards", "1"]
-TIMEOUT = 120
+# Generous: loading a version replays its warmup (an XLA compilation per bucket), minutes on a
+# busy 2-core machine; the wait ends as soon as the server answers.
+TIMEOUT = 900
 
 
 def vocab_values(data_dir):

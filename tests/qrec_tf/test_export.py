@@ -262,6 +262,9 @@ def test_versions_count_up_and_are_written_atomically(tiny, tmp_path, monkeypatc
             raise OSError("No space left on device")
 
     monkeypatch.setattr(export, "build_archive", lambda *args: CrashingArchive())
+    # The stranger's directory as just created (unlocked but younger than
+    # STALE_STAGING_SECONDS), however long the first export took on a busy machine.
+    os.utime(base / ".export-leftover")
     with pytest.raises(OSError, match="No space left"):
         export.export(tiny.model_dir, str(base))
     assert export.existing_versions(str(base)) == [3, 10, 12]

@@ -17,7 +17,7 @@ MAX_REQUEST_BYTES = 1 << 20
 MAX_CANDIDATES = 50   # the served model's cap on rows (users x candidates) per request
 # Seconds a test waits for an answer: generous, so that a busy 2-core machine (the suite runs
 # beside other work) is slow rather than failing; nothing waits this long when all is well.
-TIMEOUT = 120
+TIMEOUT = 600
 
 
 def wait_for(condition, timeout=TIMEOUT) -> bool:
