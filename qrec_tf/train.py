@@ -28,7 +28,6 @@ from qrec_tf import data, distribute, model_layout, warm_start
 from qrec_tf import schema as S
 from qrec_tf.config import Config, load_config
 from qrec_tf.distribute import STRATEGIES, make_strategy  # noqa: F401 (this module's API)
-from qrec_tf.models import row_frequencies
 from qrec_tf.models.registry import build_model
 from qrec_tf.optimizers import make_optimizer
 
@@ -181,12 +180,6 @@ def _train(config: Config, data_dir: str, model_dir: str, strategy_name: str,
     # Only what the model reads is parsed (~1/3 of an example's values for din).
     train_data, valid_data, steps_per_epoch, validation_steps = distribute.training_input(
         strategy, data_dir, tc, model.trains_on_search_examples, model.input_feature_names())
-    if config.model.embedding_l2 and config.model.embedding_l2_counts == "rows":
-        counted = row_frequencies.count_example_rows(model, data.make_dataset(
-            data_dir, "train", 4096, shuffle=False, features=model.input_feature_names()))
-        model.inverse_frequencies.update({
-            vocab: tf.constant(row_frequencies.inverse_frequencies(counts))
-            for vocab, counts in counted.items()})
     best_weights = model_layout.best_weights_path(model_dir)
     throughput = ThroughputLogger(model_layout.tensorboard_dir(model_dir), tc.batch_size)
     checkpoint = keras.callbacks.ModelCheckpoint(best_weights, monitor="val_auc", mode="max",
