@@ -173,7 +173,7 @@ def step_parts(model, x: dict, y: tf.Tensor) -> list[Part]:
 
     @tf.function
     def embedding_l2():
-        return model.embedding_penalty(x)
+        return model.embedding_penalty(x, set(model.input_feature_names()))
 
     def run(fn, *args):
         # To the host, IndexedSlices gradients as their component tensors.

@@ -99,7 +99,6 @@ class CTRModel(ReplicaWorkarounds):
                                                    reduction="sum_over_batch_size")
         self._inputs_are_indices = False  # only inside `indexed_inputs()`
         self._input_feature_names: tuple[str, ...] | None = None  # input_feature_names()
-        self._tracing_reads = False       # only while input_feature_names() traces
 
     @classmethod
     def data_constants(cls, config: ModelConfig, data_dir: str, schema: S.Schema,
@@ -174,9 +173,8 @@ class CTRModel(ReplicaWorkarounds):
 
         Found once by tracing `compute_loss_terms` (both modes) on a batch of every feature
         that records which ones it reads: what a model reads follows from its code and config
-        (e.g. `model.query_clicked_items`), with no list to keep in step. The trace runs no op
-        (no variable changes, no random draw); call it first outside a replica context (`fit`
-        does, in `make_train_function`)."""
+        (e.g. `model.din.query_item_context`), with no list to keep in step. The trace runs no
+        op (no variable changes, no random draw)."""
         if self._input_feature_names is None:
             with tf.init_scope():
                 self._input_feature_names = self._trace_read_features()
@@ -187,38 +185,31 @@ class CTRModel(ReplicaWorkarounds):
         specs = self.schema.tensor_specs(features)
         label = tf.TensorSpec([None], self.schema.feature(S.LABEL).tf_dtype)
         read: set[str] = set()
-        self._tracing_reads = True
-        try:
-            for training in (True, False):
-                # No autograph: its source conversion of every model function cost ~half of
-                # a small training run, and which features are read does not depend on it.
-                tf.function(lambda x, y, training=training: self.compute_loss_terms(
-                    RecordingFeatures(x, read), y, training=training)[0]["loss"],
-                    autograph=False).get_concrete_function(specs, label)
-        finally:
-            self._tracing_reads = False
+        for training in (True, False):
+            # No autograph: its source conversion of every model function cost ~half of a small
+            # training run, and which features are read does not depend on it.
+            tf.function(lambda x, y, training=training: self.compute_loss_terms(
+                RecordingFeatures(x, read), y, training=training)[0]["loss"],
+                autograph=False).get_concrete_function(specs, label)
         return tuple(f.name for f in features if f.name in read)
 
-    def embedding_penalty(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
+    def embedding_penalty(self, features: Mapping[str, tf.Tensor], read: set[str]) -> tf.Tensor:
         """DIN's mini-batch aware L2 (layers.embedding.mini_batch_aware_l2) summed over the
-        tables, on the rows that the batch's inputs touch: the features the model reads
-        (`input_feature_names`), the NIP targets not (they are not inputs). A feature the batch
-        carries but the model does not read (din: query_clicked_item_ids) adds nothing."""
+        tables, on the rows that the batch's inputs touch: the features `read` by the forward
+        pass, the NIP targets not (they are not inputs). A feature the batch carries but the
+        model does not read (din: query_clicked_item_ids) adds nothing."""
         total = tf.constant(0.0)
-        if self._tracing_reads:   # the penalty reads nothing that the model does not
-            return total
         for vocab, table in self.embedding_tables().items():
-            names = self.penalised_features(vocab)
+            names = self.penalised_features(vocab, read)
             if names:
                 indices = tf.concat([tf.reshape(self.lookup(name, features[name]), [-1])
                                      for name in names], axis=0)
                 total += mini_batch_aware_l2(table, indices, self.inverse_frequencies[vocab])
         return total
 
-    def penalised_features(self, vocab: str) -> list[str]:
+    def penalised_features(self, vocab: str, read: set[str]) -> list[str]:
         """The features whose rows of table `vocab` the mini-batch aware L2 penalises: those of
-        the vocabulary that the model reads, the NIP targets not."""
-        read = set(self.input_feature_names())
+        the vocabulary among `read`, the NIP targets not (schema order)."""
         return [f.name for f in self.schema.features
                 if f.vocab == vocab and f.group != "nip" and f.name in read]
 
@@ -301,7 +292,8 @@ class CTRModel(ReplicaWorkarounds):
         the click loss plus each weighted auxiliary loss of `forward`, plus the embedding L2 in
         training. The train step adds the Keras layer losses (`self.losses`, e.g. a layer's
         kernel_regularizer) to "loss"."""
-        out = self.forward(features, training=training)
+        read: set[str] = set()   # what the forward pass reads: the penalty's features
+        out = self.forward(RecordingFeatures(features, read), training=training)
         logits = tf.cast(out["logits"], tf.float32)
         labels = tf.cast(tf.reshape(labels, [-1]), tf.float32)
         terms = {"ctr_loss": self.bce(labels, logits)}
@@ -310,7 +302,7 @@ class CTRModel(ReplicaWorkarounds):
             terms[name] = tf.cast(value, tf.float32)
             total = total + weight * terms[name]
         if training and self.config.embedding_l2:
-            terms["embedding_l2"] = self.embedding_penalty(features)
+            terms["embedding_l2"] = self.embedding_penalty(features, read)
             total = total + self.config.embedding_l2 * terms["embedding_l2"]
         terms["loss"] = total
         return terms, labels, tf.sigmoid(logits)
@@ -350,8 +342,3 @@ class CTRModel(ReplicaWorkarounds):
         features, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         terms, labels, probabilities = self.compute_loss_terms(features, labels, training=False)
         return self._update_metrics(terms, labels, probabilities)
-
-    def make_train_function(self, force=False):
-        if self.config.embedding_l2:
-            self.input_feature_names()   # traced here, outside the replicas' step
-        return super().make_train_function(force=force)

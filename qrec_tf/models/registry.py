@@ -57,7 +57,8 @@ MODELS: dict[str, Model] = {
     "queryrec": _din(query_pooling=True, query_encoder=True, nip_weight=None,
                      contrastive_weight=None),          # eq 16
     "dcn": Model(DCNModel, C.Family("dcn", DCNConfig, backbone_unread=DCN_UNREAD)),
-    "ple": Model(PLEModel, C.Family("ple", PLEConfig)),
+    # PLE's two task losses are its whole loss (PLEModel.compute_loss_terms): no embedding L2.
+    "ple": Model(PLEModel, C.Family("ple", PLEConfig, backbone_unread=("embedding_l2",))),
     "sesrec": Model(SESRecModel, C.Family("sesrec", SESRecConfig)),
     "iv4rec": Model(IV4RecModel, C.Family("iv4rec", IV4RecConfig)),
 }

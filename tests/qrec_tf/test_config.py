@@ -90,6 +90,7 @@ def test_the_name_implies_its_query_flags_and_a_contradiction_names_the_key(tmp_
     ("dcn", "model.contrastive_weight=0.1", "model.contrastive_weight is not a key of model "
                                             "'dcn'"),
     ("dcn", "model.ple.levels=3", "model.ple is not a key of model 'dcn'"),
+    ("ple", "model.embedding_l2=0.1", "model.embedding_l2 is set, but model 'ple' does not"),
     ("sesrec", "model.din.nip_weight=1", "model.din is not a key of model 'sesrec'"),
 ])
 def test_a_key_that_the_model_does_not_read_is_an_error(name, override, message):

@@ -99,11 +99,13 @@ def test_din_trains_the_same_whether_or_not_the_batch_carries_features_it_does_n
     assert any(np.abs(a - s).max() > 1e-4 for a, s in zip(full, start))
 
 
-def test_keras_fit_traces_the_read_features_before_its_step():
-    model = build("din")
+def test_keras_fit_penalises_what_the_step_reads_without_tracing_the_read_features():
+    """The penalty's features are those the forward pass of the step itself reads, so `fit`
+    (and a replica's step) needs no trace of `input_feature_names` first."""
+    model = build("din")                                  # configs/din.yaml: embedding_l2 0.1
     features, labels = batch()
     model.compile(optimizer=make_optimizer("lazy_adam", 1e-3))
-    assert model._input_feature_names is None
     model.fit(tf.data.Dataset.from_tensors((features, labels)), verbose=0)
-    assert model._input_feature_names == tuple(USER_ITEM_HISTORY)
-    assert keras.ops.isfinite(model.get_metrics_result()["loss"])
+    assert model._input_feature_names is None
+    result = model.get_metrics_result()
+    assert float(result["embedding_l2"]) > 0 and keras.ops.isfinite(result["loss"])
