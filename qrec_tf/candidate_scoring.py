@@ -78,7 +78,12 @@ def score_candidates(model, context: Mapping[str, tf.Tensor],
     candidates = {name: tf.pad(values, [[0, extra_users], [0, extra_n]])
                   for name, values in candidates.items()}
     if model not in _COMPILED:
-        _COMPILED[model] = tf.function(model.score_candidate_features, jit_compile=True)
+        # No autograph: the scoring has no tensor-dependent Python control flow, and with it
+        # the DIN models' compiled scoring failed in a session that had built many models
+        # before ("tf__embed() takes 3 positional arguments but 4 were given", in
+        # `pytest tests/qrec_tf/models`; each test alone passed). Without it, all pass.
+        _COMPILED[model] = tf.function(model.score_candidate_features, jit_compile=True,
+                                       autograph=False)
     # Read while the compiled function traces; static_shapes: the layers' padded paths.
     with model.indexed_inputs(), static_shapes():
         scores = _COMPILED[model](context, candidates)

@@ -147,9 +147,10 @@ class CTRModel(ReplicaWorkarounds):
     def indexed_inputs(self) -> Iterator[None]:
         """Within it, the model's inputs are vocabulary indices (`index_features`' output), not
         raw ids: `lookup` passes them through. For code that XLA compiles, which cannot run the
-        vocabularies' hash tables: `score_candidates(compiled=True)`, a jit-compiled train step
-        on indexed batches (benchmarks.vocab_scaling). It must hold while such a function
-        traces; a function traced inside it keeps reading indices afterwards."""
+        vocabularies' hash tables: `candidate_scoring.score_candidates(compiled=True)`, a
+        jit-compiled train step on indexed batches (benchmarks.vocab_scaling). It must hold
+        while such a function traces; a function traced inside it keeps reading indices
+        afterwards."""
         previous, self._inputs_are_indices = self._inputs_are_indices, True
         try:
             yield
