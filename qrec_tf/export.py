@@ -50,7 +50,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from qrec_tf import data, model_layout
+from qrec_tf import candidate_scoring, data, model_layout
 from qrec_tf import schema as S
 from qrec_tf.candidate_scoring import candidate_bucket
 from qrec_tf.evaluate import load_trained_model
@@ -151,7 +151,8 @@ def serving_functions(model: CTRModel, schema: S.Schema, xla: bool = True
             items = {f.name: tf.identity(inputs[n])                         # [U, N]
                      for f, n in zip(candidates, candidate_names)}
             users = {n: tf.identity(inputs[n]) for n in context_names}      # [U, *shape]
-        return {OUTPUT_KEY: score_candidates(model, users, items, compiled=xla)}
+        return {OUTPUT_KEY: candidate_scoring.score_candidates(model, users, items,
+                                                               compiled=xla)}
 
     def from_examples(examples):
         return {OUTPUT_KEY: model(tf.io.parse_example(examples, parse_spec), training=False)}

@@ -167,7 +167,7 @@ def test_cli_errors_are_messages(data_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         train.main(["--config", "configs/din.yaml", "--data", data_dir, "--model-dir",
                     str(tmp_path), "--set", "model.embeding_dim=8"])
-    assert info.value.code == 2 and "unknown model key" in capsys.readouterr().err
+    assert info.value.code == 2 and "is not a key of model" in capsys.readouterr().err
     assert train.main(["--config", "configs/din.yaml", "--data", str(tmp_path / "nope"),
                        "--model-dir", str(tmp_path / "m")]) == 2
     assert "schema.json" in capsys.readouterr().err
