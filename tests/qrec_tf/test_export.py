@@ -219,7 +219,7 @@ def test_training_only_parts_are_not_in_the_served_graph(model, tiny):
     # The contrastive positives table (a constant of the training graph) is not in the graph,
     # while the vocabularies (constants of the same kind) are.
     constants = graph_constant_shapes(tiny.version_dir)
-    positives = tuple(model.query_positives.shape)
+    positives = tuple(model.tasks[-1].query_positives.shape)   # the contrastive task's
     assert ("int64", positives) not in constants
     queries = len(model.vocabularies.values[S.VOCAB_QUERIES])
     assert ("string", (queries,)) in constants
