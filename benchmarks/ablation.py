@@ -232,8 +232,9 @@ def positives_sets(args: argparse.Namespace, data_dir: str) -> dict[str, list[st
     """Runs the augment stage once when a model reads diffusion positives; returns the config
     overrides (model.positives_dir) of those models."""
     model_configs = {name: load_config(f"configs/{name}.yaml").model for name in args.models}
-    with_table = [name for name, model in model_configs.items()
-                  if model.contrastive_weight and model.positives in ("diffusion", "auto")]
+    dins = {name: model.section_named("din") for name, model in model_configs.items()}
+    with_table = [name for name, din in dins.items()
+                  if din and din.contrastive_weight and din.positives in ("diffusion", "auto")]
     if not with_table:
         return {}
     started = time.perf_counter()

@@ -2,7 +2,7 @@
 run it on two commits (PYTHONPATH=<tree>) to show the reads fall and the numbers stay.
 
     python -m benchmarks.data_directory_reads --data DIR [--model din --model queryrec ...]
-        [--set model.embedding_l2_counts=rows ...]
+        [--set model.embedding_l2=0.1 ...]
 
 Counts the opens of files under --data through tf.io.gfile.GFile and builtins.open (how the
 project reads schema.json, stats.json, the vocabularies and item_categories.tsv; TFRecord shards

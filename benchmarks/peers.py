@@ -3,7 +3,7 @@
     python -m benchmarks.peers [--data DIR] [--users 2000] [--repetitions 3] [--steps 40]
         [--config configs/din.yaml ...] [--epochs 4] [--patience 2] [--no-fit]
     python -m benchmarks.peers --profile [--data DIR] [--calls 8]     # where a din step goes
-    python -m benchmarks.peers --variant xla=model.attention_jit_compile=true [--calls 8]
+    python -m benchmarks.peers --variant no_l2=model.embedding_l2=0 [--calls 8]
         # a step with config overrides against the config as it is, in one process
     (make bench-peers runs the first)
 
@@ -351,7 +351,7 @@ def main(argv=None) -> None:
                         metavar="NAME=KEY=VALUE[,KEY=VALUE...]",
                         help="time our step with these config overrides against the config as it "
                              "is, in one process taking turns (benchmarks.peers_profile; "
-                             "repeatable), e.g. xla=model.attention_jit_compile=true")
+                             "repeatable), e.g. no_l2=model.embedding_l2=0")
     parser.add_argument("--full-history", action="store_true",
                         help="with --variant: every history position of the batch made real "
                              "(the worst case of the packed attention)")

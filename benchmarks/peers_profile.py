@@ -41,6 +41,7 @@ from qrec_tf import data
 from qrec_tf import schema as S
 from qrec_tf.config import load_config
 from qrec_tf.layers.dice import Dice
+from qrec_tf.models import query_side
 from qrec_tf.models.registry import build_model
 from qrec_tf.optimizers import make_optimizer
 
@@ -172,7 +173,7 @@ def step_parts(model, x: dict, y: tf.Tensor) -> list[Part]:
 
     @tf.function
     def embedding_l2():
-        return model.embedding_penalty(x)
+        return model.embedding_penalty(x, set(model.input_feature_names()))
 
     def run(fn, *args):
         # To the host, IndexedSlices gradients as their component tensors.
@@ -200,7 +201,7 @@ def query_side_parts(model, x: dict) -> list[Part]:
     NIP and the contrastive loss. None for a model without queries."""
     if not getattr(model, "uses_queries", False):
         return []
-    cfg = model.config
+    cfg = model.config.din
     user = model.encode_user(x, training=True)
     item_idx, target, _, _ = model.target_and_history(x)
     word_idx = model.lookup(S.QUERY_WORD_IDS, x[S.QUERY_WORD_IDS])
@@ -223,22 +224,23 @@ def query_side_parts(model, x: dict) -> list[Part]:
                  lambda: model.embed_queries(user["query_idx"], word_idx, True)))]
     if cfg.query_item_context:
         parts.append(Part("query: clicked items' and results' context", piece(
-            lambda: model.clicked_items_context(user) + model.results_context(user))))
+            lambda: query_side.clicked_items_context(model, user)
+            + query_side.results_context(model, user))))
     if cfg.query_encoder:
         parts.append(Part("query: SAS encoder", piece(lambda: model.query_encoder(
             user["queries"], user["query_idx"] != 0, training=True), user["queries"])))
         if cfg.nip_weight:
             parts.append(Part("query: NIP loss", piece(
-                lambda: model._nip_loss(x, user["e_qt"]), user["e_qt"])))
+                lambda: model.run_task(model.tasks[0], x, user)[1], user["e_qt"])))
     if cfg.query_pooling:
         parts.append(Part("query: query attention", piece(lambda: model.pool_queries(
             user, item_idx, target, training=True), user["queries"], target)))
     if cfg.search_match:
         parts.append(Part("query: search match", piece(
-            lambda: model.search_match_features(user, x, item_idx))))
+            lambda: query_side.search_match_features(model, user, x, item_idx))))
     if cfg.contrastive_weight:
-        parts.append(Part("query: contrastive loss", piece(lambda: model._contrastive_loss(
-            user["query_idx"], user["query_text"][:, -1]), user["query_text"])))
+        parts.append(Part("query: contrastive loss", piece(lambda: model.run_task(
+            model.tasks[-1], x, user)[1], user["query_text"])))
     return parts
 
 
@@ -291,7 +293,7 @@ def profile(data_dir: str, config_path: str, batch: int, calls: int) -> None:
 
 def compare_variants(data_dir: str, config_path: str, batch: int, calls: int,
                      variants: dict[str, list[str]], full_history: bool = False) -> None:
-    """A training step of each variant (config overrides, e.g. model.attention_jit_compile=true)
+    """A training step of each variant (config overrides, e.g. model.embedding_l2=0)
     against the config as it is ("as is"), in this one process: each variant's own model (the
     same seed, hence the same initial weights) and `train_step` on one parsed batch, the variants
     taking turns call by call (`calls` timed calls of BATCHES_PER_CALL steps each). Prints the

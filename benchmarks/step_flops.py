@@ -22,7 +22,7 @@ class DinShape:
     """What a DIN step's FLOPs depend on. item_dim: the item representation e (item, category,
     subcategory embeddings: 3 * embedding_dim); mlp_input: the CTR MLP's input width;
     scored_history: the history positions the attention's MLP scores per example (the history
-    length when every position is scored, DeepCTR's and `model.attention_packed: false`; the mean
+    length when every position is scored, DeepCTR's and `DINAttention(packed=False)`; the mean
     real length when only the real ones are, `DINAttention(packed=True)`; None: the length)."""
 
     batch: int
@@ -75,10 +75,11 @@ def din_shape(config_model, schema, batch: int, real_history: float | None = Non
     """The DinShape of our din (or of DeepCTR's DIN on the same features, `packed=False`): the
     MLP reads the user-group and author embeddings, the target representation and the pooled
     history. real_history: the mean real history length of the data; the attention scores that
-    many positions per example when it is packed (default: `model.attention_packed`)."""
+    many positions per example when it is packed (default: packed, as the model's
+    attention runs: `DINAttention(packed=True)`)."""
     d = config_model.embedding_dim
     others = len(schema.group("user")) + len(schema.group("item")) - 3
-    packed = config_model.attention_packed if packed is None else packed
+    packed = True if packed is None else packed
     return DinShape(batch, schema.history_length, 3 * d, tuple(config_model.attention_units),
                     tuple(config_model.mlp_units), others * d + 2 * 3 * d,
                     real_history if packed else None)

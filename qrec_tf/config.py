@@ -6,79 +6,200 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import typing
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import yaml
 
 
-def _check(section: object, name: str, at_least_one: tuple[str, ...] = (),
-           non_negative: tuple[str, ...] = ()) -> None:
-    for key in at_least_one:
-        if getattr(section, key) < 1:
-            raise ValueError(f"model.{name}.{key} must be >= 1")
-    for key in non_negative:
-        if getattr(section, key) < 0:
-            raise ValueError(f"model.{name}.{key} must be >= 0")
+def check_ranges(section: object, key: str, at_least_one: tuple[str, ...] = (),
+                 non_negative: tuple[str, ...] = ()) -> None:
+    """ValueError naming `model.<key>.<field>` for a field below its bound (a section's
+    validate)."""
+    for name in at_least_one:
+        if getattr(section, name) < 1:
+            raise ValueError(f"model.{key}.{name} must be >= 1")
+    for name in non_negative:
+        if getattr(section, name) < 0:
+            raise ValueError(f"model.{key}.{name} must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """What a model name brings to its config: the family's section (`model.<key>`, a
+    dataclass defined in the family's module), the section values the name fixes (`implied`:
+    loading fills them in and rejects a value that differs), and the keys it never reads (a
+    config that sets one is an error). qrec_tf.models.registry registers one per model name."""
+
+    key: str
+    section: type
+    implied: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    backbone_unread: tuple[str, ...] = ()
+
+    def section_keys_read(self) -> set[str]:
+        """The section's keys that this model reads: all, unless the section says otherwise
+        for these implied values (`keys_read(implied)`)."""
+        reads = getattr(self.section, "keys_read", None)
+        fields = {f.name for f in dataclasses.fields(self.section)}
+        return set(reads(self.implied)) if reads else fields
+
+
+_MODELS: dict[str, Family] = {}
+
+
+def register_models(families: Mapping[str, Family]) -> None:
+    """Makes the model names loadable (qrec_tf.models.registry calls it once, with its list)."""
+    _MODELS.update(families)
+
+
+def model_family(name: str) -> Family:
+    """The Family of a model name; ValueError for an unknown name."""
+    if name not in _MODELS:
+        hint = "" if _MODELS else " (none is: import qrec_tf.models.registry, which registers them)"
+        raise ValueError(f"unknown model {name!r}; registered: {sorted(_MODELS)}{hint}")
+    return _MODELS[name]
 
 
 @dataclasses.dataclass
-class DCNConfig:
-    """model.dcn: cross layers (keras-rs FeatureCross) beside the deep MLP (mlp_units)."""
+class ModelConfig:
+    """What the model is: its name (qrec_tf.models.registry), the backbone keys that every
+    family shares (embeddings, MLP, target attention, the embedding penalty), and the
+    family's own typed section (`model.din`, `model.ple`, ...: `section`, read as
+    `config.<key>`). docs/CONFIG.md lists every key."""
 
-    cross_layers: int = 2
+    name: str = "din"
+    embedding_dim: int = 16
+    # Hashed rows for ids outside the vocabulary, per table (layers.id_lookup.bucketed): 0 = one
+    # shared OOV row; B > 0 = an unseen id gets one of B rows by a hash of its value, inside the
+    # graph (docs/ARCHITECTURE.md, "Continuous training").
+    oov_buckets: int = 0
+    mlp_units: list[int] = dataclasses.field(default_factory=lambda: [200, 80])
+    mlp_activation: str = "dice"
+    dropout: float = 0.0
+    attention_units: list[int] = dataclasses.field(default_factory=lambda: [80, 40])
+    attention_activation: str = "dice"
+    attention_softmax: bool = False
+    # DIN's mini-batch aware L2 on the embedding rows a batch touches, each weighted by the
+    # inverse of its id's vocabulary count (Zhou et al. KDD'18); 0 = off. docs/PAPER.md, "MBA".
+    embedding_l2: float = 0.0
+    # The family's section (None: its defaults with what the name implies).
+    section: Any = None
 
-    def validate(self) -> None:
-        _check(self, "dcn", at_least_one=("cross_layers",))
+    def __post_init__(self):
+        if self.section is None:
+            family = model_family(self.name)
+            self.section = family.section(**family.implied)
 
+    def __getattr__(self, key: str):
+        # config.din, config.ple, ...: the section under its YAML key (only the model's own).
+        if key == _MODELS.get(self.__dict__.get("name"), _NO_FAMILY).key:
+            return self.__dict__["section"]
+        raise AttributeError(f"model {self.__dict__.get('name')!r} has no key {key!r}")
 
-@dataclasses.dataclass
-class PLEConfig:
-    """model.ple: extraction levels, experts per task and shared, each expert's Dense units; the
-    search click task's loss weight (the feed click task has weight 1; towers are mlp_units)."""
+    @property
+    def family(self) -> Family:
+        return model_family(self.name)
 
-    levels: int = 2
-    task_experts: int = 1
-    shared_experts: int = 1
-    expert_units: list[int] = dataclasses.field(default_factory=lambda: [64])
-    search_task_weight: float = 1.0
-
-    def validate(self) -> None:
-        _check(self, "ple", ("levels", "task_experts", "shared_experts"), ("search_task_weight",))
-
-
-@dataclasses.dataclass
-class SESRecConfig:
-    """model.sesrec: weights of the query-item alignment (InfoNCE; its temperature and sampled
-    negatives are model.contrastive_temperature and contrastive_negatives) and of the interest
-    triplet loss, and the triplet margin; the encoders use model.sas_blocks / sas_heads /
-    sas_dropout."""
-
-    alignment_weight: float = 0.1
-    triplet_weight: float = 0.1
-    triplet_margin: float = 1.0
-
-    def validate(self) -> None:
-        _check(self, "sesrec", non_negative=("alignment_weight", "triplet_weight",
-                                             "triplet_margin"))
-
-
-@dataclasses.dataclass
-class IV4RecConfig:
-    """model.iv4rec: queries per item (the item's instrumental variables), the first-stage
-    regression MLP's hidden units, and the weights of the user and item first-stage losses."""
-
-    item_queries: int = 5
-    units: list[int] = dataclasses.field(default_factory=lambda: [64])
-    user_weight: float = 0.9
-    item_weight: float = 0.9
+    def section_named(self, key: str) -> Any:
+        """The section `model.<key>` when the model's family has it, else None (for code that
+        serves every model: `config.section_named("din")`)."""
+        return self.section if self.family.key == key else None
 
     def validate(self) -> None:
-        _check(self, "iv4rec", ("item_queries",), ("user_weight", "item_weight"))
+        """The backbone's ranges, what the name implies, then the section's own checks
+        (`section.validate(self)`)."""
+        if self.embedding_dim < 1:
+            raise ValueError("model.embedding_dim must be >= 1")
+        if self.oov_buckets < 0:
+            raise ValueError("model.oov_buckets must be >= 0")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("model.dropout must be in [0, 1)")
+        if self.embedding_l2 < 0:
+            raise ValueError("model.embedding_l2 must be >= 0")
+        for key in ("mlp_units", "attention_units"):
+            if not getattr(self, key) or min(getattr(self, key)) < 1:
+                raise ValueError(f"model.{key} must be a non-empty list of integers >= 1, got "
+                                 f"{getattr(self, key)}")
+        family = self.family
+        if not isinstance(self.section, family.section):
+            raise ValueError(f"model {self.name!r} needs a model.{family.key} section")
+        check_implied(self)   # before the section's own checks: the name is the first mistake
+        self.section.validate(self)
+
+    def to_dict(self) -> dict:
+        """The backbone keys and the section's keys that the model reads (what loads back)."""
+        family = self.family
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                  if f.name != "section" and f.name not in family.backbone_unread}
+        read = family.section_keys_read() | set(family.implied)
+        values[family.key] = {k: v for k, v in dataclasses.asdict(self.section).items()
+                              if k in read}
+        return values
 
 
-# The flat keys of the config before the per-model sections -> (section, key): a config.yaml
+_NO_FAMILY = Family("", object)
+BACKBONE_KEYS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name != "section")
+
+
+def reads_key(name: str, override: str) -> bool:
+    """Whether model `name` reads the key of a `model.key=value` or `model.<section>.key=value`
+    override (a train.* one: True), e.g. to give every model of a test the small settings it
+    has."""
+    path = override.split("=", 1)[0].split(".")
+    if path[0] != "model":
+        return True
+    family, key = model_family(name), path[-1]
+    if len(path) == 2 and key in BACKBONE_KEYS:
+        return key not in family.backbone_unread
+    if len(path) == 3 and path[1] != family.key:
+        return False
+    return key in family.section_keys_read() | set(family.implied)
+
+
+def check_implied(model: ModelConfig) -> None:
+    """Raises ValueError, naming the key, when a value differs from what model.name implies."""
+    family = model.family
+    for key, value in family.implied.items():
+        if getattr(model.section, key) != value:
+            raise ValueError(f"model.{family.key}.{key} is {getattr(model.section, key)!r}, but "
+                             f"model {model.name!r} implies {value!r}: leave it out (the name "
+                             "sets it)")
+
+
+def _model_from_dict(values: dict) -> ModelConfig:
+    """The model section of a config file: backbone keys, the family's section (nested, or its
+    keys given flat beside the backbone's), each key checked to be one that the model reads."""
+    values = dict(values)
+    name = values.get("name", ModelConfig.name)
+    if not isinstance(name, str):
+        raise ValueError(f"model.name must be a string, got {name!r}")
+    family = model_family(name)
+    values = _nest_flat_keys(values)
+    section = values.pop(family.key, None) or {}
+    if not isinstance(section, dict):
+        raise ValueError(f"model.{family.key} must be a mapping of its keys, got {section!r}")
+    for key in values:
+        if key not in BACKBONE_KEYS:
+            raise ValueError(f"model.{key} is not a key of model {name!r}: its keys are the "
+                             f"backbone's {list(BACKBONE_KEYS)} and model.{family.key}'s "
+                             f"{sorted(family.section_keys_read() | set(family.implied))}")
+    fields = {f.name for f in dataclasses.fields(family.section)}
+    for key in family.backbone_unread:
+        if key in values:
+            raise ValueError(f"model.{key} is set, but model {name!r} does not read it: "
+                             "leave it out")
+    read = family.section_keys_read()
+    for key in section:
+        if key in fields and key not in read and key not in family.implied:
+            raise ValueError(f"model.{family.key}.{key} is set, but model {name!r} does not "
+                             "read it: leave it out")
+    built = _build(family.section, {**family.implied, **section}, f"model.{family.key}")
+    return _build(ModelConfig, {**values, "section": built}, "model")
+
+
+# The flat keys of the baselines' sections before they had one -> (section, key): a config.yaml
 # written by an older train run still loads.
 LEGACY_KEYS = {
     "cross_layers": ("dcn", "cross_layers"),
@@ -93,215 +214,36 @@ LEGACY_KEYS = {
 }
 
 
-def _nest_legacy_keys(values: dict) -> dict:
-    """A model mapping with LEGACY_KEYS moved into their sections (a key given both ways is an
-    error)."""
+def _flat_key(values: dict, key: str) -> tuple[str, str] | None:
+    """(section, key) that a flat model key `key` stands for: an older name (LEGACY_KEYS) or a
+    key of the model's section given beside the backbone's (`model.nip_weight` for
+    `model.din.nip_weight`); None for a backbone key or one that is no key of the section."""
+    if key in LEGACY_KEYS:
+        return LEGACY_KEYS[key]
+    if key in BACKBONE_KEYS:
+        return None
+    family = _MODELS.get(values.get("name", ModelConfig.name))
+    if family and key in {f.name for f in dataclasses.fields(family.section)}:
+        return family.key, key
+    return None
+
+
+def _nest_flat_keys(values: dict) -> dict:
+    """A model mapping with its flat section keys moved into their section (a key given both
+    ways is an error)."""
     values = dict(values)
-    for old, (section, key) in LEGACY_KEYS.items():
-        if old in values:
-            nested = dict(values.get(section) or {})
-            if key in nested:
-                raise ValueError(f"model.{old} and model.{section}.{key} are the same setting; "
-                                 f"give model.{section}.{key} only")
-            nested[key] = values.pop(old)
-            values[section] = nested
+    for old in list(values):
+        target = _flat_key(values, old)
+        if target is None:
+            continue
+        section, key = target
+        nested = dict(values.get(section) or {})
+        if key in nested:
+            raise ValueError(f"model.{old} and model.{section}.{key} are the same setting; "
+                             f"give model.{section}.{key} only")
+        nested[key] = values.pop(old)
+        values[section] = nested
     return values
-
-
-# What a model name implies: the parts of QueryRec it has (docs/PAPER.md tables 4, 5). Loading a
-# config fills in what the file leaves out and rejects a value that differs, so configs/*.yaml do
-# not restate them; the other keys are free. qrec_tf.models.registry maps the same names to
-# their classes.
-NO_QUERY_SIDE = dict(query_pooling=False, query_encoder=False, nip_weight=0.0,
-                     contrastive_weight=0.0)     # DIN and the other baselines of table 4
-POOLING_ONLY = dict(query_pooling=True, query_encoder=False, nip_weight=0.0)
-IMPLIED_BY_NAME: dict[str, dict[str, Any]] = {
-    "din": NO_QUERY_SIDE,
-    "din_query": {**POOLING_ONLY, "contrastive_weight": 0.0},
-    "din_nip": dict(query_pooling=False, query_encoder=True, contrastive_weight=0.0),
-    "din_con": {**POOLING_ONLY, "positives": "log"},
-    "din_con_diffusion": {**POOLING_ONLY, "positives": "diffusion"},
-    "queryrec": dict(query_pooling=True, query_encoder=True),
-    "dcn": NO_QUERY_SIDE,
-    "ple": NO_QUERY_SIDE,
-    "sesrec": NO_QUERY_SIDE,
-    "iv4rec": NO_QUERY_SIDE,
-}
-
-
-def implied_values(name: str) -> dict[str, Any]:
-    """The config values that the model name `name` fixes; ValueError for an unknown name."""
-    if name not in IMPLIED_BY_NAME:
-        raise ValueError(f"unknown model {name!r}; registered: {sorted(IMPLIED_BY_NAME)}")
-    return IMPLIED_BY_NAME[name]
-
-
-def check_implied(model: "ModelConfig") -> None:
-    """Raises ValueError, naming the key, when a value differs from what model.name implies."""
-    for key, value in implied_values(model.name).items():
-        if getattr(model, key) != value:
-            raise ValueError(f"model.{key} is {getattr(model, key)!r}, but model {model.name!r} "
-                             f"implies {value!r}: leave model.{key} out (the name sets it)")
-
-
-@dataclasses.dataclass
-class ModelConfig:
-    """What the model is. The name picks the builder (qrec_tf.models.registry) and fixes the
-    values in IMPLIED_BY_NAME; the other fields are its hyper-parameters."""
-
-    name: str = "din"
-    embedding_dim: int = 16
-    # Hashed rows for ids outside the vocabulary, per table (layers.id_lookup.bucketed): 0 = one
-    # shared OOV row; B > 0 = an unseen id gets one of B rows by a hash of its value, inside the
-    # graph (docs/ARCHITECTURE.md, "Continuous training"; the default is measured in
-    # docs/RESULTS.md, issue 33).
-    oov_buckets: int = 0
-    mlp_units: list[int] = dataclasses.field(default_factory=lambda: [200, 80])
-    mlp_activation: str = "dice"
-    dropout: float = 0.0
-    attention_units: list[int] = dataclasses.field(default_factory=lambda: [80, 40])
-    attention_activation: str = "dice"
-    attention_softmax: bool = False
-    # Query side (docs/PAPER.md): eq 2 target-attention pooling of the query list, and the SASRec
-    # encoder whose output joins the CTR input and is trained by the NIP loss (eqs 13-14). Both
-    # are implied by the name (IMPLIED_BY_NAME); the defaults here are din's.
-    query_pooling: bool = False
-    query_encoder: bool = False
-    sas_blocks: int = 2
-    sas_heads: int = 1
-    sas_dropout: float = 0.2
-    # Encode the query list's rows in groups cut to their real spans (SASEncoder bucketed): the
-    # same outputs, work that follows the real lengths. false: every row at its full length.
-    sas_bucketed: bool = True
-    nip_weight: float = 0.0             # lambda2
-    # Whether the NIP loss also moves the item embeddings it scores against (True: plain joint
-    # training). False: NIP trains the query side only (SAS encoder, query embeddings) towards
-    # the item space the click loss learns; configs/din_nip.yaml and queryrec.yaml use False, as
-    # NIP's gradient into the shared item embeddings cost ~1.5% AUC on the benchmark log
-    # (docs/RESULTS.md, "NIP and the item embeddings").
-    nip_trains_items: bool = True
-    contrastive_weight: float = 0.0     # lambda3
-    contrastive_temperature: float = 0.2  # beta
-    contrastive_positives: int = 5      # positives of the last query per example (top by clicks)
-    contrastive_negatives: int = 64     # items sampled per batch, shared by its examples
-    # "log": the query_items/ table of the Beam job; "diffusion": the augment stage's table;
-    # "auto": diffusion when <data>/positives/ exists, else log.
-    positives: str = "log"
-    # Where the augment stage's table is (its --output dir or that dir's positives/);
-    # None: <data>/positives.
-    positives_dir: str | None = None
-    # The query side's CTR inputs (v_q, e_qt): dropout, and a learned per-channel scale
-    # (LayerScale) starting at query_scale_init (None: no scale, the paper's plain concatenation;
-    # 0: the model starts as its DIN backbone). docs/ARCHITECTURE.md, "The query branch".
-    query_dropout: float = 0.0
-    query_scale_init: float | None = None
-    # How e_qt joins the CTR input: "vector" (eq 3 as printed: e_qt itself) or "target_product"
-    # (e_qt * the target item's embedding, whose sum is NIP's score of the target).
-    query_encoder_input: str = "vector"
-    # Where the query side joins the click logit: "concat" (eq 3 as printed: v_q and e_qt are
-    # inputs of the CTR MLP) or "bilinear" (the MLP reads DIN's inputs only, and the logit adds
-    # [v_q || e_qt]^T W [target item], W starting at 0: the query side can only score how well
-    # the target matches the user's queries). docs/ARCHITECTURE.md, "The query branch".
-    query_fusion: str = "concat"
-    # False: the click loss does not train the SAS encoder (e_qt reaches the click logit through
-    # a stop_gradient), so NIP alone shapes e_qt and the click loss can only learn how to read
-    # it. docs/ARCHITECTURE.md, "The query branch".
-    query_encoder_ctr_gradient: bool = True
-    # What the query attention (eq 2) compares each query with: "item_id" (the target's item-id
-    # embedding) or "item" (the target's whole representation [item || category || sub-category]
-    # projected to embedding_dim by a learned matrix, so a query can match the target's
-    # categories, which every impression trains, and not only its id, which few do).
-    # docs/ARCHITECTURE.md, "The query branch".
-    query_attention_target: str = "item_id"
-    # True: a learned vector per position of the query list (zero at the start) is added to the
-    # queries the query attention reads, so it can weigh recent queries above old ones.
-    query_attention_positions: bool = False
-    # True: each query's vector also holds the items clicked in its search session
-    # (query_clicked_item_ids) and the categories its session's results lie in
-    # (query_category_ids, query_subcategory_ids), represented as the target is ([item ||
-    # category || sub-category]) and projected by the same matrix as the target (needs
-    # query_attention_target: item), so the query attention can match a query with a target of
-    # the same sub-category even when the query's words are rare or it got no click.
-    query_item_context: bool = False
-    # True: a learned vector per age bucket of each query (the impression's timestamp minus the
-    # query's, layers.age_embedding; zero at the start) is added to the query vectors that the
-    # query attention and the SAS encoder read: a search of an hour ago and one of nine days ago
-    # differ. docs/ARCHITECTURE.md, "The query branch".
-    query_age_embedding: bool = False
-    # True: the click logit adds a linear term (weights starting at 0) of time-decayed counts of
-    # the user's search events that share the target's item, author, category or sub-category
-    # (layers.search_match). docs/ARCHITECTURE.md, "The query branch".
-    search_match: bool = False
-    # DIN's mini-batch aware L2 on the embedding rows a batch touches, each weighted by the
-    # inverse of its id's frequency (Zhou et al. KDD'18); 0 = off. docs/PAPER.md, "MBA".
-    embedding_l2: float = 0.0
-    # The n_j of that penalty: "vocab" (the Beam job's vocabulary counts: search sessions for
-    # queries, interactions for items) or "rows" (training examples whose inputs hold the id,
-    # counted before training: DIN's definition, models/row_frequencies.py).
-    embedding_l2_counts: str = "vocab"
-    # XLA on every DIN attention's scoring and pooling (DINAttention jit_compile): the same
-    # math, fused; float rounding differs. docs/RESULTS.md, issue 21.
-    attention_jit_compile: bool = False
-    # Score only the real (target, key) pairs of every DIN attention (DINAttention packed): the
-    # same values, work that follows the real sequence lengths. false: every padded position.
-    attention_packed: bool = True
-    # Each model's own hyper-parameters, in its section (YAML `model.ple: {levels: 3}`,
-    # `--set model.ple.levels=3`); a model reads only its own section.
-    dcn: DCNConfig = dataclasses.field(default_factory=lambda: DCNConfig())
-    ple: PLEConfig = dataclasses.field(default_factory=lambda: PLEConfig())
-    sesrec: SESRecConfig = dataclasses.field(default_factory=lambda: SESRecConfig())
-    iv4rec: IV4RecConfig = dataclasses.field(default_factory=lambda: IV4RecConfig())
-
-    def validate(self) -> None:
-        if self.embedding_dim < 1:
-            raise ValueError("model.embedding_dim must be >= 1")
-        if self.oov_buckets < 0:
-            raise ValueError("model.oov_buckets must be >= 0")
-        if self.positives not in ("log", "diffusion", "auto"):
-            raise ValueError("model.positives must be log, diffusion or auto")
-        if self.positives_dir is not None and (not self.positives_dir
-                                               or self.positives == "log"):
-            raise ValueError("model.positives_dir must be a non-empty path and is read only with "
-                             "model.positives diffusion or auto")
-        if not 0.0 <= self.query_dropout < 1.0 or not 0.0 <= self.dropout < 1.0:
-            raise ValueError("model.dropout and model.query_dropout must be in [0, 1)")
-        if self.query_encoder_input not in ("vector", "target_product"):
-            raise ValueError("model.query_encoder_input must be vector or target_product")
-        if self.query_fusion not in ("concat", "bilinear"):
-            raise ValueError("model.query_fusion must be concat or bilinear")
-        if self.query_fusion == "bilinear" and not (self.query_pooling or self.query_encoder):
-            raise ValueError("model.query_fusion bilinear needs query_pooling or query_encoder")
-        if self.query_attention_target not in ("item_id", "item"):
-            raise ValueError("model.query_attention_target must be item_id or item")
-        if self.query_item_context and not (self.query_pooling
-                                            and self.query_attention_target == "item"):
-            raise ValueError("model.query_item_context needs model.query_pooling and "
-                             "model.query_attention_target: item (the clicked items and the "
-                             "target share one projection)")
-        if self.query_age_embedding and not (self.query_pooling or self.query_encoder):
-            raise ValueError("model.query_age_embedding needs model.query_pooling or "
-                             "model.query_encoder (it changes the query vectors they read)")
-        if self.embedding_l2 < 0:
-            raise ValueError("model.embedding_l2 must be >= 0")
-        if self.embedding_l2_counts not in ("vocab", "rows"):
-            raise ValueError("model.embedding_l2_counts must be vocab or rows")
-        if self.query_encoder and not self.query_encoder_ctr_gradient and not self.nip_weight:
-            raise ValueError("model.query_encoder_ctr_gradient false needs model.nip_weight > 0: "
-                             "nothing else would train the query encoder")
-        if self.nip_weight and not self.query_encoder:
-            raise ValueError("model.nip_weight > 0 needs model.query_encoder: true (NIP trains it)")
-        if self.contrastive_weight and self.contrastive_temperature <= 0:
-            raise ValueError("model.contrastive_temperature must be > 0")
-        if self.sas_heads < 1 or self.sas_blocks < 1:
-            raise ValueError("model.sas_heads and model.sas_blocks must be >= 1")
-        for key in ("mlp_units", "attention_units"):
-            if not getattr(self, key) or min(getattr(self, key)) < 1:
-                raise ValueError(f"model.{key} must be a non-empty list of integers >= 1, got "
-                                 f"{getattr(self, key)}")
-        if self.query_encoder and self.embedding_dim % self.sas_heads:
-            raise ValueError("model.embedding_dim must be divisible by model.sas_heads")
-        for section in (self.dcn, self.ple, self.sesrec, self.iv4rec):
-            section.validate()
 
 
 @dataclasses.dataclass
@@ -348,7 +290,7 @@ class Config:
         return self
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {"model": self.model.to_dict(), "train": dataclasses.asdict(self.train)}
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -359,11 +301,7 @@ class Config:
         unknown = set(values) - {"model", "train"}
         if unknown:
             raise ValueError(f"unknown config section(s) {sorted(unknown)}; use model: and train:")
-        model_values = _nest_legacy_keys(values.get("model") or {})
-        implied = implied_values(model_values.get("name", ModelConfig.name))
-        model = _build(ModelConfig, {**implied, **model_values}, "model")
-        check_implied(model)   # a value the file gives that the name contradicts
-        return cls(model=model,
+        return cls(model=_model_from_dict(values.get("model") or {}),
                    train=_build(TrainConfig, values.get("train") or {}, "train")).validate()
 
 
@@ -424,9 +362,9 @@ def apply_overrides(values: dict, overrides: Iterable[str]) -> dict:
                              f"got {item!r}")
         path, raw = item.split("=", 1)
         *sections, key = path.split(".")
-        if sections == ["model"] and key in LEGACY_KEYS:   # model.ple_levels: model.ple.levels
-            sections = ["model", LEGACY_KEYS[key][0]]
-            key = LEGACY_KEYS[key][1]
+        flat = _flat_key(values.get("model") or {}, key) if sections == ["model"] else None
+        if flat:   # model.ple_levels: model.ple.levels; model.nip_weight: model.din.nip_weight
+            sections, key = ["model", flat[0]], flat[1]
         target = values
         for depth, section in enumerate(sections):
             target = target.setdefault(section, {})
@@ -459,8 +397,29 @@ def read_yaml_mapping(path: str | None, sections: str) -> dict:
     return values
 
 
-def load_config(path: str | None, overrides: Iterable[str] = ()) -> Config:
+def read_config_file(path: str | None, seen: tuple[str, ...] = ()) -> dict:
+    """A config file's mapping with the file it `extends` (a path relative to it) merged under
+    it: a mapping merges key by key, any other value replaces the base's."""
     values = read_yaml_mapping(path, "model, train; see configs/*.yaml")
-    if isinstance(values.get("model"), dict):   # an older file's flat keys, before the overrides
-        values["model"] = _nest_legacy_keys(values["model"])
+    base = values.pop("extends", None)
+    if base is None:
+        return values
+    base_path = os.path.join(os.path.dirname(path), base)
+    if os.path.abspath(base_path) in seen:
+        raise ValueError(f"config file {path} extends {base}, which extends it back")
+    return _merged(read_config_file(base_path, (*seen, os.path.abspath(path))), values)
+
+
+def _merged(base: dict, values: dict) -> dict:
+    merged = dict(base)
+    for key, value in values.items():
+        merged[key] = (_merged(base[key], value)
+                       if isinstance(value, dict) and isinstance(base.get(key), dict) else value)
+    return merged
+
+
+def load_config(path: str | None, overrides: Iterable[str] = ()) -> Config:
+    values = read_config_file(path)
+    if isinstance(values.get("model"), dict):   # flat section keys, before the overrides
+        values["model"] = _nest_flat_keys(values["model"])
     return Config.from_dict(apply_overrides(values, overrides))

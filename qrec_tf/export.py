@@ -49,11 +49,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from qrec_tf import data, model_layout
+from qrec_tf import candidate_scoring, data, model_layout
 from qrec_tf import schema as S
+from qrec_tf.candidate_scoring import candidate_bucket
 from qrec_tf.data_dir import DataDirectory
 from qrec_tf.evaluate import load_trained_model
-from qrec_tf.models.base import MIN_CANDIDATE_STEP, CTRModel
+from qrec_tf.models.base import CTRModel
 from qrec_tf.train import TrainingDiverged, check_finite_weights
 from qrec_tf.version_names import check_version, parse_version
 
@@ -122,7 +123,7 @@ def examples_spec() -> tf.TensorSpec:
 def serving_functions(model: CTRModel, schema: S.Schema, xla: bool = True
                       ) -> dict[str, tuple[Callable, tf.TensorSpec | dict]]:
     """name -> (python function, input signature) of the three signatures; `xla`: score_candidates
-    with its XLA part (`CTRModel.score_candidates(compiled=True)`)."""
+    with its XLA part (`candidate_scoring.score_candidates(compiled=True)`)."""
     candidates = candidate_features(schema)
     context = context_features(schema)
     parse_spec = schema.parse_spec(example_parse_names(schema))
@@ -150,7 +151,8 @@ def serving_functions(model: CTRModel, schema: S.Schema, xla: bool = True
             items = {f.name: tf.identity(inputs[n])                         # [U, N]
                      for f, n in zip(candidates, candidate_names)}
             users = {n: tf.identity(inputs[n]) for n in context_names}      # [U, *shape]
-        return {OUTPUT_KEY: model.score_candidates(users, items, compiled=xla)}
+        return {OUTPUT_KEY: candidate_scoring.score_candidates(model, users, items,
+                                                               compiled=xla)}
 
     def from_examples(examples):
         return {OUTPUT_KEY: model(tf.io.parse_example(examples, parse_spec), training=False)}
@@ -313,14 +315,6 @@ def verify(export_path: str, model: CTRModel, schema: S.Schema,
     return worst
 
 
-def candidate_bucket(n: int) -> int:
-    """The XLA bucket of n candidates, as CTRModel.score_candidates pads them (base.py's
-    _candidate_bucket, in Python): the next power of two or 1.5 x a power of two, at least
-    MIN_CANDIDATE_STEP."""
-    power = 1 << (n - 1).bit_length()  # the smallest power of two >= n
-    return max(MIN_CANDIDATE_STEP, power * 3 // 4 if n <= power * 3 // 4 else power)
-
-
 def warmup_candidate_counts(max_candidates: int = WARMUP_MAX_CANDIDATES) -> list[int]:
     """One candidate count per bucket that a request of 1..max_candidates falls in: the
     buckets themselves, ascending."""
@@ -382,7 +376,7 @@ def export(model_dir: str, output: str, data_dir: DataDirectory | str | None = N
         never overwritten.
       verify_split: the split whose first examples check the export against the trained model.
       xla: `score_candidates` runs everything after the vocabulary lookups as one XLA
-        computation (CTRModel.score_candidates(compiled=True); TF Serving then needs
+        computation (candidate_scoring.score_candidates(compiled=True); TF Serving then needs
         --xla_cpu_compilation_enabled=true). serving_default and from_examples never use XLA.
       warmup_max_candidates: the warmup file covers every candidate bucket up to this many
         candidates (write_warmup).

@@ -74,27 +74,3 @@ def query_item_contrastive_loss(pos_scores: tf.Tensor, pos_mask: tf.Tensor,
     per_example, n_pos = _masked_mean(ops.expand_dims(log_denominator, -1) - pos, pos_mask)
     included = ops.logical_and(n_pos > 0, ops.any(neg_mask, axis=-1))
     return _mean_over_examples(per_example, included)
-
-
-def mini_batch_aware_l2(table: tf.Variable, indices: tf.Tensor,
-                        inverse_frequency: tf.Tensor) -> tf.Tensor:
-    """DIN's mini-batch aware L2 regularisation (Zhou et al., KDD'18, eqs 5-6) of one table.
-
-    sum over the distinct rows j among `indices` of ||w_j||^2 / n_j: only the rows a batch
-    touches are penalised (a plain L2 over a table of millions of rows would touch them all every
-    step), and rare ids, whose rows the click loss moves seldom and overfits easily, are pulled
-    harder than frequent ones.
-
-    table: the embedding variable [rows, dim]; indices: int [...] row indices of the batch (any
-    shape, repeats allowed); inverse_frequency: float32 [rows], 1 / n_j (0 for rows that are not
-    penalised: padding, OOV). Returns a float32 scalar. The rows are read with a resource
-    gather, so the gradient stays a tf.IndexedSlices over the touched rows.
-    """
-    import tensorflow as tf  # unique and the resource gather have no keras.ops equivalent
-
-    from qrec_tf.layers.embedding import sparse_rows
-
-    rows, _ = tf.unique(tf.reshape(tf.cast(indices, tf.int64), [-1]))
-    vectors = tf.cast(sparse_rows(table, rows), tf.float32)
-    weights = tf.gather(tf.cast(inverse_frequency, tf.float32), rows)
-    return tf.reduce_sum(weights * tf.reduce_sum(tf.square(vectors), axis=-1))

@@ -93,12 +93,14 @@ def random_data_constants(config, vocabularies: Vocabularies, seed: int = 0) -> 
     `config` (a ModelConfig): the contrastive positives (item indices per query row) and the
     items' categories (raw ids per item row), each only when the config uses it."""
     rng = np.random.default_rng(seed)
-    constants = {}
-    if getattr(config, "contrastive_weight", 0):
+    constants, din = {}, config.section_named("din")
+    if din is None:
+        return constants
+    if din.contrastive_weight:
         rows = vocabularies.size(S.VOCAB_QUERIES)
         constants["query_positives"] = rng.integers(
-            2, vocabularies.size(S.VOCAB_ITEMS), (rows, config.contrastive_positives))
-    if getattr(config, "query_item_context", False) or getattr(config, "search_match", False):
+            2, vocabularies.size(S.VOCAB_ITEMS), (rows, din.contrastive_positives))
+    if din.query_item_context or din.search_match:
         rows = vocabularies.size(S.VOCAB_ITEMS)
         constants["item_categories"] = np.stack(
             [rng.choice(vocabularies.values[vocab], rows)

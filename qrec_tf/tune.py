@@ -31,6 +31,7 @@ import keras
 import yaml
 
 from qrec_tf.config import Config, load_config
+from qrec_tf.models import registry  # noqa: F401 (registers the model names with config)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,15 +57,15 @@ class Dimension:
 
 def default_space(config: Config) -> list[Dimension]:
     """The dimensions that mean something for this model (see the module docstring)."""
-    model = config.model
+    din = config.model.section_named("din")
     space = []
-    if model.query_encoder:
+    if din and din.query_encoder:
         # Whether the click loss trains the SAS encoder decides between the regimes of
         # docs/RESULTS.md (issue 20); when it does not, NIP is all that trains it, so its weight
         # is searched from 0.05, never 0.
         space += [Dimension("model.nip_weight", 0.05, 1.0),
                   Dimension("model.query_encoder_ctr_gradient", choices=(False, True))]
-    if model.contrastive_weight:
+    if din and din.contrastive_weight:
         space.append(Dimension("model.contrastive_weight", 0.0, 0.5))
     space += [Dimension("model.embedding_l2", choices=(0.0, 0.001, 0.01, 0.1, 1.0, 10.0)),
               Dimension("train.learning_rate", 3e-4, 3e-3, log=True)]

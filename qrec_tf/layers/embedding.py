@@ -39,3 +39,23 @@ class SparseEmbedding(keras.layers.Embedding):
             inputs = tf.cast(inputs, tf.int64)
         outputs = sparse_rows(self.embeddings, inputs)
         return tf.cast(outputs, self.compute_dtype)
+
+
+def mini_batch_aware_l2(table: keras.Variable | tf.Variable, indices: tf.Tensor,
+                        inverse_frequency: tf.Tensor) -> tf.Tensor:
+    """DIN's mini-batch aware L2 regularisation (Zhou et al., KDD'18, eqs 5-6) of one table.
+
+    sum over the distinct rows j among `indices` of ||w_j||^2 / n_j: only the rows a batch
+    touches are penalised (a plain L2 over a table of millions of rows would touch them all every
+    step), and rare ids, whose rows the click loss moves seldom and overfits easily, are pulled
+    harder than frequent ones.
+
+    table: the embedding variable [rows, dim]; indices: int [...] row indices of the batch (any
+    shape, repeats allowed); inverse_frequency: float32 [rows], 1 / n_j (0 for rows that are not
+    penalised: padding, OOV). Returns a float32 scalar. The rows are read with a resource
+    gather, so the gradient stays a tf.IndexedSlices over the touched rows.
+    """
+    rows, _ = tf.unique(tf.reshape(tf.cast(indices, tf.int64), [-1]))
+    vectors = tf.cast(sparse_rows(table, rows), tf.float32)
+    weights = tf.gather(tf.cast(inverse_frequency, tf.float32), rows)
+    return tf.reduce_sum(weights * tf.reduce_sum(tf.square(vectors), axis=-1))

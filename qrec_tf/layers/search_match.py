@@ -14,7 +14,7 @@ with fixed half-lives h_k (default 1 h, 6 h, 24 h, 72 h, 240 h), so that a linea
 output can express a step window, a decay of any speed between them, or a long-lasting effect,
 and the sign of each (a satisfied search may lower the clicks that follow). It has no weights:
 what it adds to the click logit is learned by whoever reads it (a zero-initialised linear term in
-`QueryRecModel`). Padding and out-of-vocabulary indices (0 and 1) never match, and a search
+`DINModel`). Padding and out-of-vocabulary indices (0 and 1) never match, and a search
 event is never in the future of the impression (the Beam job keeps only earlier sessions).
 """
 

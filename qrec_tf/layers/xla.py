@@ -3,7 +3,7 @@
 Layers that skip padding with data-dependent shapes (tf.where, gathers of the real positions:
 DINAttention, SASEncoder) fall back to their static-shape computation while `static_shapes()`
 is active. XLA needs static shapes and would pad them back to their bounds anyway. The caller
-that compiles (the export's compiled scoring, `CTRModel.score_candidates(compiled=True)`)
+that compiles (the export's compiled scoring, `candidate_scoring.score_candidates(compiled=True)`)
 traces its function inside `static_shapes()`; TensorFlow has no public way to ask whether a
 trace is compiled by XLA.
 """

@@ -16,24 +16,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from qrec_tf import losses
 from qrec_tf import schema as S
 from qrec_tf.config import ModelConfig
+from qrec_tf.distribute_keras import ReplicaWorkarounds
 from qrec_tf.layers.dense_stack import mlp
 from qrec_tf.layers.din_attention import DINAttention
-from qrec_tf.layers.embedding import SparseEmbedding
+from qrec_tf.layers.embedding import SparseEmbedding, mini_batch_aware_l2
 from qrec_tf.layers.id_lookup import bucketed, lookup_size, make_lookup, unbucketed, values_end
-from qrec_tf.layers.xla import static_shapes
-from qrec_tf.models import row_frequencies
 from qrec_tf.models.recording_features import RecordingFeatures
 
 # Item features embedded by item_representation; the item group's others join the CTR input alone.
 ITEM_REPRESENTATION = (S.ITEM_ID, S.CATEGORY_ID, S.SUBCATEGORY_ID)
-# score_candidates pads the candidate count n before XLA compiles it: up to the next power of two
-# or 1.5 x a power of two (at least MIN_CANDIDATE_STEP): two shapes per doubling of n (13 up to
-# 512), each about 1.5-3 s of compilation that the export's warmup requests pay on load (issue
-# 32; eight per doubling made 32 buckets, over a minute of warmup), for at most 1/2 more work.
-MIN_CANDIDATE_STEP = 8
 
 
 @dataclasses.dataclass
@@ -60,32 +53,13 @@ class Vocabularies:
         if vocab not in self.counts:
             raise ValueError(f"no counts for vocabulary {vocab!r}: model.embedding_l2 needs the "
                              "Beam job's vocab/<name>.txt counts")
-        per_row = np.zeros(self.size(vocab), np.float64)
         counts = np.asarray(self.counts[vocab], np.float64)
-        per_row[2:2 + len(counts)] = np.maximum(counts, 1.0)
-        return row_frequencies.inverse_frequencies(per_row)
+        inverse = np.zeros(self.size(vocab), np.float32)   # OOV buckets: never counted
+        inverse[2:2 + len(counts)] = 1.0 / np.maximum(counts, 1.0)
+        return inverse
 
 
-def _next_power_of_two(n: tf.Tensor) -> tf.Tensor:
-    """Smallest power of two >= n (int32 scalar, 1 <= n <= 2**30): n - 1 with every bit below
-    its highest set bit set, plus one (exact, unlike a float log)."""
-    n = tf.cast(n, tf.int32) - 1
-    for shift in (1, 2, 4, 8, 16):
-        n = tf.bitwise.bitwise_or(n, tf.bitwise.right_shift(n, shift))
-    return n + 1
-
-
-def _candidate_bucket(n: tf.Tensor) -> tf.Tensor:
-    """The candidate count n (int32 scalar >= 1) rounded up to its XLA bucket: the smallest of
-    p / 2 + p / 4 and p >= n, p the smallest power of two >= n, and at least
-    MIN_CANDIDATE_STEP."""
-    power = _next_power_of_two(n)
-    three_quarters = power // 2 + power // 4
-    bucket = tf.where(n <= three_quarters, three_quarters, power)
-    return tf.maximum(MIN_CANDIDATE_STEP, bucket)
-
-
-class CTRModel(keras.Model):
+class CTRModel(ReplicaWorkarounds):
     """Base: lookups + embeddings of every categorical feature, and the custom train/test steps.
 
     Subclasses implement `forward(features, training) -> dict` with at least "logits" [batch], and
@@ -123,17 +97,8 @@ class CTRModel(keras.Model):
         self.auc = keras.metrics.AUC(num_thresholds=2000, name="auc")
         self.bce = keras.losses.BinaryCrossentropy(from_logits=True,
                                                    reduction="sum_over_batch_size")
-        self._compiled_scoring = None   # score_candidates(compiled=True)'s XLA function
         self._inputs_are_indices = False  # only inside `indexed_inputs()`
         self._input_feature_names: tuple[str, ...] | None = None  # input_feature_names()
-        self._tracing_reads = False       # only while input_feature_names() traces
-
-    def use_row_counts(self, counts: Mapping[str, np.ndarray]) -> None:
-        """The L2's n_j per row counted in examples (`embedding_l2_counts: rows`), not the
-        vocabularies' counts: `registry.build_model` gives them before returning the model."""
-        self.inverse_frequencies.update({
-            vocab: tf.constant(row_frequencies.inverse_frequencies(rows))
-            for vocab, rows in counts.items()})
 
     @classmethod
     def data_constants(cls, config: ModelConfig, data, vocabularies: Vocabularies) -> dict:
@@ -142,10 +107,11 @@ class CTRModel(keras.Model):
 
     # --- pieces subclasses use -----------------------------------------------------------------
     def din_attention(self, name: str) -> DINAttention:
-        """DIN's target attention (eqs 1-2) as the config sets it (model.attention_*)."""
+        """DIN's target attention (eqs 1-2) as the config sets it (model.attention_*), on the
+        real (target, key) pairs only (DINAttention packed: the same values as the padded
+        computation, docs/ARCHITECTURE.md "Padding does no work")."""
         cfg = self.config
         return DINAttention(cfg.attention_units, cfg.attention_activation, cfg.attention_softmax,
-                            jit_compile=cfg.attention_jit_compile, packed=cfg.attention_packed,
                             name=name)
 
     def make_ctr_head(self, mlp_name: str = "ctr_mlp") -> None:
@@ -180,9 +146,10 @@ class CTRModel(keras.Model):
     def indexed_inputs(self) -> Iterator[None]:
         """Within it, the model's inputs are vocabulary indices (`index_features`' output), not
         raw ids: `lookup` passes them through. For code that XLA compiles, which cannot run the
-        vocabularies' hash tables: `score_candidates(compiled=True)`, a jit-compiled train step
-        on indexed batches (benchmarks.vocab_scaling). It must hold while such a function
-        traces; a function traced inside it keeps reading indices afterwards."""
+        vocabularies' hash tables: `candidate_scoring.score_candidates(compiled=True)`, a
+        jit-compiled train step on indexed batches (benchmarks.vocab_scaling). It must hold
+        while such a function traces; a function traced inside it keeps reading indices
+        afterwards."""
         previous, self._inputs_are_indices = self._inputs_are_indices, True
         try:
             yield
@@ -206,9 +173,8 @@ class CTRModel(keras.Model):
 
         Found once by tracing `compute_loss_terms` (both modes) on a batch of every feature
         that records which ones it reads: what a model reads follows from its code and config
-        (e.g. `model.query_clicked_items`), with no list to keep in step. The trace runs no op
-        (no variable changes, no random draw); call it first outside a replica context (`fit`
-        does, in `make_train_function`)."""
+        (e.g. `model.din.query_item_context`), with no list to keep in step. The trace runs no
+        op (no variable changes, no random draw)."""
         if self._input_feature_names is None:
             with tf.init_scope():
                 self._input_feature_names = self._trace_read_features()
@@ -219,39 +185,31 @@ class CTRModel(keras.Model):
         specs = self.schema.tensor_specs(features)
         label = tf.TensorSpec([None], self.schema.feature(S.LABEL).tf_dtype)
         read: set[str] = set()
-        self._tracing_reads = True
-        try:
-            for training in (True, False):
-                # No autograph: its source conversion of every model function cost ~half of
-                # a small training run, and which features are read does not depend on it.
-                tf.function(lambda x, y, training=training: self.compute_loss_terms(
-                    RecordingFeatures(x, read), y, training=training)[0]["loss"],
-                    autograph=False).get_concrete_function(specs, label)
-        finally:
-            self._tracing_reads = False
+        for training in (True, False):
+            # No autograph: its source conversion of every model function cost ~half of a small
+            # training run, and which features are read does not depend on it.
+            tf.function(lambda x, y, training=training: self.compute_loss_terms(
+                RecordingFeatures(x, read), y, training=training)[0]["loss"],
+                autograph=False).get_concrete_function(specs, label)
         return tuple(f.name for f in features if f.name in read)
 
-    def embedding_penalty(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
-        """DIN's mini-batch aware L2 (losses.mini_batch_aware_l2) summed over the tables, on the
-        rows that the batch's inputs touch: the features the model reads
-        (`input_feature_names`), the NIP targets not (they are not inputs). A feature the batch
-        carries but the model does not read (din: query_clicked_item_ids) adds nothing."""
+    def embedding_penalty(self, features: Mapping[str, tf.Tensor], read: set[str]) -> tf.Tensor:
+        """DIN's mini-batch aware L2 (layers.embedding.mini_batch_aware_l2) summed over the
+        tables, on the rows that the batch's inputs touch: the features `read` by the forward
+        pass, the NIP targets not (they are not inputs). A feature the batch carries but the
+        model does not read (din: query_clicked_item_ids) adds nothing."""
         total = tf.constant(0.0)
-        if self._tracing_reads:   # the penalty reads nothing that the model does not
-            return total
         for vocab, table in self.embedding_tables().items():
-            names = self.penalised_features(vocab)
+            names = self.penalised_features(vocab, read)
             if names:
                 indices = tf.concat([tf.reshape(self.lookup(name, features[name]), [-1])
                                      for name in names], axis=0)
-                total += losses.mini_batch_aware_l2(table, indices,
-                                                    self.inverse_frequencies[vocab])
+                total += mini_batch_aware_l2(table, indices, self.inverse_frequencies[vocab])
         return total
 
-    def penalised_features(self, vocab: str) -> list[str]:
+    def penalised_features(self, vocab: str, read: set[str]) -> list[str]:
         """The features whose rows of table `vocab` the mini-batch aware L2 penalises: those of
-        the vocabulary that the model reads, the NIP targets not."""
-        read = set(self.input_feature_names())
+        the vocabulary among `read`, the NIP targets not (schema order)."""
         return [f.name for f in self.schema.features
                 if f.vocab == vocab and f.group != "nip" and f.name in read]
 
@@ -294,40 +252,6 @@ class CTRModel(keras.Model):
         """User, user-feature and author embeddings, each [batch, dim]."""
         return [*self.user_embeddings(features), *self.item_embeddings(features)]
 
-    def score_candidates(self, context: Mapping[str, tf.Tensor],
-                         candidates: Mapping[str, tf.Tensor], compiled: bool = False
-                         ) -> tf.Tensor:
-        """Click probabilities of each user's candidate items, float32 [users, N] (the
-        `score_candidates` serving signature).
-
-        `context`: every non-item model feature, [users, *shape]; `candidates`: the item features
-        (schema group "item"), [users, N]. With `compiled` (the export's default), the
-        vocabulary lookups run first and everything after them runs as one XLA computation, with
-        the users padded to a power of two and N to a bucket (MIN_CANDIDATE_STEP) so that XLA
-        compiles once per bucket rather than once per request shape.
-        """
-        if not compiled:
-            return self.score_candidate_features(context, candidates)
-        index = self.index_features
-        context, candidates = index(context), index(candidates)
-        users, n = tf.unstack(tf.shape(candidates[S.ITEM_ID]))
-        # Padding users and candidates are index 0 everywhere (the padding rows); their scores
-        # are cut off below. Users are padded to a power of two, candidates by at most 1/2
-        # (_candidate_bucket): a bounded number of shapes to compile under request batching.
-        extra_users = _next_power_of_two(users) - users
-        extra_n = _candidate_bucket(n) - n
-        context = {name: tf.pad(values, [[0, extra_users]] + [[0, 0]] * (len(values.shape) - 1))
-                   for name, values in context.items()}
-        candidates = {name: tf.pad(values, [[0, extra_users], [0, extra_n]])
-                      for name, values in candidates.items()}
-        if self._compiled_scoring is None:
-            self._compiled_scoring = tf.function(self.score_candidate_features,
-                                                 jit_compile=True)
-        # Read while the compiled function traces; static_shapes: the layers' padded paths.
-        with self.indexed_inputs(), static_shapes():
-            scores = self._compiled_scoring(context, candidates)
-        return scores[:users, :n]
-
     def index_features(self, features: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """Raw features -> vocabulary indices (a feature without a vocabulary as it is)."""
         return {name: self.lookup(name, values) if self.schema.feature(name).vocab else values
@@ -335,8 +259,9 @@ class CTRModel(keras.Model):
 
     def score_candidate_features(self, context: Mapping[str, tf.Tensor],
                                  candidates: Mapping[str, tf.Tensor]) -> tf.Tensor:
-        """score_candidates without the compilation. This default repeats each user's context N
-        times and calls the model; a model whose user side does not depend on the item overrides
+        """The scores [users, N] of each user's candidates (`candidate_scoring.score_candidates`
+        calls it, compiled or not). This default repeats each user's context N times and calls
+        the model; a model whose user side does not depend on the item overrides
         it to compute that side once per user."""
         shape = tf.shape(candidates[S.ITEM_ID])
         rows = {name: tf.reshape(values, [-1]) for name, values in candidates.items()}
@@ -367,7 +292,8 @@ class CTRModel(keras.Model):
         the click loss plus each weighted auxiliary loss of `forward`, plus the embedding L2 in
         training. The train step adds the Keras layer losses (`self.losses`, e.g. a layer's
         kernel_regularizer) to "loss"."""
-        out = self.forward(features, training=training)
+        read: set[str] = set()   # what the forward pass reads: the penalty's features
+        out = self.forward(RecordingFeatures(features, read), training=training)
         logits = tf.cast(out["logits"], tf.float32)
         labels = tf.cast(tf.reshape(labels, [-1]), tf.float32)
         terms = {"ctr_loss": self.bce(labels, logits)}
@@ -376,7 +302,7 @@ class CTRModel(keras.Model):
             terms[name] = tf.cast(value, tf.float32)
             total = total + weight * terms[name]
         if training and self.config.embedding_l2:
-            terms["embedding_l2"] = self.embedding_penalty(features)
+            terms["embedding_l2"] = self.embedding_penalty(features, read)
             total = total + self.config.embedding_l2 * terms["embedding_l2"]
         terms["loss"] = total
         return terms, labels, tf.sigmoid(logits)
@@ -416,51 +342,3 @@ class CTRModel(keras.Model):
         features, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         terms, labels, probabilities = self.compute_loss_terms(features, labels, training=False)
         return self._update_metrics(terms, labels, probabilities)
-
-    # --- Keras 3.15 workarounds for several replicas ------------------------------------------
-    # Keras 3's `fit` fails with several replicas in sync (keras-team/keras#20585, open;
-    # tensorflow/tensorflow#72388): (1) under any strategy with 2+ replicas, (2) under a
-    # MultiWorkerMirroredStrategy of 2+ workers; elsewhere Keras' own code runs. Tested by
-    # tests/qrec_tf/test_distribute.py (the 2-replica and the 2-process runs fail without them):
-    # delete this block once Keras fixes these.
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """(1) Keras takes a first batch from the epoch's iterator and reduces it to a mean over
-        the replicas to build the model symbolically, which fails on string features (`AddN` of
-        string / `Attempt to convert a value (PerReplica ...)`). `registry.build_model` has
-        built the model on a sample batch already: only the optimizer's variables are left."""
-        if self.distribute_strategy.num_replicas_in_sync == 1:
-            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-        with self.distribute_strategy.scope():
-            if self.optimizer is not None and not self.optimizer.built:
-                self.optimizer.build(self.trainable_variables)
-        self._post_build()
-
-    def make_train_function(self, force=False):
-        if self.config.embedding_l2:
-            self.input_feature_names()   # traced here, outside the replicas' step
-        self._logs_as_vectors_under_multi_worker()
-        return super().make_train_function(force=force)
-
-    def make_test_function(self, force=False):
-        self._logs_as_vectors_under_multi_worker()
-        return super().make_test_function(force=force)
-
-    def _logs_as_vectors_under_multi_worker(self):
-        """(2) Keras reduces the step's logs across workers with `strategy.reduce("MEAN", v,
-        axis=0)`, which fails on scalars (`Invalid reduction dimension 0 for input with 0
-        dimensions`): each log goes out as shape [1] and comes back a scalar (the mean over the
-        replicas)."""
-        from qrec_tf.distribute import in_multi_worker_mode
-
-        if in_multi_worker_mode(self.distribute_strategy) and "train_step" not in vars(self):
-            self.train_step = _logs_as_vectors(self.train_step)
-            self.test_step = _logs_as_vectors(self.test_step)
-
-
-def _logs_as_vectors(step):
-    """A train or test step whose scalar logs are returned with shape [1] (workaround (2))."""
-    def wrapped(data):
-        return {name: tf.reshape(value, [1]) for name, value in step(data).items()}
-
-    return wrapped
-

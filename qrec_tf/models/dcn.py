@@ -3,13 +3,29 @@ and a deep MLP in parallel over [e_u || e_i || e_xu || e_xi || mean of the histo
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras_rs
 import tensorflow as tf
 
 from qrec_tf import schema as S
-from qrec_tf.config import ModelConfig
+from qrec_tf.config import ModelConfig, check_ranges
 from qrec_tf.layers.dense_stack import masked_mean
 from qrec_tf.models.base import CTRModel, Vocabularies
+
+
+@dataclasses.dataclass
+class DCNConfig:
+    """model.dcn: cross layers (keras-rs FeatureCross) beside the deep MLP (mlp_units)."""
+
+    cross_layers: int = 2
+
+    def validate(self, model: ModelConfig) -> None:
+        check_ranges(self, "dcn", at_least_one=("cross_layers",))
+
+
+# DCN has no target attention: a config that sets its keys is an error.
+DCN_UNREAD = ("attention_units", "attention_activation", "attention_softmax")
 
 
 class DCNModel(CTRModel):

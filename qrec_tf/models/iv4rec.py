@@ -25,6 +25,7 @@ the search log never showed keeps its plain embedding (its gate is 0).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 from typing import Mapping
 
@@ -32,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from qrec_tf import schema as S
-from qrec_tf.config import ModelConfig
+from qrec_tf.config import ModelConfig, check_ranges
 from qrec_tf.layers.dense_stack import masked_mean
 from qrec_tf.layers.id_lookup import OOV_INDEX
 from qrec_tf.layers.instrumental import InstrumentalDecomposition
@@ -40,6 +41,20 @@ from qrec_tf.layers.query_embedding import SparseQueryEmbedding
 from qrec_tf.models.base import CTRModel, Vocabularies
 
 LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class IV4RecConfig:
+    """model.iv4rec: queries per item (the item's instrumental variables), the first-stage
+    regression MLP's hidden units, and the weights of the user and item first-stage losses."""
+
+    item_queries: int = 5
+    units: list[int] = dataclasses.field(default_factory=lambda: [64])
+    user_weight: float = 0.9
+    item_weight: float = 0.9
+
+    def validate(self, model: ModelConfig) -> None:
+        check_ranges(self, "iv4rec", ("item_queries",), ("user_weight", "item_weight"))
 
 
 def instrument_tables(rows, vocabularies: Vocabularies, queries_per_item: int,

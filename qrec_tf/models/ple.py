@@ -15,18 +15,35 @@ validation, evaluation and serving use the feed tower only.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping
 
 import keras
 import tensorflow as tf
 
 from qrec_tf import schema as S
-from qrec_tf.config import ModelConfig
+from qrec_tf.config import ModelConfig, check_ranges
 from qrec_tf.layers.dense_stack import mlp
 from qrec_tf.layers.extraction import ExtractionLevel
 from qrec_tf.models.base import CTRModel, Vocabularies
 
 TASKS = ("feed", "search")
+
+
+@dataclasses.dataclass
+class PLEConfig:
+    """model.ple: extraction levels, experts per task and shared, each expert's Dense units; the
+    search click task's loss weight (the feed click task has weight 1; towers are mlp_units)."""
+
+    levels: int = 2
+    task_experts: int = 1
+    shared_experts: int = 1
+    expert_units: list[int] = dataclasses.field(default_factory=lambda: [64])
+    search_task_weight: float = 1.0
+
+    def validate(self, model: ModelConfig) -> None:
+        check_ranges(self, "ple", ("levels", "task_experts", "shared_experts"),
+                     ("search_task_weight",))
 
 
 class PLEModel(CTRModel):

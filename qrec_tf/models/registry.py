@@ -1,38 +1,72 @@
-"""Model names -> builders. A name fixes the paper's parts (docs/PAPER.md tables 4, 5); other
-hyper-parameters come from the config (configs/<name>.yaml)."""
+"""Model names -> builders: the one list of the models (`MODELS`). Each name is a model family's
+class with its typed config section (defined in the family's module) and the section values the
+name fixes: for the DIN family, which parts of QueryRec it has (docs/PAPER.md tables 4, 5).
+Loading a config fills in what the name implies and rejects a value that differs
+(qrec_tf.config, which this module registers the names with); other hyper-parameters come from
+the config (configs/<name>.yaml)."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import os
+from typing import Any, NamedTuple
 
+from qrec_tf import config as C
 from qrec_tf import model_layout
 from qrec_tf import schema as S
-from qrec_tf.config import IMPLIED_BY_NAME, Config, ModelConfig, check_implied, load_config
+from qrec_tf.config import Config, ModelConfig, check_implied, load_config
 from qrec_tf.data_dir import DataDirectory
-from qrec_tf.models import row_frequencies
 from qrec_tf.models.base import CTRModel, Vocabularies
-from qrec_tf.models.dcn import DCNModel
-from qrec_tf.models.iv4rec import IV4RecModel
-from qrec_tf.models.ple import PLEModel
-from qrec_tf.models.queryrec import QueryRecModel
-from qrec_tf.models.sesrec import SESRecModel
+from qrec_tf.models.dcn import DCN_UNREAD, DCNConfig, DCNModel
+from qrec_tf.models.din import DINConfig, DINModel
+from qrec_tf.models.iv4rec import IV4RecConfig, IV4RecModel
+from qrec_tf.models.ple import PLEConfig, PLEModel
+from qrec_tf.models.sesrec import SESRecConfig, SESRecModel
 
-# name -> (class, the config values the name implies: qrec_tf.config.IMPLIED_BY_NAME)
-MODELS = {name: (cls, IMPLIED_BY_NAME[name]) for name, cls in {
-    "din": QueryRecModel,
-    "din_query": QueryRecModel,
-    "din_nip": QueryRecModel,
-    "din_con": QueryRecModel,
-    "din_con_diffusion": QueryRecModel,
-    "queryrec": QueryRecModel,
-    "dcn": DCNModel,
-    # The other baselines of table 4; QueryRec's query flags and losses do not apply to them.
-    "ple": PLEModel,
-    "sesrec": SESRecModel,
-    "iv4rec": IV4RecModel,
-}.items()}
+
+class Model(NamedTuple):
+    """A registered model: its class, and what its name brings to the config (`config.Family`:
+    the section's key and type, the values the name implies, backbone keys it never reads)."""
+
+    cls: type
+    family: C.Family
+
+    @property
+    def implied(self) -> dict[str, Any]:
+        return dict(self.family.implied)
+
+
+def _din(**parts) -> Model:
+    """A DIN-family model: DIN plus the query-side parts `parts` (model.din values). The parts
+    not given are off: no v_q, no e_qt, no NIP loss, no contrastive loss."""
+    off = dict(query_pooling=False, query_encoder=False, nip_weight=0.0, contrastive_weight=0.0)
+    implied = {**off, **parts}
+    # A loss the name allows is free (its weight is a hyper-parameter): not implied.
+    for loss in ("nip_weight", "contrastive_weight"):
+        if implied[loss] is None:
+            del implied[loss]
+    return Model(DINModel, C.Family("din", DINConfig, implied))
+
+
+# The models: table 5's ablation (the DIN family: the parts each name has) and table 4's
+# baselines. Adding a model: its class and section in its module, and one line here.
+MODELS: dict[str, Model] = {
+    "din": _din(),
+    "din_query": _din(query_pooling=True),                            # + eq 2
+    "din_nip": _din(query_encoder=True, nip_weight=None),             # + e_qt, NIP (eqs 13-14)
+    "din_con": _din(query_pooling=True, contrastive_weight=None, positives="log"),   # + eq 15
+    "din_con_diffusion": _din(query_pooling=True, contrastive_weight=None,
+                              positives="diffusion"),   # eq 15 on the diffusion positives
+    "queryrec": _din(query_pooling=True, query_encoder=True, nip_weight=None,
+                     contrastive_weight=None),          # eq 16
+    "dcn": Model(DCNModel, C.Family("dcn", DCNConfig, backbone_unread=DCN_UNREAD)),
+    # PLE's two task losses are its whole loss (PLEModel.compute_loss_terms): no embedding L2.
+    "ple": Model(PLEModel, C.Family("ple", PLEConfig, backbone_unread=("embedding_l2",))),
+    "sesrec": Model(SESRecModel, C.Family("sesrec", SESRecConfig)),
+    "iv4rec": Model(IV4RecModel, C.Family("iv4rec", IV4RecConfig)),
+}
+C.register_models({name: model.family for name, model in MODELS.items()})
 
 
 def check_name(config: ModelConfig) -> None:
@@ -65,31 +99,20 @@ def load_vocabularies(data: DataDirectory | str, schema: S.Schema | None = None
 def build_model(config: ModelConfig, data: DataDirectory | str) -> CTRModel:
     """The registered model for `config`, with lookups from the data's vocab/, and its variables
     created (on one row of padding built from the schema's specs, so no split is read):
-    checkpoint restores need them. `data`: the loaded data directory (a path is loaded here).
-
-    With `model.embedding_l2_counts: rows` the mini-batch aware L2's counts are the examples of
-    the train split that hold each row (`row_frequencies`), counted here with the model's own
-    lookups and the features it reads, so the model leaves this function with its counts."""
+    checkpoint restores need them. `data`: the loaded data directory (a path is loaded here)."""
     check_name(config)
     data = DataDirectory.of(data)
     vocabularies = dataclasses.replace(load_vocabularies(data), oov_buckets=config.oov_buckets)
-    model = build_with_vocabularies(config, data, vocabularies)
-    if config.embedding_l2 and config.embedding_l2_counts == "rows":
-        counted = row_frequencies.count_example_rows(model, data.dataset(
-            "train", 4096, shuffle=False, features=model.input_feature_names()))
-        model.use_row_counts(counted)
-    return model
+    return build_with_vocabularies(config, data, vocabularies)
 
 
 def build_with_vocabularies(config: ModelConfig, data: DataDirectory | str,
                             vocabularies: Vocabularies) -> CTRModel:
     """build_model with the given vocabularies (a warm start builds the previous model with its
-    own): the data constants come from `data`, indexed by these vocabularies; the mini-batch
-    aware L2's counts are the vocabularies' (the previous model of a warm start only gives its
-    weights)."""
+    own): the data constants come from `data`, indexed by these vocabularies."""
     check_name(config)
     data = DataDirectory.of(data)
-    cls = MODELS[config.name][0]
+    cls = MODELS[config.name].cls
     model = cls(config, data.schema, vocabularies,
                 **cls.data_constants(config, data, vocabularies), name=config.name)
     model(data.schema.padding_batch(), training=False)

@@ -8,10 +8,10 @@ Representation for Recommendation", SIGIR 2023) baseline of table 4.
   the items clicked in its session (`query_clicked_item_ids`), encoded by a second encoder.
 - Query-item alignment (SESRec's InfoNCE): for every (query, item clicked after it) pair of the
   search history, s(q, i) = tanh(q^T W i) (`BilinearSimilarity`) against
-  `contrastive_negatives` items drawn uniformly from the catalogue, and symmetrically s(i, q)
+  `sesrec.contrastive_negatives` items drawn uniformly from the catalogue, and symmetrically s(i, q)
   against as many queries drawn from the batch's search histories; a negative equal to the
   pair's own item (query) is dropped. Loss = mean over pairs of -log(exp(s+/T) / (exp(s+/T) +
-  sum exp(s-/T))), T = contrastive_temperature, averaged over the two directions.
+  sum exp(s-/T))), T = sesrec.contrastive_temperature, averaged over the two directions.
 - Interest disentanglement (`InterestContrast`): co-attention between the two encoded sequences
   splits each into interests similar and dissimilar to the other, with a triplet loss.
 - Prediction: each sequence pooled by target attention (softmax over the positions) three times:
@@ -26,6 +26,7 @@ form, the InfoNCE temperature is fixed, and negative queries come from the batch
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping
 
 import keras
@@ -33,13 +34,37 @@ import tensorflow as tf
 
 from qrec_tf import losses
 from qrec_tf import schema as S
-from qrec_tf.config import ModelConfig
+from qrec_tf.config import ModelConfig, check_ranges
 from qrec_tf.layers.contrastive import BilinearSimilarity
 from qrec_tf.layers.dense_stack import masked_mean
 from qrec_tf.layers.interest_contrast import InterestContrast
 from qrec_tf.layers.query_embedding import SparseQueryEmbedding
 from qrec_tf.layers.sas_encoder import SASEncoder
 from qrec_tf.models.base import CTRModel, Vocabularies
+
+
+@dataclasses.dataclass
+class SESRecConfig:
+    """model.sesrec: the two encoders (SASEncoder blocks, heads, dropout), the query-item
+    alignment (InfoNCE: its weight, temperature and sampled negatives), and the interest
+    triplet loss's weight and margin."""
+
+    sas_blocks: int = 2
+    sas_heads: int = 1
+    sas_dropout: float = 0.2
+    alignment_weight: float = 0.1
+    contrastive_temperature: float = 0.2
+    contrastive_negatives: int = 64
+    triplet_weight: float = 0.1
+    triplet_margin: float = 1.0
+
+    def validate(self, model: ModelConfig) -> None:
+        check_ranges(self, "sesrec", ("sas_blocks", "sas_heads", "contrastive_negatives"),
+                     ("alignment_weight", "triplet_weight", "triplet_margin"))
+        if self.contrastive_temperature <= 0:
+            raise ValueError("model.sesrec.contrastive_temperature must be > 0")
+        if model.embedding_dim % self.sas_heads:
+            raise ValueError("model.embedding_dim must be divisible by model.sesrec.sas_heads")
 
 
 class SESRecModel(CTRModel):
@@ -51,8 +76,9 @@ class SESRecModel(CTRModel):
             vocabularies.size(S.VOCAB_QUERIES), vocabularies.size(S.VOCAB_WORDS), d,
             name="query_embedding")
         self.feed_encoder, self.search_encoder = (
-            SASEncoder(length, d, num_blocks=config.sas_blocks, num_heads=config.sas_heads,
-                       dropout=config.sas_dropout, name=f"{name}_encoder")
+            SASEncoder(length, d, num_blocks=config.sesrec.sas_blocks,
+                       num_heads=config.sesrec.sas_heads, dropout=config.sesrec.sas_dropout,
+                       name=f"{name}_encoder")
             for name, length in (("feed", schema.history_length), ("search", schema.max_queries)))
         # [item || category || sub-category] -> dim: the feed sequence and the attention's target
         # see an item's categories, as DIN's history does (clicks follow categories).
@@ -113,7 +139,7 @@ class SESRecModel(CTRModel):
 
     def _alignment_loss(self, queries, key_idx, clicked, clicked_idx, pair_mask):
         """Symmetric InfoNCE over the (query, clicked item) pairs of the search histories."""
-        n = self.config.contrastive_negatives
+        n = self.config.sesrec.contrastive_negatives
         pair_queries = tf.boolean_mask(
             tf.broadcast_to(queries[:, :, None], tf.shape(clicked)), pair_mask)   # [P, d]
         pair_keys = tf.boolean_mask(
@@ -152,4 +178,4 @@ class SESRecModel(CTRModel):
         # only what it is given as negatives.
         return losses.query_item_contrastive_loss(
             pos, has_pos, tf.concat([pos, neg], 1), tf.concat([has_pos, negative_valid], 1),
-            self.config.contrastive_temperature)
+            self.config.sesrec.contrastive_temperature)

@@ -427,7 +427,7 @@ def test_din_con_diffusion_reads_the_table_of_the_pipeline_output(tmp_path):
         config = load_config(f"configs/{name}.yaml", ["model.embedding_dim=4",
                                                       "model.mlp_units=[4]",
                                                       "model.attention_units=[4]", *extra])
-        table = build_model(config.model, data_dir).query_positives.numpy()
+        table = build_model(config.model, data_dir).tasks[-1].query_positives.numpy()
         return int((table[2:, 0] != 0).sum())
 
     with_log = rows_with_positives("din_con")

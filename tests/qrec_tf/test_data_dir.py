@@ -46,13 +46,12 @@ def count_opens(monkeypatch, root: str) -> collections.Counter:
 
 
 def test_one_training_run_reads_schema_and_stats_once_each(data_dir, tmp_path, monkeypatch):
-    """queryrec (contrastive positives, query side) with the example-row counts of the
-    mini-batch aware L2, from a path given as --data is: schema.json and stats.json once each,
+    """queryrec (contrastive positives, query side) with the mini-batch aware L2, from a path
+    given as --data is: schema.json and stats.json once each,
     every vocabulary once; and a warm start from that run (which builds the previous model on
     the same data) reads them once too. Before the data directory was one object, schema.json
-    was read 6 times in such a run and stats.json 3 times (docs/RESULTS.md, issue 34 part B)."""
-    config = load_config("configs/queryrec.yaml", [*TINY, "model.embedding_l2=0.1",
-                                                  "model.embedding_l2_counts=rows"])
+    was read 5 times in such a run and stats.json 2 times (docs/RESULTS.md, issue 34 part B)."""
+    config = load_config("configs/queryrec.yaml", [*TINY, "model.embedding_l2=0.1"])
     for run, warm_start in (("first", None), ("warm", str(tmp_path / "first"))):
         opened = count_opens(monkeypatch, data_dir)
         summary = train.train(config, data_dir, str(tmp_path / run), verbose=0,

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from qrec_tf import losses
+from qrec_tf.layers.embedding import mini_batch_aware_l2
 from qrec_tf.testing import variable_readers
 
 
@@ -128,7 +129,7 @@ def test_mini_batch_aware_l2_reads_only_the_touched_rows_of_a_keras_variable():
     import keras
 
     table = keras.Variable(np.ones((6, 2), np.float32))
-    penalty = tf.function(lambda: losses.mini_batch_aware_l2(
+    penalty = tf.function(lambda: mini_batch_aware_l2(
         table, tf.constant([1, 2, 2]), tf.ones(6)))
     assert variable_readers(penalty, table) == {"ResourceGather"}
     assert float(penalty()) == pytest.approx(4.0)      # rows 1 and 2, ||(1, 1)||^2 each
@@ -140,7 +141,7 @@ def test_mini_batch_aware_l2_by_hand():
     # Rows 2, 3 and OOV touched (row 2 twice: it counts once); row 4 not in the batch.
     indices = tf.constant([[2, 3, 0], [2, 1, 0]], tf.int64)
     with tf.GradientTape() as tape:
-        penalty = losses.mini_batch_aware_l2(table, indices, inverse_frequency)
+        penalty = mini_batch_aware_l2(table, indices, inverse_frequency)
     # ||(1, 2)||^2 / 4 + ||(3, 0)||^2 / 2 = 5 / 4 + 9 / 2
     assert float(penalty) == pytest.approx(5 / 4 + 9 / 2, rel=1e-6)
     gradient = tape.gradient(penalty, table)

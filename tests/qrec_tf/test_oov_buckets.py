@@ -8,7 +8,8 @@ import tensorflow as tf
 from qrec_tf import schema as S
 from qrec_tf.config import ModelConfig
 from qrec_tf.layers.id_lookup import OOV_INDEX, bucketed, make_lookup, values_end
-from qrec_tf.models.queryrec import QueryRecModel
+from qrec_tf.models import registry  # noqa: F401 (registers the model names)
+from qrec_tf.models.din import DINModel
 from qrec_tf.testing import random_batch, random_vocabularies
 
 
@@ -37,11 +38,11 @@ def test_two_unseen_ids_can_get_different_rows_and_one_id_always_the_same():
     assert bucketed(keys(raw_keys), raw_keys, 4, 0).numpy().tolist() == [0, 3, 1, 1, 1]
 
 
-def _model(buckets: int) -> QueryRecModel:
+def _model(buckets: int) -> DINModel:
     vocabularies = dataclasses.replace(random_vocabularies(50, 40), oov_buckets=buckets)
     config = ModelConfig(name="din", embedding_dim=4, mlp_units=[8], attention_units=[8],
                          oov_buckets=buckets)
-    model = QueryRecModel(config, S.Schema(), vocabularies)
+    model = DINModel(config, S.Schema(), vocabularies)
     model(S.Schema().padding_batch(), training=False)
     return model
 

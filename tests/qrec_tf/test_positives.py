@@ -47,13 +47,13 @@ def test_written_table_round_trips_and_is_found_by_positives_dir(hand_data, tmp_
 
 
 def test_positives_dir_is_validated():
-    with pytest.raises(ValueError, match="model.positives_dir"):
+    with pytest.raises(ValueError, match="model.din.positives_dir"):
         load_config("configs/din_con.yaml", ["model.positives_dir=/tmp/x"])   # positives: log
     with pytest.raises(ValueError, match="non-empty path"):
         load_config("configs/din_con_diffusion.yaml", ["model.positives_dir=''"])
     config = load_config("configs/din_con_diffusion.yaml", ["model.positives_dir=/tmp/x"])
-    assert config.model.positives_dir == "/tmp/x"
-    assert load_config("configs/din_con_diffusion.yaml").model.positives_dir is None
+    assert config.model.din.positives_dir == "/tmp/x"
+    assert load_config("configs/din_con_diffusion.yaml").model.din.positives_dir is None
 
 
 def test_matrix_rows_follow_the_query_lookup_and_items_the_item_lookup():

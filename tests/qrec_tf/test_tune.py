@@ -41,8 +41,8 @@ def test_a_tiny_search_writes_its_trials_and_the_best_config_without_the_test_sp
                    key=lambda r: float(r["val_auc"]))
     assert study["best"]["val_auc"] == pytest.approx(float(best_row["val_auc"]))
     best = load_config(os.path.join(output, "best.yaml"))
-    assert best.model.nip_weight == pytest.approx(float(best_row["model.nip_weight"]))
-    assert str(best.model.query_encoder_ctr_gradient) == \
+    assert best.model.din.nip_weight == pytest.approx(float(best_row["model.nip_weight"]))
+    assert str(best.model.din.query_encoder_ctr_gradient) == \
         best_row["model.query_encoder_ctr_gradient"]
     assert best.train.learning_rate == pytest.approx(float(best_row["train.learning_rate"]))
     assert best.train.steps_per_epoch == 3          # the fixed --set values are kept

@@ -19,6 +19,7 @@ from tests.qrec_tf.models.test_queryrec import (
     assert_compiled_scoring_matches,
     batch,
     score,
+    tiny,
     with_other,
 )
 
@@ -50,7 +51,7 @@ def built(cls, name):
 
 
 def build(cls, name, *extra, **constants):
-    config = load_config(f"configs/{name}.yaml", [*TINY, *extra]).model
+    config = load_config(f"configs/{name}.yaml", tiny(name, *extra, settings=TINY)).model
     if cls is IV4RecModel and not constants:
         constants = random_tables()
     tf.keras.utils.set_random_seed(0)
@@ -105,8 +106,9 @@ def test_auxiliary_losses_only_in_training(cls, name, expected):
     for _, (weight, value) in out.get("aux_losses", {}).items():
         assert weight > 0 and np.isfinite(float(value)) and float(value) > 0
     assert not model.forward(features, training=False).get("aux_losses")
-    assert not build(cls, name, "model.sesrec.alignment_weight=0", "model.sesrec.triplet_weight=0",
-                     "model.iv4rec.user_weight=0", "model.iv4rec.item_weight=0").forward(
+    zero_weights = ["model.sesrec.alignment_weight=0", "model.sesrec.triplet_weight=0",
+                    "model.iv4rec.user_weight=0", "model.iv4rec.item_weight=0"]
+    assert not build(cls, name, *tiny(name, settings=zero_weights)).forward(
         features, training=True).get("aux_losses")
 
 
@@ -184,7 +186,8 @@ def test_compiled_scoring_equals_the_plain_one(cls, name):
 def test_a_model_takes_only_its_own_data_constants(cls, name):
     """One constructor shape: `build_model` passes exactly what the class's `data_constants`
     returns, so a baseline neither needs nor silently swallows the contrastive positives."""
-    assert cls.data_constants(load_config(f"configs/{name}.yaml", TINY).model,
+    assert cls.data_constants(load_config(f"configs/{name}.yaml",
+                                          tiny(name, settings=TINY)).model,
                               DataDirectory("/nonexistent"), VOCABS) == {}
     with pytest.raises((TypeError, ValueError), match="query_positives"):
         build(cls, name, query_positives=np.zeros((3, 1), np.int64))

@@ -6,8 +6,15 @@ import pytest
 import tensorflow as tf
 
 from qrec_tf import schema as S
-from qrec_tf.config import load_config
+from qrec_tf.candidate_scoring import (
+    bucket_of,
+    candidate_bucket,
+    next_power_of_two,
+    score_candidates,
+)
+from qrec_tf.config import load_config, reads_key
 from qrec_tf.data_dir import DataDirectory
+from qrec_tf.models import query_side
 from qrec_tf.models.registry import MODELS
 from qrec_tf.testing import random_batch, random_data_constants, random_vocabularies
 
@@ -21,8 +28,13 @@ TINY = ["model.embedding_dim=8", "model.mlp_units=[8]", "model.attention_units=[
         "model.query_scale_init=null"]
 
 
+def tiny(name, *extra, settings=TINY):
+    """The small `settings` that model `name` reads, then `extra`."""
+    return [*(o for o in settings if reads_key(name, o)), *extra]
+
+
 def build(name, positives=None, *extra):
-    config = load_config(f"configs/{name}.yaml", [*TINY, *extra]).model
+    config = load_config(f"configs/{name}.yaml", tiny(name, *extra)).model
     constants = random_data_constants(config, VOCABS)
     if positives is not None:
         constants["query_positives"] = positives
@@ -110,8 +122,8 @@ def test_auxiliary_losses_only_in_training(name, expected):
     model, features = build(name), batch()
     train_out = model.forward(features, training=True)
     assert set(train_out.get("aux_losses", {})) == expected
-    weights = {"nip_loss": model.config.nip_weight,
-               "contrastive_loss": model.config.contrastive_weight}
+    din = model.config.section_named("din")
+    weights = din and {"nip_loss": din.nip_weight, "contrastive_loss": din.contrastive_weight}
     for loss_name, (weight, value) in train_out.get("aux_losses", {}).items():
         assert weight == weights[loss_name] > 0 and np.isfinite(float(value))
     assert not model.forward(features, training=False).get("aux_losses")
@@ -182,14 +194,14 @@ def test_a_sampled_negative_that_is_a_positive_of_the_example_is_masked(positive
     table = np.zeros((VOCABS.size(S.VOCAB_QUERIES), 5), np.int64)
     table[2:, 0] = positive
     model = build("din_con", table)
-    model.item_rows = 3             # every negative drawn (from [2, 3)) is item index 2
+    model.tasks[-1].item_rows = 3   # every negative drawn (from [2, 3)) is item index 2
     _, value = model.forward(batch(), training=True)["aux_losses"]["contrastive_loss"]
     # All of an example's negatives collide: no valid negative, so the example is left out.
     assert (float(value) == 0.0) == collides
 
 
 def test_contrastive_model_needs_its_table():
-    config = load_config("configs/din_con.yaml", TINY).model
+    config = load_config("configs/din_con.yaml", tiny("din_con")).model
     with pytest.raises(ValueError, match="positives table"):
         MODELS["din_con"][0](config, SCHEMA, VOCABS, query_positives=None)
 
@@ -203,7 +215,7 @@ def test_score_candidates_equals_scoring_every_row(name):
     item_names = [f.name for f in SCHEMA.group("item")]
     context = {n: v for n, v in users.items() if n not in item_names}
     grid = {n: candidates[n].reshape(2, 3) for n in item_names}
-    scores = model.score_candidates(context, grid).numpy()
+    scores = score_candidates(model, context, grid).numpy()
     assert scores.shape == (2, 3)
     rows = {**{n: np.repeat(v, 3, axis=0) for n, v in context.items()},
             **{n: candidates[n] for n in item_names}}
@@ -219,8 +231,8 @@ def assert_compiled_scoring_matches(model, candidates_per_user=37, n_users=3):
     item_names = [f.name for f in SCHEMA.group("item")]
     context = {n: v for n, v in users.items() if n not in item_names}
     grid = {n: candidates[n].reshape(n_users, candidates_per_user) for n in item_names}
-    plain = model.score_candidates(context, grid).numpy()
-    compiled = model.score_candidates(context, grid, compiled=True).numpy()
+    plain = score_candidates(model, context, grid).numpy()
+    compiled = score_candidates(model, context, grid, compiled=True).numpy()
     assert compiled.shape == plain.shape == (n_users, candidates_per_user)
     np.testing.assert_allclose(compiled, plain, rtol=1e-5, atol=1e-6)
 
@@ -231,31 +243,28 @@ def test_compiled_scoring_equals_the_plain_one(name):
 
 
 def test_next_power_of_two():
-    from qrec_tf.models.base import _next_power_of_two
-    got = [int(_next_power_of_two(tf.constant(n))) for n in range(1, 70)]
+    got = [int(next_power_of_two(tf.constant(n))) for n in range(1, 70)]
     assert got == [1 << (n - 1).bit_length() for n in range(1, 70)]
-    assert int(_next_power_of_two(tf.constant(4096))) == 4096
-    assert int(_next_power_of_two(tf.constant(4097))) == 8192
-    assert int(_next_power_of_two(tf.constant(2**30))) == 2**30
-    assert int(_next_power_of_two(tf.constant(2**29 + 1))) == 2**30
+    assert int(next_power_of_two(tf.constant(4096))) == 4096
+    assert int(next_power_of_two(tf.constant(4097))) == 8192
+    assert int(next_power_of_two(tf.constant(2**30))) == 2**30
+    assert int(next_power_of_two(tf.constant(2**29 + 1))) == 2**30
 
 
 def test_candidate_buckets_are_two_per_doubling_and_waste_at_most_a_half():
-    from qrec_tf.export import candidate_bucket
-    from qrec_tf.models.base import _candidate_bucket
-    got = {n: int(_candidate_bucket(tf.constant(n))) for n in range(1, 1100)}
+    got = {n: int(bucket_of(tf.constant(n))) for n in range(1, 1100)}
     assert [got[n] for n in (1, 8, 9, 13, 37, 100, 200, 255, 256, 257, 385, 1000)] == [
         8, 8, 12, 16, 48, 128, 256, 256, 256, 384, 512, 1024]
     assert all(n <= got[n] <= n + max(7, n / 2) for n in got)
     assert len({b for n, b in got.items() if n <= 512}) == 13  # shapes to compile up to 512
-    assert all(candidate_bucket(n) == b for n, b in got.items())  # the export's Python copy
+    assert all(candidate_bucket(n) == b for n, b in got.items())  # the Python copy
 
 
 def test_embedding_l2_is_the_mini_batch_aware_penalty_of_the_rows_a_batch_touches():
     counts = {vocab: list(range(len(values), 0, -1)) for vocab, values in VOCABS.values.items()}
     vocabs = type(VOCABS)(VOCABS.values, counts)
-    config = load_config("configs/queryrec.yaml", [*TINY, "model.embedding_l2=0.5",
-                                                   "model.contrastive_weight=0"]).model
+    config = load_config("configs/queryrec.yaml", tiny("queryrec", "model.embedding_l2=0.5",
+                                                       "model.contrastive_weight=0")).model
     model = MODELS["queryrec"][0](config, SCHEMA, vocabs, name="queryrec",
                                   **random_data_constants(config, vocabs))
     features = batch()
@@ -274,7 +283,7 @@ def test_embedding_l2_is_the_mini_batch_aware_penalty_of_the_rows_a_batch_touche
     assert float(terms["embedding_l2"]) == pytest.approx(expected, rel=1e-5)
     without = {k: v for k, v in terms.items() if k not in ("loss", "embedding_l2")}
     assert float(terms["loss"]) == pytest.approx(
-        sum(float(v) * (config.nip_weight if k == "nip_loss" else 1.0)
+        sum(float(v) * (config.din.nip_weight if k == "nip_loss" else 1.0)
             for k, v in without.items()) + 0.5 * expected, rel=1e-5)
     assert "embedding_l2" not in model.compute_loss_terms(features, np.zeros(5), training=False)[0]
 
@@ -292,39 +301,6 @@ def test_a_query_scale_starting_at_zero_gives_the_scores_of_the_model_without_qu
         scale.gamma.assign(np.ones(scale.gamma.shape))
     assert not np.allclose(score(model, features),
                            score(model, with_other(features, QUERY_FEATURES)))
-
-
-@pytest.mark.parametrize("name", ["din_query", "din_nip", "queryrec"])
-def test_bilinear_fusion_adds_query_dot_w_dot_target_to_the_din_logit(name):
-    """query_fusion bilinear: W starts at 0 (the scores are those of the same model without
-    queries); with W set, the logit moves by exactly [v_q || e_qt]^T W [target]."""
-    model, features = build(name, None, "model.query_fusion=bilinear"), batch()
-    scorer = model.query_target_score
-    parts = 2 if name == "queryrec" else 1
-    assert tuple(scorer.kernel.shape) == (8 * parts, 3 * 8)
-    base_logits = model.forward(features)["logits"].numpy()
-    np.testing.assert_allclose(base_logits, model.forward(
-        with_other(features, QUERY_FEATURES))["logits"].numpy(), rtol=1e-6)
-    kernel = np.random.default_rng(3).normal(size=scorer.kernel.shape).astype("float32")
-    scorer.kernel.assign(kernel)
-    user = model.encode_user(features)
-    _, target = model.item_representation(features[S.ITEM_ID], features[S.CATEGORY_ID],
-                                          features[S.SUBCATEGORY_ID])
-    query = []
-    if model.config.query_pooling:
-        query.append(model.pool_queries(
-            user, model.lookup(S.ITEM_ID, features[S.ITEM_ID]), target).numpy())
-    if model.config.query_encoder:
-        query.append(user["e_qt"].numpy())
-    expected = base_logits + np.einsum("bi,ij,bj->b", np.concatenate(query, -1), kernel,
-                                       target.numpy())
-    np.testing.assert_allclose(model.forward(features)["logits"].numpy(), expected,
-                               rtol=1e-4, atol=1e-5)
-
-
-def test_bilinear_fusion_needs_a_query_input():
-    with pytest.raises(ValueError, match="query_fusion bilinear needs"):
-        load_config("configs/din.yaml", ["model.query_fusion=bilinear"])
 
 
 @pytest.mark.parametrize("ctr_gradient", [True, False])
@@ -345,7 +321,7 @@ def test_query_encoder_ctr_gradient_false_keeps_the_click_loss_out_of_the_encode
 
 
 def test_query_encoder_ctr_gradient_false_needs_nip():
-    with pytest.raises(ValueError, match="needs model.nip_weight"):
+    with pytest.raises(ValueError, match="needs model.din.nip_weight"):
         load_config("configs/queryrec.yaml", ["model.query_encoder_ctr_gradient=false",
                                               "model.nip_weight=0"])
 
@@ -354,11 +330,11 @@ def test_positives_come_from_data_constants_only_with_a_contrastive_loss():
     """A model without the contrastive loss reads no positives table (no data directory
     needed); with it, `data_constants` is what passes the table to the constructor."""
     missing = DataDirectory("/nonexistent")
-    config = load_config("configs/din.yaml", TINY).model
-    assert MODELS["din"][0].data_constants(config, missing, VOCABS) == {}
-    config = load_config("configs/din_con.yaml", TINY).model
+    config = load_config("configs/din.yaml", tiny("din")).model
+    assert MODELS["din"].cls.data_constants(config, missing, VOCABS) == {}
+    config = load_config("configs/din_con.yaml", tiny("din_con")).model
     with pytest.raises(Exception, match="nonexistent"):
-        MODELS["din_con"][0].data_constants(config, missing, VOCABS)
+        MODELS["din_con"].cls.data_constants(config, missing, VOCABS)
 
 
 def test_a_layer_regulariser_adds_exactly_its_penalty_to_the_trained_loss():
@@ -411,25 +387,6 @@ def test_query_attention_target_item_reads_the_target_categories(target):
     np.testing.assert_allclose(v_q, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_query_attention_positions_start_at_zero_and_shift_each_slot():
-    """query_attention_positions: the position vectors start at 0 (v_q as without them); set
-    to P, v_q is the attention over queries + P, slot by slot."""
-    model = build("din_query", None, "model.query_attention_positions=true")
-    features = batch()
-    user = model.encode_user(features)
-    item_idx = model.lookup(S.ITEM_ID, features[S.ITEM_ID])
-    target = model.embed(S.ITEM_ID, item_idx)
-    mask = user["query_idx"] != 0
-    plain = model.query_attention(target, user["queries"], mask).numpy()
-    np.testing.assert_array_equal(model.pool_queries(user, item_idx, None).numpy(), plain)
-    positions = np.random.default_rng(5).normal(size=(SCHEMA.max_queries, 8)).astype("float32")
-    model.query_positions.assign(positions)
-    expected = model.query_attention(target, user["queries"] + positions, mask).numpy()
-    got = model.pool_queries(user, item_idx, None).numpy()
-    np.testing.assert_allclose(got, expected, rtol=1e-6)
-    assert np.abs(got - plain).max() > 1e-6
-
-
 def test_query_attention_target_is_checked():
     with pytest.raises(ValueError, match="query_attention_target must be"):
         load_config("configs/queryrec.yaml", ["model.query_attention_target=category"])
@@ -441,8 +398,8 @@ def test_query_item_context_adds_the_clicked_items_and_the_results_to_each_query
     sub-category] of its results' categories (W: the target projection), the clicked items'
     categories from the item table; a slot without clicks or results gets neither."""
     config = load_config("configs/din_query.yaml",
-                         [*TINY, "model.query_attention_target=item",
-                          "model.query_item_context=true"]).model
+                         tiny("din_query", "model.query_attention_target=item",
+                              "model.query_item_context=true")).model
     table = random_data_constants(config, VOCABS, seed=6)["item_categories"]
     model = MODELS["din_query"][0](config, SCHEMA, VOCABS, name="m", item_categories=table)
     features = batch()
@@ -506,7 +463,8 @@ def test_query_age_embedding_adds_the_vector_of_each_querys_age_bucket():
     """query_age_embedding: each real query slot's vector gains the age bucket's vector of
     (timestamp - query_timestamps) in hours, computed inside the graph from the raw times; a
     padding slot gains nothing. The table starts at zero: the model then scores as without it."""
-    config = load_config("configs/din_query.yaml", [*TINY, "model.query_age_embedding=true"]).model
+    config = load_config("configs/din_query.yaml",
+                         tiny("din_query", "model.query_age_embedding=true")).model
     tf.keras.utils.set_random_seed(0)
     model = MODELS["din_query"][0](config, SCHEMA, VOCABS, name="m")
     features = batch()
@@ -535,7 +493,7 @@ def test_search_match_adds_a_linear_term_of_the_time_decayed_counts_to_the_logit
     (clicked items x 4 attributes, results of sessions with and without a click x 2, 5
     half-lives each), w starting at 0. The counts are checked by hand for one user whose only
     search clicked the target item itself 6 hours before the impression."""
-    config = load_config("configs/din.yaml", [*TINY, "model.search_match=true"]).model
+    config = load_config("configs/din.yaml", tiny("din", "model.search_match=true")).model
     constants = random_data_constants(config, VOCABS)
     features = batch(size=3)
     # Item row 2 (the first item): row 0's target, with its category, sub-category and author.
@@ -559,7 +517,7 @@ def test_search_match_adds_a_linear_term_of_the_time_decayed_counts_to_the_logit
     kernel = model.search_match_logit.kernel
     assert tuple(kernel.shape) == (40, 1) and not kernel.numpy().any()
     base = model.forward(one)["logits"].numpy()
-    m = model.search_match_features(model.encode_user(one), one,
+    m = query_side.search_match_features(model, model.encode_user(one), one,
                                     model.lookup(S.ITEM_ID, one[S.ITEM_ID])).numpy()
     decay = np.log1p(0.5 ** (6.0 / np.array([1.0, 6.0, 24.0, 72.0, 240.0])))
     np.testing.assert_allclose(m[0, :20], np.tile(decay, 4), rtol=1e-6)   # item, author, ...
@@ -567,8 +525,8 @@ def test_search_match_adds_a_linear_term_of_the_time_decayed_counts_to_the_logit
     np.testing.assert_array_equal(m[0, 30:], 0.0)                         # no click-less one
     # The same session without its click: its results count as a click-less session's.
     clickless = {**one, S.QUERY_CLICKED_ITEM_IDS: np.full((3, q, c), S.PAD_ID)}
-    m_clickless = model.search_match_features(
-        model.encode_user(clickless), clickless,
+    m_clickless = query_side.search_match_features(
+        model,         model.encode_user(clickless), clickless,
         model.lookup(S.ITEM_ID, clickless[S.ITEM_ID])).numpy()
     np.testing.assert_array_equal(m_clickless[0, :30], 0.0)
     np.testing.assert_allclose(m_clickless[0, 30:], np.tile(decay, 2), rtol=1e-6)
