@@ -28,10 +28,11 @@ import tensorflow as tf
 
 from qrec_tf import model_layout
 from qrec_tf import schema as S
-from qrec_tf.config import ModelConfig, load_config
+from qrec_tf.config import ModelConfig
 from qrec_tf.data_dir import DataDirectory
 from qrec_tf.models.base import CTRModel, Vocabularies
 from qrec_tf.models.registry import build_with_vocabularies, load_vocabularies
+from qrec_tf.saved_config import load_saved_config
 
 # Config values that fix the variables' shapes and meaning: a warm start keeps them.
 STRUCTURAL = ("name", "embedding_dim", "oov_buckets", "mlp_units", "attention_units")
@@ -84,7 +85,7 @@ def warm_start(model: CTRModel, previous_dir: str, data_dir: DataDirectory | str
     {"from", "tables": {vocab: {"kept", "new", "dropped"}}, "variables": copied count}."""
     config_path, weights = model_layout.finished_run_files(previous_dir,
                                                            f"--warm-start {previous_dir!r}")
-    previous_config = load_config(config_path).model
+    previous_config = load_saved_config(config_path).model
     check_structure(previous_config, model.config, previous_dir)
     old_vocab = model_vocabularies(previous_dir, model.schema, previous_config.oov_buckets)
     old = build_with_vocabularies(previous_config, data_dir, old_vocab)

@@ -21,8 +21,8 @@ BASE = ("qrec_tf.config", "qrec_tf.losses", "qrec_tf.metrics", "qrec_tf.optimize
 DATA = ("qrec_tf.data", "qrec_tf.positives", "qrec_tf.data_dir")
 # What a CLI-level module (train, evaluate, export, augment, ...) may import: "the modules
 # above", models only through the registry.
-ABOVE_CLIS = ("qrec_tf.schema", *DEPENDENCY_FREE, *BASE, "qrec_tf.layers", *DATA,
-              "qrec_tf.models.registry")
+ABOVE_CLIS = ("qrec_tf.schema", *DEPENDENCY_FREE, *BASE, "qrec_tf.saved_config",
+              "qrec_tf.layers", *DATA, "qrec_tf.models.registry")
 
 # importer (a module, or a package and everything in it) -> what it may import from the
 # project (a module, or a package and everything in it). The longest matching importer wins;
@@ -33,6 +33,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "qrec_tf.schema": ("qrec_tf.layout",),
     **{name: () for name in DEPENDENCY_FREE},
     **{name: () for name in BASE},
+    "qrec_tf.saved_config": ("qrec_tf.config",),   # a model directory's config.yaml, old or new
     "qrec_tf.layers": ("qrec_tf.layers",),
     "qrec_tf.layers.id_lookup": ("qrec_tf.layers", "qrec_tf.schema"),  # vocabulary files
     "qrec_tf.data": ("qrec_tf.schema", "qrec_tf.layout"),
@@ -41,6 +42,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "qrec_tf.models": ("qrec_tf.models", "qrec_tf.layers", "qrec_tf.schema", "qrec_tf.layout",
                        "qrec_tf.config", "qrec_tf.losses", *DATA,
                        "qrec_tf.model_layout",      # registry.load_trained_model
+                       "qrec_tf.saved_config",
                        "qrec_tf.distribute_keras"),  # the Keras workarounds CTRModel inherits
     # Serving's candidate scoring and its XLA buckets (export writes it out).
     "qrec_tf.candidate_scoring": ("qrec_tf.schema", "qrec_tf.layers"),

@@ -20,7 +20,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from qrec_tf import data
 from qrec_tf import schema as S
 from qrec_tf.config import ModelConfig
 from qrec_tf.layers.age_embedding import AgeEmbedding, ages_in_hours
@@ -33,7 +32,6 @@ from qrec_tf.layers.search_match import SearchMatch
 from qrec_tf.models import query_side
 from qrec_tf.models.base import CTRModel, Vocabularies
 from qrec_tf.models.tasks import NextItemPrediction, QueryItemContrast
-from qrec_tf.positives import load as load_positives
 from qrec_tf.positives import positives_matrix
 
 LOG = logging.getLogger(__name__)
@@ -143,9 +141,9 @@ class DINModel(CTRModel):
         """`query_positives`: int [query vocabulary rows, P] item *indices* (0 = none) of the
         positives of each query index (the contrastive loss's I+_q); needed with a contrastive
         loss. `item_categories`: int [item vocabulary rows, 3] raw (category, sub-category,
-        author) ids of each item row (`data.item_categories`); needed with query_item_context
-        or search_match. The layers are created in a fixed order (it fixes the initial
-        weights)."""
+        author) ids of each item row (`DataDirectory.item_categories`); needed with
+        query_item_context or search_match. The layers are created in a fixed order (it fixes
+        the initial weights)."""
         super().__init__(config, schema, vocabularies, **kwargs)
         d, din = config.embedding_dim, config.din
         self.uses_queries = din.query_pooling or din.query_encoder or bool(din.contrastive_weight)
@@ -215,17 +213,17 @@ class DINModel(CTRModel):
         self.make_ctr_head()
 
     @classmethod
-    def data_constants(cls, config, data_dir, schema, vocabularies):
+    def data_constants(cls, config, data, vocabularies):
         """{"query_positives": the contrastive loss's table (`positives_matrix`)} when the
         config has a contrastive loss, {"item_categories": ...} with query_item_context or
-        search_match."""
+        search_match; both from `data` (a loaded `qrec_tf.data_dir.DataDirectory`)."""
         din, constants = config.din, {}
         if din.query_item_context or din.search_match:
             constants["item_categories"] = data.item_categories(
-                data_dir, vocabularies.values[S.VOCAB_ITEMS])
+                vocabularies.values[S.VOCAB_ITEMS])
         if not din.contrastive_weight:
             return constants
-        table, source = load_positives(data_dir, din.positives, din.positives_dir)
+        table, source = data.positives(din.positives, din.positives_dir)
         query_positives = positives_matrix(
             table, vocabularies.values[S.VOCAB_QUERIES], vocabularies.values[S.VOCAB_ITEMS],
             din.contrastive_positives)

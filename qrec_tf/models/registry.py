@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 from qrec_tf import config as C
 from qrec_tf import model_layout
 from qrec_tf import schema as S
-from qrec_tf.config import Config, ModelConfig, check_implied, load_config
+from qrec_tf.config import Config, ModelConfig, check_implied
 from qrec_tf.data_dir import DataDirectory
 from qrec_tf.models.base import CTRModel, Vocabularies
 from qrec_tf.models.dcn import DCN_UNREAD, DCNConfig, DCNModel
@@ -23,6 +23,7 @@ from qrec_tf.models.din import DINConfig, DINModel
 from qrec_tf.models.iv4rec import IV4RecConfig, IV4RecModel
 from qrec_tf.models.ple import PLEConfig, PLEModel
 from qrec_tf.models.sesrec import SESRecConfig, SESRecModel
+from qrec_tf.saved_config import load_saved_config
 
 
 class Model(NamedTuple):
@@ -127,7 +128,7 @@ def load_trained_model(model_dir: str, data: DataDirectory | str) -> tuple[Confi
     config_path, weights = model_layout.finished_run_files(model_dir, repr(model_dir))
     data = DataDirectory.of(data)
     check_model_data(model_dir, data)   # one clear message, not a shape error in Keras
-    config = load_config(config_path)
+    config = load_saved_config(config_path)
     model = build_model(config.model, data)
     model.load_weights(weights)
     return config, model
