@@ -28,7 +28,10 @@ TINY = ["model.embedding_dim=8", "model.mlp_units=[16]", "model.attention_units=
         "train.deterministic=true"]
 
 
-def counted_run(config, data_dir: str, model_dir: str) -> tuple[dict, dict]:
+def open_counters(data_dir: str):
+    """(opened, gfile, open_): a Counter of the opens of files under `data_dir` by their path
+    relative to it, and the stand-ins for tf.io.gfile.GFile and builtins.open that count them
+    (the caller puts them in place: this script by assignment, the tests with monkeypatch)."""
     opened: collections.Counter = collections.Counter()
     root = os.path.abspath(data_dir)
     real_gfile, real_open = tf.io.gfile.GFile, builtins.open
@@ -47,6 +50,12 @@ def counted_run(config, data_dir: str, model_dir: str) -> tuple[dict, dict]:
         record(file)
         return real_open(file, *args, **kwargs)
 
+    return opened, gfile, open_
+
+
+def counted_run(config, data_dir: str, model_dir: str) -> tuple[dict, dict]:
+    real_gfile, real_open = tf.io.gfile.GFile, builtins.open
+    opened, gfile, open_ = open_counters(data_dir)
     tf.io.gfile.GFile, builtins.open = gfile, open_
     try:
         summary = train.train(config, data_dir, model_dir, verbose=0)

@@ -9,6 +9,7 @@ import os
 import pytest
 import tensorflow as tf
 
+from benchmarks.data_directory_reads import open_counters
 from qrec_tf import schema as S
 from qrec_tf import train
 from qrec_tf.config import load_config
@@ -22,24 +23,7 @@ TINY = ["model.embedding_dim=8", "model.mlp_units=[16]", "model.attention_units=
 def count_opens(monkeypatch, root: str) -> collections.Counter:
     """Every open of a file under `root` from now on, by its path relative to `root`: through
     tf.io.gfile.GFile (how the project reads the data) and builtins.open."""
-    opened: collections.Counter = collections.Counter()
-    root = os.path.abspath(root)
-    real_gfile, real_open = tf.io.gfile.GFile, builtins.open
-
-    def record(path):
-        if isinstance(path, (str, os.PathLike)):
-            path = os.path.abspath(os.fspath(path))
-            if path.startswith(root + os.sep):
-                opened[os.path.relpath(path, root)] += 1
-
-    def gfile(name, mode="r"):
-        record(name)
-        return real_gfile(name, mode)
-
-    def open_(file, *args, **kwargs):
-        record(file)
-        return real_open(file, *args, **kwargs)
-
+    opened, gfile, open_ = open_counters(root)
     monkeypatch.setattr(tf.io.gfile, "GFile", gfile)
     monkeypatch.setattr(builtins, "open", open_)
     return opened
