@@ -35,13 +35,9 @@ buckets), which TF Serving replays on load, so that no first request of those si
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import time
 from typing import Callable, Mapping
 
@@ -54,6 +50,12 @@ from qrec_tf import schema as S
 from qrec_tf.candidate_scoring import candidate_bucket
 from qrec_tf.data_dir import DataDirectory
 from qrec_tf.evaluate import load_trained_model
+from qrec_tf.export_staging import (  # noqa: F401 (this module's API too)
+    STAGING_PREFIX,
+    STALE_STAGING_SECONDS,
+    remove_stale_staging,
+    staging_directory,
+)
 from qrec_tf.models.base import CTRModel
 from qrec_tf.train import TrainingDiverged, check_finite_weights
 from qrec_tf.version_names import check_version, parse_version
@@ -70,8 +72,6 @@ CANDIDATE_PREFIX = "candidate_"
 CANDIDATE_GROUP = "item"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 TOLERANCE = 1e-5
-STAGING_PREFIX = ".export-"
-STALE_STAGING_SECONDS = 60  # an unlocked staging directory this old belongs to no live export
 # The warmup file compiles score_candidates for one user and every candidate bucket up to this
 # many candidates (13 buckets: 8, 12, 16, 24, .., 384, 512): a larger request, or one of several
 # users, pays XLA's compilation (1.5-3 s) on the first request of its bucket.
@@ -202,59 +202,6 @@ def next_version(base_path: str) -> int:
         return 1
     taken = [v for v in map(parse_version, os.listdir(base_path)) if v is not None]
     return check_version(max(taken) + 1 if taken else 1)
-
-
-# --- staging directories -----------------------------------------------------------------------
-@contextlib.contextmanager
-def staging_directory(output: str):
-    """A new hidden `.export-*` directory under `output`, locked (flock on the directory) while
-    the export that writes it runs: the kernel drops the lock when that process ends, killed or
-    not, so `remove_stale_staging` can tell a dead export's leftovers from a live one's. The
-    lock follows the directory when it is renamed into a version."""
-    path = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield path
-    finally:
-        os.close(fd)  # releases the lock
-        if os.path.exists(path):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def remove_stale_staging(output: str, min_age_seconds: float = STALE_STAGING_SECONDS
-                         ) -> list[str]:
-    """Removes the `.export-*` directories under `output` that no live export holds (a killed
-    export's) and that are at least `min_age_seconds` old (a starting export locks its
-    directory right after creating it); returns their paths."""
-    removed = []
-    if not os.path.isdir(output):
-        return removed
-    now = time.time()
-    for name in sorted(os.listdir(output)):
-        path = os.path.join(output, name)
-        if not name.startswith(STAGING_PREFIX) or not os.path.isdir(path):
-            continue
-        try:
-            if now - os.stat(path).st_mtime < min_age_seconds:
-                continue
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:  # gone meanwhile
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # a live export holds it
-            os.close(fd)
-            continue
-        try:
-            shutil.rmtree(path)
-            removed.append(path)
-            LOG.info("removed %s, left by an export that did not finish", path)
-        except OSError as error:
-            LOG.warning("could not remove %s: %s", path, error)
-        finally:
-            os.close(fd)
-    return removed
 
 
 # --- sample requests: verification and TF Serving warmup ----------------------------------------

@@ -16,7 +16,8 @@ PACKAGES = ("qrec_tf", "pipelines", "serving")
 PROJECT = (*PACKAGES, "benchmarks", "tests")
 
 # What the standard library alone needs: the three dependency-free modules.
-DEPENDENCY_FREE = ("qrec_tf.layout", "qrec_tf.model_layout", "qrec_tf.version_names")
+DEPENDENCY_FREE = ("qrec_tf.layout", "qrec_tf.model_layout", "qrec_tf.version_names",
+                   "qrec_tf.export_staging")
 BASE = ("qrec_tf.config", "qrec_tf.losses", "qrec_tf.metrics", "qrec_tf.optimizers")
 DATA = ("qrec_tf.data", "qrec_tf.positives", "qrec_tf.data_dir")
 # What a CLI-level module (train, evaluate, export, augment, ...) may import: "the modules
